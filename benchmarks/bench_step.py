@@ -1,0 +1,79 @@
+"""pytest-benchmark of one search iteration, plus checks of the harness itself.
+
+On CPU this is a smoke test (a tiny supernet); speed is measured and reported, never asserted.
+Full-size numbers come from ``python -m benchmarks.run`` (see README.md).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import run
+from benchmarks.step import RESULT_KEYS, build_search_step, measure_search_step
+
+# Small enough for < 30 s for the whole file on 2 shared CPU cores; both cell types are still present.
+TINY: dict[str, Any] = {"C": 4, "layers": 3, "image_size": 8}
+TINY_BATCH = 4
+
+
+@pytest.mark.parametrize("order", [1, 2], ids=["first_order", "second_order"])
+def test_search_step(benchmark: Any, order: int) -> None:
+    """One full search iteration (architecture step + weight step) on the benchmark fixture."""
+    step = build_search_step(TINY_BATCH, "auto", "fp32", order=order, **TINY)
+    benchmark.extra_info.update({"order": order, "batch_size": TINY_BATCH, **TINY})
+    alphas_before = [a.detach().clone() for a in step.model.arch_parameters()]
+    benchmark.pedantic(step, rounds=2, iterations=1, warmup_rounds=1)
+    changed = any(
+        not a.detach().equal(b) for a, b in zip(step.model.arch_parameters(), alphas_before, strict=True)
+    )
+    assert changed, "the architecture step did not update the architecture parameters"
+
+
+def test_measure_search_step_fields() -> None:
+    result = measure_search_step(TINY_BATCH, device="cpu", warmup=0, repeats=3, **TINY)
+    assert set(RESULT_KEYS) <= set(result)
+    assert len(result["times_ms"]) == 3 and all(t > 0 for t in result["times_ms"])
+    assert 0 < result["p10_ms"] <= result["median_ms"] <= result["p90_ms"]
+    assert result["min_ms"] <= result["p10_ms"]
+    assert result["images_per_s"] == pytest.approx(TINY_BATCH / (result["median_ms"] / 1e3))
+    assert result["peak_mem_mb"] >= 0 and result["mem_measure"]
+    assert result["num_threads"] >= 1 and result["device"] == "cpu" and result["device_name"]
+    json.dumps(result)  # serialisable as is
+
+
+def test_fp16_second_order_is_refused() -> None:
+    with pytest.raises(ValueError, match="fp16"):
+        build_search_step(TINY_BATCH, "cpu", "fp16", order=2, **TINY)
+
+
+def test_run_main_writes_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--device", "cpu", "--C", "4", "--layers", "3", "--image-size", "8", "--batch-sizes", "4",
+            "--precision", "fp32", "fp16", "--order", "1", "--warmup", "0", "--repeats", "1",
+            "--json", str(out)]
+    assert run.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| executor | order | precision | batch | median ms |" in table
+    payload = json.loads(out.read_text(encoding="utf-8"))
+    rows = payload["results"]["search_step"]
+    assert [r["precision"] for r in rows] == ["fp32", "fp16"]
+    assert all(r["status"] == "ok" for r in rows)
+    assert payload["environment"]["num_threads"] >= 1
+
+
+def test_run_main_skips_unsupported_combination(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "skip.json"
+    assert run.main(["--device", "cpu", "--precision", "fp16", "--order", "2", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text(encoding="utf-8"))["results"]["search_step"]
+    assert rows[0]["status"] == "skipped" and "fp16" in rows[0]["note"]
+    assert "fp16 unsupported" in capsys.readouterr().out
+
+
+def test_markdown_table_escapes_pipes() -> None:
+    columns = (run.Column("a", "A"), run.Column("b", "B", "{:.1f}"))
+    table = run.markdown_table(columns, [{"a": "x|y", "b": 1.26}, {"a": None}])
+    assert table.splitlines() == ["| A | B |", "|---|---|", "| x\\|y | 1.3 |", "| - | - |"]

@@ -1,0 +1,209 @@
+"""Run every registered benchmark, print markdown tables and optionally write JSON.
+
+    python -m benchmarks.run --device auto --batch-sizes 64 256 --precision fp32 bf16 --order 1 2 \\
+        --C 16 --layers 8 --json out.json
+
+A benchmark is a :class:`Section` in :data:`SECTIONS`: its own command-line options, a generator of
+result rows (plain dicts) and the columns of its table. New benchmarks (per-op kernels, fused vs
+reference vs ``torch.compile``, achieved GB/s) are added with :func:`register` and appear as more
+sections of the same report; ``--only NAME ...`` selects some of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.step import environment, measure_search_step, unsupported_reason
+from fastnas.train.device import PRECISIONS, resolve_device
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One table column: the row key, its header and a format spec (``"{:.2f}"``)."""
+
+    key: str
+    header: str
+    fmt: str = "{}"
+
+    def cell(self, row: Row) -> str:
+        value = row.get(self.key)
+        if value is None:
+            return "-"
+        return self.fmt.format(value).replace("|", "\\|")  # keep the markdown table intact
+
+
+@dataclass(frozen=True)
+class Section:
+    """A benchmark: its options, its rows (one per measured case) and its table columns."""
+
+    name: str
+    title: str
+    columns: tuple[Column, ...]
+    rows: Callable[[argparse.Namespace], Iterator[Row]]
+    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    footer: Callable[[list[Row]], list[str]] | None = None
+
+
+#: Registered benchmarks, in report order.
+SECTIONS: dict[str, Section] = {}
+
+
+def register(section: Section) -> Section:
+    """Add ``section`` to the report (its name must be new)."""
+    if section.name in SECTIONS:
+        raise ValueError(f"benchmark section {section.name!r} is already registered")
+    SECTIONS[section.name] = section
+    return section
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def guarded(case: Row, measure: Callable[[], Row]) -> Row:
+    """``measure()`` with ``status`` ok, or ``case`` with ``status`` oom / error where it raised."""
+    try:
+        return {**measure(), "status": "ok", "note": ""}
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {**case, "status": "oom", "note": "out of memory"}
+    except Exception as exc:  # keep the grid going; the exit status reports it
+        traceback.print_exc()
+        return {**case, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
+
+
+# ----------------------------------------------------------------------------- search step
+def _search_step_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("search_step (one full bilevel search iteration)")
+    group.add_argument("--batch-sizes", type=int, nargs="+", default=[64], metavar="N")
+    group.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
+    group.add_argument("--order", type=int, nargs="+", default=[1], choices=(1, 2))
+    group.add_argument("--executor", nargs="+", default=["reference"], help="cell executors to compare")
+    group.add_argument("--method", default="darts")
+    group.add_argument("--C", type=int, default=16, help="initial channels")
+    group.add_argument("--layers", type=int, default=8, help="cells in the supernet")
+    group.add_argument("--image-size", type=int, default=32)
+    group.add_argument("--reference-ops", action="store_true",
+                       help="force the plain PyTorch reference ops (fastnas.backend.force_reference)")
+
+
+def _search_step_rows(args: argparse.Namespace) -> Iterator[Row]:
+    grid = itertools.product(args.executor, args.order, args.precision, args.batch_sizes)
+    for executor, order, precision, batch_size in grid:
+        case = {"benchmark": "search_step", "executor": executor, "order": order, "precision": precision,
+                "batch_size": batch_size}
+        _progress(f"search_step: {case}")
+        reason = unsupported_reason(precision, order)
+        if reason:
+            yield {**case, "status": "skipped", "note": reason}
+            continue
+        yield guarded(case, lambda e=executor, o=order, p=precision, b=batch_size: measure_search_step(
+            b, device=args.device, precision=p, C=args.C, layers=args.layers, image_size=args.image_size,
+            order=o, executor=e, warmup=args.warmup, repeats=args.repeats, seed=args.seed, method=args.method,
+            reference_ops=args.reference_ops,
+        ))
+
+
+def _search_step_footer(rows: list[Row]) -> list[str]:
+    ok = [r for r in rows if r.get("status") == "ok"]
+    if not ok:
+        return []
+    r = ok[0]
+    return [
+        f"Supernet: {r['method']} C={r['C']} layers={r['layers']}, {r['image_size']}x{r['image_size']} "
+        f"random images; {r['warmup']} warm-up + {r['repeats']} timed iterations; "
+        f"reference ops forced: {r['reference_ops']}.",
+        f"Memory: {r['mem_measure']}.",
+    ]
+
+
+register(Section(
+    name="search_step",
+    title="Search step (architecture step + weight step)",
+    columns=(
+        Column("executor", "executor"),
+        Column("order", "order"),
+        Column("precision", "precision"),
+        Column("batch_size", "batch"),
+        Column("median_ms", "median ms", "{:.2f}"),
+        Column("p10_ms", "p10 ms", "{:.2f}"),
+        Column("p90_ms", "p90 ms", "{:.2f}"),
+        Column("images_per_s", "img/s", "{:.1f}"),
+        Column("peak_mem_mb", "peak MiB", "{:.1f}"),
+        Column("note", "note"),
+    ),
+    rows=_search_step_rows,
+    add_arguments=_search_step_arguments,
+    footer=_search_step_footer,
+))
+
+
+# ----------------------------------------------------------------------------- report
+def markdown_table(columns: Sequence[Column], rows: Sequence[Row]) -> str:
+    """A GitHub-flavoured markdown table of ``rows``."""
+    lines = ["| " + " | ".join(c.header for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(c.cell(r) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def format_report(env: Row, results: dict[str, list[Row]]) -> str:
+    """The whole report: an environment line, then one titled table per section."""
+    parts = [f"# fastnas benchmarks\n\nDevice: {env['device_name']} ({env['device']}); torch "
+             f"{env['torch_version']}; CUDA {env['cuda_version'] or 'none'}; "
+             f"torch CPU threads: {env['num_threads']}."]
+    for name, rows in results.items():
+        section = SECTIONS[name]
+        text = f"## {section.title}\n\n{markdown_table(section.columns, rows)}"
+        footer = section.footer(rows) if section.footer else []
+        parts.append(text + ("\n\n" + "\n".join(footer) if footer else ""))
+    return "\n\n".join(parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run only these sections")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations before timing")
+    parser.add_argument("--repeats", type=int, default=10, help="timed iterations")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
+    parser.add_argument("--json", type=Path, help="write all results (with per-iteration times) here")
+    for section in SECTIONS.values():
+        if section.add_arguments:
+            section.add_arguments(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the selected sections; print the report; return 1 if any case failed, else 0."""
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    env = environment(resolve_device(args.device))
+    results = {name: list(SECTIONS[name].rows(args)) for name in (args.only or SECTIONS)}
+    print(format_report(env, results), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        payload = {"environment": env, "args": {k: str(v) if isinstance(v, Path) else v
+                                                for k, v in vars(args).items()}, "results": results}
+        args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    failed = any(r.get("status") == "error" for rows in results.values() for r in rows)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

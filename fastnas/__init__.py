@@ -1,0 +1,43 @@
+"""fastnas: fast, faithful differentiable neural architecture search in PyTorch.
+
+The drop-in backend::
+
+    import fastnas
+    model = fastnas.SearchModel.build("darts", C=16, layers=8, num_classes=10)
+    loss = model.loss(x, y)                 # weights level
+    model.loss(x_val, y_val, level="arch")  # architecture level
+    model.genotype()                        # DARTS derivation rule
+
+and the whole search loop: ``fastnas.run_search(fastnas.SearchConfig(dataset="digits", epochs=2))``.
+"""
+
+from fastnas.algorithms import METHODS, SearchAlgorithm, build_algorithm
+from fastnas.genotype import CellGenotype, Genotype, GenotypeError, load_genotype
+from fastnas.nn import SearchModel, Supernet
+from fastnas.ops import DARTS_OPS, available_ops, register_op
+from fastnas.spaces import DartsSpace, build_space
+from fastnas.train import SearchConfig, SearchResult, resume_search, run_search
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DARTS_OPS",
+    "METHODS",
+    "CellGenotype",
+    "DartsSpace",
+    "Genotype",
+    "GenotypeError",
+    "SearchAlgorithm",
+    "SearchConfig",
+    "SearchModel",
+    "SearchResult",
+    "Supernet",
+    "__version__",
+    "available_ops",
+    "build_algorithm",
+    "build_space",
+    "load_genotype",
+    "register_op",
+    "resume_search",
+    "run_search",
+]

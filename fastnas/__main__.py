@@ -1,0 +1,5 @@
+import sys
+
+from fastnas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,105 @@
+"""Architecture updates: first order, and DARTS second order (REFERENCE.md section 2).
+
+Second order (DARTS Eq. 6-8): with the weight learning rate ``xi``,
+``w' = w - xi * (grad_w L_train(w, a) + momentum * buf + wd * w)`` (the SGD step the weight optimizer
+would take), and the architecture gradient is
+``grad_a L_val(w', a) - xi * grad^2_{a,w} L_train(w, a) . v`` with ``v = grad_{w'} L_val(w', a)``; the
+Hessian-vector product is the central finite difference
+``(grad_a L_train(w+, a) - grad_a L_train(w-, a)) / (2 eps)``, ``w+- = w +- eps v``, ``eps = 0.01 / ||v||``.
+Virtual forward passes run through ``torch.func.functional_call`` on copies of the BN buffers, so only the
+real steps update the running statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch.func import functional_call
+
+if TYPE_CHECKING:
+    from fastnas.nn.search_model import SearchModel
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def _sgd_virtual_step(
+    weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer, lr: float
+) -> list[torch.Tensor]:
+    """``w - lr * (g + momentum * buf + wd * w)`` for every weight, as the DARTS virtual step."""
+    group = optimizer.param_groups[0]
+    momentum, weight_decay = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
+    stepped = []
+    for w, g in zip(weights, grads, strict=True):
+        buf = optimizer.state.get(w, {}).get("momentum_buffer")
+        direction = g + weight_decay * w
+        if buf is not None and momentum:
+            direction = direction + momentum * buf
+        stepped.append(w - lr * direction)
+    return stepped
+
+
+def _loss_at(model: SearchModel, names: list[str], weights: Sequence[torch.Tensor], batch: Batch, level: str):
+    buffers = {name: b.clone() for name, b in model.supernet.named_buffers()}
+    params = dict(zip(names, weights, strict=True))
+    x, y = batch
+    logits = functional_call(model.supernet, (params, buffers), (x, model.algorithm.arch_weights()))
+    return model.criterion(logits, y, level)
+
+
+def unrolled_arch_gradients(
+    model: SearchModel,
+    train_batch: Batch,
+    val_batch: Batch,
+    lr: float,
+    weight_optimizer: torch.optim.Optimizer,
+    fd_scale: float = 0.01,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """DARTS second-order architecture gradients (one per arch parameter) and the validation loss.
+
+    ``fd_scale`` sets the finite-difference step ``eps = fd_scale / ||v||`` (0.01 in DARTS).
+    """
+    names = [n for n, _ in model.supernet.named_parameters()]
+    weights = [p for _, p in model.supernet.named_parameters()]
+    alphas = model.arch_parameters()
+
+    train_loss = _loss_at(model, names, weights, train_batch, "weights")
+    grads = torch.autograd.grad(train_loss, weights, allow_unused=True)
+    grads = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads, strict=True)]
+    with torch.no_grad():
+        stepped = _sgd_virtual_step(weights, grads, weight_optimizer, lr)
+    stepped = [w.detach().requires_grad_(True) for w in stepped]
+
+    val_loss = _loss_at(model, names, stepped, val_batch, "arch")
+    grad_all = torch.autograd.grad(val_loss, [*alphas, *stepped], allow_unused=True)
+    d_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grad_all, strict=False)]
+    v = [torch.zeros_like(w) if g is None else g for w, g in zip(stepped, grad_all[len(alphas) :], strict=True)]
+
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in v))
+    eps = fd_scale / float(norm) if float(norm) > 0 else 0.0
+    if eps == 0.0:
+        return d_alpha, val_loss.detach()
+    with torch.no_grad():
+        w_plus = [w + eps * g for w, g in zip(weights, v, strict=True)]
+        w_minus = [w - eps * g for w, g in zip(weights, v, strict=True)]
+    g_plus = torch.autograd.grad(_loss_at(model, names, w_plus, train_batch, "weights"), alphas, allow_unused=True)
+    g_minus = torch.autograd.grad(
+        _loss_at(model, names, w_minus, train_batch, "weights"), alphas, allow_unused=True
+    )
+    result = []
+    for d, gp, gm in zip(d_alpha, g_plus, g_minus, strict=True):
+        if gp is None or gm is None:
+            result.append(d)
+        else:
+            result.append(d - lr * (gp - gm) / (2 * eps))
+    return result, val_loss.detach()
+
+
+def first_order_arch_gradients(model: SearchModel, val_batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Gradient of the validation (upper-level) loss with respect to the architecture parameters."""
+    x, y = val_batch
+    loss = model.loss(x, y, level="arch")
+    alphas = model.arch_parameters()
+    grads = torch.autograd.grad(loss, alphas, allow_unused=True)
+    return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads, strict=True)], loss.detach()

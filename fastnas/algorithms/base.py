@@ -1,0 +1,91 @@
+"""The interface every search method implements (DESIGN.md: a method owns its architecture
+parameters, how they become edge weights, its extra loss terms, its schedules and its derivation
+rule; it does not own the training loop)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from fastnas.genotype import Genotype
+    from fastnas.spaces import DartsSpace
+
+
+@dataclass(frozen=True)
+class SearchDefaults:
+    """A method's published search hyper-parameters (CIFAR-10 unless noted)."""
+
+    epochs: int = 50
+    batch_size: int = 64
+    C: int = 16
+    layers: int = 8
+    lr: float = 0.025
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    arch_grad_clip: float | None = None
+    train_portion: float = 0.5
+
+    def updated(self, **overrides: Any) -> SearchDefaults:
+        """A copy with the non-None ``overrides`` applied."""
+        known = {f.name for f in fields(self)}
+        return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
+
+
+class SearchAlgorithm(nn.Module):
+    """Base class of a search method. Its parameters are the architecture parameters."""
+
+    name: ClassVar[str] = "base"
+    defaults: ClassVar[SearchDefaults] = SearchDefaults()
+
+    def __init__(self, space: DartsSpace):
+        super().__init__()
+        self.space = space
+        #: 1 = first-order architecture gradient, 2 = DARTS second order (unrolled).
+        self.order = 1
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.parameters())
+
+    def arch_weights(self) -> dict[str, torch.Tensor]:
+        """Edge weights ``{cell_type: Tensor[num_edges, num_ops]}`` for the next forward pass."""
+        raise NotImplementedError
+
+    def extra_arch_loss(self) -> torch.Tensor | None:
+        """A regulariser added to the upper-level (architecture) loss, or None."""
+        return None
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """Advance per-epoch schedules (temperatures, warm-ups)."""
+
+    def updates_architecture(self, epoch: int) -> bool:
+        """Whether the architecture is trained during ``epoch`` (0-based)."""
+        return True
+
+    def derive(self) -> Genotype:
+        """The discrete architecture the current parameters select."""
+        raise NotImplementedError
+
+    def arch_entropy(self) -> dict[str, float]:
+        """Mean per-edge entropy of the edge weights, per cell type (a convergence diagnostic)."""
+        out = {}
+        for cell_type, w in self.arch_weights().items():
+            p = w.detach().float().clamp_min(1e-12)
+            p = p / p.sum(-1, keepdim=True)
+            out[cell_type] = float(-(p * p.log()).sum(-1).mean())
+        return out
+
+    def arch_snapshot(self) -> dict[str, list[list[float]]]:
+        """The current edge weights as nested lists (the run directory's alpha history)."""
+        return {t: w.detach().float().cpu().tolist() for t, w in self.arch_weights().items()}
+
+    def extra_repr(self) -> str:
+        return f"order={self.order}, ops={list(self.space.ops)}"

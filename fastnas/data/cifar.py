@@ -1,0 +1,410 @@
+"""CIFAR-10/100 as uint8 tensors from python batches, image-folder trees/archives or a torchvision download.
+
+Sources, tried in this order for ``root``:
+
+1. the official python batches: ``cifar-10-batches-py/`` (``data_batch_1..5``, ``test_batch``,
+   ``batches.meta``) or ``cifar-100-python/`` (``train``, ``test``, ``meta``); ``root`` may be that folder
+   or its parent;
+2. an image-folder tree ``root/train/<class>/*.{jpg,png}`` and ``root/test/<class>/*``;
+3. a ``.tar``/``.tar.gz`` archive of such a tree (or of the python batches), given as ``root`` itself or
+   found inside the folder ``root`` by name (``cifar10*.tar.gz`` for CIFAR-10), read without extracting;
+4. with ``download=True``: torchvision's download of the python batches into ``root``.
+
+JPEG/PNG files are decoded once; the decoded arrays of all splits are cached as an ``.npz`` in
+:func:`fastnas.data.datasets.cache_dir`, keyed by the source path, size and mtime. Within a split, the
+examples of an image folder are interleaved class by class (file-name order within a class), so any
+prefix - such as the weight half of the DARTS split - is class balanced. Normalisation constants and
+augmentation follow REFERENCE.md section 2.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import re
+import tarfile
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from fastnas.data.datasets import SPLITS, ImageDataset, cache_dir
+
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+CIFAR_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+PYTHON_FOLDERS: dict[str, str] = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+_DISPLAY = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+_ARCHIVE_NAME = {
+    "cifar10": re.compile(r"^cifar-?10([-_.].*)?\.(tar|tar\.gz|tgz)$", re.IGNORECASE),
+    "cifar100": re.compile(r"^cifar-?100([-_.].*)?\.(tar|tar\.gz|tgz)$", re.IGNORECASE),
+}
+_IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png"})
+
+
+class _PyLayout(NamedTuple):
+    """File names of the official python-batch release."""
+
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+    meta: str
+
+    def files(self, split: str) -> tuple[str, ...]:
+        return self.train if split == "train" else self.test
+
+
+_PY_FILES: dict[str, _PyLayout] = {
+    "cifar10": _PyLayout(tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta"),
+    "cifar100": _PyLayout(("train",), ("test",), "meta"),
+}
+_CACHE_VERSION = 1
+
+Arrays = dict[str, np.ndarray]  # "<split>_images" uint8 [N,C,H,W], "<split>_labels" int64 [N], "classes"
+
+
+def load_cifar(
+    name: str, root: str | os.PathLike[str] | None, split: str = "train", download: bool = False
+) -> ImageDataset:
+    """Load ``split`` of ``name`` ("cifar10" or "cifar100") from the first source found at ``root``."""
+    if name not in PYTHON_FOLDERS:
+        raise ValueError(f"load_cifar: unknown name {name!r}; use 'cifar10' or 'cifar100'")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid splits are: {', '.join(SPLITS)}")
+    root_path = Path(root).expanduser() if root is not None else None
+    source = _find_source(name, root_path) if root_path is not None else None
+    if source is None and download:
+        source = ("python", _download(name, root_path))
+    if source is None:
+        raise FileNotFoundError(_missing_message(name, root_path))
+    kind, path = source
+    if kind == "python":
+        arrays = _read_python_folder(name, path, split)
+    elif kind == "tree":
+        entries = _scan_tree(path)
+        arrays = _cached(name, path, _tree_fingerprint(entries), lambda: _decode_entries(name, entries))
+    else:
+        st = path.stat()
+        arrays = _cached(name, path, f"{st.st_size}:{st.st_mtime_ns}", lambda: _read_archive(name, path))
+    if f"{split}_images" not in arrays:
+        found = [s for s in SPLITS if f"{s}_images" in arrays]
+        raise FileNotFoundError(
+            f"{_DISPLAY[name]} source {path} has no '{split}' split (found: {', '.join(found) or 'none'}); "
+            f"an image-folder tree needs {split}/<class>/ folders"
+        )
+    mean, std = CIFAR_STATS[name]
+    return ImageDataset(
+        images=torch.from_numpy(np.ascontiguousarray(arrays[f"{split}_images"])),
+        labels=torch.from_numpy(np.asarray(arrays[f"{split}_labels"], dtype=np.int64)),
+        classes=[str(c) for c in arrays["classes"]],
+        mean=mean,
+        std=std,
+        name=name,
+        crop_padding=4,
+        hflip=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------- finding data
+
+
+def _python_folder(name: str, folder: Path) -> Path | None:
+    """The python-batch folder at ``folder`` or inside it (CIFAR-100's generic names also need ``meta``)."""
+    spec = _PY_FILES[name]
+    for candidate in (folder, folder / PYTHON_FOLDERS[name]):
+        has_split = any((candidate / f[0]).is_file() for f in (spec.train, spec.test))
+        if has_split and (name == "cifar10" or (candidate / spec.meta).is_file()):
+            return candidate
+    return None
+
+
+def _is_tree(folder: Path) -> bool:
+    for split in SPLITS:
+        split_dir = folder / split
+        if split_dir.is_dir() and any(p.is_dir() for p in split_dir.iterdir()):
+            return True
+    return False
+
+
+def _find_source(name: str, root: Path) -> tuple[str, Path] | None:
+    if root.is_file():
+        return ("archive", root) if tarfile.is_tarfile(root) else None
+    if not root.is_dir():
+        return None
+    folder = _python_folder(name, root)
+    if folder is not None:
+        return "python", folder
+    if _is_tree(root):
+        return "tree", root
+    archives = sorted(p for p in root.iterdir() if p.is_file() and _ARCHIVE_NAME[name].match(p.name))
+    if archives:
+        return "archive", archives[0]
+    return None
+
+
+def _missing_message(name: str, root: Path | None) -> str:
+    where = f"at {root}" if root is not None else "(no data root given: root=None)"
+    files = ", ".join([*_PY_FILES[name].train[:1], "...", *_PY_FILES[name].test])
+    return (
+        f"{_DISPLAY[name]} not found {where}. Provide one of: "
+        f"(1) the official python batches: a '{PYTHON_FOLDERS[name]}/' folder ({files}) as root or in it; "
+        f"(2) an image-folder tree root/train/<class>/*.jpg|png and root/test/<class>/..., or a .tar/.tar.gz "
+        f"archive of such a tree (root may be the archive or a folder holding e.g. '{name}_jpg.tar.gz'); "
+        f"(3) download=True (CLI: --download) to fetch it with torchvision (needs internet)."
+    )
+
+
+def _download(name: str, root: Path | None) -> Path:
+    import torchvision
+
+    target = root if root is not None else cache_dir() / "datasets"
+    if target.is_file():
+        target = target.parent
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        cls(root=str(target), train=True, download=True)
+    except Exception as exc:  # network errors come in many types
+        raise RuntimeError(
+            f"downloading {_DISPLAY[name]} with torchvision into {target} failed ({exc}); check the internet "
+            f"connection, or place the python batches or an image-folder tree there yourself"
+        ) from exc
+    folder = _python_folder(name, target)
+    if folder is None:
+        raise FileNotFoundError(
+            f"torchvision reported success but {target / PYTHON_FOLDERS[name]} is missing"
+        )
+    return folder
+
+
+# ---------------------------------------------------------------------------------------- python batches
+
+
+def _field(batch: dict[Any, Any], key: str) -> Any:
+    return batch[key.encode()] if key.encode() in batch else batch[key]
+
+
+def _unpickle(data: bytes | Path) -> dict[Any, Any]:
+    if isinstance(data, Path):
+        with data.open("rb") as f:
+            return pickle.load(f, encoding="bytes")
+    return pickle.loads(data, encoding="bytes")
+
+
+def _batches_to_arrays(name: str, batches: Sequence[dict[Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    label_key = "labels" if name == "cifar10" else "fine_labels"
+    data = np.concatenate([np.asarray(_field(b, "data"), dtype=np.uint8) for b in batches])
+    labels = np.concatenate([np.asarray(_field(b, label_key), dtype=np.int64) for b in batches])
+    return data.reshape(-1, 3, 32, 32), labels
+
+
+def _class_names(name: str, meta: dict[Any, Any] | None) -> list[str]:
+    if meta is None:
+        return list(CIFAR10_CLASSES) if name == "cifar10" else [f"class_{i:03d}" for i in range(100)]
+    names = _field(meta, "label_names" if name == "cifar10" else "fine_label_names")
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _read_python_folder(name: str, folder: Path, split: str) -> Arrays:
+    paths = [folder / f for f in _PY_FILES[name].files(split)]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{_DISPLAY[name]} python batches incomplete: missing {', '.join(missing)}")
+    images, labels = _batches_to_arrays(name, [_unpickle(p) for p in paths])
+    meta_path = folder / _PY_FILES[name].meta
+    meta = _unpickle(meta_path) if meta_path.is_file() else None
+    return {
+        f"{split}_images": images,
+        f"{split}_labels": labels,
+        "classes": np.array(_class_names(name, meta)),
+    }
+
+
+# ---------------------------------------------------------------------------------------- image folders
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One image file of an image-folder tree: split, class, file name, its bytes or path, size and mtime."""
+
+    split: str
+    cls: str
+    filename: str
+    data: bytes | Path
+    size: int
+    stamp: int
+
+
+def _image_parts(path: str) -> tuple[str, str, str] | None:
+    """(split, class, file) when ``path`` looks like ``.../<split>/<class>/<file>.{jpg,png}``."""
+    parts = [p for p in PurePosixPath(path).parts if p not in (".", "")]
+    if len(parts) < 3 or parts[-3] not in SPLITS or parts[-1].startswith("."):
+        return None
+    if PurePosixPath(parts[-1]).suffix.lower() not in _IMAGE_SUFFIXES:
+        return None
+    return parts[-3], parts[-2], parts[-1]
+
+
+def _scan_tree(root: Path) -> list[_Entry]:
+    entries: list[_Entry] = []
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            with os.scandir(class_dir) as it:
+                for f in it:
+                    if f.is_file() and _image_parts(f"{split}/{class_dir.name}/{f.name}") is not None:
+                        st = f.stat()
+                        entries.append(
+                            _Entry(split, class_dir.name, f.name, Path(f.path), st.st_size, st.st_mtime_ns)
+                        )
+    return entries
+
+
+def _tree_fingerprint(entries: Sequence[_Entry]) -> str:
+    digest = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: (e.split, e.cls, e.filename)):
+        digest.update(f"{e.split}/{e.cls}/{e.filename}:{e.size}:{e.stamp}\n".encode())
+    return digest.hexdigest()
+
+
+def _class_order(name: str, present: set[str]) -> list[str]:
+    if name == "cifar10" and present == set(CIFAR10_CLASSES):
+        return list(CIFAR10_CLASSES)
+    return sorted(present)
+
+
+def _decode_one(data: bytes | Path) -> np.ndarray:
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        rgb = img if img.mode == "RGB" else img.convert("RGB")
+        return np.asarray(rgb)
+
+
+def _decode_entries(name: str, entries: Sequence[_Entry]) -> Arrays:
+    """Decode all images (once, with a progress bar) into per-split uint8 NCHW arrays, classes interleaved."""
+    if not entries:
+        raise FileNotFoundError(f"{_DISPLAY[name]} image folder has no .jpg/.png files under train/ or test/")
+    classes = _class_order(name, {e.cls for e in entries})
+    class_index = {c: i for i, c in enumerate(classes)}
+    arrays: Arrays = {"classes": np.array(classes)}
+    first = _decode_one(entries[0].data)
+    height, width = first.shape[:2]
+    bar = tqdm(total=len(entries), desc=f"decoding {_DISPLAY[name]} images (cached afterwards)", unit="img")
+    for split in SPLITS:
+        chosen = [e for e in entries if e.split == split]
+        if not chosen:
+            continue
+        chosen.sort(key=lambda e: (class_index[e.cls], e.filename))
+        rank: dict[str, int] = {}
+        keyed = []
+        for e in chosen:  # interleave classes: k-th file of every class, then the (k+1)-th, ...
+            r = rank.get(e.cls, 0)
+            rank[e.cls] = r + 1
+            keyed.append((r, class_index[e.cls], e))
+        keyed.sort(key=lambda t: (t[0], t[1]))
+        images = np.empty((len(keyed), 3, height, width), dtype=np.uint8)
+        labels = np.empty(len(keyed), dtype=np.int64)
+        for i, (_, label, e) in enumerate(keyed):
+            pixels = _decode_one(e.data)
+            if pixels.shape != (height, width, 3):
+                bar.close()
+                raise ValueError(
+                    f"image {e.split}/{e.cls}/{e.filename} is {pixels.shape[1]}x{pixels.shape[0]} but the "
+                    f"first image is {width}x{height}; all images of a dataset must have the same size"
+                )
+            images[i] = pixels.transpose(2, 0, 1)
+            labels[i] = label
+            bar.update(1)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    bar.close()
+    return arrays
+
+
+def _read_archive(name: str, path: Path) -> Arrays:
+    """Read a .tar/.tar.gz sequentially: an image-folder tree inside it, or else the python batches."""
+    entries: list[_Entry] = []
+    pickles: dict[str, bytes] = {}
+    py_names = {*_PY_FILES[name].train, *_PY_FILES[name].test, _PY_FILES[name].meta}
+    with tarfile.open(path, "r|*") as tar, tqdm(desc=f"reading {path.name}", unit="file") as bar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            parts = _image_parts(member.name)
+            posix = PurePosixPath(member.name)
+            is_pickle = posix.name in py_names and (
+                name == "cifar10" or posix.parent.name == PYTHON_FOLDERS[name]
+            )
+            if parts is None and not is_pickle:
+                continue
+            handle = tar.extractfile(member)
+            if handle is None:
+                continue
+            data = handle.read()
+            if parts is not None:
+                entries.append(_Entry(*parts, data=data, size=member.size, stamp=0))
+            else:
+                pickles[posix.name] = data
+            bar.update(1)
+    if entries:
+        return _decode_entries(name, entries)
+    arrays: Arrays = {}
+    for split in SPLITS:
+        files = _PY_FILES[name].files(split)
+        if all(f in pickles for f in files):
+            images, labels = _batches_to_arrays(name, [_unpickle(pickles[f]) for f in files])
+            arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
+    if not arrays:
+        raise FileNotFoundError(
+            f"archive {path} holds neither an image-folder tree (train/<class>/*.jpg|png) nor the "
+            f"{_DISPLAY[name]} python batches ({PYTHON_FOLDERS[name]}/)"
+        )
+    meta = pickles.get(_PY_FILES[name].meta)
+    arrays["classes"] = np.array(_class_names(name, _unpickle(meta) if meta is not None else None))
+    return arrays
+
+
+# ---------------------------------------------------------------------------------------- cache
+
+
+def _cached(name: str, source: Path, fingerprint: str, build: Callable[[], Arrays]) -> Arrays:
+    """Arrays from the cache file of (name, source, fingerprint), else ``build()`` and write it atomically."""
+    resolved = source.resolve()
+    key = hashlib.sha256(f"v{_CACHE_VERSION}|{name}|{resolved}|{fingerprint}".encode()).hexdigest()[:20]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", resolved.name)
+    path = cache_dir() / f"{name}-{stem}-{key}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except Exception as exc:  # a damaged cache is rebuilt, never fatal
+            warnings.warn(f"ignoring unreadable dataset cache {path} ({exc}); decoding again", stacklevel=3)
+    arrays = build()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        warnings.warn(
+            f"could not write the dataset cache {path} ({exc}); set FASTNAS_CACHE_DIR to a writable folder "
+            f"to avoid decoding the images again next time",
+            stacklevel=3,
+        )
+    return arrays

@@ -1,0 +1,179 @@
+"""A deterministic batch loader over uint8 image tensors held on the target device (GPU-resident CIFAR).
+
+The selected images are moved to ``device`` once; every batch is gathered, randomly cropped (zero padding,
+per-sample offsets) and flipped with one flat-index gather, then normalised - no per-image Python loop
+and no per-epoch host transfer. All randomness of epoch ``e`` comes from a CPU ``torch.Generator`` seeded
+from ``(seed, e)`` only, so an epoch's batches are identical whether or not earlier epochs ran in this
+process (resumed searches are bit-identical) and do not depend on the device. Augmentation follows
+REFERENCE.md section 2 (random crop with padding 4, horizontal flip for CIFAR).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import torch
+
+from fastnas.data.datasets import ImageDataset
+
+
+def limit_indices(indices: torch.Tensor, limit: int | None) -> torch.Tensor:
+    """The first ``limit`` indices (all of them when ``limit`` is None), e.g. for quick smoke runs."""
+    if limit is None:
+        return indices
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0 or None (all examples), got {limit}")
+    return indices[:limit]
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A CPU generator whose state depends only on ``(seed, epoch)`` (hashed, so nearby seeds decorrelate)."""
+    digest = hashlib.sha256(f"fastnas.TensorBatchLoader:{int(seed)}:{int(epoch)}".encode()).digest()
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int.from_bytes(digest[:8], "little"))
+    return generator
+
+
+def crop_flip(
+    source: torch.Tensor,
+    sample: torch.Tensor,
+    offsets: torch.Tensor | None,
+    flips: torch.Tensor | None,
+    height: int,
+    width: int,
+) -> torch.Tensor:
+    """Gather ``source[sample]`` cropped to ``height x width`` at per-sample ``offsets`` ``[B, 2]`` (row,
+    column; None = 0) and mirrored where ``flips`` ``[B]`` is true, as one gather with flat indices."""
+    source = source.contiguous()
+    batch, channels, src_h, src_w = sample.numel(), *source.shape[1:]
+    device = source.device
+    rows = torch.arange(height, device=device).expand(batch, height)
+    cols = torch.arange(width, device=device).expand(batch, width)
+    if offsets is not None:
+        rows = rows + offsets[:, 0:1]
+        cols = cols + offsets[:, 1:2]
+    if flips is not None:
+        cols = torch.where(flips[:, None], cols.flip(1), cols)
+    plane = src_h * src_w
+    base = sample.view(batch, 1) * (channels * plane) + torch.arange(channels, device=device) * plane
+    flat = base.view(batch, channels, 1, 1) + (rows * src_w).view(batch, 1, height, 1)
+    flat = flat + cols.view(batch, 1, 1, width)
+    return source.view(-1)[flat]
+
+
+def pad_images(images: torch.Tensor, padding: int) -> torch.Tensor:
+    """Zero-pad ``[N, C, H, W]`` images by ``padding`` pixels on every side (any dtype, any device)."""
+    if padding == 0:
+        return images
+    n, c, h, w = images.shape
+    padded = images.new_zeros((n, c, h + 2 * padding, w + 2 * padding))
+    padded[:, :, padding : padding + h, padding : padding + w] = images
+    return padded
+
+
+def random_crop_flip(
+    images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor | None, padding: int
+) -> torch.Tensor:
+    """Crop each zero-padded image at ``offsets[i]`` (each in ``0..2*padding``) back to its size and flip
+    where ``flips`` is true; ``offsets == padding`` and no flip returns the input."""
+    sample = torch.arange(images.shape[0], device=images.device)
+    return crop_flip(pad_images(images, padding), sample, offsets, flips, images.shape[2], images.shape[3])
+
+
+class TensorBatchLoader:
+    """Yields ``(x, y)``: x float32 normalised ``[B, C, H, W]``, y int64 ``[B]``, both on ``device``.
+
+    ``indices`` selects examples of ``dataset`` (None = all). With ``augment`` the dataset's random crop
+    (``crop_padding``) and horizontal flip (``hflip``) are applied. Call :meth:`set_epoch` before each
+    epoch: the epoch is not advanced automatically, so an epoch can be replayed exactly.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageDataset,
+        indices: torch.Tensor | None,
+        batch_size: int,
+        *,
+        augment: bool,
+        shuffle: bool,
+        seed: int,
+        device: torch.device | str = "cpu",
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        total = len(dataset)
+        if indices is None:
+            idx = torch.arange(total, dtype=torch.int64)
+        else:
+            idx = torch.as_tensor(indices).to(device="cpu", dtype=torch.int64)
+            if idx.dim() != 1:
+                raise ValueError(f"indices must be a 1-D tensor, got shape {tuple(idx.shape)}")
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= total):
+                raise IndexError(
+                    f"indices must lie in [0, {total}) for dataset {dataset.name!r}, got "
+                    f"[{int(idx.min())}, {int(idx.max())}]"
+                )
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self.padding = dataset.crop_padding if augment else 0
+        self.hflip = bool(augment and dataset.hflip)
+        self.height, self.width = dataset.images.shape[2], dataset.images.shape[3]
+        self._epoch = 0
+        images = dataset.images[idx].to(self.device)
+        self._images = pad_images(images, self.padding).contiguous()
+        self._labels = dataset.labels[idx].to(self.device)
+        mean = torch.tensor(dataset.mean, dtype=torch.float64)
+        std = torch.tensor(dataset.std, dtype=torch.float64)
+        shape = (1, dataset.in_channels, 1, 1)
+        self._scale = (1.0 / (255.0 * std)).to(torch.float32).view(shape).to(self.device)
+        self._shift = (-mean / std).to(torch.float32).view(shape).to(self.device)
+
+    @property
+    def num_examples(self) -> int:
+        return int(self._labels.shape[0])
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose shuffle and augmentation the next iteration produces."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n, b = self.num_examples, self.batch_size
+        return n // b if self.drop_last else (n + b - 1) // b
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n = self.num_examples
+        generator = epoch_generator(self.seed, self._epoch)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        offsets = flips = None
+        if self.padding > 0:
+            offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator).to(self.device)
+        if self.hflip:
+            flips = (torch.rand(n, generator=generator) < 0.5).to(self.device)
+        order = order.to(self.device)
+        for b in range(len(self)):
+            sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, n))
+            sample = order[sl]
+            if offsets is None and flips is None:
+                pixels = self._images[sample]
+            else:
+                pixels = crop_flip(
+                    self._images,
+                    sample,
+                    None if offsets is None else offsets[sl],
+                    None if flips is None else flips[sl],
+                    self.height,
+                    self.width,
+                )
+            x = pixels.to(torch.float32).mul_(self._scale).add_(self._shift)
+            yield x, self._labels[sample]

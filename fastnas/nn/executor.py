@@ -1,0 +1,62 @@
+"""Cell executors: how a search cell computes its intermediate nodes.
+
+A cell owns its modules; an executor decides how to run them. The reference executor is the plain
+loop of the papers (seed 002 Eq. 1: node j = sum over earlier states i of the mixed edge (i, j));
+a fused executor (batched edges, fused weighted sum) plugs in through the same interface and must
+give the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from fastnas.nn.cell import SearchCell
+
+
+class CellExecutor(Protocol):
+    """Computes all states of ``cell`` from the preprocessed inputs and the edge weights [E, K]."""
+
+    name: str
+
+    def __call__(
+        self, cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor
+    ) -> list[torch.Tensor]: ...
+
+
+class ReferenceExecutor:
+    """The DARTS loop: node by node, a mixed op on every incoming edge, summed."""
+
+    name = "reference"
+
+    def __call__(
+        self, cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor
+    ) -> list[torch.Tensor]:
+        states = [s0, s1]
+        offset = 0
+        for _node in range(cell.num_nodes):
+            node_sum = None
+            for source, state in enumerate(states):
+                y = cell.edges[offset + source](state, weights[offset + source])
+                node_sum = y if node_sum is None else node_sum + y
+            offset += len(states)
+            states.append(node_sum)
+        return states
+
+
+_EXECUTORS: dict[str, type] = {"reference": ReferenceExecutor}
+
+
+def build_executor(name: str) -> CellExecutor:
+    """Executor by name (``reference``; the fused one arrives with the kernel work)."""
+    try:
+        return _EXECUTORS[name]()
+    except KeyError:
+        raise ValueError(f"unknown cell executor {name!r}; available: {', '.join(_EXECUTORS)}") from None
+
+
+def register_executor(name: str, cls: type) -> None:
+    """Make a new executor selectable by name."""
+    _EXECUTORS[name] = cls

@@ -1,0 +1,84 @@
+"""A supernet together with its search method: the drop-in backend for a user's own loop."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastnas.algorithms import SearchAlgorithm, build_algorithm
+from fastnas.genotype import Genotype
+from fastnas.nn.supernet import Supernet
+from fastnas.spaces import DartsSpace
+
+
+class SearchModel(nn.Module):
+    """``supernet`` (weights) + ``algorithm`` (architecture parameters).
+
+    ``model(x)`` returns logits under the algorithm's current edge weights; :meth:`loss` is the
+    cross-entropy plus, at the architecture level, the method's regulariser; :meth:`genotype`
+    derives the discrete architecture.
+    """
+
+    def __init__(self, supernet: Supernet, algorithm: SearchAlgorithm):
+        super().__init__()
+        if supernet.space != algorithm.space:
+            raise ValueError("the supernet and the algorithm must share one search space")
+        self.supernet = supernet
+        self.algorithm = algorithm
+
+    @classmethod
+    def build(
+        cls,
+        method: str = "darts",
+        space: DartsSpace | None = None,
+        C: int = 16,
+        layers: int = 8,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        executor: str = "reference",
+        **method_options: Any,
+    ) -> SearchModel:
+        """Build the supernet and the method (e.g. ``SearchModel.build("darts", order=2)``)."""
+        space = space or DartsSpace()
+        supernet = Supernet(space, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
+                            executor=executor)
+        return cls(supernet, build_algorithm(method, space, **method_options))
+
+    @property
+    def space(self) -> DartsSpace:
+        return self.supernet.space
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.supernet(x, self.algorithm.arch_weights())
+
+    def criterion(self, logits: torch.Tensor, target: torch.Tensor, level: str = "weights") -> torch.Tensor:
+        """Cross-entropy, plus the method's regulariser when ``level == "arch"``."""
+        if level not in ("weights", "arch"):
+            raise ValueError(f"level must be 'weights' or 'arch', got {level!r}")
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        loss = F.cross_entropy(logits, target)
+        if level == "arch":
+            extra = self.algorithm.extra_arch_loss()
+            if extra is not None:
+                loss = loss + extra
+        return loss
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor, level: str = "weights") -> torch.Tensor:
+        """Training loss of a batch (``level="arch"`` for the architecture step)."""
+        return self.criterion(self(x), target, level)
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return list(self.supernet.parameters())
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return self.algorithm.arch_parameters()
+
+    def arch_weights(self) -> dict[str, torch.Tensor]:
+        return self.algorithm.arch_weights()
+
+    def genotype(self) -> Genotype:
+        return self.algorithm.derive()

@@ -1,0 +1,38 @@
+"""Candidate operations (plain ``nn.Module`` reference semantics) and the op registry."""
+
+from fastnas.ops import darts_ops as _darts_ops  # noqa: F401  (registers the DARTS ops)
+from fastnas.ops.darts_ops import (
+    DARTS_OPS,
+    DilConv,
+    FactorizedReduce,
+    Identity,
+    ReLUConvBN,
+    SepConv,
+    Zero,
+)
+from fastnas.ops.registry import (
+    OpSpec,
+    UnknownOpError,
+    available_ops,
+    build_op,
+    get_op_spec,
+    is_registered,
+    register_op,
+)
+
+__all__ = [
+    "DARTS_OPS",
+    "DilConv",
+    "FactorizedReduce",
+    "Identity",
+    "OpSpec",
+    "ReLUConvBN",
+    "SepConv",
+    "UnknownOpError",
+    "Zero",
+    "available_ops",
+    "build_op",
+    "get_op_spec",
+    "is_registered",
+    "register_op",
+]

@@ -1,0 +1,332 @@
+"""The shared bilevel search loop (DARTS Alg. 1; REFERENCE.md section 2).
+
+Each iteration updates the architecture first (on a batch of the architecture half of the split),
+then the weights (on a batch of the weight half). Weights: SGD with momentum and weight decay, a cosine
+schedule and gradient-norm clipping; architecture: Adam. Every method plugs in as a
+:class:`~fastnas.algorithms.SearchAlgorithm` and reuses this loop unchanged.
+
+A run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch), ``alphas.jsonl`` (the
+edge weights after each epoch), ``checkpoint.pt`` (written atomically after every epoch),
+``genotype.json`` / ``genotype.txt`` and ``log.txt``. ``resume_search(run_dir)`` continues a killed run;
+all randomness of an epoch is seeded from (seed, epoch), so a resumed run ends with the same
+architecture parameters and genotype as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from fastnas.data import TensorBatchLoader, limit_indices, load_dataset, search_split
+from fastnas.genotype import Genotype
+from fastnas.nn.search_model import SearchModel
+from fastnas.spaces import build_space
+from fastnas.train.checkpoint import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    read_jsonl,
+    rewrite_jsonl,
+    save_checkpoint,
+)
+from fastnas.train.config import SearchConfig
+from fastnas.train.device import autocast, resolve_device
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class SearchResult:
+    """What a finished search returns."""
+
+    run_dir: Path
+    genotype: Genotype
+    metrics: list[dict[str, Any]]
+    model: SearchModel
+
+
+def _repeat(loader: TensorBatchLoader) -> Iterator[Batch]:
+    while True:
+        yield from loader
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _new_run_dir(config: SearchConfig) -> Path:
+    name = config.run_name or (
+        f"{config.method}-{config.dataset}-s{config.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
+    run_dir = Path(config.out_dir) / name
+    if (run_dir / "checkpoint.pt").exists():
+        raise FileExistsError(
+            f"run directory {run_dir} already holds a run; continue it with --resume {run_dir} "
+            "or choose another --run-name"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+class SearchRunner:
+    """Builds data, model and optimisers from a resolved config and runs the epochs."""
+
+    def __init__(self, config: SearchConfig, run_dir: Path, progress: bool = True, device: str | None = None):
+        self.config = config
+        self.run_dir = run_dir
+        self.progress = progress
+        self.device = resolve_device(device or config.device)
+        if config.deterministic and self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not config.deterministic
+        _seed_everything(config.seed)
+
+        train_set = load_dataset(config.dataset, config.data_dir, split="train", download=config.download)
+        indices = limit_indices(torch.arange(len(train_set)), config.limit)
+        weight_idx, arch_idx = search_split(len(indices), config.train_portion)
+        weight_idx, arch_idx = indices[weight_idx], indices[arch_idx]
+        if len(weight_idx) == 0 or len(arch_idx) == 0:
+            raise ValueError("the search split left no images for one of the halves; raise --limit")
+        common = {"batch_size": config.batch_size, "device": self.device}
+        self.weight_loader = TensorBatchLoader(
+            train_set, weight_idx, augment=True, shuffle=True, seed=config.seed, **common
+        )
+        self.arch_loader = TensorBatchLoader(
+            train_set, arch_idx, augment=True, shuffle=True, seed=config.seed + 1, **common
+        )
+        self.eval_loader = TensorBatchLoader(
+            train_set, arch_idx, augment=False, shuffle=False, seed=config.seed, **common
+        )
+
+        space = build_space(config.space, num_nodes=config.nodes)
+        self.model = SearchModel.build(
+            config.method,
+            space=space,
+            C=config.C,
+            layers=config.layers,
+            num_classes=train_set.num_classes,
+            in_channels=train_set.in_channels,
+            executor=config.executor,
+            **config.method_options,
+        ).to(self.device)
+        self.algorithm = self.model.algorithm
+        if config.precision == "fp16" and self.algorithm.order == 2:
+            raise ValueError("second-order search does not support fp16 (no loss scaling through the "
+                             "virtual step); use --precision bf16 or fp32")
+        self.weight_optimizer = torch.optim.SGD(
+            self.model.weight_parameters(),
+            lr=config.lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
+        self.arch_optimizer = torch.optim.Adam(
+            self.model.arch_parameters(),
+            lr=config.arch_lr,
+            betas=tuple(config.arch_betas),
+            weight_decay=config.arch_weight_decay,
+        )
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.weight_optimizer, T_max=config.epochs, eta_min=config.lr_min
+        )
+        use_scaler = config.precision == "fp16"
+        self.weight_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.arch_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.start_epoch = 0
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "weight_optimizer": self.weight_optimizer.state_dict(),
+            "arch_optimizer": self.arch_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "weight_scaler": self.weight_scaler.state_dict(),
+            "arch_scaler": self.arch_scaler.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+            "genotype": self.algorithm.derive().to_json(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+        self.arch_optimizer.load_state_dict(state["arch_optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.weight_scaler.load_state_dict(state["weight_scaler"])
+        self.arch_scaler.load_state_dict(state["arch_scaler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.start_epoch = state["epoch"] + 1
+
+    # ----------------------------------------------------------------- steps
+    def arch_step(self, train_batch: Batch, val_batch: Batch, lr: float) -> None:
+        """One architecture update (first or second order)."""
+        from fastnas.algorithms.architect import unrolled_arch_gradients
+
+        params = self.model.arch_parameters()
+        self.arch_optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.config.precision):
+            if self.algorithm.order == 2:
+                grads, _ = unrolled_arch_gradients(self.model, train_batch, val_batch, lr, self.weight_optimizer)
+                for p, g in zip(params, grads, strict=True):
+                    p.grad = g.to(p.dtype)
+            else:
+                loss = self.model.loss(*val_batch, level="arch")
+        if self.algorithm.order != 2:
+            self.arch_scaler.scale(loss).backward(inputs=params)
+        if self.config.arch_grad_clip:
+            self.arch_scaler.unscale_(self.arch_optimizer)
+            torch.nn.utils.clip_grad_norm_(params, self.config.arch_grad_clip)
+        self.arch_scaler.step(self.arch_optimizer)
+        self.arch_scaler.update()
+
+    def weight_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """One weight update; returns the (detached) loss and the number of correct predictions."""
+        x, y = batch
+        params = self.model.weight_parameters()
+        self.weight_optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.config.precision):
+            logits = self.model(x)
+            loss = self.model.criterion(logits, y, "weights")
+        self.weight_scaler.scale(loss).backward(inputs=params)
+        self.weight_scaler.unscale_(self.weight_optimizer)
+        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        self.weight_scaler.step(self.weight_optimizer)
+        self.weight_scaler.update()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """Loss and accuracy (%) of the supernet on the architecture half, without augmentation."""
+        self.model.eval()
+        total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        count = 0
+        self.eval_loader.set_epoch(0)
+        for x, y in self.eval_loader:
+            with autocast(self.device, self.config.precision):
+                logits = self.model(x)
+            total_loss += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+            correct += (logits.argmax(1) == y).sum()
+            count += len(y)
+        self.model.train()
+        return float(total_loss) / count, 100.0 * float(correct) / count
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.config
+        self.model.train()
+        self.algorithm.on_epoch_start(epoch, cfg.epochs)
+        lr = self.scheduler.get_last_lr()[0]
+        self.weight_loader.set_epoch(epoch)
+        self.arch_loader.set_epoch(epoch)
+        arch_batches = _repeat(self.arch_loader)
+        update_arch = self.algorithm.updates_architecture(epoch)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(
+            total=len(self.weight_loader),
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        for step, batch in enumerate(self.weight_loader):
+            val_batch = next(arch_batches)
+            if update_arch:
+                self.arch_step(batch, val_batch, lr)
+            loss, n_correct = self.weight_step(batch)
+            loss_sum += loss.double() * len(batch[1])
+            correct += n_correct
+            seen += len(batch[1])
+            bar.update(1)
+            if self.progress and (step % 10 == 0 or step == len(self.weight_loader) - 1):
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100.0 * float(correct) / seen:.1f}")
+        bar.close()
+        self.scheduler.step()
+        return {"train_loss": float(loss_sum) / seen, "train_acc": 100.0 * float(correct) / seen, "lr": lr}
+
+    # ----------------------------------------------------------------- run
+    def log(self, line: str) -> None:
+        tqdm.write(line) if self.progress else print(line, flush=True)
+        with open(self.run_dir / "log.txt", "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def run(self) -> SearchResult:
+        cfg = self.config
+        metrics_path, alphas_path = self.run_dir / "metrics.jsonl", self.run_dir / "alphas.jsonl"
+        # Drop rows of epochs after the checkpoint (written before a crash, redone now).
+        for path in (metrics_path, alphas_path):
+            rows = [r for r in read_jsonl(path) if r["epoch"] < self.start_epoch]
+            rewrite_jsonl(path, rows)
+        if self.start_epoch >= cfg.epochs:
+            self.log(f"run {self.run_dir} already finished ({cfg.epochs} epochs)")
+        for epoch in range(self.start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+            row["val_loss"], row["val_acc"] = self.evaluate()
+            genotype = self.algorithm.derive()
+            entropy = self.algorithm.arch_entropy()
+            row.update(
+                {
+                    "alpha_entropy": entropy,
+                    "genotype": genotype.to_literal(),
+                    "epoch_time_s": time.perf_counter() - started,
+                }
+            )
+            append_jsonl(metrics_path, row)
+            append_jsonl(alphas_path, {"epoch": epoch, "weights": self.algorithm.arch_snapshot()})
+            save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict(epoch))
+            ent = " ".join(f"{k}={v:.3f}" for k, v in entropy.items())
+            self.log(
+                f"epoch {epoch + 1}/{cfg.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% "
+                f"| val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}% | lr {row['lr']:.5f} "
+                f"| entropy {ent} | {row['epoch_time_s']:.1f}s\n  genotype = {row['genotype']}"
+            )
+        genotype = self.algorithm.derive()
+        genotype.save_json(self.run_dir / "genotype.json")
+        atomic_write_text(self.run_dir / "genotype.txt", genotype.to_literal() + "\n")
+        return SearchResult(self.run_dir, genotype, read_jsonl(metrics_path), self.model)
+
+
+def run_search(config: SearchConfig, progress: bool = True) -> SearchResult:
+    """Run a search from scratch; returns the final genotype and the run directory."""
+    config = config.resolved()
+    run_dir = _new_run_dir(config)
+    atomic_write_json(run_dir / "config.json", config.to_json())
+    runner = SearchRunner(config, run_dir, progress=progress)
+    runner.log(f"fastnas search: {config.method} on {config.dataset}, run directory {run_dir}")
+    return runner.run()
+
+
+def resume_search(run_dir: str | Path, progress: bool = True, device: str | None = None) -> SearchResult:
+    """Continue the run in ``run_dir`` from its last checkpoint (or finish it if already done)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir} is not a search run directory (no config.json)")
+    config = SearchConfig.load(run_dir / "config.json").resolved()
+    runner = SearchRunner(config, run_dir, progress=progress, device=device)
+    if (run_dir / "checkpoint.pt").exists():
+        runner.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location=runner.device))
+        runner.log(f"resuming {run_dir} after epoch {runner.start_epoch}/{config.epochs}")
+    else:
+        runner.log(f"{run_dir} has no checkpoint yet; starting it from epoch 1")
+    return runner.run()

@@ -1,0 +1,76 @@
+"""Build script: the Python packages and the optional ``fastnas._C`` extension.
+
+The extension (``csrc/``) registers fastnas operators with the PyTorch dispatcher. It is built
+when torch and a C++ compiler are present; its CUDA part is added when a CUDA toolkit is found
+(``CUDA_HOME``) and torch is a CUDA build. Without any of these the package still installs and
+imports, and every operator falls back to its PyTorch reference.
+
+Settings (environment variables):
+- ``FASTNAS_BUILD_EXT=0``: skip the extension entirely.
+- ``FASTNAS_BUILD_CUDA=0``: build only the CPU part even where CUDA is available.
+- ``CUDA_HOME``, ``TORCH_CUDA_ARCH_LIST``: the usual torch.utils.cpp_extension settings; see
+  DEVELOPERS.md for compiling the CUDA sources on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+import sysconfig
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+PACKAGES = [*find_packages(include=["fastnas", "fastnas.*"]), "fastnas.kernels"]
+PACKAGE_DIR = {"fastnas.kernels": "kernels"}
+
+
+def _extra_cuda_includes() -> list[str]:
+    """Header folders of the pip-installed CUDA libraries (the local toolkit may lack cuBLAS headers)."""
+    site = sysconfig.get_paths()["purelib"]
+    return [p for p in glob.glob(os.path.join(site, "nvidia", "*", "include")) if os.path.isdir(p)]
+
+
+def _extensions() -> tuple[list, dict]:
+    if os.environ.get("FASTNAS_BUILD_EXT", "1") == "0":
+        return [], {}
+    try:
+        import torch
+        from torch.utils import cpp_extension
+    except Exception as exc:  # torch missing: pure-Python install
+        print(f"fastnas: not building the C++ extension ({exc})", file=sys.stderr)
+        return [], {}
+
+    cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu"))) + sorted(
+        glob.glob(os.path.join("csrc", "cuda", "*.cpp"))
+    )
+    want_cuda = (
+        os.environ.get("FASTNAS_BUILD_CUDA", "1") != "0"
+        and cpp_extension.CUDA_HOME is not None
+        and torch.version.cuda is not None
+    )
+    cxx_flags = ["-O3", "-std=c++20"]  # torch >= 2.10 headers require C++20
+    if want_cuda:
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        ext = cpp_extension.CUDAExtension(
+            name="fastnas._C",
+            sources=cpp_sources + cuda_sources,
+            include_dirs=[os.path.join(ROOT, "csrc"), *_extra_cuda_includes()],
+            define_macros=[("FASTNAS_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++20"]},
+        )
+    else:
+        ext = cpp_extension.CppExtension(
+            name="fastnas._C",
+            sources=cpp_sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            extra_compile_args={"cxx": cxx_flags},
+        )
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=True)
+    return [ext], {"build_ext": build_ext}
+
+
+ext_modules, cmdclass = _extensions()
+setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)

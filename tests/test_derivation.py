@@ -1,0 +1,67 @@
+"""The DARTS derivation rule on hand-set edge weights (REFERENCE.md section 1)."""
+
+from __future__ import annotations
+
+import torch
+
+from fastnas import DartsSpace, Genotype, SearchModel
+from fastnas.algorithms import derive_darts_cell
+
+SPACE = DartsSpace()
+OPS = list(SPACE.ops)
+
+
+def _weights(strong: dict[int, tuple[str, float]], none_edges: tuple[int, ...] = ()) -> torch.Tensor:
+    """Uniform small weights; ``strong[edge] = (op, value)`` raises one op; ``none`` large on none_edges."""
+    w = torch.full((14, 8), 0.01)
+    for edge, (op, value) in strong.items():
+        w[edge, OPS.index(op)] = value
+    for edge in none_edges:
+        w[edge, OPS.index("none")] = 0.99  # must be ignored when ranking and choosing
+    return w
+
+
+def test_hand_set_weights_give_expected_cell() -> None:
+    # Edge numbering: node 0 <- {0, 1} = edges 0-1; node 1 <- {0, 1, 2} = 2-4; node 2 <- 0..3 = 5-8;
+    # node 3 <- 0..4 = 9-13.
+    strong = {
+        0: ("sep_conv_3x3", 0.5), 1: ("skip_connect", 0.6),
+        3: ("dil_conv_5x5", 0.3), 4: ("max_pool_3x3", 0.7),
+        5: ("avg_pool_3x3", 0.2), 8: ("sep_conv_5x5", 0.9), 7: ("dil_conv_3x3", 0.4),
+        13: ("sep_conv_3x3", 0.8), 10: ("skip_connect", 0.75),
+    }
+    cell = derive_darts_cell(_weights(strong, none_edges=(2, 6, 9)), SPACE)
+    assert cell.nodes == (
+        (("skip_connect", 1), ("sep_conv_3x3", 0)),
+        (("max_pool_3x3", 2), ("dil_conv_5x5", 1)),
+        (("sep_conv_5x5", 3), ("dil_conv_3x3", 2)),
+        (("sep_conv_3x3", 4), ("skip_connect", 1)),
+    )
+    assert cell.concat == (2, 3, 4, 5)
+
+
+def test_none_never_selected_even_when_dominant() -> None:
+    w = torch.full((14, 8), 0.001)
+    w[:, 0] = 10.0
+    w[:, OPS.index("avg_pool_3x3")] = 0.01
+    cell = derive_darts_cell(w, SPACE)
+    assert all(op == "avg_pool_3x3" for node in cell.nodes for op, _ in node)
+    # all edges tie: the lower input indices win, as in the DARTS code's stable sort
+    assert [sorted(i for _, i in node) for node in cell.nodes] == [[0, 1]] * 4
+
+
+def test_model_genotype_uses_softmax_of_alphas() -> None:
+    torch.manual_seed(0)
+    model = SearchModel.build("darts", C=4, layers=5)
+    with torch.no_grad():
+        for alpha in model.algorithm.alphas.values():
+            alpha.zero_()
+        model.algorithm.alphas["normal"][:, OPS.index("sep_conv_3x3")] = 3.0
+        model.algorithm.alphas["reduce"][:, OPS.index("max_pool_3x3")] = 3.0
+        # node 3: input 4 strongest
+        model.algorithm.alphas["normal"][13, OPS.index("dil_conv_3x3")] = 5.0
+    g = model.genotype()
+    assert isinstance(g, Genotype)
+    assert g.normal[6:] == [("dil_conv_3x3", 4), ("sep_conv_3x3", 0)]
+    assert {op for op, _ in g.reduce} == {"max_pool_3x3"}
+    assert g.normal_concat == [2, 3, 4, 5] and g.reduce_concat == [2, 3, 4, 5]
