@@ -51,7 +51,8 @@ def _extensions() -> tuple[list, dict]:
         and cpp_extension.CUDA_HOME is not None
         and torch.version.cuda is not None
     )
-    cxx_flags = ["-O3", "-std=c++20"]  # torch >= 2.10 headers require C++20
+    # C++20: torch >= 2.10 headers require it. -g0: no debug info (Python's CFLAGS add -g), ~25% faster.
+    cxx_flags = ["-O3", "-std=c++20", "-g0"]
     if want_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         ext = cpp_extension.CUDAExtension(

@@ -52,9 +52,29 @@ def test_fp16_second_order_is_refused() -> None:
 
 def test_run_main_writes_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
-    argv = ["--device", "cpu", "--C", "4", "--layers", "3", "--image-size", "8", "--batch-sizes", "4",
-            "--precision", "fp32", "fp16", "--order", "1", "--warmup", "0", "--repeats", "1",
-            "--json", str(out)]
+    argv = [
+        "--device",
+        "cpu",
+        "--C",
+        "4",
+        "--layers",
+        "3",
+        "--image-size",
+        "8",
+        "--batch-sizes",
+        "4",
+        "--precision",
+        "fp32",
+        "fp16",
+        "--order",
+        "1",
+        "--warmup",
+        "0",
+        "--repeats",
+        "1",
+        "--json",
+        str(out),
+    ]
     assert run.main(argv) == 0
     table = capsys.readouterr().out
     assert "| executor | order | precision | batch | median ms |" in table

@@ -95,25 +95,46 @@ def _search_step_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--C", type=int, default=16, help="initial channels")
     group.add_argument("--layers", type=int, default=8, help="cells in the supernet")
     group.add_argument("--image-size", type=int, default=32)
-    group.add_argument("--reference-ops", action="store_true",
-                       help="force the plain PyTorch reference ops (fastnas.backend.force_reference)")
+    group.add_argument(
+        "--reference-ops",
+        action="store_true",
+        help="force the plain PyTorch reference ops (fastnas.backend.force_reference)",
+    )
 
 
 def _search_step_rows(args: argparse.Namespace) -> Iterator[Row]:
     grid = itertools.product(args.executor, args.order, args.precision, args.batch_sizes)
     for executor, order, precision, batch_size in grid:
-        case = {"benchmark": "search_step", "executor": executor, "order": order, "precision": precision,
-                "batch_size": batch_size}
+        case = {
+            "benchmark": "search_step",
+            "executor": executor,
+            "order": order,
+            "precision": precision,
+            "batch_size": batch_size,
+        }
         _progress(f"search_step: {case}")
         reason = unsupported_reason(precision, order)
         if reason:
             yield {**case, "status": "skipped", "note": reason}
             continue
-        yield guarded(case, lambda e=executor, o=order, p=precision, b=batch_size: measure_search_step(
-            b, device=args.device, precision=p, C=args.C, layers=args.layers, image_size=args.image_size,
-            order=o, executor=e, warmup=args.warmup, repeats=args.repeats, seed=args.seed, method=args.method,
-            reference_ops=args.reference_ops,
-        ))
+        yield guarded(
+            case,
+            lambda e=executor, o=order, p=precision, b=batch_size: measure_search_step(
+                b,
+                device=args.device,
+                precision=p,
+                C=args.C,
+                layers=args.layers,
+                image_size=args.image_size,
+                order=o,
+                executor=e,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                seed=args.seed,
+                method=args.method,
+                reference_ops=args.reference_ops,
+            ),
+        )
 
 
 def _search_step_footer(rows: list[Row]) -> list[str]:
@@ -129,41 +150,47 @@ def _search_step_footer(rows: list[Row]) -> list[str]:
     ]
 
 
-register(Section(
-    name="search_step",
-    title="Search step (architecture step + weight step)",
-    columns=(
-        Column("executor", "executor"),
-        Column("order", "order"),
-        Column("precision", "precision"),
-        Column("batch_size", "batch"),
-        Column("median_ms", "median ms", "{:.2f}"),
-        Column("p10_ms", "p10 ms", "{:.2f}"),
-        Column("p90_ms", "p90 ms", "{:.2f}"),
-        Column("images_per_s", "img/s", "{:.1f}"),
-        Column("peak_mem_mb", "peak MiB", "{:.1f}"),
-        Column("note", "note"),
-    ),
-    rows=_search_step_rows,
-    add_arguments=_search_step_arguments,
-    footer=_search_step_footer,
-))
+register(
+    Section(
+        name="search_step",
+        title="Search step (architecture step + weight step)",
+        columns=(
+            Column("executor", "executor"),
+            Column("order", "order"),
+            Column("precision", "precision"),
+            Column("batch_size", "batch"),
+            Column("median_ms", "median ms", "{:.2f}"),
+            Column("p10_ms", "p10 ms", "{:.2f}"),
+            Column("p90_ms", "p90 ms", "{:.2f}"),
+            Column("images_per_s", "img/s", "{:.1f}"),
+            Column("peak_mem_mb", "peak MiB", "{:.1f}"),
+            Column("note", "note"),
+        ),
+        rows=_search_step_rows,
+        add_arguments=_search_step_arguments,
+        footer=_search_step_footer,
+    )
+)
 
 
 # ----------------------------------------------------------------------------- report
 def markdown_table(columns: Sequence[Column], rows: Sequence[Row]) -> str:
     """A GitHub-flavoured markdown table of ``rows``."""
-    lines = ["| " + " | ".join(c.header for c in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
+    lines = [
+        "| " + " | ".join(c.header for c in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
     lines += ["| " + " | ".join(c.cell(r) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
 
 
 def format_report(env: Row, results: dict[str, list[Row]]) -> str:
     """The whole report: an environment line, then one titled table per section."""
-    parts = [f"# fastnas benchmarks\n\nDevice: {env['device_name']} ({env['device']}); torch "
-             f"{env['torch_version']}; CUDA {env['cuda_version'] or 'none'}; "
-             f"torch CPU threads: {env['num_threads']}."]
+    parts = [
+        f"# fastnas benchmarks\n\nDevice: {env['device_name']} ({env['device']}); torch "
+        f"{env['torch_version']}; CUDA {env['cuda_version'] or 'none'}; "
+        f"torch CPU threads: {env['num_threads']}."
+    ]
     for name, rows in results.items():
         section = SECTIONS[name]
         text = f"## {section.title}\n\n{markdown_table(section.columns, rows)}"
@@ -173,8 +200,11 @@ def format_report(env: Row, results: dict[str, list[Row]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run only these sections")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations before timing")
@@ -198,8 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_report(env, results), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"environment": env, "args": {k: str(v) if isinstance(v, Path) else v
-                                                for k, v in vars(args).items()}, "results": results}
+        payload = {
+            "environment": env,
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "results": results,
+        }
         args.json.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     failed = any(r.get("status") == "error" for rows in results.values() for r in rows)
     return 1 if failed else 0

@@ -32,9 +32,31 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 #: Keys every result of :func:`measure_search_step` has.
 RESULT_KEYS = (
-    "benchmark", "method", "order", "precision", "batch_size", "C", "layers", "image_size", "executor",
-    "reference_ops", "warmup", "repeats", "median_ms", "p10_ms", "p90_ms", "mean_ms", "min_ms", "times_ms",
-    "images_per_s", "peak_mem_mb", "mem_measure", "device", "device_name", "torch_version", "num_threads",
+    "benchmark",
+    "method",
+    "order",
+    "precision",
+    "batch_size",
+    "C",
+    "layers",
+    "image_size",
+    "executor",
+    "reference_ops",
+    "warmup",
+    "repeats",
+    "median_ms",
+    "p10_ms",
+    "p90_ms",
+    "mean_ms",
+    "min_ms",
+    "times_ms",
+    "images_per_s",
+    "peak_mem_mb",
+    "mem_measure",
+    "device",
+    "device_name",
+    "torch_version",
+    "num_threads",
 )
 
 
@@ -134,14 +156,17 @@ def build_search_step(
     if reason:
         raise ValueError(reason)
     torch.manual_seed(seed)
-    model = SearchModel.build(method, C=C, layers=layers, num_classes=10, in_channels=3, executor=executor,
-                              order=order).to(dev)
+    model = SearchModel.build(
+        method, C=C, layers=layers, num_classes=10, in_channels=3, executor=executor, order=order
+    ).to(dev)
     model.train()
     hp = model.algorithm.defaults
-    weight_opt = torch.optim.SGD(model.weight_parameters(), lr=hp.lr, momentum=hp.momentum,
-                                 weight_decay=hp.weight_decay)
-    arch_opt = torch.optim.Adam(model.arch_parameters(), lr=hp.arch_lr, betas=tuple(hp.arch_betas),
-                                weight_decay=hp.arch_weight_decay)
+    weight_opt = torch.optim.SGD(
+        model.weight_parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+    )
+    arch_opt = torch.optim.Adam(
+        model.arch_parameters(), lr=hp.arch_lr, betas=tuple(hp.arch_betas), weight_decay=hp.arch_weight_decay
+    )
     use_scaler = precision == "fp16"
     return SearchStep(
         model=model,
@@ -164,8 +189,9 @@ def build_search_step(
 def time_cuda(fn: Callable[[], None], repeats: int) -> list[float]:
     """Milliseconds of each of ``repeats`` calls, measured with CUDA events (GPU time, synchronised)."""
     torch.cuda.synchronize()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-              for _ in range(repeats)]
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)
+    ]
     for start, end in events:
         start.record()
         fn()
@@ -188,8 +214,13 @@ def summarize(times_ms: list[float]) -> dict[str, float]:
     """Median, 10th and 90th percentile (linear interpolation), mean and minimum of ``times_ms``."""
     arr = np.asarray(times_ms, dtype=np.float64)
     p10, median, p90 = np.percentile(arr, [10, 50, 90])
-    return {"median_ms": float(median), "p10_ms": float(p10), "p90_ms": float(p90),
-            "mean_ms": statistics.fmean(times_ms), "min_ms": float(arr.min())}
+    return {
+        "median_ms": float(median),
+        "p10_ms": float(p10),
+        "p90_ms": float(p90),
+        "mean_ms": statistics.fmean(times_ms),
+        "min_ms": float(arr.min()),
+    }
 
 
 # ----------------------------------------------------------------------------- memory
@@ -289,10 +320,10 @@ class CpuMemoryProbe:
     def description(self) -> str:
         return {
             "vmhwm": "host peak anonymous RSS growth (VmHWM minus file-backed RSS, reset after warm-up via "
-                     "/proc/self/clear_refs)",
+            "/proc/self/clear_refs)",
             "psutil-rss": "host RSS growth after the timed iterations (psutil; not a peak)",
             "ru_maxrss": "host growth of the process-lifetime peak RSS (ru_maxrss; 0 if an earlier peak "
-                         "was higher)",
+            "was higher)",
         }[self.method]
 
 
@@ -351,8 +382,9 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------- measurement
-def run_timed(step: Callable[[], None], device: torch.device, warmup: int, repeats: int,
-              probe: MemoryProbe) -> list[float]:
+def run_timed(
+    step: Callable[[], None], device: torch.device, warmup: int, repeats: int, probe: MemoryProbe
+) -> list[float]:
     """``warmup`` untimed calls, then ``repeats`` timed ones (ms each); the probe's peak covers the latter."""
     for _ in range(warmup):
         step()
@@ -382,9 +414,19 @@ def measure_search_step(
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the search loop does (non-deterministic runs)
     probe: MemoryProbe = CudaMemoryProbe(dev) if dev.type == "cuda" else CpuMemoryProbe()
-    step = build_search_step(batch_size, dev, precision, C=C, layers=layers, image_size=image_size,
-                             order=order, executor=executor, method=method, reference_ops=reference_ops,
-                             seed=seed)
+    step = build_search_step(
+        batch_size,
+        dev,
+        precision,
+        C=C,
+        layers=layers,
+        image_size=image_size,
+        order=order,
+        executor=executor,
+        method=method,
+        reference_ops=reference_ops,
+        seed=seed,
+    )
     times = run_timed(step, dev, warmup, repeats, probe)
     del step  # the probe's end-of-run baseline must not hold the model
     peak_mem_mb = probe.peak_growth_mb()

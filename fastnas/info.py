@@ -1,4 +1,5 @@
-"""Parameter and FLOP counts of a supernet configuration (``fastnas info``)."""
+"""Parameter and FLOP counts of a supernet configuration or of a genotype's evaluation network
+(``fastnas info``; REFERENCE.md sections 1 and 3)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from fastnas.genotype import Genotype, load_genotype
+from fastnas.nn.eval_network import build_eval_network, count_parameters_without_auxiliary
 from fastnas.nn.search_model import SearchModel
 from fastnas.spaces import build_space
 
@@ -39,8 +42,12 @@ def supernet_info(
 ) -> dict[str, Any]:
     """Sizes of the search supernet: weights, architecture parameters, FLOPs of one image."""
     model = SearchModel.build(
-        method, space=build_space(space, num_nodes=nodes), C=C, layers=layers,
-        num_classes=num_classes, in_channels=in_channels,
+        method,
+        space=build_space(space, num_nodes=nodes),
+        C=C,
+        layers=layers,
+        num_classes=num_classes,
+        in_channels=in_channels,
     )
     flops = count_flops(model, torch.randn(1, in_channels, image_size, image_size))
     return {
@@ -70,6 +77,80 @@ def format_info(info: dict[str, Any]) -> str:
         f"  weight parameters : {info['weight_parameters']:,} ({info['weight_parameters'] / 1e6:.3f} M)",
         f"  arch parameters   : {info['arch_parameters']:,}",
         f"  edges per cell    : {info['num_edges_per_cell']} x {len(info['ops'])} ops",
-        f"  FLOPs per image   : {info['flops_per_image']:,} ({info['macs_per_image'] / 1e6:.1f} M multiply-adds)",
+        f"  FLOPs per image   : {info['flops_per_image']:,} "
+        f"({info['macs_per_image'] / 1e6:.1f} M multiply-adds)",
+    ]
+    return "\n".join(lines)
+
+
+def network_info(
+    genotype: Genotype | str,
+    dataset: str = "cifar10",
+    C: int | None = None,
+    layers: int | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+) -> dict[str, Any]:
+    """Sizes of the evaluation network of ``genotype`` on ``dataset`` (REFERENCE.md section 3).
+
+    Defaults are the published ones (CIFAR: C=36, 20 layers, 32x32; ImageNet: C=48, 14 layers,
+    224x224, 1000 classes). Parameters are reported without and with the auxiliary head (DARTS counts
+    exclude it); FLOPs are of one image in eval mode (no auxiliary head), by ``torch.utils.flop_counter``.
+    """
+    from fastnas.train.train_config import DATASET_SHAPES, RECIPES, normalise_dataset
+
+    key = normalise_dataset(dataset)
+    recipe = RECIPES[key]
+    classes, channels, size = DATASET_SHAPES[key]
+    C = recipe.C if C is None else C
+    layers = recipe.layers if layers is None else layers
+    num_classes = classes if num_classes is None else num_classes
+    in_channels = channels if in_channels is None else in_channels
+    image_size = size if image_size is None else image_size
+    resolved = load_genotype(genotype)
+    model = build_eval_network(resolved, recipe.network, C, layers, num_classes, True, in_channels)
+    with_aux = count_parameters(model)
+    without_aux = count_parameters_without_auxiliary(model)
+    flops = count_flops(model, torch.randn(1, in_channels, image_size, image_size))
+    name = None
+    if isinstance(genotype, str):
+        from fastnas.genotype_zoo import resolve_zoo_name
+
+        name = resolve_zoo_name(genotype)
+    return {
+        "kind": "network",
+        "genotype_name": name,
+        "genotype": resolved.to_literal(),
+        "dataset": key,
+        "network": recipe.network,
+        "C": C,
+        "layers": layers,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "image_size": image_size,
+        "parameters": without_aux,
+        "parameters_with_aux": with_aux,
+        "auxiliary_parameters": with_aux - without_aux,
+        "flops_per_image": flops,
+        "macs_per_image": flops // 2,
+    }
+
+
+def format_network_info(info: dict[str, Any]) -> str:
+    """Human-readable :func:`network_info`."""
+    title = info["genotype_name"] or "genotype"
+    net = "NetworkCIFAR" if info["network"] == "cifar" else "NetworkImageNet"
+    lines = [
+        f"{title}: {net} on {info['dataset']} (C={info['C']}, {info['layers']} layers, "
+        f"{info['num_classes']} classes, input {info['in_channels']}x{info['image_size']}x"
+        f"{info['image_size']})",
+        f"  parameters          : {info['parameters']:,} ({info['parameters'] / 1e6:.2f} M, without the "
+        "auxiliary head)",
+        f"  with auxiliary head : {info['parameters_with_aux']:,} "
+        f"({info['parameters_with_aux'] / 1e6:.2f} M)",
+        f"  FLOPs per image     : {info['flops_per_image']:,} ({info['macs_per_image'] / 1e6:.1f} M "
+        "multiply-adds, eval mode)",
+        f"  genotype = {info['genotype']}",
     ]
     return "\n".join(lines)

@@ -36,9 +36,30 @@ def test_flop_counter_matches_hand_count_for_sep_conv() -> None:
 
 
 def test_search_command_prints_genotype(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["search", "--dataset", "digits", "--limit", "32", "--batch-size", "16", "--C", "4",
-                 "--layers", "3", "--epochs", "1", "--device", "cpu", "--out-dir", str(tmp_path),
-                 "--run-name", "cli", "--no-progress"])
+    code = main(
+        [
+            "search",
+            "--dataset",
+            "digits",
+            "--limit",
+            "32",
+            "--batch-size",
+            "16",
+            "--C",
+            "4",
+            "--layers",
+            "3",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(tmp_path),
+            "--run-name",
+            "cli",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "genotype = Genotype(normal=[" in out
@@ -46,13 +67,25 @@ def test_search_command_prints_genotype(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_search_command_reports_missing_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["search", "--dataset", "cifar10", "--data-dir", str(tmp_path / "missing"),
-                 "--out-dir", str(tmp_path), "--no-progress"])
+    code = main(
+        [
+            "search",
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            str(tmp_path / "missing"),
+            "--out-dir",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "error" in err and "missing" in err and "--download" in err
 
 
-def test_resume_of_a_non_run_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_of_a_non_run_directory_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["search", "--resume", str(tmp_path)]) == 2
     assert "not a search run directory" in capsys.readouterr().err

@@ -25,10 +25,15 @@ def test_hand_set_weights_give_expected_cell() -> None:
     # Edge numbering: node 0 <- {0, 1} = edges 0-1; node 1 <- {0, 1, 2} = 2-4; node 2 <- 0..3 = 5-8;
     # node 3 <- 0..4 = 9-13.
     strong = {
-        0: ("sep_conv_3x3", 0.5), 1: ("skip_connect", 0.6),
-        3: ("dil_conv_5x5", 0.3), 4: ("max_pool_3x3", 0.7),
-        5: ("avg_pool_3x3", 0.2), 8: ("sep_conv_5x5", 0.9), 7: ("dil_conv_3x3", 0.4),
-        13: ("sep_conv_3x3", 0.8), 10: ("skip_connect", 0.75),
+        0: ("sep_conv_3x3", 0.5),
+        1: ("skip_connect", 0.6),
+        3: ("dil_conv_5x5", 0.3),
+        4: ("max_pool_3x3", 0.7),
+        5: ("avg_pool_3x3", 0.2),
+        8: ("sep_conv_5x5", 0.9),
+        7: ("dil_conv_3x3", 0.4),
+        13: ("sep_conv_3x3", 0.8),
+        10: ("skip_connect", 0.75),
     }
     cell = derive_darts_cell(_weights(strong, none_edges=(2, 6, 9)), SPACE)
     assert cell.nodes == (

@@ -22,8 +22,14 @@ from fastnas.ops import (
 
 def test_darts_op_order() -> None:
     assert DARTS_OPS == (
-        "none", "max_pool_3x3", "avg_pool_3x3", "skip_connect",
-        "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5",
+        "none",
+        "max_pool_3x3",
+        "avg_pool_3x3",
+        "skip_connect",
+        "sep_conv_3x3",
+        "sep_conv_5x5",
+        "dil_conv_3x3",
+        "dil_conv_5x5",
     )
     assert set(DARTS_OPS) <= set(available_ops())
 

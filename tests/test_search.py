@@ -21,8 +21,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_config(tmp_path: Path, **overrides: object) -> SearchConfig:
     values: dict[str, object] = {
-        "dataset": "digits", "limit": 64, "batch_size": 16, "C": 4, "layers": 3, "epochs": 3,
-        "seed": 7, "device": "cpu", "out_dir": str(tmp_path), "run_name": "run",
+        "dataset": "digits",
+        "limit": 64,
+        "batch_size": 16,
+        "C": 4,
+        "layers": 3,
+        "epochs": 3,
+        "seed": 7,
+        "device": "cpu",
+        "out_dir": str(tmp_path),
+        "run_name": "run",
     }
     values.update(overrides)
     return SearchConfig(**values)  # type: ignore[arg-type]
@@ -35,8 +43,15 @@ def _alphas(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_search_writes_a_complete_run_directory(tmp_path: Path) -> None:
     result = run_search(tiny_config(tmp_path, epochs=2), progress=False)
     run = result.run_dir
-    for name in ("config.json", "metrics.jsonl", "alphas.jsonl", "checkpoint.pt", "genotype.json",
-                 "genotype.txt", "log.txt"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "alphas.jsonl",
+        "checkpoint.pt",
+        "genotype.json",
+        "genotype.txt",
+        "log.txt",
+    ):
         assert (run / name).is_file(), name
     config = json.loads((run / "config.json").read_text())
     assert config["lr"] == 0.025 and config["arch_lr"] == 3e-4 and config["C"] == 4  # resolved defaults
@@ -107,14 +122,40 @@ def _cli(*args: str) -> list[str]:
 
 def test_cli_kill_and_resume(tmp_path: Path) -> None:
     """A real SIGKILL of `fastnas search` after its first checkpoint, then `--resume`."""
-    common = ["search", "--dataset", "digits", "--limit", "64", "--batch-size", "16", "--C", "4",
-              "--layers", "3", "--epochs", "3", "--seed", "3", "--device", "cpu", "--no-progress"]
+    common = [
+        "search",
+        "--dataset",
+        "digits",
+        "--limit",
+        "64",
+        "--batch-size",
+        "16",
+        "--C",
+        "4",
+        "--layers",
+        "3",
+        "--epochs",
+        "3",
+        "--seed",
+        "3",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_cli(*common, "--out-dir", str(tmp_path / "a"), "--run-name", "run"), check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        _cli(*common, "--out-dir", str(tmp_path / "a"), "--run-name", "run"),
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     run_b = tmp_path / "b" / "run"
-    proc = subprocess.Popen(_cli(*common, "--out-dir", str(tmp_path / "b"), "--run-name", "run"), env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli(*common, "--out-dir", str(tmp_path / "b"), "--run-name", "run"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (run_b / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -122,8 +163,13 @@ def test_cli_kill_and_resume(tmp_path: Path) -> None:
     proc.wait()
     assert (run_b / "checkpoint.pt").exists()
     assert not (run_b / "genotype.json").exists(), "the run finished before it could be killed"
-    out = subprocess.run(_cli("search", "--resume", str(run_b), "--no-progress"), check=True, env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        _cli("search", "--resume", str(run_b), "--no-progress"),
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert "resuming" in out.stdout and "genotype = Genotype(" in out.stdout
     last = lambda run: json.loads((run / "alphas.jsonl").read_text().splitlines()[-1])  # noqa: E731
     assert last(run_b) == last(tmp_path / "a" / "run")
@@ -131,7 +177,9 @@ def test_cli_kill_and_resume(tmp_path: Path) -> None:
 
 
 def test_second_order_search_runs(tmp_path: Path) -> None:
-    result = run_search(tiny_config(tmp_path, epochs=1, limit=64, method_options={"order": 2}), progress=False)
+    result = run_search(
+        tiny_config(tmp_path, epochs=1, limit=64, method_options={"order": 2}), progress=False
+    )
     assert result.model.algorithm.order == 2
     assert len(result.genotype.normal) == 8
 

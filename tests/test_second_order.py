@@ -45,8 +45,9 @@ def _exact_gradient(model, train_batch, val_batch, lr, optimizer):
 
     def loss(ws, batch):
         buffers = {n: b.clone() for n, b in model.supernet.named_buffers()}
-        logits = functional_call(model.supernet, (dict(zip(names, ws)), buffers),
-                                 (batch[0], model.algorithm.arch_weights()))
+        logits = functional_call(
+            model.supernet, (dict(zip(names, ws)), buffers), (batch[0], model.algorithm.arch_weights())
+        )
         return F.cross_entropy(logits, batch[1])
 
     grads = torch.autograd.grad(loss(weights, train_batch), weights, create_graph=True, allow_unused=True)

@@ -72,8 +72,14 @@ def test_space_options() -> None:
     net3 = Supernet(three, C=4, layers=5)
     assert net3.cell_types == ["normal", "reduce", "normal_2", "reduce", "normal_3"]
     without = DartsSpace().without_ops(["none", "skip_connect"])
-    assert without.ops == ("max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5",
-                           "dil_conv_3x3", "dil_conv_5x5")
+    assert without.ops == (
+        "max_pool_3x3",
+        "avg_pool_3x3",
+        "sep_conv_3x3",
+        "sep_conv_5x5",
+        "dil_conv_3x3",
+        "dil_conv_5x5",
+    )
     with pytest.raises(ValueError, match="unknown op"):
         DartsSpace(ops=("none", "conv_9x9"))
     with pytest.raises(ValueError, match="multiplier"):

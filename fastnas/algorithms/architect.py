@@ -25,7 +25,10 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def _sgd_virtual_step(
-    weights: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], optimizer: torch.optim.Optimizer, lr: float
+    weights: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    lr: float,
 ) -> list[torch.Tensor]:
     """``w - lr * (g + momentum * buf + wd * w)`` for every weight, as the DARTS virtual step."""
     group = optimizer.param_groups[0]
@@ -74,7 +77,9 @@ def unrolled_arch_gradients(
     val_loss = _loss_at(model, names, stepped, val_batch, "arch")
     grad_all = torch.autograd.grad(val_loss, [*alphas, *stepped], allow_unused=True)
     d_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grad_all, strict=False)]
-    v = [torch.zeros_like(w) if g is None else g for w, g in zip(stepped, grad_all[len(alphas) :], strict=True)]
+    v = [
+        torch.zeros_like(w) if g is None else g for w, g in zip(stepped, grad_all[len(alphas) :], strict=True)
+    ]
 
     norm = torch.sqrt(sum((g.double() ** 2).sum() for g in v))
     eps = fd_scale / float(norm) if float(norm) > 0 else 0.0
@@ -83,7 +88,9 @@ def unrolled_arch_gradients(
     with torch.no_grad():
         w_plus = [w + eps * g for w, g in zip(weights, v, strict=True)]
         w_minus = [w - eps * g for w, g in zip(weights, v, strict=True)]
-    g_plus = torch.autograd.grad(_loss_at(model, names, w_plus, train_batch, "weights"), alphas, allow_unused=True)
+    g_plus = torch.autograd.grad(
+        _loss_at(model, names, w_plus, train_batch, "weights"), alphas, allow_unused=True
+    )
     g_minus = torch.autograd.grad(
         _loss_at(model, names, w_minus, train_batch, "weights"), alphas, allow_unused=True
     )
@@ -96,10 +103,14 @@ def unrolled_arch_gradients(
     return result, val_loss.detach()
 
 
-def first_order_arch_gradients(model: SearchModel, val_batch: Batch) -> tuple[list[torch.Tensor], torch.Tensor]:
+def first_order_arch_gradients(
+    model: SearchModel, val_batch: Batch
+) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Gradient of the validation (upper-level) loss with respect to the architecture parameters."""
     x, y = val_batch
     loss = model.loss(x, y, level="arch")
     alphas = model.arch_parameters()
     grads = torch.autograd.grad(loss, alphas, allow_unused=True)
-    return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads, strict=True)], loss.detach()
+    return [
+        torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads, strict=True)
+    ], loss.detach()

@@ -83,9 +83,13 @@ class SearchAlgorithm(nn.Module):
             out[cell_type] = float(-(p * p.log()).sum(-1).mean())
         return out
 
-    def arch_snapshot(self) -> dict[str, list[list[float]]]:
-        """The current edge weights as nested lists (the run directory's alpha history)."""
-        return {t: w.detach().float().cpu().tolist() for t, w in self.arch_weights().items()}
+    def arch_snapshot(self) -> dict[str, Any]:
+        """The raw architecture parameters and the edge weights they give, as nested lists (the run
+        directory's alpha history)."""
+        return {
+            "parameters": {n: p.detach().float().cpu().tolist() for n, p in self.named_parameters()},
+            "weights": {t: w.detach().float().cpu().tolist() for t, w in self.arch_weights().items()},
+        }
 
     def extra_repr(self) -> str:
         return f"order={self.order}, ops={list(self.space.ops)}"

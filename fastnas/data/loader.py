@@ -5,7 +5,8 @@ per-sample offsets) and flipped with one flat-index gather, then normalised - no
 and no per-epoch host transfer. All randomness of epoch ``e`` comes from a CPU ``torch.Generator`` seeded
 from ``(seed, e)`` only, so an epoch's batches are identical whether or not earlier epochs ran in this
 process (resumed searches are bit-identical) and do not depend on the device. Augmentation follows
-REFERENCE.md section 2 (random crop with padding 4, horizontal flip for CIFAR).
+REFERENCE.md section 2 (random crop with padding 4, horizontal flip for CIFAR); retraining adds DARTS
+Cutout (REFERENCE.md section 3: a square of side ``cutout`` zeroed after normalisation).
 """
 
 from __future__ import annotations
@@ -62,6 +63,27 @@ def crop_flip(
     return source.view(-1)[flat]
 
 
+def cutout_mask(
+    centers: torch.Tensor, size: int, height: int, width: int, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Boolean ``[B, 1, H, W]`` mask, true inside each sample's cutout square (DARTS ``Cutout``).
+
+    ``centers`` ``[B, 2]`` holds (row, column) centres in ``0..H-1`` / ``0..W-1``; the square covers rows
+    ``clip(y - size // 2, 0, H) .. clip(y + size // 2, 0, H)`` (end exclusive) and likewise for columns, so
+    squares near the border are clipped.
+    """
+    half = size // 2
+    device = centers.device if device is None else device
+    centers = centers.to(device)
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    y1, y2 = (centers[:, 0:1] - half).clamp(0, height), (centers[:, 0:1] + half).clamp(0, height)
+    x1, x2 = (centers[:, 1:2] - half).clamp(0, width), (centers[:, 1:2] + half).clamp(0, width)
+    in_rows = (rows >= y1) & (rows < y2)  # [B, H]
+    in_cols = (cols >= x1) & (cols < x2)  # [B, W]
+    return (in_rows[:, None, :, None] & in_cols[:, None, None, :]).contiguous()
+
+
 def pad_images(images: torch.Tensor, padding: int) -> torch.Tensor:
     """Zero-pad ``[N, C, H, W]`` images by ``padding`` pixels on every side (any dtype, any device)."""
     if padding == 0:
@@ -85,8 +107,11 @@ class TensorBatchLoader:
     """Yields ``(x, y)``: x float32 normalised ``[B, C, H, W]``, y int64 ``[B]``, both on ``device``.
 
     ``indices`` selects examples of ``dataset`` (None = all). With ``augment`` the dataset's random crop
-    (``crop_padding``) and horizontal flip (``hflip``) are applied. Call :meth:`set_epoch` before each
-    epoch: the epoch is not advanced automatically, so an epoch can be replayed exactly.
+    (``crop_padding``) and horizontal flip (``hflip``) are applied, and with ``cutout > 0`` also a
+    ``cutout x cutout`` square per image zeroed after normalisation (DARTS Cutout; its centres come from
+    the same per-epoch generator, drawn after the crops and flips, so ``cutout=0`` leaves every other
+    random draw unchanged). Call :meth:`set_epoch` before each epoch: the epoch is not advanced
+    automatically, so an epoch can be replayed exactly.
     """
 
     def __init__(
@@ -100,9 +125,12 @@ class TensorBatchLoader:
         seed: int,
         device: torch.device | str = "cpu",
         drop_last: bool = False,
+        cutout: int = 0,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if cutout < 0:
+            raise ValueError(f"cutout must be >= 0 (0 = off), got {cutout}")
         total = len(dataset)
         if indices is None:
             idx = torch.arange(total, dtype=torch.int64)
@@ -122,6 +150,7 @@ class TensorBatchLoader:
         self.seed = int(seed)
         self.padding = dataset.crop_padding if augment else 0
         self.hflip = bool(augment and dataset.hflip)
+        self.cutout = int(cutout) if augment else 0
         self.height, self.width = dataset.images.shape[2], dataset.images.shape[3]
         self._epoch = 0
         images = dataset.images[idx].to(self.device)
@@ -160,6 +189,11 @@ class TensorBatchLoader:
             offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator).to(self.device)
         if self.hflip:
             flips = (torch.rand(n, generator=generator) < 0.5).to(self.device)
+        centers = None
+        if self.cutout > 0:
+            rows = torch.randint(0, self.height, (n, 1), generator=generator)
+            cols = torch.randint(0, self.width, (n, 1), generator=generator)
+            centers = torch.cat([rows, cols], dim=1).to(self.device)
         order = order.to(self.device)
         for b in range(len(self)):
             sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, n))
@@ -176,4 +210,6 @@ class TensorBatchLoader:
                     self.width,
                 )
             x = pixels.to(torch.float32).mul_(self._scale).add_(self._shift)
+            if centers is not None:
+                x.masked_fill_(cutout_mask(centers[sl], self.cutout, self.height, self.width), 0.0)
             yield x, self._labels[sample]

@@ -35,6 +35,12 @@ class MixedEdge(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         outputs = [self.ops[k](x) for k in self.active]
+        dtypes = {out.dtype for out in outputs}
+        if len(dtypes) > 1:  # under autocast an identity skip can differ from conv outputs
+            common = outputs[0].dtype
+            for dtype in dtypes:
+                common = torch.promote_types(common, dtype)
+            outputs = [out.to(common) for out in outputs]
         return weighted_sum(outputs, weights.index_select(0, self._active_index))
 
     def forward_op(self, x: torch.Tensor, k: int) -> torch.Tensor:

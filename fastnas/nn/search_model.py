@@ -43,8 +43,9 @@ class SearchModel(nn.Module):
     ) -> SearchModel:
         """Build the supernet and the method (e.g. ``SearchModel.build("darts", order=2)``)."""
         space = space or DartsSpace()
-        supernet = Supernet(space, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels,
-                            executor=executor)
+        supernet = Supernet(
+            space, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels, executor=executor
+        )
         return cls(supernet, build_algorithm(method, space, **method_options))
 
     @property

@@ -27,7 +27,14 @@ class DilConv(nn.Sequential):
     """ReLU -> depthwise Conv(k, stride, padding, dilation) -> pointwise 1x1 -> BN."""
 
     def __init__(
-        self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int, affine: bool = True
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        stride: int,
+        padding: int,
+        dilation: int,
+        affine: bool = True,
     ):
         super().__init__(
             nn.ReLU(inplace=False),

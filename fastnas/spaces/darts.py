@@ -82,7 +82,7 @@ class DartsSpace:
     @property
     def normal_types(self) -> tuple[str, ...]:
         """Names of the normal-cell types: ``normal``, then ``normal_2``, ``normal_3`` ..."""
-        return ("normal",) + tuple(f"normal_{i}" for i in range(2, self.num_normal_types + 1))
+        return ("normal", *(f"normal_{i}" for i in range(2, self.num_normal_types + 1)))
 
     @property
     def cell_types(self) -> tuple[str, ...]:

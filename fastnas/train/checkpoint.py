@@ -42,7 +42,9 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; a run directory holds 'checkpoint.pt' after its first epoch")
+        raise FileNotFoundError(
+            f"no checkpoint at {path}; a run directory holds 'checkpoint.pt' after its first epoch"
+        )
     return torch.load(path, map_location=map_location, weights_only=False)
 
 

@@ -67,7 +67,9 @@ class SearchConfig:
         if self.train_portion is not None and not 0 < self.train_portion < 1:
             raise ValueError(f"train portion must be in (0, 1), got {self.train_portion}")
         if self.limit is not None and self.limit < 2:
-            raise ValueError(f"limit must be >= 2 images (half train the weights, half the architecture), got {self.limit}")
+            raise ValueError(
+                f"limit must be >= 2 images (half train the weights, half the architecture), got {self.limit}"
+            )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,10 +21,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise RuntimeError(
                 f"device {name!r} was requested but CUDA is not available on this machine "
-                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device cpu or auto"
+                f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
+                "use --device cpu or auto"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(f"{name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+            raise RuntimeError(
+                f"{name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
     return device
 
 

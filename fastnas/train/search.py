@@ -124,8 +124,10 @@ class SearchRunner:
         ).to(self.device)
         self.algorithm = self.model.algorithm
         if config.precision == "fp16" and self.algorithm.order == 2:
-            raise ValueError("second-order search does not support fp16 (no loss scaling through the "
-                             "virtual step); use --precision bf16 or fp32")
+            raise ValueError(
+                "second-order search does not support fp16 (no loss scaling through the "
+                "virtual step); use --precision bf16 or fp32"
+            )
         self.weight_optimizer = torch.optim.SGD(
             self.model.weight_parameters(),
             lr=config.lr,
@@ -185,7 +187,9 @@ class SearchRunner:
         self.arch_optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.config.precision):
             if self.algorithm.order == 2:
-                grads, _ = unrolled_arch_gradients(self.model, train_batch, val_batch, lr, self.weight_optimizer)
+                grads, _ = unrolled_arch_gradients(
+                    self.model, train_batch, val_batch, lr, self.weight_optimizer
+                )
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g.to(p.dtype)
             else:
@@ -259,7 +263,9 @@ class SearchRunner:
             seen += len(batch[1])
             bar.update(1)
             if self.progress and (step % 10 == 0 or step == len(self.weight_loader) - 1):
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100.0 * float(correct) / seen:.1f}")
+                bar.set_postfix(
+                    loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100.0 * float(correct) / seen:.1f}"
+                )
         bar.close()
         self.scheduler.step()
         return {"train_loss": float(loss_sum) / seen, "train_acc": 100.0 * float(correct) / seen, "lr": lr}
@@ -293,11 +299,12 @@ class SearchRunner:
                 }
             )
             append_jsonl(metrics_path, row)
-            append_jsonl(alphas_path, {"epoch": epoch, "weights": self.algorithm.arch_snapshot()})
+            append_jsonl(alphas_path, {"epoch": epoch, **self.algorithm.arch_snapshot()})
             save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict(epoch))
             ent = " ".join(f"{k}={v:.3f}" for k, v in entropy.items())
             self.log(
-                f"epoch {epoch + 1}/{cfg.epochs} | train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% "
+                f"epoch {epoch + 1}/{cfg.epochs} | train loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.2f}% "
                 f"| val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}% | lr {row['lr']:.5f} "
                 f"| entropy {ent} | {row['epoch_time_s']:.1f}s\n  genotype = {row['genotype']}"
             )

@@ -1,0 +1,235 @@
+"""ImageNet from an image-folder tree (or a .tar of one) with torchvision ``ImageFolder`` and ``DataLoader``.
+
+Layout: ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (the usual ImageFolder layout; the
+test split of retraining is ``val``). ``root`` may also be a ``.tar`` / ``.tar.gz`` of such a tree (its
+top level, or one folder inside it, holding ``train/``): it is extracted once into
+``cache_dir()/imagenet/`` and reused.
+
+Transforms follow the DARTS ImageNet recipe (REFERENCE.md section 3): train = RandomResizedCrop(224),
+horizontal flip, ColorJitter(0.4, 0.4, 0.4, 0.2), normalise; test = Resize(256), CenterCrop(224),
+normalise. :class:`FolderBatchLoader` has the interface of :class:`~fastnas.data.TensorBatchLoader`
+(``set_epoch``, ``len``, iteration yielding ``(x, y)`` on the device): the order and the worker seeds
+of an epoch depend only on ``(seed, epoch)`` (and the number of workers).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from fastnas.data.datasets import cache_dir
+from fastnas.data.loader import epoch_generator
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+IMAGENET_SPLITS: dict[str, str] = {"train": "train", "test": "val", "val": "val"}
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "FolderBatchLoader",
+    "imagenet_root",
+    "imagenet_transform",
+    "load_imagenet_folder",
+]
+
+
+def imagenet_transform(train: bool, image_size: int = 224, resize: int = 256) -> Callable[[Any], Any]:
+    """The DARTS ImageNet transforms (train: random-resized crop, flip, colour jitter; test: resize +
+    centre crop), each ending with ToTensor and the ImageNet normalisation."""
+    from torchvision import transforms as T
+
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    if train:
+        return T.Compose(
+            [
+                T.RandomResizedCrop(image_size),
+                T.RandomHorizontalFlip(),
+                T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2),
+                T.ToTensor(),
+                normalize,
+            ]
+        )
+    return T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(), normalize])
+
+
+def _tree_root(folder: Path) -> Path | None:
+    """``folder`` if it holds ``train/`` or ``val/``, else its only sub-folder that does, else None."""
+    if (folder / "train").is_dir() or (folder / "val").is_dir():
+        return folder
+    subdirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    if len(subdirs) == 1 and ((subdirs[0] / "train").is_dir() or (subdirs[0] / "val").is_dir()):
+        return subdirs[0]
+    return None
+
+
+def _extract(archive: Path) -> Path:
+    """Extract ``archive`` once into the cache (atomically: a temporary folder renamed when complete)."""
+    st = archive.stat()
+    key = hashlib.sha256(f"{archive.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    name = archive.name.split(".")[0]
+    target = cache_dir() / "imagenet" / f"{name}-{key}"
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, filter="data")
+            else:  # pragma: no cover - Python without extraction filters
+                for member in tar.getmembers():
+                    resolved = (tmp / member.name).resolve()
+                    if not str(resolved).startswith(str(tmp.resolve())) or member.issym() or member.islnk():
+                        raise ValueError(f"unsafe member {member.name!r} in {archive}")
+                tar.extractall(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not target.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def imagenet_root(root: str | os.PathLike[str] | None) -> Path:
+    """The folder holding ``train/`` and/or ``val/``: ``root`` itself, its single sub-folder, or the
+    extracted cache folder of a ``.tar(.gz)`` archive; clear errors otherwise."""
+    if root is None:
+        raise FileNotFoundError(
+            "ImageNet needs a data directory (--data-dir): a folder with train/<wnid>/*.JPEG and "
+            "val/<wnid>/*.JPEG (torchvision ImageFolder layout), or a .tar of such a tree"
+        )
+    path = Path(root).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"ImageNet data not found at {path}: expected a folder with train/<wnid>/ and val/<wnid>/ "
+            "image folders, or a .tar/.tar.gz of such a tree"
+        )
+    if path.is_file():
+        if not tarfile.is_tarfile(path):
+            raise FileNotFoundError(f"{path} is a file but not a tar archive of an ImageNet folder tree")
+        path = _extract(path)
+    tree = _tree_root(path)
+    if tree is None:
+        raise FileNotFoundError(
+            f"{path} has no train/ or val/ folder (nor a single sub-folder with them); ImageNet must be "
+            "laid out as train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
+        )
+    return tree
+
+
+def load_imagenet_folder(
+    root: str | os.PathLike[str] | None, split: str = "train", train_transform: bool | None = None
+) -> Any:
+    """A torchvision ``ImageFolder`` for ``split`` ("train", or "test"/"val" = the ``val`` folder), with the
+    train transforms for the train split and the test transforms otherwise (unless ``train_transform``
+    says which)."""
+    from torchvision.datasets import ImageFolder
+
+    if split not in IMAGENET_SPLITS:
+        raise ValueError(f"unknown ImageNet split {split!r}; use train, test or val")
+    tree = imagenet_root(root)
+    folder = tree / IMAGENET_SPLITS[split]
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"ImageNet split {split!r} needs the folder {folder} (class sub-folders <wnid>/ with images); "
+            f"found: {', '.join(sorted(p.name for p in tree.iterdir() if p.is_dir())) or 'nothing'}"
+        )
+    use_train = (split == "train") if train_transform is None else train_transform
+    return ImageFolder(str(folder), transform=imagenet_transform(use_train))
+
+
+def _limited(n: int, limit: int | None) -> torch.Tensor:
+    """All indices, or a fixed seeded choice of ``limit`` of them (sorted) - ImageFolder sorts by class,
+    so a plain prefix would hold one class only."""
+    if limit is None or limit >= n:
+        return torch.arange(n)
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+    generator = torch.Generator().manual_seed(0)
+    return torch.randperm(n, generator=generator)[:limit].sort().values
+
+
+class FolderBatchLoader:
+    """Batches ``(x, y)`` of an image-folder dataset on ``device``, deterministic per ``(seed, epoch)``.
+
+    ``limit`` keeps a fixed random subset of ``limit`` images. Shuffling uses :func:`epoch_generator`;
+    the DataLoader's base seed (hence every worker's transform randomness) is drawn from it too.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        device: torch.device | str = "cpu",
+        workers: int = 0,
+        limit: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        classes = getattr(dataset, "classes", None)
+        self.classes: list[str] = list(classes) if classes is not None else []
+        total = len(dataset)  # type: ignore[arg-type]
+        indices = _limited(total, limit)
+        self.dataset: Dataset = Subset(dataset, indices.tolist()) if len(indices) < total else dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.workers = int(workers)
+        self.drop_last = bool(drop_last)
+        self._epoch = 0
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n, b = self.num_examples, self.batch_size
+        return n // b if self.drop_last else (n + b - 1) // b
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = epoch_generator(self.seed, self._epoch)
+        n = self.num_examples
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=order.tolist(),
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            drop_last=self.drop_last,
+            generator=generator,
+            persistent_workers=False,
+        )
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
