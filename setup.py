@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import sys
 import sysconfig
 
@@ -32,9 +33,24 @@ def _extra_cuda_includes() -> list[str]:
     return [p for p in glob.glob(os.path.join(site, "nvidia", "*", "include")) if os.path.isdir(p)]
 
 
+def _locate_cuda_home() -> None:
+    """Point ``CUDA_HOME`` at the toolkit that owns ``nvcc`` (``/usr/local/bin/nvcc`` is often a link into
+    ``/usr/local/cuda/bin``; torch would otherwise take ``/usr/local`` and miss the toolkit headers)."""
+    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
+        return
+    nvcc = shutil.which("nvcc")
+    candidates = [os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))] if nvcc else []
+    candidates.append("/usr/local/cuda")
+    for home in candidates:
+        if os.path.isfile(os.path.join(home, "include", "cuda_runtime.h")):
+            os.environ["CUDA_HOME"] = home
+            return
+
+
 def _extensions() -> tuple[list, dict]:
     if os.environ.get("FASTNAS_BUILD_EXT", "1") == "0":
         return [], {}
+    _locate_cuda_home()
     try:
         import torch
         from torch.utils import cpp_extension
@@ -58,9 +74,14 @@ def _extensions() -> tuple[list, dict]:
         ext = cpp_extension.CUDAExtension(
             name="fastnas._C",
             sources=cpp_sources + cuda_sources,
-            include_dirs=[os.path.join(ROOT, "csrc"), *_extra_cuda_includes()],
+            include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=[("FASTNAS_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math", "-std=c++20"]},
+            # The pip CUDA headers go *after* the toolkit's (-idirafter): they only fill in what the toolkit
+            # lacks (cuBLAS/cuSPARSE headers that torch's CUDA headers include). The .cu kernels need none.
+            extra_compile_args={
+                "cxx": [*cxx_flags, *(f for d in _extra_cuda_includes() for f in ("-idirafter", d))],
+                "nvcc": ["-O3", "--use_fast_math", "-std=c++20"],
+            },
         )
     else:
         ext = cpp_extension.CppExtension(

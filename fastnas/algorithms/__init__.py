@@ -7,7 +7,7 @@ from typing import Any
 from fastnas.algorithms.base import SearchAlgorithm, SearchDefaults
 from fastnas.algorithms.darts import DARTS
 from fastnas.algorithms.derivation import derive_darts, derive_darts_cell
-from fastnas.spaces import DartsSpace
+from fastnas.spaces.base import SearchSpace
 
 METHODS: dict[str, type[SearchAlgorithm]] = {"darts": DARTS}
 
@@ -20,7 +20,7 @@ def get_method(name: str) -> type[SearchAlgorithm]:
         raise ValueError(f"unknown search method {name!r}; available: {', '.join(sorted(METHODS))}") from None
 
 
-def build_algorithm(name: str, space: DartsSpace, **options: Any) -> SearchAlgorithm:
+def build_algorithm(name: str, space: SearchSpace, **options: Any) -> SearchAlgorithm:
     """Instantiate method ``name`` on ``space``; ``options`` go to its constructor (e.g. ``order=2``)."""
     return get_method(name)(space, **options)
 

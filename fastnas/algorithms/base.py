@@ -12,7 +12,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from fastnas.genotype import Genotype
-    from fastnas.spaces import DartsSpace
+    from fastnas.spaces.base import SearchSpace
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class SearchAlgorithm(nn.Module):
     name: ClassVar[str] = "base"
     defaults: ClassVar[SearchDefaults] = SearchDefaults()
 
-    def __init__(self, space: DartsSpace):
+    def __init__(self, space: SearchSpace):
         super().__init__()
         self.space = space
         #: 1 = first-order architecture gradient, 2 = DARTS second order (unrolled).

@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from fastnas.algorithms.base import SearchAlgorithm, SearchDefaults
-from fastnas.algorithms.derivation import derive_darts
 from fastnas.genotype import Genotype
-from fastnas.spaces import DartsSpace
+from fastnas.spaces.base import SearchSpace
 
 
 class DARTS(SearchAlgorithm):
@@ -27,7 +26,7 @@ class DARTS(SearchAlgorithm):
     name = "darts"
     defaults = SearchDefaults()  # REFERENCE.md section 2
 
-    def __init__(self, space: DartsSpace, order: int = 1, init_scale: float = 1e-3):
+    def __init__(self, space: SearchSpace, order: int = 1, init_scale: float = 1e-3):
         super().__init__(space)
         if order not in (1, 2):
             raise ValueError(f"DARTS order must be 1 (first order) or 2 (second order), got {order}")
@@ -42,4 +41,4 @@ class DARTS(SearchAlgorithm):
 
     def derive(self) -> Genotype:
         with torch.no_grad():
-            return derive_darts(self.arch_weights(), self.space)
+            return self.space.derive(self.arch_weights())

@@ -10,8 +10,8 @@ from torch import nn
 
 from fastnas.algorithms import SearchAlgorithm, build_algorithm
 from fastnas.genotype import Genotype
-from fastnas.nn.supernet import Supernet
 from fastnas.spaces import DartsSpace
+from fastnas.spaces.base import SearchSpace
 
 
 class SearchModel(nn.Module):
@@ -22,7 +22,7 @@ class SearchModel(nn.Module):
     derives the discrete architecture.
     """
 
-    def __init__(self, supernet: Supernet, algorithm: SearchAlgorithm):
+    def __init__(self, supernet: nn.Module, algorithm: SearchAlgorithm):
         super().__init__()
         if supernet.space != algorithm.space:
             raise ValueError("the supernet and the algorithm must share one search space")
@@ -33,7 +33,7 @@ class SearchModel(nn.Module):
     def build(
         cls,
         method: str = "darts",
-        space: DartsSpace | None = None,
+        space: SearchSpace | None = None,
         C: int = 16,
         layers: int = 8,
         num_classes: int = 10,
@@ -43,13 +43,11 @@ class SearchModel(nn.Module):
     ) -> SearchModel:
         """Build the supernet and the method (e.g. ``SearchModel.build("darts", order=2)``)."""
         space = space or DartsSpace()
-        supernet = Supernet(
-            space, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels, executor=executor
-        )
+        supernet = space.build_supernet(C, layers, num_classes, in_channels, executor)
         return cls(supernet, build_algorithm(method, space, **method_options))
 
     @property
-    def space(self) -> DartsSpace:
+    def space(self) -> SearchSpace:
         return self.supernet.space
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

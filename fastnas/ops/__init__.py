@@ -1,6 +1,7 @@
 """Candidate operations (plain ``nn.Module`` reference semantics) and the op registry."""
 
 from fastnas.ops import darts_ops as _darts_ops  # noqa: F401  (registers the DARTS ops)
+from fastnas.ops import nb201_ops as _nb201_ops  # noqa: F401  (registers nor_conv_1x1 / nor_conv_3x3)
 from fastnas.ops.darts_ops import (
     DARTS_OPS,
     DilConv,

@@ -8,9 +8,17 @@ state, so a 4-node cell has 2 + 3 + 4 + 5 = 14 edges, ordered node by node, sour
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
 
 from fastnas.ops import DARTS_OPS, get_op_spec
+
+if TYPE_CHECKING:
+    from fastnas.genotype import Genotype
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,22 @@ class DartsSpace:
     def cell_types(self) -> tuple[str, ...]:
         """Every cell type that owns architecture parameters (normal types first, then ``reduce``)."""
         return (*self.normal_types, "reduce")
+
+    def derive(self, weights: Mapping[str, torch.Tensor]) -> Genotype:
+        """The DARTS derivation rule on normalised edge weights (REFERENCE.md section 1)."""
+        from fastnas.algorithms.derivation import derive_darts
+
+        return derive_darts(weights, self)
+
+    def build_supernet(
+        self, C: int, layers: int, num_classes: int, in_channels: int, executor: str = "reference"
+    ) -> nn.Module:
+        """The DARTS search supernet over this space."""
+        from fastnas.nn.supernet import Supernet
+
+        return Supernet(
+            self, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels, executor=executor
+        )
 
     def op_index(self, name: str) -> int:
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fastnas.algorithms import get_method
+from fastnas.spaces import SPACE_DEFAULTS
 
 
 @dataclass
@@ -18,7 +19,8 @@ class SearchConfig:
     method: str = "darts"
     method_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"order": 2}
     space: str = "darts"
-    nodes: int = 4
+    nodes: int = 4  # intermediate nodes per cell (DARTS space)
+    nb201_table: str | None = None  # NAS-Bench-201 results table: log each epoch's cell accuracy
     dataset: str = "cifar10"
     data_dir: str | None = None
     download: bool = False
@@ -49,6 +51,11 @@ class SearchConfig:
         """A copy with every ``None`` hyper-parameter replaced by the method's published default."""
         defaults = get_method(self.method).defaults
         values = dataclasses.asdict(self)
+        if self.space not in SPACE_DEFAULTS:
+            raise ValueError(f"unknown search space {self.space!r}; available: {', '.join(SPACE_DEFAULTS)}")
+        for key, value in SPACE_DEFAULTS[self.space].items():
+            if values.get(key) is None:
+                values[key] = value
         for f in dataclasses.fields(defaults):
             if values.get(f.name) is None:
                 values[f.name] = getattr(defaults, f.name)
@@ -60,6 +67,12 @@ class SearchConfig:
 
     def validate(self) -> None:
         get_method(self.method)
+        if self.nb201_table is not None and self.space != "nb201":
+            raise ValueError("--nb201-table needs --space nb201")
+        if self.space == "nb201" and self.nodes != 4:
+            raise ValueError(
+                "the NAS-Bench-201 cell has a fixed topology; --nodes applies to the darts space only"
+            )
         if self.epochs is not None and self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size is not None and self.batch_size < 1:

@@ -14,6 +14,7 @@ architecture parameters and genotype as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Iterator
@@ -50,7 +51,7 @@ class SearchResult:
     """What a finished search returns."""
 
     run_dir: Path
-    genotype: Genotype
+    genotype: Genotype  # an NB201Arch on the nb201 space
     metrics: list[dict[str, Any]]
     model: SearchModel
 
@@ -111,7 +112,12 @@ class SearchRunner:
             train_set, arch_idx, augment=False, shuffle=False, seed=config.seed, **common
         )
 
-        space = build_space(config.space, num_nodes=config.nodes)
+        space = build_space(config.space, **({"num_nodes": config.nodes} if config.space == "darts" else {}))
+        self.table = None
+        if config.nb201_table:
+            from fastnas.nb201 import NB201Table
+
+            self.table = NB201Table.load(config.nb201_table)
         self.model = SearchModel.build(
             config.method,
             space=space,
@@ -295,18 +301,26 @@ class SearchRunner:
                 {
                     "alpha_entropy": entropy,
                     "genotype": genotype.to_literal(),
+                    # the skip-collapse diagnostic (DDSAS appendix, figure B.3): normal cell / NB201 cell
+                    "skip_connect_count": genotype.count_op("skip_connect"),
                     "epoch_time_s": time.perf_counter() - started,
                 }
             )
+            if self.table is not None:
+                row["table"] = dataclasses.asdict(self.table.lookup(genotype))
             append_jsonl(metrics_path, row)
             append_jsonl(alphas_path, {"epoch": epoch, **self.algorithm.arch_snapshot()})
             save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict(epoch))
             ent = " ".join(f"{k}={v:.3f}" for k, v in entropy.items())
+            table = ""
+            if "table" in row:
+                table = f" | NB201 CIFAR-10 test acc {row['table']['c10_test']}"
             self.log(
                 f"epoch {epoch + 1}/{cfg.epochs} | train loss {row['train_loss']:.4f} "
                 f"acc {row['train_acc']:.2f}% "
                 f"| val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}% | lr {row['lr']:.5f} "
-                f"| entropy {ent} | {row['epoch_time_s']:.1f}s\n  genotype = {row['genotype']}"
+                f"| entropy {ent} | skips {row['skip_connect_count']}{table} | {row['epoch_time_s']:.1f}s"
+                f"\n  genotype = {row['genotype']}"
             )
         genotype = self.algorithm.derive()
         genotype.save_json(self.run_dir / "genotype.json")

@@ -1,0 +1,44 @@
+"""The multi-seed harness: runs, summary statistics, reuse of finished runs."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from fastnas import SearchConfig
+from fastnas.train.sweep import parse_method, run_sweep
+
+
+def test_parse_method_options() -> None:
+    assert parse_method("darts") == ("darts", {})
+    assert parse_method("darts:order=2,init_scale=0.01") == ("darts", {"order": 2, "init_scale": 0.01})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_method("darts:order")
+
+
+def test_sweep_summarises_two_seeds(tmp_path: Path) -> None:
+    base = SearchConfig(dataset="digits", limit=32, batch_size=16, C=4, layers=3, epochs=2, device="cpu")
+    result = run_sweep(base, ["darts"], [0, 1], tmp_path)
+    runs = result["runs"]
+    assert [r["seed"] for r in runs] == [0, 1]
+    assert all(len(r["skip_connect_curve"]) == 2 for r in runs)
+    (entry,) = result["summary"]
+    accs = [r["supernet_val_acc"] for r in runs]
+    assert entry["runs"] == 2
+    assert entry["supernet_val_acc"]["mean"] == pytest.approx(statistics.fmean(accs))
+    assert entry["supernet_val_acc"]["std"] == pytest.approx(statistics.pstdev(accs))
+    assert entry["wall_time_s"]["mean"] > 0
+    # each run's metrics.jsonl holds the same numbers the summary used
+    for r in runs:
+        rows = [json.loads(line) for line in (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+        assert rows[-1]["val_acc"] == r["supernet_val_acc"]
+    md = (tmp_path / "summary.md").read_text()
+    assert "| darts | 2 |" in md and "±" in md
+    assert json.loads((tmp_path / "summary.json").read_text())["summary"] == result["summary"]
+
+    again = run_sweep(base, ["darts"], [0, 1], tmp_path)  # finished runs are reused, not redone
+    assert [r["genotype"] for r in again["runs"]] == [r["genotype"] for r in runs]
+    assert [r["wall_time_s"] for r in again["runs"]] == [r["wall_time_s"] for r in runs]
