@@ -9,14 +9,18 @@ The drop-in backend::
     model.genotype()                        # DARTS derivation rule
 
 and the whole search loop: ``fastnas.run_search(fastnas.SearchConfig(dataset="digits", epochs=2))``.
+Retraining a genotype: ``fastnas.NetworkCIFAR(36, 10, 20, True, fastnas.load_genotype("DARTS_V2"))`` and
+``fastnas.run_train(fastnas.TrainConfig(genotype="DARTS_V2", dataset="cifar10", data_dir=...))``.
 """
 
 from fastnas.algorithms import METHODS, SearchAlgorithm, build_algorithm
 from fastnas.genotype import CellGenotype, Genotype, GenotypeError, load_genotype
-from fastnas.nn import SearchModel, Supernet
+from fastnas.nn import NetworkCIFAR, NetworkImageNet, SearchModel, Supernet
 from fastnas.ops import DARTS_OPS, available_ops, register_op
 from fastnas.spaces import DartsSpace, build_space
 from fastnas.train import SearchConfig, SearchResult, resume_search, run_search
+from fastnas.train.retrain import TrainResult, evaluate_checkpoint, resume_train, run_train
+from fastnas.train.train_config import TrainConfig
 
 __version__ = "0.1.0"
 
@@ -27,17 +31,24 @@ __all__ = [
     "DartsSpace",
     "Genotype",
     "GenotypeError",
+    "NetworkCIFAR",
+    "NetworkImageNet",
     "SearchAlgorithm",
     "SearchConfig",
     "SearchModel",
     "SearchResult",
     "Supernet",
+    "TrainConfig",
+    "TrainResult",
     "__version__",
     "available_ops",
     "build_algorithm",
     "build_space",
+    "evaluate_checkpoint",
     "load_genotype",
     "register_op",
     "resume_search",
+    "resume_train",
     "run_search",
+    "run_train",
 ]

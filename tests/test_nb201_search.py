@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA
+
 from fastnas import SearchConfig, run_search
+from fastnas.cli import main
 from fastnas.nb201 import NB201Arch, NB201Table
-from fastnas.train.sweep import run_sweep
 
 TABLE = SHARED_DATA / "nb201.csv"
 needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"NAS-Bench-201 table {TABLE} not found")
@@ -18,8 +18,16 @@ needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"NAS-Bench-201 tab
 
 def _config(tmp_path: Path, **overrides: object) -> SearchConfig:
     values: dict[str, object] = {
-        "space": "nb201", "dataset": "digits", "limit": 32, "batch_size": 16, "C": 4, "layers": 1,
-        "epochs": 2, "device": "cpu", "out_dir": str(tmp_path), "run_name": "nb",
+        "space": "nb201",
+        "dataset": "digits",
+        "limit": 32,
+        "batch_size": 16,
+        "C": 4,
+        "layers": 1,
+        "epochs": 2,
+        "device": "cpu",
+        "out_dir": str(tmp_path),
+        "run_name": "nb",
     }
     values.update(overrides)
     return SearchConfig(**values)  # type: ignore[arg-type]
@@ -49,8 +57,37 @@ def test_nb201_space_rejects_darts_only_options(tmp_path: Path) -> None:
 
 
 @needs_table
-def test_sweep_reports_table_accuracy(tmp_path: Path) -> None:
-    result = run_sweep(_config(tmp_path, epochs=1, nb201_table=str(TABLE)), ["darts"], [0, 1], tmp_path)
+def test_sweep_command_reports_table_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = [
+        "sweep",
+        "--space",
+        "nb201",
+        "--dataset",
+        "digits",
+        "--limit",
+        "32",
+        "--batch-size",
+        "16",
+        "--C",
+        "4",
+        "--layers",
+        "1",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--seeds",
+        "0",
+        "1",
+        "--nb201-table",
+        str(TABLE),
+        "--out-dir",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    assert "| darts | 2 |" in capsys.readouterr().out
+    result = json.loads((tmp_path / "summary.json").read_text())
     (entry,) = result["summary"]
     assert entry["runs"] == 2 and "c10_test" in entry
     values = [r["c10_test"] for r in result["runs"]]

@@ -162,11 +162,29 @@ def _limited(n: int, limit: int | None) -> torch.Tensor:
     return torch.randperm(n, generator=generator)[:limit].sort().values
 
 
+class _SeededSamples(Dataset):
+    """Indexed by ``(index, seed)``: loads ``base[index]`` with the CPU generator seeded by ``seed`` (inside
+    ``fork_rng``, so the caller's random state is untouched) - the random transforms of a sample depend on
+    its seed only, not on the worker that loads it."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.base[index]
+
+
 class FolderBatchLoader:
     """Batches ``(x, y)`` of an image-folder dataset on ``device``, deterministic per ``(seed, epoch)``.
 
-    ``limit`` keeps a fixed random subset of ``limit`` images. Shuffling uses :func:`epoch_generator`;
-    the DataLoader's base seed (hence every worker's transform randomness) is drawn from it too.
+    ``limit`` keeps a fixed random subset of ``limit`` images. The order and one seed per sample (for its
+    random transforms) come from :func:`epoch_generator`, so an epoch is the same for any ``workers``.
     """
 
     def __init__(
@@ -221,14 +239,14 @@ class FolderBatchLoader:
         generator = epoch_generator(self.seed, self._epoch)
         n = self.num_examples
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        seeds = torch.randint(0, 2**62, (n,), generator=generator)
         loader = DataLoader(
-            self.dataset,
+            _SeededSamples(self.dataset),
             batch_size=self.batch_size,
-            sampler=order.tolist(),
+            sampler=list(zip(order.tolist(), seeds.tolist(), strict=True)),
             num_workers=self.workers,
             pin_memory=self.device.type == "cuda",
             drop_last=self.drop_last,
-            generator=generator,
             persistent_workers=False,
         )
         for x, y in loader:

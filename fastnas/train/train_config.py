@@ -138,7 +138,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
     channels_last: bool | None = None  # None = on for CUDA
-    deterministic: bool = True
+    deterministic: bool | None = None  # None = deterministic kernels on CPU, cuDNN autotuner on CUDA
     out_dir: str = "runs"
     run_name: str | None = None
 
@@ -186,6 +186,8 @@ class TrainConfig:
         for name, value in (("limit", self.limit), ("test limit", self.test_limit)):
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 image, got {value}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every GPU check and benchmark in one command (for a lent GPU machine; see DEVELOPERS.md):
+# builds the extension for the local GPU, runs the test suite (CUDA cases included), then the benchmark
+# grid, and prints the table last. Results land in ${OUT:-bench-out}/.
+#   bash benchmarks/gpu_all.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out="${OUT:-bench-out}"
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+
+python -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
+python -c "import torch, fastnas._ext as e; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__, \
+'| extension:', e.extension_available(), '| CUDA kernels:', e.cuda_compiled(), e.load_error() or '')"
+
+python -m pytest -q -x tests/test_weighted_sum.py tests/test_data.py -k "cuda or CUDA" 2>&1 | tee "$out/gpu_tests.log" | tail -5
+python -m pytest -q tests 2>&1 | tee "$out/all_tests.log" | tail -5
+
+python -m benchmarks.run --device cuda --batch-sizes 64 256 --precision fp32 bf16 --order 1 2 \
+    --json "$out/bench_step.json" 2>&1 | tee "$out/bench_step.md"

@@ -1,0 +1,556 @@
+"""Retraining a genotype's evaluation network with the published recipe (REFERENCE.md section 3).
+
+SGD with momentum and weight decay, cosine (CIFAR) or x0.97-per-epoch (ImageNet) learning-rate schedule,
+gradient-norm clipping, loss = CE(main) + ``auxiliary_weight`` * CE(auxiliary head) (with label smoothing
+where the recipe has it), drop path ``drop_path * epoch / epochs``, cutout. On CUDA: autocast (bf16 by
+default, fp16 with a GradScaler), channels-last memory and the fused SGD.
+
+A run directory holds ``config.json`` (resolved), ``genotype.json`` / ``genotype.txt``, ``metrics.jsonl``
+(one line per epoch), ``checkpoint.pt`` (atomic, after every epoch; it also carries the config and the
+genotype, so it can be evaluated on its own), ``log.txt`` and, at the end, ``result.json`` (test top-1 /
+top-5, parameters, FLOPs). All randomness of epoch ``e`` (batch order, augmentation, drop-path masks) is
+seeded from ``(seed, e)``, so :func:`resume_train` after a crash ends exactly like an uninterrupted run
+(on CPU, with deterministic kernels). :func:`evaluate_checkpoint` is the evaluation-only mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from fastnas.data import TensorBatchLoader, limit_indices, load_dataset
+from fastnas.genotype import Genotype, load_genotype
+from fastnas.info import count_flops, count_parameters
+from fastnas.nn.eval_network import build_eval_network, count_parameters_without_auxiliary
+from fastnas.train.checkpoint import (
+    append_jsonl,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    read_jsonl,
+    rewrite_jsonl,
+    save_checkpoint,
+)
+from fastnas.train.device import autocast, resolve_device
+from fastnas.train.train_config import DATASET_SHAPES, TrainConfig
+
+__all__ = [
+    "TrainResult",
+    "TrainRunner",
+    "evaluate_checkpoint",
+    "evaluate_model",
+    "resolve_precision",
+    "resume_train",
+    "run_train",
+    "training_loss",
+]
+
+Loader = Any  # TensorBatchLoader or FolderBatchLoader: set_epoch, len, iteration of (x, y) on the device
+
+
+@dataclass
+class TrainResult:
+    """What a finished retraining returns: the run directory, the per-epoch metrics, ``result.json``'s
+    content and the trained model."""
+
+    run_dir: Path
+    metrics: list[dict[str, Any]]
+    result: dict[str, Any]
+    model: torch.nn.Module
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA, fp32 elsewhere; other values pass through."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def training_loss(
+    logits: torch.Tensor,
+    logits_aux: torch.Tensor | None,
+    target: torch.Tensor,
+    auxiliary_weight: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """CE(main) + ``auxiliary_weight`` * CE(auxiliary) (the second term only with auxiliary logits)."""
+    loss = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    if logits_aux is not None and auxiliary_weight:
+        loss = loss + auxiliary_weight * F.cross_entropy(logits_aux, target, label_smoothing=label_smoothing)
+    return loss
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    digest = hashlib.sha256(f"fastnas.retrain:{int(seed)}:{int(epoch)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def build_loaders(
+    config: TrainConfig, device: torch.device, train: bool = True
+) -> tuple[Loader | None, Loader, int, int]:
+    """``(train_loader or None, test_loader, num_classes, in_channels)`` for a resolved config."""
+    assert config.batch_size is not None and config.cutout is not None
+    if config.dataset == "imagenet":
+        from fastnas.data.imagenet import FolderBatchLoader, load_imagenet_folder
+
+        common = {"batch_size": config.batch_size, "device": device, "workers": config.workers}
+        test_set = load_imagenet_folder(config.data_dir, "test")
+        test_loader = FolderBatchLoader(
+            test_set, shuffle=False, seed=config.seed, limit=config.test_limit, **common
+        )
+        train_loader = None
+        if train:
+            train_set = load_imagenet_folder(config.data_dir, "train")
+            if list(train_set.classes) != list(test_set.classes):
+                raise ValueError(
+                    f"ImageNet train/ and val/ have different class folders ({len(train_set.classes)} vs "
+                    f"{len(test_set.classes)}); val/ must use the same <wnid>/ folders as train/"
+                )
+            train_loader = FolderBatchLoader(
+                train_set, shuffle=True, seed=config.seed, limit=config.limit, **common
+            )
+        return train_loader, test_loader, len(test_set.classes), 3
+    test_data = load_dataset(config.dataset, config.data_dir, split="test", download=config.download)
+    test_loader = TensorBatchLoader(
+        test_data,
+        limit_indices(torch.arange(len(test_data)), config.test_limit),
+        config.batch_size,
+        augment=False,
+        shuffle=False,
+        seed=config.seed,
+        device=device,
+    )
+    train_loader = None
+    if train:
+        train_data = load_dataset(config.dataset, config.data_dir, split="train", download=config.download)
+        indices = limit_indices(torch.arange(len(train_data)), config.limit)
+        train_loader = TensorBatchLoader(
+            train_data,
+            indices,
+            config.batch_size,
+            augment=True,
+            shuffle=True,
+            seed=config.seed,
+            device=device,
+            # a last batch of one image would break BatchNorm in training mode
+            drop_last=len(indices) % config.batch_size == 1,
+            cutout=config.cutout,
+        )
+    return train_loader, test_loader, test_data.num_classes, test_data.in_channels
+
+
+def build_model(
+    config: TrainConfig, genotype: Genotype, num_classes: int, in_channels: int
+) -> torch.nn.Module:
+    """The evaluation network of a resolved config; the auxiliary head exists when ``config.auxiliary``
+    is on and its weight is positive."""
+    assert config.C is not None and config.layers is not None and config.auxiliary_weight is not None
+    auxiliary = bool(config.auxiliary and config.auxiliary_weight > 0)
+    return build_eval_network(
+        genotype, config.network, config.C, config.layers, num_classes, auxiliary, in_channels
+    )
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: torch.nn.Module,
+    loader: Loader,
+    device: torch.device,
+    precision: str = "fp32",
+    channels_last: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Test loss and top-1 / top-5 accuracy (%) of ``model`` in eval mode over ``loader``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    top1 = torch.zeros((), device=device, dtype=torch.long)
+    top5 = torch.zeros((), device=device, dtype=torch.long)
+    count = 0
+    loader.set_epoch(0)
+    for x, y in tqdm(loader, desc="test", disable=not progress, leave=False, dynamic_ncols=True):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            logits, _ = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == y[:, None]
+        top1 += hits[:, 0].sum()
+        top5 += hits.any(dim=1).sum()
+        count += len(y)
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("the test set is empty")
+    return {
+        "test_loss": float(loss_sum) / count,
+        "test_top1": 100.0 * float(top1) / count,
+        "test_top5": 100.0 * float(top5) / count,
+        "num_test_images": count,
+    }
+
+
+def _make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.SGD:
+    kwargs = {"lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay}
+    if device.type == "cuda":
+        try:
+            return torch.optim.SGD(model.parameters(), fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError):
+            return torch.optim.SGD(model.parameters(), foreach=True, **kwargs)
+    return torch.optim.SGD(model.parameters(), **kwargs)
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
+    assert config.epochs is not None and config.lr_min is not None and config.lr_gamma is not None
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr_min)
+
+
+# ---------------------------------------------------------------------------------------------- runner
+
+
+def _genotype_label(source: Any) -> str:
+    if isinstance(source, str):
+        from fastnas.genotype_zoo import resolve_zoo_name
+
+        name = resolve_zoo_name(source)
+        if name is not None:
+            return name
+        if "Genotype(" not in source:
+            return Path(source).name.split(".")[0] or "genotype"
+    return "genotype"
+
+
+def _new_run_dir(config: TrainConfig) -> Path:
+    name = config.run_name or (
+        f"train-{_genotype_label(config.genotype)}-{config.dataset}-s{config.seed}-"
+        f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
+    run_dir = Path(config.out_dir) / name
+    if (run_dir / "checkpoint.pt").exists() or (run_dir / "result.json").exists():
+        raise FileExistsError(
+            f"run directory {run_dir} already holds a run; continue it with "
+            f"`fastnas train --resume {run_dir}` or choose another --run-name"
+        )
+    return run_dir
+
+
+class TrainRunner:
+    """Builds data, network, optimiser and schedule from a resolved config and runs the epochs."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        genotype: Genotype,
+        run_dir: Path,
+        progress: bool = True,
+        device: str | None = None,
+    ) -> None:
+        self.config = config
+        self.genotype = genotype
+        self.run_dir = run_dir
+        self.progress = progress
+        self.device = resolve_device(device or config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.channels_last = (
+            self.device.type == "cuda" if config.channels_last is None else bool(config.channels_last)
+        )
+        deterministic = self.device.type == "cpu" if config.deterministic is None else config.deterministic
+        if deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = not deterministic
+            torch.backends.cudnn.deterministic = deterministic
+        self.train_loader, self.test_loader, self.num_classes, self.in_channels = build_loaders(
+            config, self.device
+        )
+        _seed_everything(config.seed)
+        model = build_model(config, genotype, self.num_classes, self.in_channels)
+        self.parameters = count_parameters_without_auxiliary(model)
+        self.parameters_with_aux = count_parameters(model)
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = _make_optimizer(self.model, config, self.device)
+        self.scheduler = _make_scheduler(self.optimizer, config)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.start_epoch = 0
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "config": self.config.to_json(),
+            "genotype": self.genotype.to_json(),
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch = state["epoch"] + 1
+
+    # ----------------------------------------------------------------- steps
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step; returns the (detached) loss and the number of correct top-1 predictions."""
+        cfg = self.config
+        assert cfg.auxiliary_weight is not None and cfg.label_smoothing is not None
+        assert cfg.grad_clip is not None
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, self.precision):
+            logits, logits_aux = self.model(x)
+            loss = training_loss(logits, logits_aux, y, cfg.auxiliary_weight, cfg.label_smoothing)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.config
+        assert cfg.epochs is not None and cfg.drop_path is not None and self.train_loader is not None
+        self.model.train()
+        drop_prob = cfg.drop_path * epoch / cfg.epochs
+        self.model.drop_path_prob = drop_prob
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch))  # drop-path masks (and in-process transforms)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.train_loader.set_epoch(epoch)
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        steps = len(self.train_loader)
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not self.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        started = time.perf_counter()
+        for step, (x, y) in enumerate(self.train_loader):
+            loss, n_correct = self.train_step(x, y)
+            loss_sum += loss.double() * len(y)
+            correct += n_correct
+            seen += len(y)
+            bar.update(1)
+            if self.progress and (step % 50 == 0 or step == steps - 1):  # syncs: only with the bar
+                loss_now, acc_now = float(loss_sum) / seen, 100.0 * float(correct) / seen
+                bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{acc_now:.1f}")
+        bar.close()
+        train_loss, train_acc = float(loss_sum) / max(seen, 1), 100.0 * float(correct) / max(seen, 1)
+        elapsed = time.perf_counter() - started  # after the float() sync above
+        self.scheduler.step()
+        return {
+            "train_loss": train_loss,
+            "train_top1": train_acc,
+            "lr": lr,
+            "drop_path_prob": drop_prob,
+            "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
+            "train_time_s": elapsed,
+        }
+
+    def evaluate(self) -> dict[str, Any]:
+        return evaluate_model(
+            self.model, self.test_loader, self.device, self.precision, self.channels_last, self.progress
+        )
+
+    # ----------------------------------------------------------------- run
+    def log(self, line: str) -> None:
+        tqdm.write(line) if self.progress else print(line, flush=True)
+        with open(self.run_dir / "log.txt", "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+    def _should_evaluate(self, epoch: int) -> bool:
+        every = self.config.eval_every
+        return epoch == self.config.epochs - 1 or (every > 0 and (epoch + 1) % every == 0)  # type: ignore[operator]
+
+    def run(self) -> TrainResult:
+        cfg = self.config
+        assert cfg.epochs is not None
+        metrics_path = self.run_dir / "metrics.jsonl"
+        rewrite_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["epoch"] < self.start_epoch])
+        if self.start_epoch >= cfg.epochs:
+            self.log(f"run {self.run_dir} already trained ({cfg.epochs} epochs); evaluating its checkpoint")
+        final: dict[str, Any] | None = None
+        for epoch in range(self.start_epoch, cfg.epochs):
+            started = time.perf_counter()
+            row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+            if self._should_evaluate(epoch):
+                final = self.evaluate()
+                row.update(final)
+            row["epoch_time_s"] = time.perf_counter() - started
+            append_jsonl(metrics_path, row)
+            save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict(epoch))
+            test = ""
+            if "test_top1" in row:
+                test = (
+                    f" | test loss {row['test_loss']:.4f} top-1 {row['test_top1']:.2f}% "
+                    f"top-5 {row['test_top5']:.2f}%"
+                )
+            self.log(
+                f"epoch {epoch + 1}/{cfg.epochs} | train loss {row['train_loss']:.4f} "
+                f"top-1 {row['train_top1']:.2f}%{test} | lr {row['lr']:.5f} | drop path "
+                f"{row['drop_path_prob']:.3f} | {row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.1f}s"
+            )
+        if final is None:
+            final = self.evaluate()
+        metrics = read_jsonl(metrics_path)
+        result = self._result(final, metrics)
+        atomic_write_json(self.run_dir / "result.json", result)
+        self.log(
+            f"test top-1 {result['test_top1']:.2f}% top-5 {result['test_top5']:.2f}% "
+            f"({result['num_test_images']} images) | {result['parameters'] / 1e6:.3f} M parameters "
+            f"(+{(result['parameters_with_aux'] - result['parameters']) / 1e6:.3f} M auxiliary head) | "
+            f"{result['flops_per_image'] / 2e6:.1f} M multiply-adds"
+        )
+        return TrainResult(self.run_dir, metrics, result, self.model)
+
+    def _result(self, final: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
+        cfg = self.config
+        size = DATASET_SHAPES[cfg.dataset][2]
+        flop_model = build_model(cfg, self.genotype, self.num_classes, self.in_channels)
+        flops = count_flops(flop_model, torch.randn(1, self.in_channels, size, size))
+        return {
+            **final,
+            "genotype": self.genotype.to_literal(),
+            "dataset": cfg.dataset,
+            "epochs": cfg.epochs,
+            "C": cfg.C,
+            "layers": cfg.layers,
+            "num_classes": self.num_classes,
+            "parameters": self.parameters,
+            "parameters_with_aux": self.parameters_with_aux,
+            "flops_per_image": flops,
+            "image_size": size,
+            "train_time_s": sum(r.get("train_time_s", 0.0) for r in metrics),
+            "device": str(self.device),
+            "precision": self.precision,
+        }
+
+
+# ---------------------------------------------------------------------------------------------- entry
+
+
+def run_train(config: TrainConfig, progress: bool = True) -> TrainResult:
+    """Retrain ``config.genotype`` from scratch; returns the run directory, metrics and test result."""
+    config = config.resolved()
+    genotype = load_genotype(config.genotype)
+    run_dir = _new_run_dir(config)
+    runner = TrainRunner(config, genotype, run_dir, progress=progress)  # data and device errors come first
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", config.to_json())
+    genotype.save_json(run_dir / "genotype.json")
+    atomic_write_text(run_dir / "genotype.txt", genotype.to_literal() + "\n")
+    runner.log(
+        f"fastnas train: {_genotype_label(config.genotype)} on {config.dataset}, C={config.C}, "
+        f"{config.layers} layers, {runner.parameters / 1e6:.3f} M parameters, {runner.device} "
+        f"{runner.precision}, run directory {run_dir}"
+    )
+    return runner.run()
+
+
+def _is_train_run(run_dir: Path) -> bool:
+    config = run_dir / "config.json"
+    return config.is_file() and "auxiliary_weight" in config.read_text()
+
+
+def resume_train(run_dir: str | Path, progress: bool = True, device: str | None = None) -> TrainResult:
+    """Continue the retraining run in ``run_dir`` after its last checkpoint (or evaluate it when done)."""
+    run_dir = Path(run_dir)
+    if not _is_train_run(run_dir):
+        raise FileNotFoundError(f"{run_dir} is not a retraining run directory (no train config.json)")
+    config = TrainConfig.load(run_dir / "config.json").resolved()
+    genotype = load_genotype(run_dir)  # the genotype.json saved at the start, not the original source
+    runner = TrainRunner(config, genotype, run_dir, progress=progress, device=device)
+    if (run_dir / "checkpoint.pt").exists():
+        runner.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location=runner.device))
+        runner.log(f"resuming {run_dir} after epoch {runner.start_epoch}/{config.epochs}")
+    else:
+        runner.log(f"{run_dir} has no checkpoint yet; starting it from epoch 1")
+    return runner.run()
+
+
+def evaluate_checkpoint(
+    source: str | Path,
+    device: str | None = None,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    test_limit: int | None = None,
+    progress: bool = True,
+    write: bool = True,
+) -> dict[str, Any]:
+    """Evaluation-only mode: test loss, top-1 and top-5 of a checkpoint (a ``checkpoint.pt`` or a run
+    directory holding one). The data location, batch size and test subset default to the run's own;
+    with ``write``, the numbers also go to ``eval.json`` next to the checkpoint."""
+    path = Path(source)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    state = load_checkpoint(path)
+    if "config" not in state or "genotype" not in state or "num_classes" not in state:
+        raise ValueError(f"{path} is not a retraining checkpoint (written by `fastnas train`)")
+    config = TrainConfig.from_json(state["config"])
+    if data_dir is not None:
+        config.data_dir = data_dir
+    if batch_size is not None:
+        config.batch_size = batch_size
+    if test_limit is not None:
+        config.test_limit = test_limit
+    config = config.resolved()
+    genotype = Genotype.from_json(state["genotype"])
+    dev = resolve_device(device or config.device)
+    precision = resolve_precision(config.precision, dev)
+    channels_last = dev.type == "cuda" if config.channels_last is None else bool(config.channels_last)
+    _, test_loader, num_classes, in_channels = build_loaders(config, dev, train=False)
+    if num_classes != state["num_classes"]:
+        raise ValueError(
+            f"the test set has {num_classes} classes but the checkpoint was trained on {state['num_classes']}"
+        )
+    model = build_model(config, genotype, num_classes, in_channels)
+    model.load_state_dict(state["model"])
+    model = model.to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    result = {
+        **evaluate_model(model, test_loader, dev, precision, channels_last, progress),
+        "checkpoint": str(path),
+        "epoch": int(state["epoch"]) + 1,
+        "device": str(dev),
+        "precision": precision,
+    }
+    if write:
+        atomic_write_json(path.parent / "eval.json", result)
+    return result
