@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastnas.algorithms import METHODS
 from fastnas.data import DATASET_NAMES
@@ -60,6 +60,38 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
         choices=(1, 2),
         default=None,
         help="DARTS architecture gradient: 1 = first order (default), 2 = second order",
+    )
+    p.add_argument(
+        "--lambda",
+        dest="lam",
+        type=float,
+        default=None,
+        help="EnTranNAS-DST sparsity regulariser lambda (Eq. 11; default 0.1)",
+    )
+    p.add_argument(
+        "--tau0", type=float, default=None, help="EnTranNAS(-DST) initial softmax temperature (default 5.0)"
+    )
+    p.add_argument(
+        "--tau-decay", type=float, default=None, help="EnTranNAS(-DST) temperature factor per epoch (0.923)"
+    )
+    p.add_argument(
+        "--engine-cells",
+        default=None,
+        help="EnTranNAS Engine-cells: first (default, Figure 4), last, half, all, or cell indices like 0,2",
+    )
+    p.add_argument(
+        "--no-feature-sharing",
+        dest="feature_sharing",
+        action="store_const",
+        const=False,
+        default=None,
+        help="EnTranNAS: op weights per edge instead of per source node (Table 3 ablation)",
+    )
+    p.add_argument(
+        "--bottleneck",
+        type=int,
+        default=None,
+        help="EnTranNAS channel reduction ratio before the candidate ops (4; 0 = off)",
     )
     p.add_argument("--space", default="darts", choices=SPACE_NAMES)
     p.add_argument("--nodes", type=int, default=4, help="intermediate nodes per cell (darts space)")
@@ -205,13 +237,40 @@ def _add_info_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Constructor options of the method given on the command line (unset ones are left out)."""
+    import inspect
+
+    flags = {
+        "order": "--order",
+        "lam": "--lambda",
+        "tau0": "--tau0",
+        "tau_decay": "--tau-decay",
+        "engine_cells": "--engine-cells",
+        "feature_sharing": "--no-feature-sharing",
+        "bottleneck": "--bottleneck",
+    }
+    options = {key: getattr(args, key) for key in flags if getattr(args, key, None) is not None}
+    engine = options.get("engine_cells")
+    if isinstance(engine, str) and engine[:1].isdigit():
+        options["engine_cells"] = [int(i) for i in engine.split(",")]
+    method = getattr(args, "method", None)
+    if method is not None:
+        method_cls = METHODS[method]
+        accepted = [*inspect.signature(method_cls.__init__).parameters, *method_cls.supernet_options]
+        unknown = [flags[k] for k in options if k not in accepted]
+        if unknown:
+            raise SystemExit(f"fastnas: error: {', '.join(unknown)} does not apply to --method {method}")
+    return options
+
+
 def _search_config(args: argparse.Namespace) -> SearchConfig:
     """The search configuration of ``fastnas search`` / ``fastnas sweep`` arguments."""
     from fastnas.train import SearchConfig
 
     return SearchConfig(
         method=getattr(args, "method", "darts"),
-        method_options={"order": args.order} if args.order is not None else {},
+        method_options=_method_options(args),
         space=args.space,
         nodes=args.nodes,
         nb201_table=args.nb201_table,

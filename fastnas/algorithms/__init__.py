@@ -7,9 +7,14 @@ from typing import Any
 from fastnas.algorithms.base import SearchAlgorithm, SearchDefaults
 from fastnas.algorithms.darts import DARTS
 from fastnas.algorithms.derivation import derive_darts, derive_darts_cell
+from fastnas.algorithms.entrannas import EnTranNAS, EnTranNASDST
 from fastnas.spaces.base import SearchSpace
 
-METHODS: dict[str, type[SearchAlgorithm]] = {"darts": DARTS}
+METHODS: dict[str, type[SearchAlgorithm]] = {
+    "darts": DARTS,
+    "entrannas": EnTranNAS,
+    "entrannas-dst": EnTranNASDST,
+}
 
 
 def get_method(name: str) -> type[SearchAlgorithm]:
@@ -28,6 +33,8 @@ def build_algorithm(name: str, space: SearchSpace, **options: Any) -> SearchAlgo
 __all__ = [
     "DARTS",
     "METHODS",
+    "EnTranNAS",
+    "EnTranNASDST",
     "SearchAlgorithm",
     "SearchDefaults",
     "build_algorithm",

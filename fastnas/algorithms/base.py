@@ -45,12 +45,28 @@ class SearchAlgorithm(nn.Module):
 
     name: ClassVar[str] = "base"
     defaults: ClassVar[SearchDefaults] = SearchDefaults()
+    #: method options that configure the method's supernet (:meth:`build_supernet`), not the algorithm
+    supernet_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, space: SearchSpace):
         super().__init__()
         self.space = space
         #: 1 = first-order architecture gradient, 2 = DARTS second order (unrolled).
         self.order = 1
+
+    @classmethod
+    def build_supernet(
+        cls,
+        space: SearchSpace,
+        C: int,
+        layers: int,
+        num_classes: int,
+        in_channels: int,
+        executor: str,
+        **options: Any,
+    ) -> nn.Module | None:
+        """A method-specific supernet (e.g. EnTranNAS Engine/Transit cells), or None for the space's own."""
+        return None
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())

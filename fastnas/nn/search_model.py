@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastnas.algorithms import SearchAlgorithm, build_algorithm
+from fastnas.algorithms import SearchAlgorithm, build_algorithm, get_method
 from fastnas.genotype import Genotype
 from fastnas.spaces import DartsSpace
 from fastnas.spaces.base import SearchSpace
@@ -43,8 +43,17 @@ class SearchModel(nn.Module):
     ) -> SearchModel:
         """Build the supernet and the method (e.g. ``SearchModel.build("darts", order=2)``)."""
         space = space or DartsSpace()
-        supernet = space.build_supernet(C, layers, num_classes, in_channels, executor)
-        return cls(supernet, build_algorithm(method, space, **method_options))
+        method_cls = get_method(method)
+        algorithm_options = dict(method_options)
+        supernet_options = {
+            key: algorithm_options.pop(key) for key in method_cls.supernet_options if key in algorithm_options
+        }
+        supernet = method_cls.build_supernet(
+            space, C, layers, num_classes, in_channels, executor, **supernet_options
+        )
+        if supernet is None:
+            supernet = space.build_supernet(C, layers, num_classes, in_channels, executor)
+        return cls(supernet, build_algorithm(method, space, **algorithm_options))
 
     @property
     def space(self) -> SearchSpace:

@@ -1,6 +1,7 @@
 """Candidate operations (plain ``nn.Module`` reference semantics) and the op registry."""
 
 from fastnas.ops import darts_ops as _darts_ops  # noqa: F401  (registers the DARTS ops)
+from fastnas.ops import extended_ops as _extended_ops  # noqa: F401  (registers the extended-space ops)
 from fastnas.ops import nb201_ops as _nb201_ops  # noqa: F401  (registers nor_conv_1x1 / nor_conv_3x3)
 from fastnas.ops.darts_ops import (
     DARTS_OPS,
@@ -11,6 +12,7 @@ from fastnas.ops.darts_ops import (
     SepConv,
     Zero,
 )
+from fastnas.ops.extended_ops import EXTENDED_OPS, EXTRA_OPS
 from fastnas.ops.registry import (
     OpSpec,
     UnknownOpError,
@@ -23,6 +25,8 @@ from fastnas.ops.registry import (
 
 __all__ = [
     "DARTS_OPS",
+    "EXTENDED_OPS",
+    "EXTRA_OPS",
     "DilConv",
     "FactorizedReduce",
     "Identity",

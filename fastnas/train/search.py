@@ -112,7 +112,8 @@ class SearchRunner:
             train_set, arch_idx, augment=False, shuffle=False, seed=config.seed, **common
         )
 
-        space = build_space(config.space, **({"num_nodes": config.nodes} if config.space == "darts" else {}))
+        space_options = {"num_nodes": config.nodes} if config.space in ("darts", "darts-extended") else {}
+        space = build_space(config.space, **space_options)
         self.table = None
         if config.nb201_table:
             from fastnas.nb201 import NB201Table
@@ -276,6 +277,18 @@ class SearchRunner:
         self.scheduler.step()
         return {"train_loss": float(loss_sum) / seen, "train_acc": 100.0 * float(correct) / seen, "lr": lr}
 
+    def write_consistency(self) -> None:
+        """Super-net vs child-net validation accuracy (seed 002 Table 1) -> ``consistency.json``."""
+        from fastnas.train.consistency import measure_consistency
+
+        self.eval_loader.set_epoch(0)
+        result = measure_consistency(self.model, self.eval_loader, self.device, self.config.precision)
+        atomic_write_json(self.run_dir / "consistency.json", result)
+        self.log(
+            f"consistency: super-net acc {result['super_acc']:.2f}% | child-net acc "
+            f"{result['child_acc']:.2f}% | drop {result['drop']:.2f}"
+        )
+
     # ----------------------------------------------------------------- run
     def log(self, line: str) -> None:
         tqdm.write(line) if self.progress else print(line, flush=True)
@@ -325,6 +338,7 @@ class SearchRunner:
         genotype = self.algorithm.derive()
         genotype.save_json(self.run_dir / "genotype.json")
         atomic_write_text(self.run_dir / "genotype.txt", genotype.to_literal() + "\n")
+        self.write_consistency()
         return SearchResult(self.run_dir, genotype, read_jsonl(metrics_path), self.model)
 
 

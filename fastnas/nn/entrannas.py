@@ -1,0 +1,364 @@
+"""The EnTranNAS supernet: Engine-cells, Transit-cells, feature sharing and the bottleneck (seed 002
+sections 2.2, 2.3 and 2.5; REFERENCE.md section 6).
+
+- An **Engine-cell** holds the whole mixed DAG and weights every candidate by the architecture weights
+  (Eq. 1/6, first case: ``x_j = sum_{i<j} sum_k p_k^(i,j) o_k(x_i)``).
+- A **Transit-cell** has all candidate op modules (any op may be derived at the next iteration) but
+  runs only the sub-graph derived at this iteration, as a plain sum like the evaluation cell (Eq. 3/6,
+  second case: ``x_j = sum_{(i,k) in S_j} o_k(x_i)``); ops outside ``S_j`` do no work at all.
+- **Feature sharing** (Eq. 6): op ``k`` has one module per source state ``i`` (``w_k^(i)``), so
+  ``o_k(x_i)`` is computed once and reused by every later node; a cell holds ``(n - 1) x K`` op
+  modules instead of ``|E| x K`` (``n - 1 = num_nodes + 1`` sources: the two cell inputs and every
+  intermediate node but the last).
+- **Bottleneck** (section 2.5): a 1x1 conv reduces each source state from ``C`` to ``C / ratio``
+  channels before the candidate ops; a 1x1 conv per intermediate node restores ``C`` channels.
+
+Derivation happens at every forward pass: the architecture weights of each cell type are read on the
+host once per forward (one synchronisation; the Transit-cells' Python control flow needs the
+topology). The rule is the method's: ``"top2"`` = the DARTS rule (EnTranNAS, Eq. 4) or
+``"nonzero"`` = ``S_j = {(i, k): w > 0}`` (EnTranNAS-DST, Eq. 10). With ``"nonzero"`` the
+Engine-cells also skip the pairs of zero weight: they contribute exactly nothing to the output and to
+the gradients (their ``q`` is 0 below the ReLU of Eq. 8), so the Engine computes only ``S_j``, weighted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+
+from fastnas.algorithms.derivation import derive_darts_cell
+from fastnas.nn.supernet import reduction_layers
+from fastnas.ops import FactorizedReduce, ReLUConvBN, build_op, get_op_spec
+from fastnas.spaces import DartsSpace
+
+TransitRule = Literal["top2", "nonzero"]
+Selection = list[list[tuple[int, int]]]
+"""Per intermediate node, the ``(source_state, op_index)`` pairs it sums."""
+
+__all__ = [
+    "EnTranCell",
+    "EnTranNASSupernet",
+    "bottleneck_channels",
+    "resolve_engine_cells",
+    "select_pairs",
+]
+
+
+def bottleneck_channels(channels: int, ratio: int) -> int:
+    """``channels // ratio``, at least 2 and rounded up to even (FactorizedReduce, the stride-2
+    ``skip_connect``, needs an even count; at the paper's sizes C=16, 32, 64 / 4 nothing changes)."""
+    reduced = max(2, channels // ratio)
+    return reduced + (reduced % 2)
+
+
+def select_pairs(weights: torch.Tensor, space: DartsSpace, rule: TransitRule) -> Selection:
+    """The derived set ``S_j`` of every intermediate node from edge weights ``[num_edges, num_ops]``.
+
+    ``"top2"``: the DARTS rule (top-2 incoming edges by their strongest non-``none`` op, that op on each;
+    seed 002 Eq. 4). ``"nonzero"``: every ``(i, k)`` with a positive weight (Eq. 10), ordered by source,
+    then op. ``none`` is never selected (it contributes nothing).
+    """
+    if rule == "top2":
+        cell = derive_darts_cell(weights, space)
+        return [[(i, space.op_index(op)) for op, i in node] for node in cell.nodes]
+    if rule == "nonzero":
+        positive = (weights.detach() > 0).cpu()
+        zero_ops = [k for k, op in enumerate(space.ops) if get_op_spec(op).kind == "zero"]
+        positive[:, zero_ops] = False
+        out: Selection = []
+        for edge in space.edges:
+            if edge.node == len(out):
+                out.append([])
+            out[edge.node].extend((edge.source, int(k)) for k in positive[edge.index].nonzero().flatten())
+        return out
+    raise ValueError(f"unknown transit rule {rule!r}; use 'top2' (EnTranNAS) or 'nonzero' (EnTranNAS-DST)")
+
+
+def _search_op(name: str, channels: int, stride: int, affine: bool, pool_bn: bool) -> nn.Module:
+    op = build_op(name, channels, stride, affine=affine)
+    if pool_bn and get_op_spec(name).kind == "pool":
+        op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=affine))
+    return op
+
+
+def _conv_bn(c_in: int, c_out: int, affine: bool) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out, affine=affine))
+
+
+class EnTranCell(nn.Module):
+    """One EnTranNAS cell; ``engine=True`` makes it an Engine-cell, else a Transit-cell.
+
+    Inputs, preprocessing, strides and the output concat follow the DARTS search cell. ``ops[u][k]`` is
+    op ``k`` of unit ``u``: a source state (feature sharing) or an edge (no sharing). Ops of kind
+    ``zero`` (``none``) are never run. ``affine`` / ``pool_bn`` default to the search conventions
+    (BN without affine parameters, a BN after pooling); the evaluation-cell conventions
+    (``affine=True, pool_bn=False``) make a Transit-cell directly comparable with
+    :class:`~fastnas.nn.eval_network.EvalCell`.
+
+    Bottleneck (section 2.5; the seed says only "a 1x1 convolution"): reduce = Conv1x1 + BN per source
+    state, restore = Conv1x1 + BN per intermediate node. The BNs keep the node scale of the DARTS cell
+    (whose nodes are sums of BN outputs); this is a choice where the seed is silent.
+    """
+
+    def __init__(
+        self,
+        space: DartsSpace,
+        c_prev_prev: int,
+        c_prev: int,
+        channels: int,
+        reduction: bool,
+        reduction_prev: bool,
+        *,
+        engine: bool,
+        feature_sharing: bool = True,
+        bottleneck: int = 4,
+        affine: bool = False,
+        pool_bn: bool = True,
+    ):
+        super().__init__()
+        if bottleneck < 0:
+            raise ValueError(f"bottleneck ratio must be >= 1 (0 = off), got {bottleneck}")
+        self.space = space
+        self.engine = engine
+        self.reduction = reduction
+        self.feature_sharing = feature_sharing
+        self.num_nodes = space.num_nodes
+        self.concat = space.concat
+        self.bottleneck = bottleneck if bottleneck > 1 else 0
+        if reduction_prev:
+            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=affine)
+        else:
+            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=affine)
+        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=affine)
+        num_sources = self.num_nodes + 1  # the last intermediate node feeds no op in the cell
+        c_op = bottleneck_channels(channels, self.bottleneck) if self.bottleneck else channels
+        self.op_channels = c_op
+        if self.bottleneck:
+            self.reduce = nn.ModuleList(_conv_bn(channels, c_op, affine) for _ in range(num_sources))
+            self.restore = nn.ModuleList(_conv_bn(c_op, channels, affine) for _ in range(self.num_nodes))
+        # Units: source states (sharing) or edges; the stride depends only on the source.
+        sources = list(range(num_sources)) if feature_sharing else [e.source for e in space.edges]
+        self.ops = nn.ModuleList(
+            nn.ModuleList(
+                _search_op(op, c_op, 2 if reduction and source < 2 else 1, affine, pool_bn)
+                for op in space.ops
+            )
+            for source in sources
+        )
+        self._edge_index = {(e.node, e.source): e.index for e in space.edges}
+        self._all_pairs: Selection = [
+            [
+                (i, k)
+                for i in range(node + 2)
+                for k, op in enumerate(space.ops)
+                if get_op_spec(op).kind != "zero"
+            ]
+            for node in range(self.num_nodes)
+        ]
+
+    def num_weighted_ops(self) -> int:
+        """Op modules with parameters (seed section 2.3: ``(n-1) x K-bar`` shared, ``|E| x K-bar`` not)."""
+        return sum(1 for unit in self.ops for op in unit if any(True for _ in op.parameters()))
+
+    def forward(
+        self,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        selection: Selection | None = None,
+    ) -> torch.Tensor:
+        """Engine-cell: ``weights [E, K]`` weight the pairs of ``selection`` (default: every pair).
+        Transit-cell: ``selection`` (required) is summed unweighted; ``weights`` is ignored."""
+        if not self.engine:
+            if selection is None:
+                raise ValueError("a Transit-cell needs the derived selection S_j of every node")
+            weights = None
+        elif weights is None:
+            raise ValueError("an Engine-cell needs the architecture weights")
+        pairs = selection if selection is not None else self._all_pairs
+        if len(pairs) != self.num_nodes:
+            raise ValueError(f"selection must have one entry per node ({self.num_nodes}), got {len(pairs)}")
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        inputs: dict[int, torch.Tensor] = {}
+        shared: dict[tuple[int, int], torch.Tensor] = {}
+        for node, node_pairs in enumerate(pairs):
+            if not node_pairs:
+                raise ValueError(f"node {node} has no input in the selection (every node needs one)")
+            total: torch.Tensor | None = None
+            for source, k in node_pairs:
+                if source >= node + 2:
+                    raise ValueError(f"node {node} cannot read state {source}")
+                edge = self._edge_index[(node, source)]
+                h = self._feature(states, inputs, shared, source, edge, k)
+                if weights is not None:
+                    h = h * weights[edge, k].to(h.dtype)
+                total = h if total is None else total + h
+            assert total is not None
+            if self.bottleneck:
+                total = self.restore[node](total)
+            states.append(total)
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+    def _feature(
+        self,
+        states: list[torch.Tensor],
+        inputs: dict[int, torch.Tensor],
+        shared: dict[tuple[int, int], torch.Tensor],
+        source: int,
+        edge: int,
+        k: int,
+    ) -> torch.Tensor:
+        """``o_k(x_source)``: computed once per (source, op) with sharing, once per (edge, op) without."""
+        if source not in inputs:
+            x = states[source]
+            inputs[source] = self.reduce[source](x) if self.bottleneck else x
+        if not self.feature_sharing:
+            return self.ops[edge][k](inputs[source])
+        key = (source, k)
+        if key not in shared:
+            shared[key] = self.ops[source][k](inputs[source])
+        return shared[key]
+
+
+def resolve_engine_cells(spec: str | Sequence[int], cell_types: Sequence[str]) -> tuple[int, ...]:
+    """Indices of the Engine-cells.
+
+    ``"first"`` (default, section 2.5 / Figure 4): the first cell of every cell type (first normal,
+    first reduction). ``"last"``: the last cell of every type. ``"all"``: every cell (the DARTS
+    supernet, Table 1 row 1). ``"half"``: the first half of the cells, plus the first cell of any type
+    not yet covered (Table 1 "one half"; the seed does not say which half). Or explicit indices.
+    """
+    n = len(cell_types)
+    if isinstance(spec, str):
+        if spec == "all":
+            return tuple(range(n))
+        if spec in ("first", "last"):
+            order = range(n) if spec == "first" else range(n - 1, -1, -1)
+            chosen: dict[str, int] = {}
+            for i in order:
+                chosen.setdefault(cell_types[i], i)
+            return tuple(sorted(chosen.values()))
+        if spec == "half":
+            picked = set(range((n + 1) // 2))
+            for t in dict.fromkeys(cell_types):
+                if not any(cell_types[i] == t for i in picked):
+                    picked.add(cell_types.index(t))
+            return tuple(sorted(picked))
+        try:
+            spec = [int(s) for s in spec.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(
+                f"engine cells must be 'first', 'last', 'half', 'all' or indices like '0,2', got {spec!r}"
+            ) from None
+    indices = tuple(sorted(set(int(i) for i in spec)))
+    if not indices or indices[0] < 0 or indices[-1] >= n:
+        raise ValueError(f"engine cell indices must be in [0, {n - 1}], got {list(spec)}")
+    missing = [t for t in dict.fromkeys(cell_types) if not any(cell_types[i] == t for i in indices)]
+    if missing:
+        raise ValueError(
+            f"cell types {missing} have no Engine-cell: their architecture parameters would get no gradient"
+        )
+    return indices
+
+
+class EnTranNASSupernet(nn.Module):
+    """The EnTranNAS search network (Figure 4): the DARTS macro-structure (stem, ``layers`` cells with
+    reductions at ``layers // 3`` and ``2 * layers // 3``, global pooling, classifier) with Engine- and
+    Transit-cells.
+
+    ``forward(x, weights)`` takes the method's edge weights ``{cell_type: [num_edges, num_ops]}``;
+    Engine-cells use them, Transit-cells run the sub-graph :func:`select_pairs` derives from them with
+    ``transit_rule``. The default Engine-cells (``"first"``) leave the final cell a Transit-cell, which
+    then has the target-net's architecture (section 2.2); ``"all"`` gives the DARTS supernet (Table 1).
+    Setting ``feature_sharing=False, bottleneck=0`` and ``engine_cells="all"`` with ``"top2"`` is the
+    DARTS supernet's computation (the Table 3 baseline is the ``darts`` method itself).
+    """
+
+    def __init__(
+        self,
+        space: DartsSpace | None = None,
+        C: int = 16,
+        layers: int = 8,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        stem_multiplier: int = 3,
+        engine_cells: str | Sequence[int] = "first",
+        feature_sharing: bool = True,
+        bottleneck: int = 4,
+        transit_rule: TransitRule = "top2",
+    ):
+        super().__init__()
+        self.space = space or DartsSpace()
+        if not isinstance(self.space, DartsSpace):
+            raise TypeError("the EnTranNAS supernet needs a DARTS cell space (darts or darts-extended)")
+        if layers < 3:
+            raise ValueError(
+                f"a DARTS-style supernet needs at least 3 layers (two are reductions), got {layers}"
+            )
+        if self.space.num_normal_types not in (1, 3):
+            raise ValueError("num_normal_types must be 1 or 3 (one normal-cell type per stage)")
+        if transit_rule not in ("top2", "nonzero"):
+            raise ValueError(f"unknown transit rule {transit_rule!r}; use 'top2' or 'nonzero'")
+        self.C, self.layers, self.num_classes = C, layers, num_classes
+        self.transit_rule: TransitRule = transit_rule
+        self.feature_sharing, self.bottleneck = feature_sharing, bottleneck
+        reductions = reduction_layers(layers)
+        self.cell_types: list[str] = []
+        stage = 0
+        for i in range(layers):
+            if i in reductions:
+                stage += 1
+                self.cell_types.append("reduce")
+            else:
+                self.cell_types.append(self.space.normal_types[min(stage, self.space.num_normal_types - 1)])
+        self.engine_cells = resolve_engine_cells(engine_cells, self.cell_types)
+        c_curr = stem_multiplier * C
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr)
+        )
+        c_pp, c_p, c_curr = c_curr, c_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                c_curr *= 2
+            self.cells.append(
+                EnTranCell(
+                    self.space,
+                    c_pp,
+                    c_p,
+                    c_curr,
+                    reduction,
+                    reduction_prev,
+                    engine=i in self.engine_cells,
+                    feature_sharing=feature_sharing,
+                    bottleneck=bottleneck,
+                )
+            )
+            reduction_prev = reduction
+            c_pp, c_p = c_p, self.space.multiplier * c_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(c_p, num_classes)
+
+    def selections(self, weights: Mapping[str, torch.Tensor]) -> dict[str, Selection]:
+        """The derived set of every cell type at this iteration (one host read per cell type)."""
+        return {
+            t: select_pairs(weights[t], self.space, self.transit_rule) for t in dict.fromkeys(self.cell_types)
+        }
+
+    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        selections = self.selections(weights)
+        s0 = s1 = self.stem(x)
+        for cell, cell_type in zip(self.cells, self.cell_types, strict=True):
+            if cell.engine:
+                # DST ("nonzero"): the Engine runs only S_j, weighted (zero weights add nothing).
+                sel = selections[cell_type] if self.transit_rule == "nonzero" else None
+                out = cell(s0, s1, weights[cell_type], sel)
+            else:
+                out = cell(s0, s1, None, selections[cell_type])
+            s0, s1 = s1, out
+        return self.classifier(self.global_pooling(s1).flatten(1))
