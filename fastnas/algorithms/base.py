@@ -4,6 +4,7 @@ rule; it does not own the training loop)."""
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,7 +41,7 @@ class SearchDefaults:
         return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
 
 
-class SearchAlgorithm(nn.Module):
+class SearchAlgorithm(nn.Module, abc.ABC):
     """Base class of a search method. Its parameters are the architecture parameters."""
 
     name: ClassVar[str] = "base"
@@ -71,9 +72,9 @@ class SearchAlgorithm(nn.Module):
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())
 
+    @abc.abstractmethod
     def arch_weights(self) -> dict[str, torch.Tensor]:
         """Edge weights ``{cell_type: Tensor[num_edges, num_ops]}`` for the next forward pass."""
-        raise NotImplementedError
 
     def extra_arch_loss(self) -> torch.Tensor | None:
         """A regulariser added to the upper-level (architecture) loss, or None."""
@@ -86,9 +87,9 @@ class SearchAlgorithm(nn.Module):
         """Whether the architecture is trained during ``epoch`` (0-based)."""
         return True
 
+    @abc.abstractmethod
     def derive(self) -> Genotype:
         """The discrete architecture the current parameters select."""
-        raise NotImplementedError
 
     def arch_entropy(self) -> dict[str, float]:
         """Mean per-edge entropy of the edge weights, per cell type (a convergence diagnostic)."""
