@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fastnas.data.datasets import cache_dir
-from fastnas.data.loader import epoch_generator
+from fastnas.data.loader import EpochBatches, epoch_generator
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -180,7 +180,7 @@ class _SeededSamples(Dataset):
             return self.base[index]
 
 
-class FolderBatchLoader:
+class FolderBatchLoader(EpochBatches):
     """Batches ``(x, y)`` of an image-folder dataset on ``device``, deterministic per ``(seed, epoch)``.
 
     ``limit`` keeps a fixed random subset of ``limit`` images. The order and one seed per sample (for its
@@ -222,18 +222,6 @@ class FolderBatchLoader:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self._epoch = int(epoch)
-
-    def __len__(self) -> int:
-        n, b = self.num_examples, self.batch_size
-        return n // b if self.drop_last else (n + b - 1) // b
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = epoch_generator(self.seed, self._epoch)

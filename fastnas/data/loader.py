@@ -11,6 +11,7 @@ Cutout (REFERENCE.md section 3: a square of side ``cutout`` zeroed after normali
 
 from __future__ import annotations
 
+import abc
 import hashlib
 from collections.abc import Iterator
 
@@ -103,7 +104,35 @@ def random_crop_flip(
     return crop_flip(pad_images(images, padding), sample, offsets, flips, images.shape[2], images.shape[3])
 
 
-class TensorBatchLoader:
+class EpochBatches(abc.ABC):
+    """Epoch bookkeeping shared by the batch loaders: ``set_epoch`` selects the epoch whose shuffle and
+    augmentation the next iteration produces; ``len`` is the number of batches. Subclasses provide
+    ``num_examples``, ``batch_size`` and ``drop_last``."""
+
+    _epoch: int = 0
+    batch_size: int
+    drop_last: bool
+
+    @property
+    @abc.abstractmethod
+    def num_examples(self) -> int:
+        """How many examples one epoch visits."""
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = int(epoch)
+
+    def __len__(self) -> int:
+        n, b = self.num_examples, self.batch_size
+        return n // b if self.drop_last else (n + b - 1) // b
+
+
+class TensorBatchLoader(EpochBatches):
     """Yields ``(x, y)``: x float32 normalised ``[B, C, H, W]``, y int64 ``[B]``, both on ``device``.
 
     ``indices`` selects examples of ``dataset`` (None = all). With ``augment`` the dataset's random crop
@@ -166,19 +195,6 @@ class TensorBatchLoader:
     def num_examples(self) -> int:
         return int(self._labels.shape[0])
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose shuffle and augmentation the next iteration produces."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self._epoch = int(epoch)
-
-    def __len__(self) -> int:
-        n, b = self.num_examples, self.batch_size
-        return n // b if self.drop_last else (n + b - 1) // b
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.num_examples

@@ -13,11 +13,12 @@ class MixedEdge(nn.Module):
     """All candidate ops of one supernet edge.
 
     As in DARTS, every BN is ``affine=False`` and pooling ops are followed by BN(affine=False)
-    (REFERENCE.md section 1). ``forward(x, w)`` returns ``sum_k w_k * op_k(x)``; the ``none`` op
-    contributes exactly zero to the output and to the gradient of ``w``, so it is not computed.
+    (REFERENCE.md section 1; ``pool_bn=False`` leaves that BN out, as NAS-Bench-201 does).
+    ``forward(x, w)`` returns ``sum_k w_k * op_k(x)``; the ``none`` op contributes exactly zero to the
+    output and to the gradient of ``w``, so it is not computed.
     """
 
-    def __init__(self, channels: int, stride: int, ops: tuple[str, ...]):
+    def __init__(self, channels: int, stride: int, ops: tuple[str, ...], pool_bn: bool = True):
         super().__init__()
         self.op_names = tuple(ops)
         self.ops = nn.ModuleList()
@@ -25,11 +26,13 @@ class MixedEdge(nn.Module):
         for k, name in enumerate(ops):
             spec = get_op_spec(name)
             op = build_op(name, channels, stride, affine=False)
-            if spec.kind == "pool":
+            if spec.kind == "pool" and pool_bn:
                 op = nn.Sequential(op, nn.BatchNorm2d(channels, affine=False))
             self.ops.append(op)
             if spec.kind != "zero":
                 active.append(k)
+        if not active:
+            raise ValueError(f"an edge needs at least one op other than 'none', got {list(self.op_names)}")
         self.active = tuple(active)
         self.register_buffer("_active_index", torch.tensor(active, dtype=torch.long), persistent=False)
 

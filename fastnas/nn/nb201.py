@@ -17,41 +17,16 @@ from torch import nn
 
 import fastnas.ops.nb201_ops  # noqa: F401  (registers the NB201 convolutions)
 from fastnas.nb201.arch import NB201_EDGES, NB201_NUM_NODES, NB201Arch
-from fastnas.ops import ReLUConvBN, build_op, get_op_spec
-from fastnas.ops.weighted_sum import weighted_sum
+from fastnas.nn.mixed import MixedEdge
+from fastnas.ops import ReLUConvBN, build_op
 from fastnas.spaces.nb201 import NB201Space
 
 
-class NB201MixedEdge(nn.Module):
-    """All candidate ops of one NB201 supernet edge (stride 1, BN ``affine=False``, no BN after pooling).
-
-    ``forward(x, w)`` returns ``sum_k w_k * op_k(x)``; ``none`` adds exactly zero (to the output and
-    to the gradient of ``w``), so it is not computed.
-    """
+class NB201MixedEdge(MixedEdge):
+    """All candidate ops of one NB201 supernet edge: stride 1, BN ``affine=False``, no BN after pooling."""
 
     def __init__(self, channels: int, ops: tuple[str, ...]):
-        super().__init__()
-        self.op_names = tuple(ops)
-        self.ops = nn.ModuleList(build_op(name, channels, 1, affine=False) for name in self.op_names)
-        active = [k for k, name in enumerate(self.op_names) if get_op_spec(name).kind != "zero"]
-        if not active:
-            raise ValueError(f"an edge needs at least one op other than 'none', got {list(self.op_names)}")
-        self.active = tuple(active)
-        self.register_buffer("_active_index", torch.tensor(active, dtype=torch.long), persistent=False)
-
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        outputs = [self.ops[k](x) for k in self.active]
-        dtypes = {out.dtype for out in outputs}
-        if len(dtypes) > 1:  # under autocast an identity skip can differ from conv outputs
-            common = outputs[0].dtype
-            for dtype in dtypes:
-                common = torch.promote_types(common, dtype)
-            outputs = [out.to(common) for out in outputs]
-        return weighted_sum(outputs, weights.index_select(0, self._active_index))
-
-    def forward_op(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Output of candidate op ``k`` alone."""
-        return self.ops[k](x)
+        super().__init__(channels, 1, ops, pool_bn=False)
 
 
 def _sum_into_nodes(
