@@ -173,6 +173,35 @@ register(
 )
 
 
+# ----------------------------------------------------------------------------- kernels
+def _kernel_rows(args: argparse.Namespace) -> Iterator[Row]:
+    from benchmarks.kernel_bench import mixed_bn_sum_rows
+
+    device = resolve_device(args.device)
+    _progress("kernels: mixed_bn_sum")
+    yield from mixed_bn_sum_rows(args.batch_sizes, args.precision, device, args.warmup, args.repeats)
+
+
+register(
+    Section(
+        name="kernels",
+        title="Fused kernels vs the PyTorch reference and torch.compile (forward + backward)",
+        columns=(
+            Column("kernel", "kernel"),
+            Column("impl", "impl"),
+            Column("precision", "precision"),
+            Column("batch_size", "batch"),
+            Column("C", "C"),
+            Column("size", "HxW"),
+            Column("median_ms", "median ms", "{:.3f}"),
+            Column("gb_per_s", "GB/s", "{:.0f}"),
+            Column("note", "note"),
+        ),
+        rows=_kernel_rows,
+    )
+)
+
+
 # ----------------------------------------------------------------------------- report
 def markdown_table(columns: Sequence[Column], rows: Sequence[Row]) -> str:
     """A GitHub-flavoured markdown table of ``rows``."""

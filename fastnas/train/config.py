@@ -43,7 +43,7 @@ class SearchConfig:
     device: str = "auto"
     precision: str = "fp32"
     executor: str = "reference"
-    deterministic: bool = True
+    deterministic: bool = True  # CPU: torch.use_deterministic_algorithms (process-wide); CUDA: no autotune
     out_dir: str = "runs"
     run_name: str | None = None
 
