@@ -18,6 +18,8 @@ whose name does not contain ``auxiliary`` (:func:`count_parameters_without_auxil
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -170,7 +172,7 @@ def _reductions(layers: int) -> tuple[int, int]:
     return (layers // 3, 2 * layers // 3)
 
 
-class _EvalNetwork(nn.Module):
+class _EvalNetwork(nn.Module, abc.ABC):
     """Cells, auxiliary head, pooling and classifier shared by the CIFAR and ImageNet networks."""
 
     stem_channels: int
@@ -224,8 +226,9 @@ class _EvalNetwork(nn.Module):
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(c_p, num_classes)
 
+    @abc.abstractmethod
     def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """The two inputs of the first cell."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(logits, logits_aux)``; ``logits_aux`` only in training mode with an auxiliary head."""
