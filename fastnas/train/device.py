@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import random
 
+import numpy as np
 import torch
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -43,3 +45,10 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (model initialisation)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

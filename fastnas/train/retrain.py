@@ -16,14 +16,12 @@ seeded from ``(seed, e)``, so :func:`resume_train` after a crash ends exactly li
 from __future__ import annotations
 
 import hashlib
-import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -41,7 +39,7 @@ from fastnas.train.checkpoint import (
     rewrite_jsonl,
     save_checkpoint,
 )
-from fastnas.train.device import autocast, resolve_device
+from fastnas.train.device import autocast, resolve_device, seed_everything
 from fastnas.train.train_config import DATASET_SHAPES, TrainConfig
 
 __all__ = [
@@ -93,12 +91,6 @@ def training_loss(
 def _epoch_seed(seed: int, epoch: int) -> int:
     digest = hashlib.sha256(f"fastnas.retrain:{int(seed)}:{int(epoch)}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -287,7 +279,7 @@ class TrainRunner:
         self.train_loader, self.test_loader, self.num_classes, self.in_channels = build_loaders(
             config, self.device
         )
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
         model = build_model(config, genotype, self.num_classes, self.in_channels)
         self.parameters = count_parameters_without_auxiliary(model)
         self.parameters_with_aux = count_parameters(model)

@@ -41,7 +41,7 @@ from fastnas.train.checkpoint import (
     save_checkpoint,
 )
 from fastnas.train.config import SearchConfig
-from fastnas.train.device import autocast, resolve_device
+from fastnas.train.device import autocast, resolve_device, seed_everything
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -59,12 +59,6 @@ class SearchResult:
 def _repeat(loader: TensorBatchLoader) -> Iterator[Batch]:
     while True:
         yield from loader
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _new_run_dir(config: SearchConfig) -> Path:
@@ -93,7 +87,7 @@ class SearchRunner:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not config.deterministic
-        _seed_everything(config.seed)
+        seed_everything(config.seed)
 
         train_set = load_dataset(config.dataset, config.data_dir, split="train", download=config.download)
         indices = limit_indices(torch.arange(len(train_set)), config.limit)
