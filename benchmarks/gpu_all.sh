@@ -13,8 +13,15 @@ python -m pip install -q --no-build-isolation --no-deps -e . 2>&1 | tail -3
 python -c "import torch, fastnas._ext as e; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__, \
 '| extension:', e.extension_available(), '| CUDA kernels:', e.cuda_compiled(), e.load_error() or '')"
 
-python -m pytest -q -x tests/test_weighted_sum.py tests/test_data.py -k "cuda or CUDA" 2>&1 | tee "$out/gpu_tests.log" | tail -5
+# Kernel tests first (real Triton kernels on the GPU), then everything.
+python -m pytest -q -x tests/test_mixed_bn_sum.py tests/test_depthwise_conv.py tests/test_pointwise_conv.py \
+    tests/test_masked_aggregate.py tests/test_fast_executor.py tests/test_weighted_sum.py 2>&1 \
+    | tee "$out/kernel_tests.log" | tail -5
 python -m pytest -q tests 2>&1 | tee "$out/all_tests.log" | tail -5
 
-python -m benchmarks.run --device cuda --batch-sizes 64 256 --precision fp32 bf16 --order 1 2 \
-    --json "$out/bench_step.json" 2>&1 | tee "$out/bench_step.md"
+# Per-kernel table (issue 5: DARTS stage shapes, batch 64 and 256, fp32 and bf16).
+python -m benchmarks.run --only kernels --device cuda --batch-sizes 64 256 --precision fp32 bf16 \
+    --json "$out/bench_kernels.json" 2>&1 | tee "$out/bench_kernels.md"
+# Whole search step: plain PyTorch (every op forced to its reference), reference loop, fast executor.
+python -m benchmarks.run --only search_step --device cuda --batch-sizes 64 256 --precision fp32 bf16 --order 1 2 \
+    --executor plain reference fast --json "$out/bench_step.json" 2>&1 | tee "$out/bench_step.md"

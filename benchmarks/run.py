@@ -90,7 +90,13 @@ def _search_step_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--batch-sizes", type=int, nargs="+", default=[64], metavar="N")
     group.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
     group.add_argument("--order", type=int, nargs="+", default=[1], choices=(1, 2))
-    group.add_argument("--executor", nargs="+", default=["reference"], help="cell executors to compare")
+    group.add_argument(
+        "--executor",
+        nargs="+",
+        default=["reference"],
+        help="cell executors to compare: reference, fast, or plain (the reference executor with every op "
+        "forced to its PyTorch reference: the baseline of issue 5)",
+    )
     group.add_argument("--method", default="darts")
     group.add_argument("--C", type=int, default=16, help="initial channels")
     group.add_argument("--layers", type=int, default=8, help="cells in the supernet")
@@ -113,13 +119,14 @@ def _search_step_rows(args: argparse.Namespace) -> Iterator[Row]:
             "batch_size": batch_size,
         }
         _progress(f"search_step: {case}")
+        plain = executor == "plain"
         reason = unsupported_reason(precision, order)
         if reason:
             yield {**case, "status": "skipped", "note": reason}
             continue
         yield guarded(
             case,
-            lambda e=executor, o=order, p=precision, b=batch_size: measure_search_step(
+            lambda e=executor, o=order, p=precision, b=batch_size, pl=plain: measure_search_step(
                 b,
                 device=args.device,
                 precision=p,
@@ -127,12 +134,12 @@ def _search_step_rows(args: argparse.Namespace) -> Iterator[Row]:
                 layers=args.layers,
                 image_size=args.image_size,
                 order=o,
-                executor=e,
+                executor="reference" if e == "plain" else e,
                 warmup=args.warmup,
                 repeats=args.repeats,
                 seed=args.seed,
                 method=args.method,
-                reference_ops=args.reference_ops,
+                reference_ops=args.reference_ops or pl,
             ),
         )
 
@@ -175,11 +182,17 @@ register(
 
 # ----------------------------------------------------------------------------- kernels
 def _kernel_rows(args: argparse.Namespace) -> Iterator[Row]:
-    from benchmarks.kernel_bench import mixed_bn_sum_rows
+    from benchmarks.kernel_bench import KERNEL_CASES, kernel_rows
 
     device = resolve_device(args.device)
-    _progress("kernels: mixed_bn_sum")
-    yield from mixed_bn_sum_rows(args.batch_sizes, args.precision, device, args.warmup, args.repeats)
+    kernels = args.kernels or list(KERNEL_CASES)
+    _progress(f"kernels: {', '.join(kernels)}")
+    yield from kernel_rows(kernels, args.batch_sizes, args.precision, device, args.warmup, args.repeats)
+
+
+def _kernel_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("kernels (fused ops against their PyTorch reference)")
+    group.add_argument("--kernels", nargs="+", default=None, metavar="NAME", help="default: all")
 
 
 register(
@@ -198,6 +211,7 @@ register(
             Column("note", "note"),
         ),
         rows=_kernel_rows,
+        add_arguments=_kernel_arguments,
     )
 )
 

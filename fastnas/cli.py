@@ -131,7 +131,13 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast precision (GPU runs)")
-    p.add_argument("--executor", default="reference", help="cell executor")
+    p.add_argument(
+        "--executor",
+        default="reference",
+        choices=("reference", "fast"),
+        help="how search cells run: reference (the DARTS loop) or fast (batched edges, fused kernels on "
+        "CUDA; DARTS-space supernets)",
+    )
     p.add_argument("--nondeterministic", action="store_true", help="allow non-deterministic kernels")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -52,40 +52,31 @@ cancel catastrophically when |mean| >> std):
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
+from fastnas.kernels._common import (
+    HAS_TRITON,
+    KERNEL_DTYPES,
+    TRITON_IMPORT_ERROR,
+    TRITON_INTERPRET,
+    tl,
+    triton,
+    triton_supports,
+)
 from torch import Tensor
 
 from fastnas.backend import reference_forced
 
-try:  # Triton is optional: without it every call takes the reference.
-    import triton
-    import triton.language as tl
-
-    HAS_TRITON = True
-    TRITON_IMPORT_ERROR = ""
-except Exception as exc:  # pragma: no cover - depends on the environment
-    triton = None
-    tl = None
-    HAS_TRITON = False
-    TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
-
 __all__ = [
     "HAS_TRITON",
     "KERNEL_DTYPES",
+    "TRITON_IMPORT_ERROR",
     "mixed_bn_sum",
     "mixed_bn_sum_reference",
     "triton_supports",
     "update_running_stats",
 ]
 
-# Triton decides at decoration time whether kernels run in the interpreter; CPU tensors can only use
-# the kernels then.
-TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
-
-KERNEL_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 _FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, *KERNEL_DTYPES)
 
 _BLOCK_R = 1024  # reduction block of the stats kernel (1-D)
@@ -447,13 +438,6 @@ if HAS_TRITON:
         if HAS_SKIP:
             ws = tl.load(wskip_ptr).to(tl.float32)
             tl.store(grad_x_ptr + roff, (ws * g).to(grad_x_ptr.dtype.element_ty), mask=hmask)
-
-
-def triton_supports(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether the Triton kernels run for tensors of ``device`` and ``dtype`` in this process."""
-    if not HAS_TRITON or dtype not in KERNEL_DTYPES:
-        return False
-    return device.type == "cuda" or (device.type == "cpu" and TRITON_INTERPRET)
 
 
 def _num_splits(m: int, programs: int) -> int:

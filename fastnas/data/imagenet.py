@@ -222,7 +222,6 @@ class FolderBatchLoader(EpochBatches):
     def num_classes(self) -> int:
         return len(self.classes)
 
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = epoch_generator(self.seed, self._epoch)
         n = self.num_examples

@@ -195,7 +195,6 @@ class TensorBatchLoader(EpochBatches):
     def num_examples(self) -> int:
         return int(self._labels.shape[0])
 
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = self.num_examples
         generator = epoch_generator(self.seed, self._epoch)

@@ -12,6 +12,7 @@ from fastnas.nn.eval_network import (
     drop_path,
 )
 from fastnas.nn.executor import CellExecutor, ReferenceExecutor, build_executor, register_executor
+from fastnas.nn.fast_executor import FastExecutor
 from fastnas.nn.mixed import MixedEdge
 from fastnas.nn.search_model import SearchModel
 from fastnas.nn.supernet import Supernet, reduction_layers
@@ -21,6 +22,7 @@ __all__ = [
     "AuxiliaryHeadImageNet",
     "CellExecutor",
     "EvalCell",
+    "FastExecutor",
     "MixedEdge",
     "NetworkCIFAR",
     "NetworkImageNet",

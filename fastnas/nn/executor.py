@@ -50,7 +50,8 @@ _EXECUTORS: dict[str, type] = {"reference": ReferenceExecutor}
 
 
 def build_executor(name: str) -> CellExecutor:
-    """Executor by name (``reference``; the fused one arrives with the kernel work)."""
+    """Executor by name: ``reference`` (the DARTS loop) or ``fast`` (batched edges and fused kernels,
+    :mod:`fastnas.nn.fast_executor`)."""
     try:
         return _EXECUTORS[name]()
     except KeyError:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastnas.kernels._common import model_uses_kernels
+from fastnas.nn.fused_edge import edge_from_pre_bn, is_identity, split_final_bn
 from fastnas.ops import build_op, get_op_spec
 from fastnas.ops.weighted_sum import weighted_sum
 
@@ -16,6 +18,11 @@ class MixedEdge(nn.Module):
     (REFERENCE.md section 1; ``pool_bn=False`` leaves that BN out, as NAS-Bench-201 does).
     ``forward(x, w)`` returns ``sum_k w_k * op_k(x)``; the ``none`` op contributes exactly zero to the
     output and to the gradient of ``w``, so it is not computed.
+
+    In training mode on tensors the fused kernels support (CUDA; see :mod:`fastnas.kernels._common`),
+    the final BN of every op is folded into the sum (:func:`fastnas.nn.fused_edge.edge_from_pre_bn`,
+    DESIGN.md plan item 2), so the normalised op outputs are never written; edges with an op that does
+    not end in a foldable BN (NAS-Bench-201's pooling without BN) keep the plain sum.
     """
 
     def __init__(self, channels: int, stride: int, ops: tuple[str, ...], pool_bn: bool = True):
@@ -35,8 +42,51 @@ class MixedEdge(nn.Module):
             raise ValueError(f"an edge needs at least one op other than 'none', got {list(self.op_names)}")
         self.active = tuple(active)
         self.register_buffer("_active_index", torch.tensor(active, dtype=torch.long), persistent=False)
+        self.fold_plan: tuple[list[int], int | None] | None = None
+        self._foldable = self._plan_fold()
+
+    def _plan_fold(self) -> bool:
+        """Split every active op into (pre-BN part, final BN) or the identity; False if one cannot be."""
+        bn_ops: list[int] = []
+        identity: int | None = None
+        for k in self.active:
+            op = self.ops[k]
+            if is_identity(op) and identity is None:
+                identity = k
+                continue
+            if split_final_bn(op) is None:
+                return False
+            bn_ops.append(k)
+        if not bn_ops:
+            return False
+        self.fold_plan = (bn_ops, identity)
+        self.register_buffer("bn_index", torch.tensor(bn_ops, dtype=torch.long), persistent=False)
+        return True
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        if self.training and self._foldable and model_uses_kernels(x):
+            return self.forward_folded(x, weights)
+        return self.forward_reference(x, weights)
+
+    def forward_folded(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """The edge with every final BN folded into the weighted sum (batch statistics, training mode)."""
+        if self.fold_plan is None:
+            raise RuntimeError("this edge has an op without a foldable final BN; use forward_reference")
+        bn_ops, identity = self.fold_plan
+        parts = [split_final_bn(self.ops[k]) for k in bn_ops]
+        zs = [pre_bn(x) for pre_bn, _ in parts]  # type: ignore[misc]
+        common = zs[0].dtype
+        for z in zs[1:]:
+            common = torch.promote_types(common, z.dtype)
+        zs = [z.to(common) for z in zs]
+        bns = [bn for _, bn in parts]  # type: ignore[misc]
+        op_weights = weights.index_select(0, self.bn_index)
+        if identity is None:
+            return edge_from_pre_bn(zs, bns, op_weights)
+        return edge_from_pre_bn(zs, bns, op_weights, x, weights[identity])
+
+    def forward_reference(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_k w_k * op_k(x)`` with every op run as a module (the DARTS loop)."""
         outputs = [self.ops[k](x) for k in self.active]
         dtypes = {out.dtype for out in outputs}
         if len(dtypes) > 1:  # under autocast an identity skip can differ from conv outputs

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fastnas.kernels._common import model_uses_kernels
+from fastnas.kernels.depthwise_conv import relu_depthwise_conv
 from fastnas.ops.registry import register_op
 
 
@@ -24,7 +26,11 @@ class ReLUConvBN(nn.Sequential):
 
 
 class DilConv(nn.Sequential):
-    """ReLU -> depthwise Conv(k, stride, padding, dilation) -> pointwise 1x1 -> BN."""
+    """ReLU -> depthwise Conv(k, stride, padding, dilation) -> pointwise 1x1 -> BN.
+
+    On tensors the fused kernels support (CUDA), the ReLU runs inside the depthwise convolution
+    (:func:`fastnas.kernels.depthwise_conv.relu_depthwise_conv`, DESIGN.md plan item 3).
+    """
 
     def __init__(
         self,
@@ -45,6 +51,26 @@ class DilConv(nn.Sequential):
             nn.BatchNorm2d(c_out, affine=affine),
         )
 
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self[3]  # type: ignore[return-value]
+
+    def pre_bn(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the final BN."""
+        depthwise, pointwise = self[1], self[2]
+        if not model_uses_kernels(x):
+            return pointwise(depthwise(self[0](x)))
+        dtype = _autocast_dtype(x)
+        c, k = depthwise.in_channels, depthwise.kernel_size[0]
+        weight = depthwise.weight.view(1, c, k, k).to(dtype)
+        h = relu_depthwise_conv(
+            x.to(dtype), weight, depthwise.stride[0], depthwise.padding[0], depthwise.dilation[0]
+        )
+        return pointwise(h[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final_bn(self.pre_bn(x))
+
 
 class SepConv(nn.Sequential):
     """Two stacked separable blocks; only the first depthwise conv is strided (REFERENCE.md section 1)."""
@@ -54,6 +80,21 @@ class SepConv(nn.Sequential):
             DilConv(c_in, c_in, kernel, stride, padding, dilation=1, affine=affine),
             DilConv(c_in, c_out, kernel, 1, padding, dilation=1, affine=affine),
         )
+
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self[1].final_bn  # type: ignore[return-value]
+
+    def pre_bn(self, x: torch.Tensor) -> torch.Tensor:
+        """Everything before the final BN."""
+        return self[1].pre_bn(self[0](x))  # type: ignore[operator]
+
+
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a convolution of ``x`` computes in (the autocast dtype inside an autocast region)."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
 
 
 class Identity(nn.Module):
@@ -86,10 +127,17 @@ class FactorizedReduce(nn.Module):
         self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
         self.bn = nn.BatchNorm2d(c_out, affine=affine)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def final_bn(self) -> nn.BatchNorm2d:
+        return self.bn
+
+    def pre_bn(self, x: torch.Tensor) -> torch.Tensor:
+        """The output before the final BN (the fused mixed edge folds that BN into its sum)."""
         x = self.relu(x)
-        out = torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
-        return self.bn(out)
+        return torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.pre_bn(x))
 
 
 DARTS_OPS: tuple[str, ...] = (

@@ -1,0 +1,91 @@
+"""One mixed edge with its final BNs folded into the weighted sum (DESIGN.md plan item 2).
+
+In the search supernet every candidate op except ``none`` and the identity skip ends in
+``BatchNorm2d(affine=False)`` (REFERENCE.md section 1), so an edge is
+``sum_k w_k * BN_k(z_k) + w_skip * x`` with ``z_k`` the op's output before its last BN. This module
+finds that split in the op modules (:func:`split_final_bn`), and computes an edge from the pre-BN
+outputs with :func:`fastnas.kernels.mixed_bn_sum.mixed_bn_sum`, updating each folded BN's running
+statistics exactly as ``nn.BatchNorm2d`` does in training mode (:func:`update_bn_running_stats`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fastnas.kernels.mixed_bn_sum import mixed_bn_sum, update_running_stats
+from fastnas.ops.darts_ops import Identity
+
+PreBN = Callable[[Tensor], Tensor]
+
+__all__ = ["edge_from_pre_bn", "foldable_bn", "split_final_bn", "update_bn_running_stats"]
+
+
+def foldable_bn(module: nn.Module) -> bool:
+    """A BN the fused sum can replace: 2-D, no affine parameters, batch statistics (training mode)."""
+    return (
+        isinstance(module, nn.BatchNorm2d)
+        and not module.affine
+        and module.training
+        and (module.track_running_stats is False or module.running_mean is not None)
+    )
+
+
+def split_final_bn(op: nn.Module) -> tuple[PreBN, nn.BatchNorm2d] | None:
+    """``(pre_bn, bn)`` with ``op(x) == bn(pre_bn(x))`` when ``op`` ends in a foldable BN, else ``None``.
+
+    Ops that expose ``pre_bn(x)`` and ``final_bn`` (``DilConv``, ``SepConv``, ``FactorizedReduce``) are
+    split there; an ``nn.Sequential`` ending in a BN (a pooling op of the search supernet is
+    ``Sequential(pool, BN)``) is split before its last module.
+    """
+    final_bn = getattr(op, "final_bn", None)
+    pre_bn = getattr(op, "pre_bn", None)
+    if isinstance(final_bn, nn.BatchNorm2d) and callable(pre_bn):  # DilConv, SepConv, FactorizedReduce
+        return (pre_bn, final_bn) if foldable_bn(final_bn) else None
+    if isinstance(op, nn.Sequential) and len(op) > 1 and foldable_bn(op[-1]):  # e.g. Sequential(pool, BN)
+        return nn.Sequential(*list(op)[:-1]), op[-1]  # type: ignore[return-value]
+    return None
+
+
+def update_bn_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count: int) -> None:
+    """What ``nn.BatchNorm2d.forward`` does to its buffers in training mode, from batch ``mean`` and
+    biased ``var`` of ``count`` values per channel (momentum ``None`` = cumulative average)."""
+    if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+        return
+    with torch.no_grad():
+        momentum = bn.momentum
+        if bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            if momentum is None:
+                momentum = 1.0 / float(bn.num_batches_tracked)
+        update_running_stats(bn.running_mean, bn.running_var, mean, var, count, float(momentum or 0.0))
+
+
+def edge_from_pre_bn(
+    pre_bn_outputs: Sequence[Tensor],
+    bns: Sequence[nn.BatchNorm2d],
+    weights: Tensor,
+    identity: Tensor | None = None,
+    identity_weight: Tensor | None = None,
+) -> Tensor:
+    """``sum_k weights[k] * bns[k](pre_bn_outputs[k]) + identity_weight * identity`` in one fused op,
+    with the running statistics of every ``bns[k]`` updated (seed 002 Eq. 1 with REFERENCE.md
+    section 1's BN-terminated ops)."""
+    z = torch.stack(list(pre_bn_outputs))
+    eps = bns[0].eps
+    if any(bn.eps != eps for bn in bns):
+        raise ValueError("edge_from_pre_bn: the folded BNs of one edge must share one eps")
+    if identity is not None:
+        identity = identity.to(z.dtype)
+    out, mean, var = mixed_bn_sum(z, weights, identity, identity_weight, eps)
+    count = z.shape[1] * z.shape[3] * z.shape[4]
+    for k, bn in enumerate(bns):
+        update_bn_running_stats(bn, mean[k], var[k], count)
+    return out
+
+
+def is_identity(op: nn.Module) -> bool:
+    """The parameter-free identity skip (stride-1 ``skip_connect``)."""
+    return isinstance(op, Identity)

@@ -1,0 +1,541 @@
+"""Pointwise (1x1) convolution with the following BN's batch statistics in its epilogue, batched over the
+E edges that leave one node of a DARTS cell.
+
+DESIGN.md, "Where the time goes", plan item 3 ("fuse ... BN statistics into the pointwise conv epilogue")
+and plan item 1 (batch by source node: every edge leaving node i applies its own 1x1 weights to the same
+input). REFERENCE.md section 1: SepConv and DilConv are ReLU, depthwise conv, pointwise 1x1 conv, BN; the
+BN after each pointwise conv needs per-channel sums of the conv output, which this op produces while the
+output tile is still in registers, so BN never re-reads the conv output to get its statistics.
+
+Math. For ``x`` [N, C_in, H, W] shared by all edges (or [E, N, C_in, H, W], one input per edge) and
+``weight`` [E, C_out, C_in]::
+
+    out[e, n, :, h, w] = weight[e] @ x_e[n, :, h, w]          (fp32 accumulation, stored in x's dtype)
+    total[e, c]        = sum_{n, h, w} out[e, n, c, h, w]     (of the stored, rounded values)
+    total_sq[e, c]     = sum_{n, h, w} out[e, n, c, h, w]^2
+
+``total``/``total_sq`` are float32 (float64 for float64 inputs). All three outputs are differentiable:
+with ``g = grad_out + grad_total[e, c] + 2 * out * grad_total_sq[e, c]``::
+
+    grad x_e     = weight[e]^T @ g[e]          (summed over e when x is shared)
+    grad weight  = sum_{n, h, w} g[e] x_e^T
+
+:func:`batch_norm_from_stats` turns ``(out, total, total_sq)`` into BN(affine=False, training) of each edge
+(biased variance ``total_sq / count - mean^2``); autograd through it and this op gives exactly the gradient
+of ``F.batch_norm`` (the BN backward's per-channel sums arrive here as ``grad_total``/``grad_total_sq``).
+The one-pass variance loses precision when |mean| >> std; after a ReLU-depthwise-pointwise stack the
+conv outputs are centred enough for fp32 sums (use the reference if that does not hold).
+
+Layouts. ``x`` is read through its strides (NCHW, channels-last, sliced or expanded views: no copy). ``out``
+follows ``x``: channels-last per edge (memory [E, N, H, W, C_out]) when ``x``'s channel stride is 1 (C_in
+> 1, H*W > 1), else contiguous NCHW per edge. ``grad x`` follows the same rule; ``grad weight`` is
+contiguous.
+
+Paths. :func:`pointwise_conv_stats` runs the registered operator ``torch.ops.fastnas.pointwise_conv_stats``
+when :func:`fastnas.kernels._common.use_kernels` (CUDA tensors, CPU tensors under ``TRITON_INTERPRET=1``,
+reference not forced), else :func:`pointwise_conv_stats_reference` (einsum in the accumulation dtype,
+differentiated by autograd). Inside the operator the forward is the Triton kernel where
+:func:`triton_supports` the device and dtype (float32, bfloat16, float16), else the same math in PyTorch
+(float64 always). The backward operator ``torch.ops.fastnas.pointwise_conv_stats_backward`` forms ``g``
+elementwise and uses two einsums (GEMMs in x's dtype, fp32 accumulation by the BLAS); a shared ``x`` is
+never expanded to E copies. Both operators have fake implementations, so ``torch.compile(fullgraph=True)``
+traces them. Double backward is not supported.
+
+Kernel. ``_pointwise_conv_stats_kernel``, 1-D grid of ``N * P_BLKS * E * CO_BLKS`` programs, one per tile
+of [BLOCK_CO output channels x BLOCK_P pixels] of one (e, n); the program id is decomposed with the
+output-channel block fastest, then the edge, so the programs that read the same x tile (all edges of a
+shared input, all channel blocks) run together and hit L2. Each program loops over C_in in BLOCK_K blocks,
+``acc += W[BLOCK_CO, BLOCK_K] @ X[BLOCK_K, BLOCK_P]`` with ``tl.dot`` (fp32 accumulator; bf16/fp16 operands
+go to the tensor cores, fp32 operands use IEEE fp32, operands upcast to fp32 under the interpreter). The
+epilogue rounds the tile to the output dtype, stores it, and adds the per-channel sum and sum of squares of
+the rounded values to zero-initialised fp32 [E, C_out] buffers with ``tl.atomic_add``: the N*H*W
+reduction is split across the N * P_BLKS programs of each channel block, so no separate statistics pass
+and no host synchronisation (the atomics make the sums' last bits depend on the order programs finish).
+C_in of a DARTS cell is small (16-256), so the op is memory-bound: one read of x per tile column, one write
+of out, 2 * BLOCK_CO atomics per program. Offsets are int64 wherever a product can exceed 2**31.
+"""
+
+from __future__ import annotations
+
+import torch
+from fastnas.kernels._common import (
+    HAS_TRITON,
+    KERNEL_DTYPES,
+    TRITON_IMPORT_ERROR,
+    TRITON_INTERPRET,
+    tl,
+    triton,
+    triton_supports,
+    use_kernels,
+)
+from torch import Tensor
+
+__all__ = [
+    "HAS_TRITON",
+    "KERNEL_DTYPES",
+    "TRITON_IMPORT_ERROR",
+    "batch_norm_from_stats",
+    "pointwise_conv_stats",
+    "pointwise_conv_stats_reference",
+    "triton_supports",
+]
+
+_FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, *KERNEL_DTYPES)
+
+# Tile sizes: each at least 16 (tl.dot), at most these, otherwise the next power of two of the extent.
+_MAX_BLOCK_CO = 64
+_MAX_BLOCK_P = 128
+_MAX_BLOCK_K = 32
+_MIN_BLOCK = 16
+_MAX_PROGRAMS = 2**31 - 1
+
+
+# --------------------------------------------------------------------------------------------------
+# Arguments, layouts, reference
+# --------------------------------------------------------------------------------------------------
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_args(x: Tensor, weight: Tensor) -> None:
+    """Validate the arguments of :func:`pointwise_conv_stats`; raises ``TypeError``/``ValueError``."""
+    name = "pointwise_conv_stats"
+    if not isinstance(x, Tensor) or x.dim() not in (4, 5):
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(
+            f"{name}: `x` must be [N, C_in, H, W] (one input shared by all edges) or [E, N, C_in, H, W] "
+            f"(one input per edge), got {shape}."
+        )
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name}: `x` must be float32, float64, bfloat16 or float16, got {x.dtype}.")
+    if not isinstance(weight, Tensor) or weight.dim() != 3:
+        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(
+            f"{name}: `weight` must be [E, C_out, C_in] (the 1x1 kernels of the E edges; squeeze the "
+            f"trailing 1x1 of a conv weight), got {shape}."
+        )
+    c_in = x.shape[-3]
+    if weight.shape[2] != c_in:
+        raise ValueError(
+            f"{name}: `weight` {tuple(weight.shape)} expects C_in = {weight.shape[2]} input channels but "
+            f"`x` {tuple(x.shape)} has {c_in}."
+        )
+    if weight.shape[0] < 1 or weight.shape[1] < 1:
+        raise ValueError(f"{name}: `weight` {tuple(weight.shape)} has no edges or no output channels.")
+    if x.dim() == 5 and x.shape[0] != weight.shape[0]:
+        raise ValueError(
+            f"{name}: `x` holds inputs of {x.shape[0]} edges but `weight` has E = {weight.shape[0]}; pass "
+            f"one input per edge or a single shared [N, C_in, H, W] input."
+        )
+    if weight.dtype != x.dtype:
+        raise TypeError(
+            f"{name}: `weight` has dtype {weight.dtype} but `x` has {x.dtype}; cast them to one dtype."
+        )
+    if weight.device != x.device:
+        raise ValueError(f"{name}: `weight` is on {weight.device} but `x` is on {x.device}.")
+
+
+def _channels_last(x: Tensor) -> bool:
+    """Whether ``x`` (4-D or 5-D) has its channels innermost in each [N, C, H, W] slice."""
+    c, h, w = x.shape[-3:]
+    return c > 1 and h * w > 1 and x.stride(-3) == 1
+
+
+def _relayout(t: Tensor, channels_last: bool) -> Tensor:
+    """``t`` (4-D or 5-D) as contiguous NCHW, or channels-last per [N, C, H, W] slice; no copy if it is."""
+    if not channels_last:
+        return t.contiguous()
+    if t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+def _empty(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Allocates a buffer every element of which a kernel writes (tests replace it with a NaN fill)."""
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+def _empty_out(
+    shape: tuple[int, int, int, int, int], channels_last: bool, device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """``out`` [E, N, C, H, W]: channels-last per edge (memory [E, N, H, W, C]) or contiguous."""
+    e, n, c, h, w = shape
+    if channels_last:
+        return _empty((e, n, h, w, c), device, dtype).permute(0, 1, 4, 2, 3)
+    return _empty(shape, device, dtype)
+
+
+def _out_shape(x: Tensor, weight: Tensor) -> tuple[int, int, int, int, int]:
+    n, _, h, w = x.shape[-4:]
+    return (weight.shape[0], n, weight.shape[1], h, w)
+
+
+def pointwise_conv_stats_reference(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Plain PyTorch reference: per edge the 1x1 conv as an einsum in the accumulation dtype (float32,
+    float64 for float64 inputs; IEEE precision on every device), rounded to ``x``'s dtype, and the
+    per-channel sums of the rounded values. Autograd through it gives the reference gradients.
+
+    DESIGN.md plan items 1 and 3; REFERENCE.md section 1 (pointwise 1x1 conv followed by BN).
+
+    Returns:
+        ``(out, total, total_sq)`` as :func:`pointwise_conv_stats`.
+    """
+    _check_args(x, weight)
+    acc = _acc_dtype(x.dtype)
+    xf, wf = x.to(acc), weight.to(acc)
+    y = torch.einsum("eoi,nihw->enohw" if x.dim() == 4 else "eoi,enihw->enohw", wf, xf)
+    out = _relayout(y.to(x.dtype), _channels_last(x))
+    of = out.to(acc)
+    return out, of.sum(dim=(1, 3, 4)), (of * of).sum(dim=(1, 3, 4))
+
+
+def batch_norm_from_stats(
+    z: Tensor, total: Tensor, total_sq: Tensor, eps: float = 1e-5
+) -> tuple[Tensor, Tensor, Tensor]:
+    """BN(affine=False) in training mode of each edge's conv output from the sums of
+    :func:`pointwise_conv_stats` (the middle BN of the DARTS SepConv, REFERENCE.md section 1; DESIGN.md
+    plan item 3). Plain PyTorch, differentiable through ``z``, ``total`` and ``total_sq``, so that
+    ``batch_norm_from_stats(*pointwise_conv_stats(x, w))`` matches ``F.batch_norm`` of each edge's conv
+    output in value and gradient.
+
+    Args:
+        z: [E, N, C, H, W] (the ``out`` of :func:`pointwise_conv_stats`).
+        total, total_sq: [E, C] per-channel sum and sum of squares of ``z`` over (N, H, W).
+        eps: BN epsilon.
+
+    Returns:
+        ``(zhat, mean, var)``: ``zhat = (z - mean) * rsqrt(var + eps)`` in ``z``'s dtype (fp32 math, float64
+        for float64), ``mean = total / count`` and the biased ``var = total_sq / count - mean^2`` (clamped
+        at 0), [E, C], detached (for :func:`fastnas.kernels.mixed_bn_sum.update_running_stats`);
+        ``count = N*H*W``.
+    """
+    name = "batch_norm_from_stats"
+    if not isinstance(z, Tensor) or z.dim() != 5:
+        shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+        raise ValueError(f"{name}: `z` must be [E, N, C, H, W], got {shape}.")
+    e, n, c, h, w = z.shape
+    for arg, t in (("total", total), ("total_sq", total_sq)):
+        if not isinstance(t, Tensor) or tuple(t.shape) != (e, c):
+            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(
+                f"{name}: `{arg}` must be [E, C] = {(e, c)} for `z` {tuple(z.shape)}, got {shape}."
+            )
+    count = n * h * w
+    if count < 1:
+        raise ValueError(f"{name}: `z` {tuple(z.shape)} has no values per channel (N*H*W = 0).")
+    acc = _acc_dtype(z.dtype)
+    mean = total.to(acc) / count
+    var = (total_sq.to(acc) / count - mean * mean).clamp_min(0.0)
+    rstd = (var + eps).rsqrt()
+    zhat = (z.to(acc) - mean[:, None, :, None, None]) * rstd[:, None, :, None, None]
+    return zhat.to(z.dtype), mean.detach(), var.detach()
+
+
+# --------------------------------------------------------------------------------------------------
+# PyTorch math of the operators (float64, and devices/dtypes the kernel does not handle)
+# --------------------------------------------------------------------------------------------------
+
+
+def _torch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    with torch.no_grad():
+        out, total, total_sq = pointwise_conv_stats_reference(x, weight)
+    return out, total, total_sq
+
+
+def _grad_of_out(
+    grad_out: Tensor | None,
+    grad_total: Tensor | None,
+    grad_total_sq: Tensor | None,
+    out: Tensor,
+    acc: torch.dtype,
+) -> Tensor:
+    """``g = grad_out + grad_total[e, c] + 2 * out * grad_total_sq[e, c]`` in ``acc``, in ``out``'s layout:
+    one new tensor updated in place (missing terms are 0)."""
+    if grad_total_sq is not None:
+        g = torch.mul(out, (2.0 * grad_total_sq.to(acc))[:, None, :, None, None]).to(acc)
+    else:
+        g = torch.zeros_like(out, dtype=acc)
+    if grad_total is not None:
+        g.add_(grad_total.to(acc)[:, None, :, None, None])
+    if grad_out is not None:
+        g.add_(grad_out)
+    return g
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernel
+# --------------------------------------------------------------------------------------------------
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _pointwise_conv_stats_kernel(
+        x_ptr,
+        w_ptr,
+        out_ptr,
+        total_ptr,
+        total_sq_ptr,
+        E,
+        C_IN,
+        C_OUT,
+        WIDTH,
+        HW,
+        CO_BLKS,
+        P_BLKS,
+        sx_e,
+        sx_n,
+        sx_c,
+        sx_h,
+        sx_w,
+        so_e,
+        so_n,
+        so_c,
+        so_p,
+        FLAT_X: tl.constexpr,
+        UPCAST: tl.constexpr,
+        IEEE: tl.constexpr,
+        BLOCK_CO: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+    ):
+        """Program ((n*P_BLKS + p_blk)*E + e)*CO_BLKS + co_blk: out tile [BLOCK_CO, BLOCK_P] of (e, n),
+        stored, and its per-channel sum / sum of squares added to total / total_sq."""
+        pid = tl.program_id(0)
+        co_blk = pid % CO_BLKS
+        rest = pid // CO_BLKS
+        e = rest % E
+        rest = rest // E
+        p_blk = rest % P_BLKS
+        n = rest // P_BLKS
+
+        co = co_blk * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        co_mask = co < C_OUT
+        p = p_blk * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_mask = p < HW
+        p64 = p.to(tl.int64)
+        if FLAT_X:  # sx_h == WIDTH * sx_w (NCHW and channels-last): pixel p at p * sx_w
+            x_pix = p64 * sx_w
+        else:  # any other strides (sliced views)
+            ph = p64 // WIDTH
+            x_pix = ph * sx_h + (p64 - ph * WIDTH) * sx_w
+        x_base = x_ptr + e.to(tl.int64) * sx_e + n.to(tl.int64) * sx_n
+        w_rows = w_ptr + e.to(tl.int64) * C_OUT * C_IN + co[:, None] * C_IN
+
+        acc = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.float32)
+        for k0 in range(0, C_IN, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = k < C_IN
+            wt = tl.load(w_rows + k[None, :], mask=co_mask[:, None] & k_mask[None, :], other=0.0)
+            xt = tl.load(
+                x_base + k.to(tl.int64)[:, None] * sx_c + x_pix[None, :],
+                mask=k_mask[:, None] & p_mask[None, :],
+                other=0.0,
+            )
+            if UPCAST:  # the interpreter's bf16 dot is wrong; fp32 operands are exact there
+                wt = wt.to(tl.float32)
+                xt = xt.to(tl.float32)
+            if IEEE:  # noqa: SIM108 (a constexpr branch of the kernel)
+                acc = tl.dot(wt, xt, acc=acc, input_precision="ieee")
+            else:
+                acc = tl.dot(wt, xt, acc=acc)
+
+        # Epilogue: round, store, statistics of the stored values.
+        val = acc.to(out_ptr.dtype.element_ty)
+        mask = co_mask[:, None] & p_mask[None, :]
+        o_off = (
+            e.to(tl.int64) * so_e
+            + n.to(tl.int64) * so_n
+            + co.to(tl.int64)[:, None] * so_c
+            + (p64 * so_p)[None, :]
+        )
+        tl.store(out_ptr + o_off, val, mask=mask)
+        r = tl.where(mask, val.to(tl.float32), 0.0)
+        s_off = e * C_OUT + co
+        tl.atomic_add(total_ptr + s_off, tl.sum(r, axis=1), mask=co_mask, sem="relaxed")
+        tl.atomic_add(total_sq_ptr + s_off, tl.sum(r * r, axis=1), mask=co_mask, sem="relaxed")
+
+
+def _block(extent: int, cap: int) -> int:
+    return max(_MIN_BLOCK, min(cap, triton.next_power_of_2(max(extent, 1))))
+
+
+def _launch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Triton forward: ``x`` with any strides, ``weight`` contiguous; returns ``(out, total, total_sq)``."""
+    e, c_out, c_in = weight.shape
+    x5 = x if x.dim() == 5 else x.unsqueeze(0).expand(e, *x.shape)  # stride 0 over edges: no copy
+    _, n, _, h, w = x5.shape
+    hw = h * w
+    out = _empty_out((e, n, c_out, h, w), _channels_last(x), x.device, x.dtype)
+    total = torch.zeros((e, c_out), device=x.device, dtype=torch.float32)
+    total_sq = torch.zeros((e, c_out), device=x.device, dtype=torch.float32)
+    if out.numel() == 0:
+        return out, total, total_sq
+    block_co, block_p, block_k = (
+        _block(c_out, _MAX_BLOCK_CO),
+        _block(hw, _MAX_BLOCK_P),
+        _block(c_in, _MAX_BLOCK_K),
+    )
+    co_blks, p_blks = triton.cdiv(c_out, block_co), triton.cdiv(hw, block_p)
+    programs = n * p_blks * e * co_blks
+    if programs > _MAX_PROGRAMS:
+        raise ValueError(
+            f"pointwise_conv_stats: {programs} tiles exceed the grid limit; split the batch into parts."
+        )
+    sxe, sxn, sxc, sxh, sxw = x5.stride()
+    soe, son, soc, _, sow = out.stride()
+    _pointwise_conv_stats_kernel[(programs,)](
+        x5,
+        weight,
+        out,
+        total,
+        total_sq,
+        e,
+        c_in,
+        c_out,
+        w,
+        hw,
+        co_blks,
+        p_blks,
+        sxe,
+        sxn,
+        sxc,
+        sxh,
+        sxw,
+        soe,
+        son,
+        soc,
+        sow,
+        FLAT_X=h == 1 or sxh == w * sxw,
+        UPCAST=TRITON_INTERPRET,
+        IEEE=x.dtype == torch.float32,
+        BLOCK_CO=block_co,
+        BLOCK_P=block_p,
+        BLOCK_K=block_k,
+    )
+    return out, total, total_sq
+
+
+# --------------------------------------------------------------------------------------------------
+# Registered operators
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastnas::pointwise_conv_stats", mutates_args=())
+def _pointwise_conv_stats_op(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(out, total, total_sq)`` of the module docstring; Triton where :func:`triton_supports`, else
+    PyTorch."""
+    _check_args(x, weight)
+    weight = weight.contiguous()
+    if triton_supports(x.device, x.dtype):
+        return _launch_forward(x, weight)
+    return _torch_forward(x, weight)
+
+
+@_pointwise_conv_stats_op.register_fake
+def _pointwise_conv_stats_fake(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    e, n, c_out, h, w = _out_shape(x, weight)
+    if _channels_last(x):
+        out = x.new_empty((e, n, h, w, c_out)).permute(0, 1, 4, 2, 3)
+    else:
+        out = x.new_empty((e, n, c_out, h, w))
+    sd = _acc_dtype(x.dtype)
+    return out, x.new_empty((e, c_out), dtype=sd), x.new_empty((e, c_out), dtype=sd)
+
+
+@torch.library.custom_op("fastnas::pointwise_conv_stats_backward", mutates_args=())
+def _pointwise_conv_stats_backward_op(
+    grad_out: Tensor | None,
+    grad_total: Tensor | None,
+    grad_total_sq: Tensor | None,
+    x: Tensor,
+    weight: Tensor,
+    out: Tensor,
+    needs_grad_x: bool,
+    needs_grad_weight: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(grad_x, grad_weight)``; an empty tensor for a gradient that is not needed."""
+    acc = _acc_dtype(x.dtype)
+    # GEMMs in x's dtype (tensor cores for bf16/fp16; the BLAS accumulates in fp32).
+    g = _grad_of_out(grad_out, grad_total, grad_total_sq, out, acc).to(x.dtype)
+    weight = weight.to(x.dtype)
+    shared = x.dim() == 4
+    if needs_grad_x:
+        eq = "eoi,enohw->nihw" if shared else "eoi,enohw->enihw"
+        grad_x = _relayout(torch.einsum(eq, weight, g), _channels_last(x))
+    else:
+        grad_x = x.new_empty((0,))
+    if needs_grad_weight:
+        eq = "enohw,nihw->eoi" if shared else "enohw,enihw->eoi"
+        grad_weight = torch.einsum(eq, g, x).contiguous()
+    else:
+        grad_weight = weight.new_empty((0,))
+    return grad_x, grad_weight
+
+
+@_pointwise_conv_stats_backward_op.register_fake
+def _pointwise_conv_stats_backward_fake(
+    grad_out: Tensor | None,
+    grad_total: Tensor | None,
+    grad_total_sq: Tensor | None,
+    x: Tensor,
+    weight: Tensor,
+    out: Tensor,
+    needs_grad_x: bool,
+    needs_grad_weight: bool,
+) -> tuple[Tensor, Tensor]:
+    if not needs_grad_x:
+        grad_x = x.new_empty((0,))
+    elif _channels_last(x):
+        perm = (0, 2, 3, 1) if x.dim() == 4 else (0, 1, 3, 4, 2)
+        inv = (0, 3, 1, 2) if x.dim() == 4 else (0, 1, 4, 2, 3)
+        grad_x = x.new_empty(tuple(x.shape[i] for i in perm)).permute(*inv)
+    else:
+        grad_x = x.new_empty(x.shape)
+    grad_weight = weight.new_empty(weight.shape) if needs_grad_weight else weight.new_empty((0,))
+    return grad_x, grad_weight
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight = inputs
+    out, _, _ = output
+    ctx.save_for_backward(x, weight, out)
+
+
+def _backward(ctx, grad_out, grad_total, grad_total_sq):
+    x, weight, out = ctx.saved_tensors
+    needs_x, needs_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
+    if not (needs_x or needs_w):
+        return None, None
+    grad_x, grad_weight = torch.ops.fastnas.pointwise_conv_stats_backward(
+        grad_out, grad_total, grad_total_sq, x, weight, out, needs_x, needs_w
+    )
+    return (grad_x if needs_x else None, grad_weight if needs_w else None)
+
+
+_pointwise_conv_stats_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def pointwise_conv_stats(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """1x1 convolutions of the E edges leaving one node, with the per-channel sums the following BN needs
+    computed in the epilogue (DESIGN.md plan items 1 and 3; REFERENCE.md section 1, SepConv/DilConv).
+
+    Args:
+        x: [N, C_in, H, W], one input shared by all edges, or [E, N, C_in, H, W]; any strides (NCHW,
+            channels-last, views) are read in place.
+        weight: [E, C_out, C_in], one 1x1 kernel per edge, same dtype and device as ``x``.
+
+    Returns:
+        ``(out, total, total_sq)``: ``out`` [E, N, C_out, H, W] in ``x``'s dtype (channels-last per edge
+        when ``x`` is channels-last, else contiguous); ``total``/``total_sq`` [E, C_out], the sum and sum
+        of squares over (N, H, W) of the stored ``out``, float32 (float64 for float64 inputs). All three
+        are differentiable; pass them to :func:`batch_norm_from_stats` for the BN.
+
+    Uses the Triton operator when :func:`fastnas.kernels._common.use_kernels` accepts ``x``, else
+    :func:`pointwise_conv_stats_reference`.
+    """
+    _check_args(x, weight)
+    if use_kernels(x):
+        return torch.ops.fastnas.pointwise_conv_stats(x, weight)
+    return pointwise_conv_stats_reference(x, weight)

@@ -1,0 +1,430 @@
+"""fastnas.kernels.pointwise_conv: the Triton 1x1 convolution with BN statistics in its epilogue against
+its reference.
+
+The reference (einsum + sums) is checked against float64 ``F.conv2d`` per edge and by gradcheck; the
+operator's own backward (PyTorch math for float64) by gradcheck; the kernel path (Triton; on a CPU-only
+machine in the interpreter, TRITON_INTERPRET=1 set by conftest.py) against the reference for ``out``,
+``total``, ``total_sq`` and the gradients of ``x`` and ``weight``, for NCHW and channels-last, shared and
+per-edge inputs, channel counts that are not multiples of 16 and odd spatial sizes. Shapes are tiny:
+every interpreted launch costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fastnas.kernels import pointwise_conv as pc
+from fastnas.kernels.pointwise_conv import (
+    batch_norm_from_stats,
+    pointwise_conv_stats,
+    pointwise_conv_stats_reference,
+    triton_supports,
+)
+
+from fastnas.backend import force_reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if not pc.HAS_TRITON:
+    _SKIP_REASON = f"triton is not importable ({pc.TRITON_IMPORT_ERROR}); only the reference path is tested"
+else:
+    _SKIP_REASON = "no GPU and TRITON_INTERPRET is not 1: the Triton kernels cannot run on CPU tensors"
+_KERNELS_RUN = triton_supports(torch.device(DEVICE), torch.float32)
+needs_kernels = pytest.mark.skipif(not _KERNELS_RUN, reason=_SKIP_REASON)
+
+EPS = 1e-5
+F32 = {"rtol": 1e-5, "atol": 1e-5}
+
+
+def channels_last(t: torch.Tensor) -> torch.Tensor:
+    """Channels innermost in each [N, C, H, W] slice (4-D or 5-D)."""
+    if t.dim() == 4:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+
+
+def make(
+    e=3,
+    n=2,
+    c_in=16,
+    c_out=24,
+    h=5,
+    w=7,
+    shared=True,
+    cl=False,
+    dtype=torch.float32,
+    seed=0,
+    device=DEVICE,
+):
+    """Random non-zero inputs (x with a per-channel offset, so the sums are not ~0) and output grads."""
+    gen = torch.Generator().manual_seed(seed)
+    xshape = (n, c_in, h, w) if shared else (e, n, c_in, h, w)
+    x = torch.randn(xshape, generator=gen) + 0.5 * torch.randn(c_in, 1, 1, generator=gen)
+    weight = torch.randn(e, c_out, c_in, generator=gen) / c_in**0.5
+    grads = (
+        torch.randn(e, n, c_out, h, w, generator=gen),
+        torch.randn(e, c_out, generator=gen),
+        0.1 * torch.randn(e, c_out, generator=gen),
+    )
+    x = x.to(device=device, dtype=dtype)
+    if cl:
+        x = channels_last(x)
+    weight = weight.to(device=device, dtype=dtype)
+    grads = (grads[0].to(device=device, dtype=dtype), grads[1].to(device), grads[2].to(device))
+    return x, weight, grads
+
+
+def truth(x, weight):
+    """Independent float64 formula on the CPU: ``F.conv2d`` with a 1x1 kernel per edge."""
+    xd, wd = x.detach().double().cpu(), weight.detach().double().cpu()
+    outs = [F.conv2d(xd if x.dim() == 4 else xd[i], wd[i][:, :, None, None]) for i in range(wd.shape[0])]
+    return torch.stack(outs)
+
+
+def run(fn, x, weight, grads):
+    """Forward and backward of ``fn``; returns (out, total, total_sq) and the gradients of x and weight."""
+    x = x.detach().clone().requires_grad_(True)
+    weight = weight.detach().clone().requires_grad_(True)
+    outs = fn(x, weight)
+    torch.autograd.backward(outs, [g.to(o.dtype) for o, g in zip(outs, grads)])
+    return tuple(o.detach() for o in outs), (x.grad, weight.grad)
+
+
+def close(a, b, **tol):
+    torch.testing.assert_close(a.float().cpu(), b.float().cpu(), **tol)
+
+
+def close_scaled(a, b, rel):
+    """``|a - b| <= rel * max|b|`` (plus rel elementwise): bf16 results differ by an ulp of their scale."""
+    b = b.float().cpu()
+    torch.testing.assert_close(a.float().cpu(), b, rtol=rel, atol=rel * float(b.abs().max()))
+
+
+def per_edge_is_channels_last(t):
+    return t.permute(0, 1, 3, 4, 2).is_contiguous()
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference path and the operator's PyTorch math
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shared,cl", [(True, False), (False, True)])
+def test_reference_matches_float64_conv(shared, cl):
+    x, weight, _ = make(shared=shared, cl=cl, device="cpu")
+    out, total, total_sq = pointwise_conv_stats_reference(x, weight)
+    t_out = truth(x, weight)
+    assert out.shape == (3, 2, 24, 5, 7) and out.dtype == torch.float32
+    assert total.shape == total_sq.shape == (3, 24) and total.dtype == torch.float32
+    assert per_edge_is_channels_last(out) == cl and out.is_contiguous() == (not cl)
+    close(out, t_out, **F32)
+    close(total, t_out.sum(dim=(1, 3, 4)), rtol=1e-5, atol=1e-4)
+    close(total_sq, (t_out**2).sum(dim=(1, 3, 4)), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_reference_gradcheck_float64(shared):
+    x, weight, _ = make(e=2, n=2, c_in=3, c_out=2, h=2, w=3, shared=shared, dtype=torch.float64, device="cpu")
+    assert torch.autograd.gradcheck(
+        pointwise_conv_stats_reference, (x.requires_grad_(), weight.requires_grad_())
+    )
+
+
+@pytest.mark.parametrize("shared,cl", [(True, False), (False, True)])
+def test_operator_torch_math_gradcheck_float64(shared, cl):
+    """float64 is not a kernel dtype: the operator computes with PyTorch ops and differentiates through its
+    own backward operator (the formula for g, the einsums, the sum over edges of a shared x)."""
+    x, weight, _ = make(e=2, n=2, c_in=3, c_out=2, h=2, w=3, shared=shared, cl=cl, dtype=torch.float64)
+    x, weight = x.cpu().requires_grad_(), weight.cpu().requires_grad_()
+    assert torch.autograd.gradcheck(torch.ops.fastnas.pointwise_conv_stats, (x, weight))
+
+
+def test_batch_norm_from_stats_gradcheck_float64():
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 2, 3, 2, 3, dtype=torch.float64, generator=gen) + 0.5
+    total = z.sum(dim=(1, 3, 4)) + 0.1 * torch.randn(2, 3, dtype=torch.float64, generator=gen)
+    total_sq = (z * z).sum(dim=(1, 3, 4)) + 0.1 * torch.rand(2, 3, dtype=torch.float64, generator=gen)
+    leaves = tuple(t.detach().requires_grad_(True) for t in (z, total, total_sq))
+    assert torch.autograd.gradcheck(lambda *a: batch_norm_from_stats(*a)[0], leaves)
+
+
+def test_batch_norm_from_stats_matches_batch_norm_cpu_reference():
+    """Reference conv -> batch_norm_from_stats equals F.batch_norm (training, no affine) of each edge's
+    conv output, values, statistics and gradients (float64, so the check is tight)."""
+    x, weight, (g, _, _) = make(shared=False, cl=True, dtype=torch.float64, device="cpu")
+    check_bn_composition(pointwise_conv_stats_reference, x, weight, g, tol={"rtol": 1e-10, "atol": 1e-10})
+
+
+def check_bn_composition(conv, x, weight, g, tol):
+    def fused(x, weight):
+        zhat, mean, var = batch_norm_from_stats(*conv(x, weight), eps=EPS)
+        return zhat, mean, var
+
+    def plain(x, weight):
+        z = pointwise_conv_stats_reference(x, weight)[0]
+        zhat = torch.stack(
+            [F.batch_norm(z[i], None, None, training=True, momentum=0.0, eps=EPS) for i in range(z.shape[0])]
+        )
+        return zhat, z.mean(dim=(1, 3, 4)), z.var(dim=(1, 3, 4), correction=0)
+
+    results = []
+    for fn in (fused, plain):
+        xl, wl = x.detach().clone().requires_grad_(True), weight.detach().clone().requires_grad_(True)
+        zhat, mean, var = fn(xl, wl)
+        zhat.backward(g)
+        results.append((zhat.detach(), mean.detach(), var.detach(), xl.grad, wl.grad))
+    (zhat, mean, var, gx, gw), (r_zhat, r_mean, r_var, r_gx, r_gw) = results
+    assert zhat.dtype == x.dtype and not mean.requires_grad
+    close(zhat, r_zhat, **tol)
+    close(mean, r_mean, **tol)
+    close(var, r_var, **tol)
+    close(gx, r_gx, **tol)
+    close(gw, r_gw, **tol)
+
+
+def test_argument_errors():
+    x, weight, _ = make(device="cpu")
+    with pytest.raises(ValueError, match=r"\[N, C_in, H, W\]"):
+        pointwise_conv_stats(x[0], weight)
+    with pytest.raises(ValueError, match=r"\[E, C_out, C_in\]"):
+        pointwise_conv_stats(x, weight[0])
+    with pytest.raises(ValueError, match="C_in = 8 input channels but `x`"):
+        pointwise_conv_stats(x, weight[:, :, :8])
+    with pytest.raises(ValueError, match="inputs of 2 edges but `weight` has E = 3"):
+        pointwise_conv_stats(torch.stack([x, x]), weight)
+    with pytest.raises(TypeError, match="cast them to one dtype"):
+        pointwise_conv_stats(x, weight.double())
+    with pytest.raises(TypeError, match="float32, float64, bfloat16 or float16"):
+        pointwise_conv_stats(x.int(), weight)
+    with pytest.raises(ValueError, match=r"`total` must be \[E, C\]"):
+        batch_norm_from_stats(torch.zeros(3, 2, 4, 5, 5), torch.zeros(3, 5), torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"`z` must be \[E, N, C, H, W\]"):
+        batch_norm_from_stats(torch.zeros(2, 4, 5, 5), torch.zeros(2, 4), torch.zeros(2, 4))
+
+
+def test_fake_shapes_dtypes_and_layouts():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(2, 16, 5, 7, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        weight = torch.empty(3, 24, 16, dtype=torch.bfloat16)
+        out, total, total_sq = torch.ops.fastnas.pointwise_conv_stats(x, weight)
+        assert out.shape == (3, 2, 24, 5, 7) and out.dtype == torch.bfloat16
+        assert per_edge_is_channels_last(out)
+        assert total.shape == total_sq.shape == (3, 24) and total.dtype == torch.float32
+        gx, gw = torch.ops.fastnas.pointwise_conv_stats_backward(out, total, None, x, weight, out, True, True)
+        assert gx.shape == x.shape and gx.is_contiguous(memory_format=torch.channels_last)
+        assert gw.shape == weight.shape and gw.dtype == torch.bfloat16
+        x5 = torch.empty(3, 2, 16, 5, 7)
+        out, total, _ = torch.ops.fastnas.pointwise_conv_stats(x5, weight.float())
+        assert out.shape == (3, 2, 24, 5, 7) and out.is_contiguous()
+        gx, gw = torch.ops.fastnas.pointwise_conv_stats_backward(
+            None, total, None, x5, weight, out, True, False
+        )
+        assert gx.shape == x5.shape and gw.numel() == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernel path against the reference
+# --------------------------------------------------------------------------------------------------
+
+CASES = [
+    # e, c_in, c_out, h, w, shared, channels_last
+    (3, 16, 24, 5, 7, True, False),
+    (3, 24, 3, 3, 5, False, True),
+    (1, 3, 16, 5, 5, True, True),
+    (1, 24, 24, 7, 3, False, False),
+    (3, 3, 3, 1, 5, True, False),  # H = 1
+    (3, 16, 16, 9, 9, False, True),  # H*W = 81: a 128-pixel tile, 47 masked
+]
+
+
+def _check_against_reference(got, ref, x, dtype):
+    (out, total, total_sq), (gx, gw) = got
+    (r_out, r_total, r_total_sq), (r_gx, r_gw) = ref
+    assert out.dtype == dtype and out.shape == r_out.shape and out.stride() == r_out.stride()
+    assert total.dtype == total_sq.dtype == torch.float32
+    assert gx.dtype == dtype and gx.shape == x.shape and gx.stride() == r_gx.stride()
+    assert gw.dtype == dtype and gw.shape == r_gw.shape
+    # The statistics are those of the stored (rounded) out.
+    of = out.float()
+    close(total, of.sum(dim=(1, 3, 4)), rtol=1e-5, atol=1e-4)
+    close(total_sq, (of * of).sum(dim=(1, 3, 4)), rtol=1e-5, atol=1e-4)
+    if dtype == torch.float32:
+        close(out, r_out, **F32)
+        close(total, r_total, rtol=1e-5, atol=1e-4)
+        close(total_sq, r_total_sq, rtol=1e-5, atol=1e-4)
+        close(gx, r_gx, rtol=1e-5, atol=1e-5)
+        close(gw, r_gw, rtol=1e-5, atol=1e-4)
+    else:
+        # bf16: both round fp32 accumulations of the same products once (the interpreter truncates), so out
+        # differs by at most an ulp; the sums of 1-ulp differences by a fraction of sum|out| * 2^-7.
+        close(out, r_out, rtol=2e-2, atol=2e-2)
+        close(total, r_total, rtol=0.0, atol=2**-7 * float(of.abs().sum(dim=(1, 3, 4)).max()))
+        close(total_sq, r_total_sq, rtol=2**-6, atol=2**-6 * float((of * of).sum(dim=(1, 3, 4)).max()))
+        close_scaled(gx, r_gx, 2e-2)
+        close_scaled(gw, r_gw, 2e-2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("e,c_in,c_out,h,w,shared,cl", CASES)
+def test_kernel_matches_reference_fp32(e, c_in, c_out, h, w, shared, cl):
+    x, weight, grads = make(e=e, c_in=c_in, c_out=c_out, h=h, w=w, shared=shared, cl=cl, seed=c_in + h)
+    got = run(pointwise_conv_stats, x, weight, grads)
+    ref = run(pointwise_conv_stats_reference, x, weight, grads)
+    assert per_edge_is_channels_last(got[0][0]) == cl
+    _check_against_reference(got, ref, x, torch.float32)
+    close(got[0][0], truth(x, weight), **F32)  # and the float64 conv itself
+
+
+@needs_kernels
+@pytest.mark.parametrize("e,c_in,c_out,h,w,shared,cl", [CASES[0], CASES[1], CASES[2]])
+def test_kernel_matches_reference_bf16(e, c_in, c_out, h, w, shared, cl):
+    x, weight, grads = make(
+        e=e, c_in=c_in, c_out=c_out, h=h, w=w, shared=shared, cl=cl, dtype=torch.bfloat16, seed=7
+    )
+    got = run(pointwise_conv_stats, x, weight, grads)
+    ref = run(pointwise_conv_stats_reference, x, weight, grads)
+    _check_against_reference(got, ref, x, torch.bfloat16)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shared", [True, False])
+def test_kernel_then_batch_norm_matches_batch_norm(shared):
+    """Kernel conv -> batch_norm_from_stats equals F.batch_norm of the reference conv per edge, in value
+    and in the gradients of x and weight (which flow back through total and total_sq)."""
+    x, weight, (g, _, _) = make(c_in=24, c_out=16, shared=shared, cl=not shared, seed=11)
+    check_bn_composition(pointwise_conv_stats, x, weight, g, tol={"rtol": 1e-4, "atol": 1e-4})
+
+
+@needs_kernels
+def test_kernel_partial_output_gradients():
+    """Only total_sq is used (grad_out and grad_total absent), x does not require grad."""
+    x, weight, _ = make(c_in=3, c_out=16, seed=5)
+    grads = []
+    for fn in (pointwise_conv_stats, pointwise_conv_stats_reference):
+        wl = weight.detach().clone().requires_grad_(True)
+        fn(x, wl)[2].sum().backward()
+        grads.append(wl.grad)
+    close(grads[0], grads[1], rtol=1e-5, atol=1e-4)
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every buffer the launcher allocates with _empty starts as NaN, so an element no kernel writes fails."""
+
+    def nan_empty(shape, device, dtype):
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+
+    monkeypatch.setattr(pc, "_empty", nan_empty)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shared,cl", [(True, False), (False, True)])
+def test_kernel_poisoned_output_and_small_tiles(poisoned, monkeypatch, shared, cl):
+    """16-wide tiles: C_out = 24 -> 2 channel blocks (second partial), C_in = 24 -> 2 dot steps (second
+    masked), H*W = 35 -> 3 pixel blocks (last partial); many programs add into each channel's sums."""
+    monkeypatch.setattr(pc, "_MAX_BLOCK_CO", 16)
+    monkeypatch.setattr(pc, "_MAX_BLOCK_P", 16)
+    monkeypatch.setattr(pc, "_MAX_BLOCK_K", 16)
+    x, weight, grads = make(c_in=24, c_out=24, shared=shared, cl=cl, seed=13)
+    got = run(pointwise_conv_stats, x, weight, grads)
+    assert not got[0][0].isnan().any()
+    ref = run(pointwise_conv_stats_reference, x, weight, grads)
+    _check_against_reference(got, ref, x, torch.float32)
+
+
+@needs_kernels
+def test_kernel_strided_views(poisoned):
+    """Inputs read in place through general strides: a sliced channels-last input (H stride != W * W
+    stride, the non-flat pixel path, as FactorizedReduce's x[:, :, 1:, 1:]), sliced inside the function so
+    the kernel sees the view, and a per-edge input that is an expanded (stride-0) view."""
+    x, weight, grads = make(c_in=16, c_out=3, h=6, w=8, cl=True, seed=17)
+    g = tuple(t[:, :, :, 1:, 1:] if t.dim() == 5 else t for t in grads)
+    sliced = x[:, :, 1:, 1:]
+    assert sliced.stride(-2) != sliced.shape[-1] * sliced.stride(-1)
+
+    def view_of(fn):
+        return lambda x, weight: fn(x[:, :, 1:, 1:], weight)
+
+    got = run(view_of(pointwise_conv_stats), x, weight, g)
+    ref = run(view_of(pointwise_conv_stats_reference), x, weight, g)
+    _check_against_reference(got, ref, x, torch.float32)
+    assert got[1][0][:, :, 0].abs().sum() == 0 and got[1][0][:, :, 1:, 1:].abs().min() > 0
+    xe = x.expand(3, *x.shape)
+    out, total, total_sq = pointwise_conv_stats(xe, weight)
+    r_out, r_total, r_total_sq = pointwise_conv_stats_reference(xe, weight)
+    close(out, r_out, **F32)
+    close(total, r_total, rtol=1e-5, atol=1e-4)
+    close(total_sq, r_total_sq, rtol=1e-5, atol=1e-4)
+
+
+def test_backward_operator_sums_over_edges_of_a_shared_input():
+    """The backward operator returns grad x in x's shape for a shared x (not E per-edge gradients left for
+    autograd to sum) and in x's layout."""
+    x, weight, (g, gt, gts) = make(c_in=3, c_out=16, cl=True, device="cpu")
+    out = pointwise_conv_stats_reference(x, weight)[0]
+    gx, gw = torch.ops.fastnas.pointwise_conv_stats_backward(g, gt, gts, x, weight, out, True, True)
+    assert gx.shape == x.shape and gx.is_contiguous(memory_format=torch.channels_last)
+    assert gw.shape == weight.shape and gw.is_contiguous()
+    xs = torch.stack([x] * 3).requires_grad_(True)
+    ws = weight.detach().clone().requires_grad_(True)
+    torch.autograd.backward(pointwise_conv_stats_reference(xs, ws), [g, gt, gts])
+    close(gx, xs.grad.sum(0), rtol=1e-5, atol=1e-5)
+    close(gw, ws.grad, rtol=1e-5, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatch, reference switch, torch.compile, opcheck
+# --------------------------------------------------------------------------------------------------
+
+
+@needs_kernels
+def test_reference_switch_skips_the_kernel(monkeypatch):
+    calls = []
+    launch = pc._launch_forward
+    monkeypatch.setattr(pc, "_launch_forward", lambda *a: calls.append(1) or launch(*a))
+    x, weight, grads = make(c_in=3, c_out=16, seed=19)
+    with force_reference():
+        forced = run(pointwise_conv_stats, x, weight, grads)
+    assert calls == []
+    monkeypatch.setenv("FASTNAS_FORCE_REFERENCE", "1")
+    run(pointwise_conv_stats, x, weight, grads)
+    assert calls == []
+    monkeypatch.delenv("FASTNAS_FORCE_REFERENCE")
+    fused = run(pointwise_conv_stats, x, weight, grads)
+    assert calls == [1]
+    _check_against_reference(fused, forced, x, torch.float32)
+
+
+@needs_kernels
+def test_torch_compile_fullgraph_traces_the_op(monkeypatch):
+    calls = []
+    launch = pc._launch_forward
+    monkeypatch.setattr(pc, "_launch_forward", lambda *a: calls.append(1) or launch(*a))
+    x, weight, grads = make(c_in=16, c_out=3, cl=True, seed=23)
+
+    def step(x, weight):
+        zhat, _, _ = batch_norm_from_stats(*pointwise_conv_stats(x.relu(), weight))
+        return zhat * 2.0
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    g = grads[0]
+    got = run(lambda *a: (compiled(*a),), x, weight, (g,))
+    assert calls, "the compiled graph did not run the Triton operator"
+    with force_reference():
+        ref = run(lambda *a: (step(*a),), x, weight, (g,))
+    close(got[0][0], ref[0][0], rtol=1e-4, atol=1e-4)
+    for a, b in zip(got[1], ref[1]):
+        close(a, b, rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shared,cl", [(True, True), (False, False)])
+def test_opcheck(shared, cl):
+    """torch.library.opcheck: schema, fake tensor, autograd registration and AOT dispatch of the operator
+    on the kernel path (tiny shapes)."""
+    x, weight, _ = make(e=2, n=2, c_in=3, c_out=3, h=3, w=3, shared=shared, cl=cl, seed=29)
+    torch.library.opcheck(
+        torch.ops.fastnas.pointwise_conv_stats.default, (x.requires_grad_(), weight.requires_grad_())
+    )
