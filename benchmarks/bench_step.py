@@ -85,6 +85,23 @@ def test_run_main_writes_json_and_table(tmp_path: Path, capsys: pytest.CaptureFi
     assert payload["environment"]["num_threads"] >= 1
 
 
+def test_run_main_compares_plain_and_fast_executors(tmp_path: Path) -> None:
+    """The issue-5 comparison: ``plain`` (every op forced to PyTorch) and the fast executor; on CPU the
+    kernel section reports that it needs a GPU instead of timing anything."""
+    out = tmp_path / "exec.json"
+    argv = ["--device", "cpu", "--C", "4", "--layers", "3", "--image-size", "8", "--batch-sizes", "2"]
+    argv += ["--executor", "plain", "fast", "--warmup", "0", "--repeats", "1", "--json", str(out)]
+    argv += ["--kernels", "masked_aggregate", "--only", "search_step", "kernels"]
+    assert run.main(argv) == 0
+    results = json.loads(out.read_text(encoding="utf-8"))["results"]
+    rows = results["search_step"]
+    assert [(r["executor"], r["reference_ops"]) for r in rows] == [("plain", True), ("fast", False)]
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
+    kernel_rows = results["kernels"]
+    assert {r["kernel"] for r in kernel_rows} == {"masked_aggregate"}
+    assert all(r["status"] == "skipped" and "CUDA" in r["note"] for r in kernel_rows)
+
+
 def test_run_main_skips_unsupported_combination(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "skip.json"
     assert run.main(["--device", "cpu", "--precision", "fp16", "--order", "2", "--json", str(out)]) == 0
