@@ -30,10 +30,12 @@ except Exception as exc:  # pragma: no cover - depends on the environment
     TRITON_IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
 
 __all__ = [
+    "FLOAT_DTYPES",
     "HAS_TRITON",
     "KERNEL_DTYPES",
     "TRITON_IMPORT_ERROR",
     "TRITON_INTERPRET",
+    "acc_dtype",
     "kernels_in_cpu_models",
     "model_uses_kernels",
     "tl",
@@ -46,6 +48,13 @@ __all__ = [
 TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
 
 KERNEL_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
+FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, *KERNEL_DTYPES)
+"""Dtypes the ops accept; float64 always takes the PyTorch math (for gradcheck)."""
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype of the kernels and references: float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def triton_supports(device: torch.device, dtype: torch.dtype) -> bool:

@@ -59,6 +59,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from fastnas.kernels._common import (
+    FLOAT_DTYPES as _FLOAT_DTYPES,
+)
+from fastnas.kernels._common import (
     HAS_TRITON,
     KERNEL_DTYPES,
     TRITON_IMPORT_ERROR,
@@ -67,6 +70,9 @@ from fastnas.kernels._common import (
     triton,
     triton_supports,
     use_kernels,
+)
+from fastnas.kernels._common import (
+    acc_dtype as _acc_dtype,
 )
 from torch import Tensor
 
@@ -80,7 +86,6 @@ __all__ = [
     "triton_supports",
 ]
 
-_FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, *KERNEL_DTYPES)
 
 _TILE = 2048  # elements of the [pixels, channels] tile of the forward and input-gradient kernels
 _TILE3 = 4096  # elements of the [taps, pixels, channels] tile of the weight-gradient kernel
@@ -94,10 +99,6 @@ _INT32_SPAN = 2**31
 # --------------------------------------------------------------------------------------------------
 # Arguments, layout, reference
 # --------------------------------------------------------------------------------------------------
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def output_size(size: int, k: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:

@@ -53,6 +53,9 @@ from collections.abc import Sequence
 
 import torch
 from fastnas.kernels._common import (
+    FLOAT_DTYPES as _FLOAT_DTYPES,
+)
+from fastnas.kernels._common import (
     HAS_TRITON,
     KERNEL_DTYPES,
     TRITON_IMPORT_ERROR,
@@ -60,6 +63,9 @@ from fastnas.kernels._common import (
     triton,
     triton_supports,
     use_kernels,
+)
+from fastnas.kernels._common import (
+    acc_dtype as _acc_dtype,
 )
 from torch import Tensor
 
@@ -73,7 +79,6 @@ __all__ = [
     "triton_supports",
 ]
 
-_FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, *KERNEL_DTYPES)
 
 MAX_TERMS_PER_LAUNCH = 8  # pointer arguments y0..y7 of the kernels
 _BLOCK = 1024  # elements per program (4 warps: 8 per thread, 128-bit loads for fp32)
@@ -82,10 +87,6 @@ _BLOCK = 1024  # elements per program (4 warps: 8 per thread, 128-bit loads for 
 # --------------------------------------------------------------------------------------------------
 # Arguments, layout, reference
 # --------------------------------------------------------------------------------------------------
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_args(terms: Sequence[Tensor], weights: Tensor | None, mask: Tensor | None) -> list[Tensor]:

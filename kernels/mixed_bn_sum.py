@@ -55,6 +55,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from fastnas.kernels._common import (
+    FLOAT_DTYPES as _FLOAT_DTYPES,
+)
+from fastnas.kernels._common import (
     HAS_TRITON,
     KERNEL_DTYPES,
     TRITON_IMPORT_ERROR,
@@ -62,6 +65,9 @@ from fastnas.kernels._common import (
     tl,
     triton,
     triton_supports,
+)
+from fastnas.kernels._common import (
+    acc_dtype as _acc_dtype,
 )
 from torch import Tensor
 
@@ -77,7 +83,6 @@ __all__ = [
     "update_running_stats",
 ]
 
-_FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, *KERNEL_DTYPES)
 
 _BLOCK_R = 1024  # reduction block of the stats kernel (1-D)
 _BLOCK_R2 = 256  # reduction block of the backward reduction kernel ([BLOCK_K, BLOCK_R2] tiles)
@@ -88,10 +93,6 @@ _MAX_SPLITS = 64
 # --------------------------------------------------------------------------------------------------
 # Arguments, dtype rules, reference
 # --------------------------------------------------------------------------------------------------
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_args(z: Tensor, w: Tensor, x: Tensor | None, w_skip: Tensor | None) -> None:

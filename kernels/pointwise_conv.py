@@ -59,6 +59,9 @@ from __future__ import annotations
 
 import torch
 from fastnas.kernels._common import (
+    FLOAT_DTYPES as _FLOAT_DTYPES,
+)
+from fastnas.kernels._common import (
     HAS_TRITON,
     KERNEL_DTYPES,
     TRITON_IMPORT_ERROR,
@@ -67,6 +70,9 @@ from fastnas.kernels._common import (
     triton,
     triton_supports,
     use_kernels,
+)
+from fastnas.kernels._common import (
+    acc_dtype as _acc_dtype,
 )
 from torch import Tensor
 
@@ -80,7 +86,6 @@ __all__ = [
     "triton_supports",
 ]
 
-_FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, *KERNEL_DTYPES)
 
 # Tile sizes: each at least 16 (tl.dot), at most these, otherwise the next power of two of the extent.
 _MAX_BLOCK_CO = 64
@@ -93,10 +98,6 @@ _MAX_PROGRAMS = 2**31 - 1
 # --------------------------------------------------------------------------------------------------
 # Arguments, layouts, reference
 # --------------------------------------------------------------------------------------------------
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _check_args(x: Tensor, weight: Tensor) -> None:

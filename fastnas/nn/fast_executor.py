@@ -42,7 +42,7 @@ from fastnas.kernels.masked_aggregate import masked_aggregate
 from fastnas.kernels.pointwise_conv import batch_norm_from_stats, pointwise_conv_stats
 from fastnas.nn.executor import ReferenceExecutor, register_executor
 from fastnas.nn.fused_edge import edge_from_pre_bn, foldable_bn, split_final_bn, update_bn_running_stats
-from fastnas.ops.darts_ops import DilConv, FactorizedReduce, Identity, SepConv
+from fastnas.ops.darts_ops import DilConv, FactorizedReduce, Identity, SepConv, autocast_dtype
 
 if TYPE_CHECKING:
     from fastnas.nn.cell import SearchCell
@@ -132,13 +132,6 @@ def _factorized_reduce(x: Tensor, ops: Sequence[FactorizedReduce]) -> Tensor:
     return torch.cat(halves, dim=2)
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return x.dtype
-
-
 class FastExecutor:
     """Batched-edge, fused-kernel cell executor; same outputs and gradients as the reference loop."""
 
@@ -151,7 +144,7 @@ class FastExecutor:
         kinds = _cell_kinds(cell) if cell.training else None
         if kinds is None:
             return self._reference(cell, s0, s1, weights)
-        dtype = _compute_dtype(s1)
+        dtype = autocast_dtype(s1)
         # CPU tensors outside tests run every op's PyTorch reference (see model_uses_kernels)
         dispatch = contextlib.nullcontext() if model_uses_kernels(s1) else force_reference()
         with dispatch, torch.autocast(s1.device.type, enabled=False):

@@ -60,7 +60,7 @@ class DilConv(nn.Sequential):
         depthwise, pointwise = self[1], self[2]
         if not model_uses_kernels(x):
             return pointwise(depthwise(self[0](x)))
-        dtype = _autocast_dtype(x)
+        dtype = autocast_dtype(x)
         c, k = depthwise.in_channels, depthwise.kernel_size[0]
         weight = depthwise.weight.view(1, c, k, k).to(dtype)
         h = relu_depthwise_conv(
@@ -90,7 +90,7 @@ class SepConv(nn.Sequential):
         return self[1].pre_bn(self[0](x))  # type: ignore[operator]
 
 
-def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
+def autocast_dtype(x: torch.Tensor) -> torch.dtype:
     """The dtype a convolution of ``x`` computes in (the autocast dtype inside an autocast region)."""
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
