@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from fastnas.backend import force_reference
-from fastnas.nn import SearchModel
+from fastnas.search_model import SearchModel
 from fastnas.train.device import autocast, resolve_device
 
 Batch = tuple[torch.Tensor, torch.Tensor]

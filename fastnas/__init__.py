@@ -11,12 +11,20 @@ The drop-in backend::
 and the whole search loop: ``fastnas.run_search(fastnas.SearchConfig(dataset="digits", epochs=2))``.
 Retraining a genotype: ``fastnas.NetworkCIFAR(36, 10, 20, True, fastnas.load_genotype("DARTS_V2"))`` and
 ``fastnas.run_train(fastnas.TrainConfig(genotype="DARTS_V2", dataset="cifar10", data_dir=...))``.
+
+Packages, from the bottom up (each imports only those before it): ``ops`` and ``kernels`` (candidate
+operations), ``spaces`` (what can be searched, as data), ``algorithms`` (one module per method),
+``nn`` (supernets and evaluation networks), then ``methods`` (the registry pairing each algorithm with
+its supernet), ``search_model``, ``train`` (the loops) and ``cli``.
 """
 
-from fastnas.algorithms import METHODS, SearchAlgorithm, build_algorithm
+from fastnas.algorithms import SearchAlgorithm
+from fastnas.errors import FastnasError
 from fastnas.genotype import CellGenotype, Genotype, GenotypeError, load_genotype
-from fastnas.nn import NetworkCIFAR, NetworkImageNet, SearchModel, Supernet
+from fastnas.methods import METHODS, Method, build_algorithm, get_method
+from fastnas.nn import NetworkCIFAR, NetworkImageNet, Supernet
 from fastnas.ops import DARTS_OPS, available_ops, register_op
+from fastnas.search_model import SearchModel
 from fastnas.spaces import DartsSpace, build_space
 from fastnas.train import SearchConfig, SearchResult, resume_search, run_search
 from fastnas.train.retrain import TrainResult, evaluate_checkpoint, resume_train, run_train
@@ -29,8 +37,10 @@ __all__ = [
     "METHODS",
     "CellGenotype",
     "DartsSpace",
+    "FastnasError",
     "Genotype",
     "GenotypeError",
+    "Method",
     "NetworkCIFAR",
     "NetworkImageNet",
     "SearchAlgorithm",
@@ -45,6 +55,7 @@ __all__ = [
     "build_algorithm",
     "build_space",
     "evaluate_checkpoint",
+    "get_method",
     "load_genotype",
     "register_op",
     "resume_search",

@@ -1,36 +1,169 @@
-"""Command line: ``fastnas search``, ``fastnas sweep``, ``fastnas train`` and ``fastnas info``."""
+"""Command line: ``fastnas search``, ``fastnas sweep``, ``fastnas train`` and ``fastnas info``.
+
+Flags are generated, never copied by hand: the run settings from the fields of
+:class:`~fastnas.train.config.SearchConfig` and :class:`~fastnas.train.train_config.TrainConfig`
+(their ``setting`` metadata), each method's options from its options dataclass (``fastnas search
+--method NAME --help`` shows that method's section). Errors in what the user gave
+(:class:`~fastnas.errors.FastnasError`) print one line and exit with status 2 (``--debug`` shows
+their traceback); any other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, get_args, get_origin
 
-from fastnas.algorithms import METHODS
-from fastnas.data import DATASET_NAMES
-from fastnas.spaces import SPACE_DEFAULTS, SPACE_NAMES
-from fastnas.train.device import PRECISIONS
+from fastnas.errors import ConfigError, FastnasError
+from fastnas.fields import field_types, parse_text
+from fastnas.methods import METHODS, Method
+from fastnas.train.config import SearchConfig
+from fastnas.train.train_config import TRAIN_DATASETS, TrainConfig
 
-if TYPE_CHECKING:
-    from fastnas.train import SearchConfig
-    from fastnas.train.train_config import TrainConfig
+__all__ = ["build_parser", "config_from_args", "main"]
+
+_OPTION_DEST = "method_option__"
 
 
-def _add_search_parser(sub: argparse._SubParsersAction) -> None:
+def _converter(tp: Any, where: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return parse_text(text, tp, where)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = where  # argparse names the type in some messages
+    return convert
+
+
+def _plain_type(tp: Any) -> Any:
+    """``int | None`` -> ``int``."""
+    args = [a for a in get_args(tp) if a is not type(None)]
+    return args[0] if get_origin(tp) is not None and len(args) == 1 and get_origin(tp) is not tuple else tp
+
+
+def _add_settings(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    exclude: Sequence[str] = (),
+    defaults: dict[str, Any] | None = None,
+) -> list[str]:
+    """One flag per field of config dataclass ``cls`` (from its ``setting`` metadata); returns the names."""
+    types_of = field_types(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if f.name in exclude or not meta.get("cli", True):
+            continue
+        flags = [meta.get("flag") or "--" + f.name.replace("_", "-"), *meta.get("aliases", ())]
+        default = (defaults or {}).get(f.name, f.default)
+        kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": meta.get("help", "")}
+        if "const" in meta:
+            kwargs.update(action="store_const", const=meta["const"])
+        else:
+            tp = _plain_type(types_of[f.name])
+            kwargs["type"] = _converter(tp, flags[0])
+            choices = meta.get("choices")
+            if choices:
+                kwargs["choices"] = choices() if callable(choices) else choices
+            if meta.get("metavar"):
+                kwargs["metavar"] = meta["metavar"]
+            if default is not None:
+                kwargs["help"] += f" (default {default})"
+        parser.add_argument(*flags, **kwargs)
+        names.append(f.name)
+    return names
+
+
+def _add_method_options(parser: argparse.ArgumentParser, method: Method) -> None:
+    """The ``--help`` section and the flags of ``method``'s options."""
+    group = parser.add_argument_group(
+        f"{method.name} options",
+        f"{method.summary}. Defaults are the published ones; other methods' options: `--method NAME --help`.",
+    )
+    for spec in method.Options.specs():
+        kwargs: dict[str, Any] = {"dest": _OPTION_DEST + spec.name, "default": argparse.SUPPRESS}
+        if spec.type is not bool:
+            kwargs["metavar"] = spec.name.upper()
+        if spec.type is bool:
+            kwargs.update(action=argparse.BooleanOptionalAction, help=f"{spec.help} (default {spec.default})")
+        else:
+            kwargs.update(type=_converter(spec.type, spec.flag), help=spec.describe())
+            if get_origin(spec.type) is Literal:
+                kwargs["choices"] = get_args(spec.type)
+                del kwargs["metavar"]
+        group.add_argument(spec.flag, **kwargs)
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options given on the command line (typed)."""
+    return {k[len(_OPTION_DEST) :]: v for k, v in vars(args).items() if k.startswith(_OPTION_DEST)}
+
+
+def _selected_method(argv: Sequence[str]) -> str:
+    """The ``--method`` value in ``argv`` (default ``darts``), before the full parse."""
+    for i, token in enumerate(argv):
+        if token == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith("--method="):
+            return token.split("=", 1)[1]
+    return "darts"
+
+
+def _flags_of_other_methods(flag: str) -> list[str]:
+    name = flag.split("=", 1)[0]
+    out = []
+    for method in METHODS.values():
+        for spec in method.Options.specs():
+            negated = "--no-" + spec.flag[2:] if spec.type is bool else None
+            if name in (spec.flag, negated):
+                out.append(method.name)
+    return out
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a clear message for another method's option (``--tau0`` with ``--method darts``)."""
+
+    method_name: str = "darts"
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        parsed, extra = self.parse_known_args(args, namespace)
+        for token in extra:
+            owners = _flags_of_other_methods(token) if token.startswith("--") else []
+            if owners:
+                self.error(
+                    f"{token.split('=', 1)[0]} is an option of {', '.join(owners)}, not of --method "
+                    f"{self.method_name}; `fastnas search --method {owners[0]} --help` lists its options"
+                )
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
+
+
+def _add_search_parser(sub: argparse._SubParsersAction, method: Method) -> None:
     p = sub.add_parser(
         "search",
         help="run an architecture search",
         description="Run a differentiable architecture search. Hyper-parameters left unset take the "
-        "method's published defaults (REFERENCE.md).",
+        "method's published defaults (REFERENCE.md). Methods: "
+        + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+        + ".",
     )
-    p.add_argument("--method", default="darts", choices=sorted(METHODS))
-    _add_search_options(p)
-    p.add_argument("--out-dir", default="runs", help="parent folder of run directories")
-    p.add_argument("--run-name", default=None, help="run directory name (default: method-dataset-seed-time)")
+    _add_settings(p, SearchConfig)
+    _add_method_options(p, method)
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
-    p.add_argument("--seed", type=int, default=2)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run in an existing --run-name folder"
+    )
+    _common(p)
 
 
 def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +173,8 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         description="Multi-seed harness: runs every (method, seed) search into OUT_DIR (finished runs are "
         "reused, unfinished ones resumed) and writes summary.md and summary.json (mean and standard "
         "deviation of the NAS-Bench-201 table accuracy where a table is given, of the supernet accuracy, "
-        "the skip-connect count and the search time).",
+        "the skip-connect count and the search time). Method options go into the method spec: "
+        "darts:order=2, entrannas-dst:lam=0.2,bottleneck=0.",
     )
     p.add_argument(
         "--methods",
@@ -49,102 +183,13 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         help="methods, each optionally with options: darts darts:order=2",
     )
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    _add_search_options(p)
-    p.add_argument("--out-dir", default="sweeps/sweep", help="folder of the sweep's runs and summary")
-
-
-def _add_search_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--order",
-        type=int,
-        choices=(1, 2),
-        default=None,
-        help="DARTS architecture gradient: 1 = first order (default), 2 = second order",
+    _add_settings(
+        p, SearchConfig, exclude=("method", "seed", "run_name"), defaults={"out_dir": "sweeps/sweep"}
     )
-    p.add_argument(
-        "--lambda",
-        dest="lam",
-        type=float,
-        default=None,
-        help="EnTranNAS-DST sparsity regulariser lambda (Eq. 11; default 0.1)",
-    )
-    p.add_argument(
-        "--tau0", type=float, default=None, help="EnTranNAS(-DST) initial softmax temperature (default 5.0)"
-    )
-    p.add_argument(
-        "--tau-decay", type=float, default=None, help="EnTranNAS(-DST) temperature factor per epoch (0.923)"
-    )
-    p.add_argument(
-        "--engine-cells",
-        default=None,
-        help="EnTranNAS Engine-cells: first (default, Figure 4), last, half, all, or cell indices like 0,2",
-    )
-    p.add_argument(
-        "--no-feature-sharing",
-        dest="feature_sharing",
-        action="store_const",
-        const=False,
-        default=None,
-        help="EnTranNAS: op weights per edge instead of per source node (Table 3 ablation)",
-    )
-    p.add_argument(
-        "--bottleneck",
-        type=int,
-        default=None,
-        help="EnTranNAS channel reduction ratio before the candidate ops (4; 0 = off)",
-    )
-    p.add_argument("--space", default="darts", choices=SPACE_NAMES)
-    p.add_argument("--nodes", type=int, default=4, help="intermediate nodes per cell (darts space)")
-    p.add_argument(
-        "--nb201-table",
-        default=None,
-        metavar="PATH",
-        help="NAS-Bench-201 results (.csv like nb201.csv, or the official .pth): "
-        "log each epoch's cell accuracy",
-    )
-    p.add_argument("--dataset", default="cifar10", choices=DATASET_NAMES)
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="CIFAR python-batch folder, image-folder tree, or a .tar(.gz) of such a tree",
-    )
-    p.add_argument("--download", action="store_true", help="let torchvision download the dataset")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--C", "--init-channels", dest="C", type=int, default=None, help="initial channels")
-    p.add_argument(
-        "--layers", type=int, default=None, help="number of cells (darts), cells per stage (nb201)"
-    )
-    p.add_argument("--lr", type=float, default=None, help="weight learning rate")
-    p.add_argument("--lr-min", type=float, default=None)
-    p.add_argument("--momentum", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--grad-clip", type=float, default=None)
-    p.add_argument("--arch-lr", type=float, default=None)
-    p.add_argument("--arch-weight-decay", type=float, default=None)
-    p.add_argument(
-        "--train-portion",
-        type=float,
-        default=None,
-        help="share of the training set that trains the weights (default 0.5)",
-    )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="autocast precision (GPU runs)")
-    p.add_argument(
-        "--executor",
-        default="reference",
-        choices=("reference", "fast"),
-        help="how search cells run: reference (the DARTS loop) or fast (batched edges, fused kernels on "
-        "CUDA; DARTS-space supernets)",
-    )
-    p.add_argument("--nondeterministic", action="store_true", help="allow non-deterministic kernels")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(p)
 
 
 def _add_train_parser(sub: argparse._SubParsersAction) -> None:
-    from fastnas.train.train_config import PRECISION_CHOICES, SCHEDULES, TRAIN_DATASETS
-
     p = sub.add_parser(
         "train",
         help="retrain a genotype's evaluation network (or evaluate a checkpoint)",
@@ -153,75 +198,21 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         "20 layers, SGD 0.025 cosine, wd 3e-4, aux 0.4, cutout 16, drop path 0.2; ImageNet 250 epochs, "
         "batch 128, C=48, 14 layers, SGD 0.1 x0.97 per epoch, wd 3e-5, label smoothing 0.1, aux 0.4.",
     )
-    p.add_argument(
-        "--genotype",
-        default=None,
-        help="zoo name (see `fastnas info --list-genotypes`), a Genotype(...) literal, a genotype JSON or "
-        "text file, or a search run directory (its genotype.json)",
-    )
-    p.add_argument("--dataset", default="cifar10", choices=TRAIN_DATASETS)
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help="CIFAR: python batches, image-folder tree or .tar(.gz); ImageNet: a folder with train/ and val/ "
-        "ImageFolder trees or a .tar of one",
-    )
-    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
-    p.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        help="use only N training images (quick runs; CIFAR: the first N, ImageNet: a fixed random subset)",
-    )
-    p.add_argument(
-        "--test-limit", type=int, default=None, help="use only the first N test images (default: --limit)"
-    )
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--C", "--init-channels", dest="C", type=int, default=None, help="initial channels")
-    p.add_argument("--layers", type=int, default=None, help="number of cells")
-    p.add_argument("--no-auxiliary", action="store_true", help="no auxiliary head")
-    p.add_argument("--auxiliary-weight", type=float, default=None, help="weight of the auxiliary loss")
-    p.add_argument("--cutout", type=int, default=None, help="cutout square side in pixels (0 = off)")
-    p.add_argument("--drop-path", type=float, default=None, help="final drop-path probability")
-    p.add_argument("--label-smoothing", type=float, default=None)
-    p.add_argument("--lr", type=float, default=None, help="initial learning rate")
-    p.add_argument("--lr-min", type=float, default=None, help="final learning rate of the cosine schedule")
-    p.add_argument("--schedule", default=None, choices=SCHEDULES, help="cosine (CIFAR) or step (ImageNet)")
-    p.add_argument("--lr-gamma", type=float, default=None, help="per-epoch decay of the step schedule")
-    p.add_argument("--momentum", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--grad-clip", type=float, default=None, help="gradient-norm clip (0 = off)")
-    p.add_argument(
-        "--eval-every", type=int, default=1, help="test every N epochs (0 = only at the end; default 1)"
-    )
-    p.add_argument("--workers", type=int, default=4, help="data-loading processes (ImageNet)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument(
-        "--precision", default="auto", choices=PRECISION_CHOICES, help="auto = bf16 on CUDA, fp32 on CPU"
-    )
-    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory on CUDA")
-    p.add_argument(
-        "--nondeterministic",
-        action="store_true",
-        help="allow non-deterministic kernels on CPU too (CUDA runs use the cuDNN autotuner anyway)",
-    )
-    p.add_argument("--out-dir", default="runs", help="parent folder of run directories")
-    p.add_argument("--run-name", default=None, help="run directory name (default: train-<genotype>-...)")
+    _add_settings(p, TrainConfig, defaults={"genotype": None})
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace the run in an existing --run-name folder"
+    )
     p.add_argument(
         "--eval-only",
         metavar="CHECKPOINT",
         default=None,
         help="only evaluate a checkpoint.pt (or a run directory) on the test set: top-1 / top-5",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _common(p)
 
 
-def _add_info_parser(sub: argparse._SubParsersAction) -> None:
-    from fastnas.train.train_config import TRAIN_DATASETS
-
+def _add_info_parser(sub: argparse._SubParsersAction, method: Method) -> None:
     p = sub.add_parser(
         "info",
         help="parameters and FLOPs of a supernet configuration or of a genotype's evaluation network",
@@ -232,8 +223,10 @@ def _add_info_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--list-genotypes", action="store_true", help="list the genotype zoo")
     p.add_argument("--genotype", default=None, help="zoo name, literal, genotype file or search run dir")
     p.add_argument("--dataset", default="cifar10", choices=TRAIN_DATASETS, help="with --genotype")
-    p.add_argument("--method", default="darts", choices=sorted(METHODS))
-    p.add_argument("--space", default="darts", choices=SPACE_NAMES)
+    p.add_argument("--method", default="darts", choices=tuple(METHODS))
+    p.add_argument(
+        "--space", default="darts", choices=SearchConfig.__dataclass_fields__["space"].metadata["choices"]
+    )
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--C", "--init-channels", dest="C", type=int, default=None)
     p.add_argument("--layers", type=int, default=None)
@@ -241,89 +234,60 @@ def _add_info_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--in-channels", type=int, default=None)
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_method_options(p, method)
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
 
 
-def _method_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Constructor options of the method given on the command line (unset ones are left out)."""
-    import inspect
-
-    flags = {
-        "order": "--order",
-        "lam": "--lambda",
-        "tau0": "--tau0",
-        "tau_decay": "--tau-decay",
-        "engine_cells": "--engine-cells",
-        "feature_sharing": "--no-feature-sharing",
-        "bottleneck": "--bottleneck",
-    }
-    options = {key: getattr(args, key) for key in flags if getattr(args, key, None) is not None}
-    engine = options.get("engine_cells")
-    if isinstance(engine, str) and engine[:1].isdigit():
-        options["engine_cells"] = [int(i) for i in engine.split(",")]
-    method = getattr(args, "method", None)
-    if method is not None:
-        method_cls = METHODS[method]
-        accepted = [*inspect.signature(method_cls.__init__).parameters, *method_cls.supernet_options]
-        unknown = [flags[k] for k in options if k not in accepted]
-        if unknown:
-            raise SystemExit(f"fastnas: error: {', '.join(unknown)} does not apply to --method {method}")
-    return options
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; ``argv`` selects which method's options ``search`` and ``info`` accept."""
+    name = _selected_method(list(argv or ()))
+    method = METHODS.get(name.lower(), METHODS["darts"])  # an unknown name fails as a choice below
+    parser = _Parser(prog="fastnas", description="Differentiable neural architecture search.")
+    parser.method_name = method.name
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_search_parser(sub, method)
+    _add_sweep_parser(sub)
+    _add_train_parser(sub)
+    _add_info_parser(sub, method)
+    for action in sub.choices.values():
+        action.method_name = method.name  # type: ignore[attr-defined]
+    return parser
 
 
-def _search_config(args: argparse.Namespace) -> SearchConfig:
-    """The search configuration of ``fastnas search`` / ``fastnas sweep`` arguments."""
-    from fastnas.train import SearchConfig
+def config_from_args(cls: type, args: argparse.Namespace, **extra: Any) -> Any:
+    """Config ``cls`` from the parsed flags of its fields (the same names), plus ``extra``."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**{**values, **extra})
 
-    return SearchConfig(
-        method=getattr(args, "method", "darts"),
-        method_options=_method_options(args),
-        space=args.space,
-        nodes=args.nodes,
-        nb201_table=args.nb201_table,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        download=args.download,
-        limit=args.limit,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        C=args.C,
-        layers=args.layers,
-        lr=args.lr,
-        lr_min=args.lr_min,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip,
-        arch_lr=args.arch_lr,
-        arch_weight_decay=args.arch_weight_decay,
-        train_portion=args.train_portion,
-        seed=getattr(args, "seed", 2),
-        device=args.device,
-        precision=args.precision,
-        executor=args.executor,
-        deterministic=not args.nondeterministic,
-        out_dir=args.out_dir,
-        run_name=getattr(args, "run_name", None),
+
+def _interrupted(command: str) -> int:
+    print(
+        f"\ninterrupted: continue with `fastnas {command} --resume <run directory>` "
+        "(the last completed epoch is checkpointed)",
+        file=sys.stderr,
     )
+    return 130
 
 
 def _run_search(args: argparse.Namespace) -> int:
     from fastnas.train import resume_search, run_search
 
     progress = not args.no_progress
-    if args.resume:
-        result = resume_search(
-            args.resume, progress=progress, device=None if args.device == "auto" else args.device
-        )
-    else:
-        try:
-            result = run_search(_search_config(args), progress=progress)
-        except KeyboardInterrupt:
-            print(
-                "\ninterrupted: continue with `fastnas search --resume <run directory>` "
-                "(the last completed epoch is checkpointed)",
-                file=sys.stderr,
+    try:
+        if args.resume:
+            options = _method_options(args)
+            if options:
+                raise ConfigError(
+                    f"--resume continues a run with its recorded options; {', '.join(options)} cannot change"
+                )
+            result = resume_search(
+                args.resume, progress=progress, device=None if args.device == "auto" else args.device
             )
-            return 130
+        else:
+            config = config_from_args(SearchConfig, args, method_options=_method_options(args))
+            result = run_search(config, progress=progress, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        return _interrupted("search")
     print(f"\nrun directory: {result.run_dir}")
     print(f"genotype = {result.genotype.to_literal()}")
     return 0
@@ -332,49 +296,11 @@ def _run_search(args: argparse.Namespace) -> int:
 def _run_sweep(args: argparse.Namespace) -> int:
     from fastnas.train.sweep import format_summary, run_sweep
 
-    base = _search_config(args)
+    base = config_from_args(SearchConfig, args)
     result = run_sweep(base, args.methods, args.seeds, args.out_dir, progress=not args.no_progress)
     print(f"\nsweep directory: {args.out_dir}\n")
     print(format_summary(result["summary"]))
     return 0
-
-
-def _train_config(args: argparse.Namespace) -> TrainConfig:
-    from fastnas.train.train_config import TrainConfig
-
-    return TrainConfig(
-        genotype=args.genotype,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        download=args.download,
-        limit=args.limit,
-        test_limit=args.test_limit,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        C=args.C,
-        layers=args.layers,
-        auxiliary=not args.no_auxiliary,
-        auxiliary_weight=args.auxiliary_weight,
-        cutout=args.cutout,
-        drop_path=args.drop_path,
-        label_smoothing=args.label_smoothing,
-        lr=args.lr,
-        lr_min=args.lr_min,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-        grad_clip=args.grad_clip,
-        schedule=args.schedule,
-        lr_gamma=args.lr_gamma,
-        eval_every=args.eval_every,
-        workers=args.workers,
-        seed=args.seed,
-        device=args.device,
-        precision=args.precision,
-        channels_last=False if args.no_channels_last else None,
-        deterministic=False if args.nondeterministic else None,
-        out_dir=args.out_dir,
-        run_name=args.run_name,
-    )
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -402,18 +328,13 @@ def _run_train(args: argparse.Namespace) -> int:
             outcome = resume_train(args.resume, progress=progress, device=device)
         else:
             if args.genotype is None:
-                raise ValueError(
+                raise ConfigError(
                     "fastnas train needs --genotype (a zoo name such as DARTS_V2, a literal, a genotype file "
                     "or a search run directory), or --resume RUN_DIR, or --eval-only CHECKPOINT"
                 )
-            outcome = run_train(_train_config(args), progress=progress)
+            outcome = run_train(config_from_args(TrainConfig, args), progress=progress, overwrite=args.overwrite)
     except KeyboardInterrupt:
-        print(
-            "\ninterrupted: continue with `fastnas train --resume <run directory>` "
-            "(the last completed epoch is checkpointed)",
-            file=sys.stderr,
-        )
-        return 130
+        return _interrupted("train")
     r = outcome.result
     print(f"\nrun directory: {outcome.run_dir}")
     print(
@@ -424,9 +345,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _list_genotypes(as_json: bool) -> int:
-    from fastnas.genotype_zoo import ZOO_ALIASES, ZOO_NAMES, get_zoo_genotype
-    from fastnas.info import count_parameters_without_auxiliary
-    from fastnas.nn.eval_network import NetworkCIFAR
+    from fastnas.genotype import get_zoo_genotype
+    from fastnas.genotype_zoo import ZOO_ALIASES, ZOO_NAMES
+    from fastnas.nn import NetworkCIFAR
+    from fastnas.nn.counting import count_parameters_without_auxiliary
 
     rows = []
     for name in ZOO_NAMES:
@@ -447,6 +369,7 @@ def _list_genotypes(as_json: bool) -> int:
 
 def _run_info(args: argparse.Namespace) -> int:
     from fastnas.info import format_info, format_network_info, network_info, supernet_info
+    from fastnas.spaces import SPACE_DEFAULTS
 
     if args.list_genotypes:
         return _list_genotypes(args.json)
@@ -471,30 +394,31 @@ def _run_info(args: argparse.Namespace) -> int:
         10 if args.num_classes is None else args.num_classes,
         3 if args.in_channels is None else args.in_channels,
         32 if args.image_size is None else args.image_size,
+        options=_method_options(args),
     )
     print(json.dumps(info, indent=2) if args.json else format_info(info))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastnas", description="Differentiable neural architecture search.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _add_search_parser(sub)
-    _add_sweep_parser(sub)
-    _add_train_parser(sub)
-    _add_info_parser(sub)
-    return parser
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "search": _run_search,
+    "sweep": _run_sweep,
+    "train": _run_train,
+    "info": _run_info,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handlers = {"search": _run_search, "sweep": _run_sweep, "train": _run_train, "info": _run_info}
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
     try:
-        return handlers[args.command](args)
+        return _HANDLERS[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as exc:
+    except FastnasError as exc:
+        if args.debug:
+            raise
         print(f"fastnas {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -20,20 +20,31 @@ import ast
 import json
 import os
 import re
-import tempfile
+import reprlib
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from numbers import Integral
 from pathlib import Path
 from typing import Any, Literal
 
+from fastnas.errors import FastnasError, MissingPathError
+from fastnas.fileio import atomic_write_text
+from fastnas.genotype_zoo import ZOO_ALIASES, ZOO_LITERALS, ZOO_NAMES, resolve_zoo_name
 from fastnas.ops import available_ops, is_registered
 
 __all__ = [
     "GENOTYPE_JSON_FORMAT",
+    "MAX_GENOTYPE_FILE_BYTES",
+    "MAX_INPUTS_PER_NODE",
+    "MAX_LITERAL_CHARS",
+    "MAX_LITERAL_DEPTH",
+    "MAX_NODES_PER_CELL",
     "CellGenotype",
     "Genotype",
     "GenotypeError",
+    "get_zoo_genotype",
     "load_genotype",
 ]
 
@@ -44,19 +55,53 @@ Pair = tuple[str, int]
 Node = tuple[Pair, ...]
 CellKind = Literal["normal", "reduce"]
 
+MAX_NODES_PER_CELL = 64
+"""Most intermediate nodes a cell may have (published cells have 4)."""
+MAX_INPUTS_PER_NODE = 64
+"""Most ``(op, input)`` pairs one intermediate node may have (DARTS nodes have 2)."""
+MAX_LITERAL_CHARS = 100_000
+"""Longest genotype literal :meth:`Genotype.parse` reads (a published literal has about 600 characters)."""
+MAX_LITERAL_DEPTH = 6
+"""Deepest nesting of a literal's field values (a nested node list is 4 levels: list, node, pair, value)."""
+MAX_GENOTYPE_FILE_BYTES = 1_000_000
+"""Largest genotype file (JSON or literal text) :func:`load_genotype` and :meth:`Genotype.load_json` read."""
+
 _EXTRA_NORMAL = re.compile(r"^normal_(\d+)(_concat)?$")
 _DARTS_FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
+_BOM = "\ufeff"
 
 
-class GenotypeError(ValueError):
+class GenotypeError(FastnasError, ValueError):
     """A genotype is malformed; the message says what is wrong and where (cell, node, position)."""
 
 
 # --------------------------------------------------------------------------------------------- cells
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 4
+_REPR.maxstring = 60
+_REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 8
+
+
+def _short(value: Any) -> str:
+    """A bounded ``repr`` for messages: huge or deeply nested user input stays one short line."""
+    return _REPR.repr(value)
+
 
 def _known_ops() -> str:
     return ", ".join(available_ops())
+
+
+def _range_len(value: range) -> int:
+    """``len(value)``, also for a range too long for ``len`` (which must fit a C ``ssize_t``)."""
+    try:
+        return len(value)
+    except OverflowError:
+        start, stop, step = value.start, value.stop, value.step
+        if step < 0:
+            start, stop, step = -start, -stop, -step
+        return max(0, (stop - start + step - 1) // step)
 
 
 def _as_index(value: Any) -> int | None:
@@ -75,16 +120,17 @@ def _check_pair(raw: Any, node: int, pos: int, where: str) -> Pair:
     loc = f"{where}, node {node}, position {pos}"
     if not _is_sequence(raw) or len(raw) != 2:
         raise GenotypeError(
-            f"{loc}: expected an (op_name, input_index) pair, got {raw!r}; write e.g. ('sep_conv_3x3', 0)"
+            f"{loc}: expected an (op_name, input_index) pair, got {_short(raw)}; "
+            "write e.g. ('sep_conv_3x3', 0)"
         )
     op, idx = raw
     if not isinstance(op, str):
-        raise GenotypeError(f"{loc}: op name must be a string, got {op!r} in {tuple(raw)!r}")
+        raise GenotypeError(f"{loc}: op name must be a string, got {_short(op)} in {_short(tuple(raw))}")
     if not is_registered(op):
-        raise GenotypeError(f"{loc}: unknown op {op!r}; known ops are: {_known_ops()}")
+        raise GenotypeError(f"{loc}: unknown op {_short(op)}; known ops are: {_known_ops()}")
     index = _as_index(idx)
     if index is None:
-        raise GenotypeError(f"{loc}: input index must be an int, got {idx!r} in {tuple(raw)!r}")
+        raise GenotypeError(f"{loc}: input index must be an int, got {_short(idx)} in {_short(tuple(raw))}")
     if index < 0:
         raise GenotypeError(f"{loc}: negative input index {index} for op {op!r}; indices start at 0")
     if index >= node + 2:
@@ -99,15 +145,26 @@ def _check_pair(raw: Any, node: int, pos: int, where: str) -> Pair:
 def _check_nodes(raw: Any, where: str) -> tuple[Node, ...]:
     """Validate a nested node list: one sequence of pairs per intermediate node."""
     if not _is_sequence(raw):
-        raise GenotypeError(f"{where}: expected a list of nodes, got {type(raw).__name__} {raw!r}")
+        raise GenotypeError(f"{where}: expected a list of nodes, got {type(raw).__name__} {_short(raw)}")
     if len(raw) == 0:
         raise GenotypeError(f"{where}: the cell has no nodes; give at least one intermediate node")
+    if len(raw) > MAX_NODES_PER_CELL:
+        raise GenotypeError(
+            f"{where}: {len(raw)} intermediate nodes; a cell may have at most {MAX_NODES_PER_CELL}"
+        )
     nodes = []
     for n, node in enumerate(raw):
         if not _is_sequence(node):
-            raise GenotypeError(f"{where}, node {n}: expected a list of (op, input) pairs, got {node!r}")
+            raise GenotypeError(
+                f"{where}, node {n}: expected a list of (op, input) pairs, got {_short(node)}"
+            )
         if len(node) == 0:
             raise GenotypeError(f"{where}, node {n}: empty node; every node needs at least one input pair")
+        if len(node) > MAX_INPUTS_PER_NODE:
+            raise GenotypeError(
+                f"{where}, node {n}: {len(node)} (op, input) pairs; a node may have at most "
+                f"{MAX_INPUTS_PER_NODE}"
+            )
         nodes.append(tuple(_check_pair(p, n, i, where) for i, p in enumerate(node)))
     return tuple(nodes)
 
@@ -117,17 +174,21 @@ def _check_concat(raw: Any, num_nodes: int, where: str) -> tuple[int, ...]:
     name = f"{where} concat"
     if raw is None:
         return tuple(range(2, num_nodes + 2))
-    if isinstance(raw, range):
-        raw = list(raw)
     if not _is_sequence(raw):
-        raise GenotypeError(f"{name}: expected a list of state indices or a range, got {raw!r}")
-    if len(raw) == 0:
+        raise GenotypeError(f"{name}: expected a list of state indices or a range, got {_short(raw)}")
+    size = _range_len(raw) if isinstance(raw, range) else len(raw)
+    if size == 0:
         raise GenotypeError(f"{name}: empty; list the states forming the cell output, e.g. [2, 3, 4, 5]")
+    if size > num_nodes + 2:
+        raise GenotypeError(
+            f"{name}: {size:,} entries, but a cell with {num_nodes} intermediate nodes has only "
+            f"{num_nodes + 2} states (0..{num_nodes + 1}) to concatenate"
+        )
     out: list[int] = []
     for pos, value in enumerate(raw):
         index = _as_index(value)
         if index is None:
-            raise GenotypeError(f"{name}, position {pos}: expected an int, got {value!r}")
+            raise GenotypeError(f"{name}, position {pos}: expected an int, got {_short(value)}")
         if not 0 <= index < num_nodes + 2:
             raise GenotypeError(
                 f"{name}, position {pos}: index {index} out of range; a cell with {num_nodes} "
@@ -149,7 +210,7 @@ def _group_pairs(raw: Any, where: str) -> Any:
     if not _is_sequence(raw):
         raise GenotypeError(
             f"{where}: expected a list of (op, input) pairs or of per-node pair lists, "
-            f"got {type(raw).__name__} {raw!r}"
+            f"got {type(raw).__name__} {_short(raw)}"
         )
     if len(raw) == 0 or _looks_nested(raw):
         return raw
@@ -270,7 +331,16 @@ class Genotype:
                     f"Genotype got an unexpected keyword {key!r}; accepted: normal, normal_concat, reduce, "
                     "reduce_concat, and normal_2, normal_2_concat, normal_3, ... for extra normal-cell types"
                 )
-            stages.setdefault(int(match.group(1)), {})["concat" if match.group(2) else "pairs"] = value
+            number, part = int(match.group(1)), "concat" if match.group(2) else "pairs"
+            canonical = f"normal_{number}{match.group(2) or ''}"
+            if key != canonical:  # normal_02 would silently repeat normal_2
+                raise GenotypeError(
+                    f"Genotype keyword {key!r}: write the normal-cell number without leading zeros "
+                    f"({canonical!r})"
+                )
+            if part in stages.setdefault(number, {}):
+                raise GenotypeError(f"Genotype: field {canonical!r} given twice")
+            stages[number][part] = value
         normals = [CellGenotype.from_pairs(normal, normal_concat, name="normal cell")]
         for number in range(2, len(stages) + 2):
             parts = stages.get(number)
@@ -326,7 +396,12 @@ class Genotype:
     def __getattr__(self, name: str) -> Any:
         # Only called for missing attributes: serves normal_2, normal_2_concat, ...
         match = _EXTRA_NORMAL.match(name)
-        if match is not None and int(match.group(1)) >= 2 and "normal_cells" in self.__dict__:
+        if (
+            match is not None
+            and int(match.group(1)) >= 2
+            and not match.group(1).startswith("0")
+            and "normal_cells" in self.__dict__
+        ):
             stage = int(match.group(1)) - 1
             if stage < len(self.normal_cells):
                 cell = self.normal_cells[stage]
@@ -428,10 +503,7 @@ class Genotype:
     def from_json(cls, data: Mapping[str, Any] | str) -> Genotype:
         """Inverse of :meth:`to_json` (also accepts the JSON text)."""
         if isinstance(data, str):
-            try:
-                data = json.loads(data)
-            except json.JSONDecodeError as err:
-                raise GenotypeError(f"genotype JSON is not valid JSON: {err}") from None
+            data = _json_loads(data)
         if not isinstance(data, Mapping):
             raise GenotypeError(f"genotype JSON must be an object, got {type(data).__name__}")
         fmt = data.get("format")
@@ -454,29 +526,27 @@ class Genotype:
 
     def save_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_json(), f, indent=2)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load_json(cls, path: str | os.PathLike[str]) -> Genotype:
-        """Read a file written by :meth:`save_json`."""
-        text = Path(path).read_text(encoding="utf-8")
+        """Read a file written by :meth:`save_json` (a regular file of at most 1 MB; a UTF-8 BOM is fine)."""
+        text = _read_genotype_file(Path(path))
         try:
-            return cls.from_json(json.loads(text))
-        except json.JSONDecodeError as err:
-            raise GenotypeError(f"{path}: not valid JSON: {err}") from None
+            return cls.from_json(text)
+        except GenotypeError as err:
+            raise GenotypeError(f"{path}: {err}") from None
+
+
+def _json_loads(text: str) -> Any:
+    """``json.loads`` with every failure (syntax, nesting, huge numbers) as :class:`GenotypeError`."""
+    try:
+        return json.loads(text.removeprefix(_BOM))
+    except json.JSONDecodeError as err:
+        raise GenotypeError(f"genotype JSON is not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # e.g. an int with > 4300 digits, nesting too deep
+        reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise GenotypeError(f"genotype JSON cannot be read: {reason}") from None
 
 
 def _json_cell(data: Any, key: str) -> tuple[Any, Any]:
@@ -490,15 +560,36 @@ def _json_cell(data: Any, key: str) -> tuple[Any, Any]:
 
 # --------------------------------------------------------------------------------------------- parse
 
+_EXPECTED = "expected Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])"
 
-def _literal_value(node: ast.expr, field: str) -> Any:
-    """Convert a literal AST node (lists, tuples, str/int constants, ``range(...)``) to Python."""
+
+def _snippet(node: ast.AST) -> str:
+    """The source of ``node`` for a message, at most 80 characters."""
+    try:
+        text = ast.unparse(node)
+    except (RecursionError, MemoryError, ValueError):
+        return f"<{type(node).__name__} expression>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _literal_value(node: ast.expr, field: str, depth: int = 1) -> Any:
+    """Convert a literal AST node (lists, tuples, str/int constants, ``range(...)``) to Python.
+
+    ``depth`` is the nesting level of ``node`` inside the field value (1 = the value itself); deeper
+    than :data:`MAX_LITERAL_DEPTH` is an error, so no input can exhaust the stack.
+    """
+    where = f"genotype literal, field {field!r} (line {node.lineno}, col {node.col_offset})"
+    if depth > MAX_LITERAL_DEPTH:
+        raise GenotypeError(
+            f"{where}: nested more than {MAX_LITERAL_DEPTH} levels deep; a field is at most a list of "
+            "nodes, each a list of (op, input) pairs"
+        )
     if isinstance(node, ast.Constant) and type(node.value) in (str, int):
         return node.value
     if isinstance(node, (ast.List, ast.Tuple)):
-        return [_literal_value(elt, field) for elt in node.elts]
+        return [_literal_value(elt, field, depth + 1) for elt in node.elts]
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        value = _literal_value(node.operand, field)
+        value = _literal_value(node.operand, field, depth + 1)
         if isinstance(value, int):
             return -value
     if (
@@ -507,40 +598,58 @@ def _literal_value(node: ast.expr, field: str) -> Any:
         and node.func.id in ("range", "list")
         and not node.keywords
     ):
-        args = [_literal_value(a, field) for a in node.args]
+        args = [_literal_value(a, field, depth + 1) for a in node.args]
         if node.func.id == "range" and 1 <= len(args) <= 3 and all(isinstance(a, int) for a in args):
-            return list(range(*args))
+            return _literal_range(args, where)
         if node.func.id == "list" and len(args) == 1 and isinstance(args[0], list):
             return args[0]
     raise GenotypeError(
-        f"genotype literal, field {field!r} (line {node.lineno}, col {node.col_offset}): unsupported "
-        f"expression {ast.unparse(node)!r}; only lists/tuples of ('op', int) pairs, ints and range(a, b) "
-        "are allowed"
+        f"{where}: unsupported expression {_snippet(node)!r}; only lists/tuples of ('op', int) pairs, ints "
+        "and range(a, b) are allowed"
     )
 
 
-def _call_name(func: ast.expr) -> str | None:
-    if isinstance(func, ast.Name):
-        return func.id
-    if isinstance(func, ast.Attribute):
-        return func.attr
-    return None
+def _literal_range(args: list[int], where: str) -> list[int]:
+    """``list(range(*args))``, refusing a zero step and more entries than a concat can hold."""
+    try:
+        values = range(*args)
+    except ValueError as err:  # range(a, b, 0)
+        raise GenotypeError(f"{where}: range{tuple(args)}: {err}") from None
+    limit = MAX_NODES_PER_CELL + 2
+    if _range_len(values) > limit:
+        raise GenotypeError(
+            f"{where}: range{tuple(args)} has {_range_len(values):,} entries; a concat lists at most "
+            f"{limit} states"
+        )
+    return list(values)
 
 
 def _parse_literal(text: str) -> tuple[str | None, Genotype]:
-    """Parse ``[NAME = ]Genotype(...)``; returns ``(NAME or None, genotype)``."""
+    """Parse ``[NAME = ]Genotype(...)``; returns ``(NAME or None, genotype)``.
+
+    Only a call of the plain name ``Genotype`` is accepted (no ``module.Genotype``, no expression
+    before it); each field may be given once, positionally (in DARTS order) or by keyword.
+    """
     if not isinstance(text, str):
         raise GenotypeError(f"Genotype.parse expects a string, got {type(text).__name__}")
-    source = text.strip()
+    if len(text) > MAX_LITERAL_CHARS:
+        raise GenotypeError(
+            f"genotype literal is {len(text):,} characters long; at most {MAX_LITERAL_CHARS:,} are read "
+            "(a published literal has about 600)"
+        )
+    source = text.removeprefix(_BOM).strip()
     if not source:
         raise GenotypeError("genotype literal is empty; expected Genotype(normal=[...], ...)")
     try:
         module = ast.parse(source, mode="exec")
     except SyntaxError as err:
         raise GenotypeError(
-            f"genotype literal is not valid Python syntax ({err.msg}, line {err.lineno}); "
-            "expected Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])"
+            f"genotype literal is not valid Python syntax ({err.msg}, line {err.lineno}); {_EXPECTED}"
         ) from None
+    except (RecursionError, MemoryError):
+        raise GenotypeError(f"genotype literal is nested too deeply to parse; {_EXPECTED}") from None
+    except ValueError as err:  # e.g. a NUL character
+        raise GenotypeError(f"genotype literal cannot be parsed ({err}); {_EXPECTED}") from None
     if len(module.body) != 1:
         raise GenotypeError(
             "genotype literal must be exactly one Genotype(...) expression, "
@@ -548,37 +657,78 @@ def _parse_literal(text: str) -> tuple[str | None, Genotype]:
         )
     stmt = module.body[0]
     name: str | None = None
-    if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+    if isinstance(stmt, ast.Assign):
+        if len(stmt.targets) != 1 or not isinstance(stmt.targets[0], ast.Name):
+            targets = " = ".join(_snippet(t) for t in stmt.targets)
+            raise GenotypeError(
+                f"genotype literal assigns to {targets[:80]!r}; expected one plain name: NAME = Genotype(...)"
+            )
         name, call = stmt.targets[0].id, stmt.value
     elif isinstance(stmt, ast.Expr):
         call = stmt.value
     else:
         raise GenotypeError(
-            "genotype literal must be 'Genotype(...)' or 'NAME = Genotype(...)', "
-            f"got {ast.unparse(stmt)[:80]!r}"
+            f"genotype literal must be 'Genotype(...)' or 'NAME = Genotype(...)', got {_snippet(stmt)!r}"
         )
-    if not isinstance(call, ast.Call) or _call_name(call.func) != "Genotype":
-        raise GenotypeError(f"genotype literal must be a Genotype(...) call, got {ast.unparse(call)[:80]!r}")
+    if not isinstance(call, ast.Call):
+        raise GenotypeError(f"genotype literal must be a Genotype(...) call, got {_snippet(call)!r}")
+    if not isinstance(call.func, ast.Name) or call.func.id != "Genotype":
+        raise GenotypeError(
+            f"genotype literal must be a Genotype(...) call of the plain name Genotype, got a call of "
+            f"{_snippet(call.func)!r}; write Genotype(normal=[...], ...) or NAME = Genotype(...), with no "
+            "module or expression before Genotype"
+        )
     if len(call.args) > len(_DARTS_FIELDS):
-        raise GenotypeError(f"Genotype(...) takes at most {len(_DARTS_FIELDS)} positional arguments")
+        raise GenotypeError(
+            f"Genotype(...) takes at most {len(_DARTS_FIELDS)} positional arguments "
+            f"({', '.join(_DARTS_FIELDS)}), got {len(call.args)}"
+        )
     kwargs: dict[str, Any] = {}
-    for field, arg in zip(_DARTS_FIELDS, call.args, strict=False):
+    given_as: dict[str, str] = {}
+    for pos, (field, arg) in enumerate(zip(_DARTS_FIELDS, call.args, strict=False)):
         kwargs[field] = _literal_value(arg, field)
+        given_as[field] = f"positional argument {pos + 1}"
     for kw in call.keywords:
         if kw.arg is None:
             raise GenotypeError("genotype literal: '**' arguments are not allowed; use keyword=value")
         if kw.arg in kwargs:
-            raise GenotypeError(f"genotype literal: field {kw.arg!r} given twice")
+            first = given_as[kw.arg]
+            raise GenotypeError(
+                f"genotype literal: field {kw.arg!r} given twice (as {first} and as keyword {kw.arg}=); "
+                "give each field once"
+            )
         kwargs[kw.arg] = _literal_value(kw.value, kw.arg)
+        given_as[kw.arg] = f"keyword {kw.arg}="
     return name, Genotype(**kwargs)
+
+
+# --------------------------------------------------------------------------------------------- zoo
+
+
+@cache
+def _zoo_genotype(name: str) -> Genotype:
+    assigned, genotype = _parse_literal(ZOO_LITERALS[name])
+    if assigned != name:  # guards the table against copy errors
+        raise GenotypeError(f"zoo literal {name!r} assigns {assigned!r}")
+    return genotype
+
+
+def get_zoo_genotype(name: str) -> Genotype:
+    """The published genotype ``name`` (e.g. ``"DARTS_V2"``, ``"darts"``, ``"PC_DARTS_image"``)."""
+    canonical = resolve_zoo_name(name)
+    if canonical is None:
+        aliases = ", ".join(f"{a} -> {t}" for a, t in ZOO_ALIASES.items())
+        raise GenotypeError(
+            f"unknown zoo genotype {_short(name)}; known: {', '.join(ZOO_NAMES)} "
+            f"(case-insensitive; aliases {aliases})"
+        )
+    return _zoo_genotype(canonical)
 
 
 # ------------------------------------------------------------------------------------- load_genotype
 
 
 def _accepted_forms() -> str:
-    from fastnas.genotype_zoo import ZOO_NAMES
-
     return (
         "accepted: a Genotype; a zoo name (" + ", ".join(ZOO_NAMES) + ", case-insensitive); a literal "
         "'Genotype(normal=[...], ...)'; a genotype JSON dict; a path to a JSON file written by "
@@ -586,11 +736,66 @@ def _accepted_forms() -> str:
     )
 
 
-def _from_file(path: Path) -> Genotype:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("{"):
-        return Genotype.load_json(path)
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((kind for test, kind in kinds if test(mode)), "a special file")
+
+
+def _read_genotype_file(path: Path) -> str:
+    """Text of genotype file ``path``: a regular file of at most :data:`MAX_GENOTYPE_FILE_BYTES`, UTF-8.
+
+    The file type is checked before opening (a FIFO or device would block or never end) and again on
+    the open descriptor; a leading UTF-8 BOM is dropped.
+    """
+    shown = repr(str(path))
     try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise MissingPathError(f"genotype file {shown} does not exist") from None
+    except OSError as err:
+        raise GenotypeError(f"cannot read genotype file {shown}: {err.strerror}") from None
+    limit = MAX_GENOTYPE_FILE_BYTES
+
+    def check(mode: int, size: int) -> None:
+        if not stat.S_ISREG(mode):
+            raise GenotypeError(
+                f"genotype file {shown} is {_file_kind(mode)}, not a regular file; give a JSON file, a text "
+                "file holding a literal, or a run directory"
+            )
+        if size > limit:
+            raise GenotypeError(
+                f"genotype file {shown} is {size:,} bytes; a genotype file may be at most {limit:,} bytes"
+            )
+
+    check(info.st_mode, info.st_size)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as handle:
+            opened = os.fstat(handle.fileno())
+            check(opened.st_mode, opened.st_size)  # the path may have been replaced since stat()
+            data = handle.read(limit + 1)
+    except OSError as err:
+        raise GenotypeError(f"cannot read genotype file {shown}: {err.strerror or err}") from None
+    check(stat.S_IFREG, len(data))  # the file may have grown since stat()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise GenotypeError(
+            f"genotype file {shown} is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
+
+
+def _from_file(path: Path) -> Genotype:
+    text = _read_genotype_file(path)
+    try:
+        if text.lstrip().startswith("{"):
+            return Genotype.from_json(text)
         return Genotype.parse(text)
     except GenotypeError as err:
         raise GenotypeError(f"{path}: {err}") from None
@@ -601,37 +806,34 @@ def load_genotype(source: Any) -> Genotype:
 
     ``source`` may be a Genotype (returned as is), a zoo name (``"DARTS_V2"``, case-insensitive), a
     literal string, a JSON dict, a path to a JSON file (:meth:`Genotype.save_json`) or to a text file
-    holding a literal, a run directory containing ``genotype.json``, or a DARTS-style namedtuple.
+    holding a literal (a regular file of at most 1 MB), a run directory containing ``genotype.json``,
+    or a DARTS-style namedtuple.
     """
-    from fastnas.genotype_zoo import resolve_zoo_name
-
     if isinstance(source, Genotype):
         return source
     if isinstance(source, Mapping):
         return Genotype.from_json(source)
     if isinstance(source, str):
-        stripped = source.strip()
+        stripped = source.removeprefix(_BOM).strip()
         if "Genotype(" in stripped:
             return Genotype.parse(stripped)
         zoo_name = resolve_zoo_name(stripped)
         if zoo_name is not None:
-            from fastnas.genotype_zoo import get_zoo_genotype
-
             return get_zoo_genotype(zoo_name)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()
         if not os.path.exists(path):
             raise GenotypeError(
-                f"no genotype named {str(source)!r} and no such file or directory; {_accepted_forms()}"
+                f"no genotype named {_short(str(source))} and no such file or directory; {_accepted_forms()}"
             )
         if path.is_dir():
             candidate = path / "genotype.json"
-            if not candidate.is_file():
+            if not candidate.exists():
                 raise GenotypeError(f"run directory {str(path)!r} has no genotype.json at its top")
             return Genotype.load_json(candidate)
         return _from_file(path)
     if all(hasattr(source, field) for field in _DARTS_FIELDS):  # e.g. a DARTS namedtuple
         return Genotype(**{field: getattr(source, field) for field in _DARTS_FIELDS})
     raise GenotypeError(
-        f"cannot load a genotype from {type(source).__name__} {source!r:.200}; {_accepted_forms()}"
+        f"cannot load a genotype from {type(source).__name__} {_short(source)}; {_accepted_forms()}"
     )

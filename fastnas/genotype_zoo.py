@@ -1,12 +1,11 @@
-"""Published genotypes (REFERENCE.md section 3), stored as their literal text and parsed on first use."""
+"""Published genotypes (REFERENCE.md section 3) as their literal text, and the names they go by.
+
+Pure data (no fastnas imports): :func:`fastnas.genotype.get_zoo_genotype` parses a literal on first use.
+"""
 
 from __future__ import annotations
 
-from functools import cache
-
-from fastnas.genotype import Genotype, GenotypeError, _parse_literal
-
-__all__ = ["ZOO_ALIASES", "ZOO_LITERALS", "ZOO_NAMES", "get_zoo_genotype", "resolve_zoo_name"]
+__all__ = ["ZOO_ALIASES", "ZOO_LITERALS", "ZOO_NAMES", "resolve_zoo_name"]
 
 # Copied verbatim from the literal block of REFERENCE.md section 3 (one `NAME = Genotype(...)` per line).
 _LITERAL_BLOCK = """\
@@ -43,24 +42,6 @@ _BY_KEY: dict[str, str] = {
 
 def resolve_zoo_name(name: str) -> str | None:
     """Canonical zoo name for ``name`` (case-insensitive, ``-`` read as ``_``, aliases), or None."""
+    if not isinstance(name, str):
+        return None
     return _BY_KEY.get(name.strip().upper().replace("-", "_"))
-
-
-@cache
-def _parsed(name: str) -> Genotype:
-    assigned, genotype = _parse_literal(ZOO_LITERALS[name])
-    if assigned != name:  # guards the table against copy errors
-        raise GenotypeError(f"zoo literal {name!r} assigns {assigned!r}")
-    return genotype
-
-
-def get_zoo_genotype(name: str) -> Genotype:
-    """The published genotype ``name`` (e.g. ``"DARTS_V2"``, ``"darts"``, ``"PC_DARTS_image"``)."""
-    canonical = resolve_zoo_name(name) if isinstance(name, str) else None
-    if canonical is None:
-        aliases = ", ".join(f"{a} -> {t}" for a, t in ZOO_ALIASES.items())
-        raise GenotypeError(
-            f"unknown zoo genotype {name!r}; known: {', '.join(ZOO_NAMES)} "
-            f"(case-insensitive; aliases {aliases})"
-        )
-    return _parsed(canonical)

@@ -3,31 +3,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from fastnas.genotype import Genotype, load_genotype
-from fastnas.nn.eval_network import build_eval_network, count_parameters_without_auxiliary
-from fastnas.nn.search_model import SearchModel
+from fastnas.genotype_zoo import resolve_zoo_name
+from fastnas.nn.counting import count_flops, count_parameters, count_parameters_without_auxiliary
+from fastnas.nn.eval_network import build_eval_network
+from fastnas.search_model import SearchModel
 from fastnas.spaces import build_space
+from fastnas.train.train_config import DATASET_SHAPES, RECIPES, normalise_dataset
 
-
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def count_flops(model: torch.nn.Module, example: torch.Tensor) -> int:
-    """Forward FLOPs of ``model(example)`` as counted by ``torch.utils.flop_counter`` (2 per multiply-add)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(example)
-    finally:
-        model.train(was_training)
-    return int(counter.get_total_flops())
+__all__ = [
+    "count_flops",
+    "count_parameters",
+    "count_parameters_without_auxiliary",
+    "format_info",
+    "format_network_info",
+    "network_info",
+    "supernet_info",
+]
 
 
 def supernet_info(
@@ -39,10 +36,13 @@ def supernet_info(
     num_classes: int = 10,
     in_channels: int = 3,
     image_size: int = 32,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Sizes of the search supernet: weights, architecture parameters, FLOPs of one image."""
+    """Sizes of the search supernet: weights, architecture parameters, FLOPs of one image. ``options``
+    are the method's (e.g. ``{"bottleneck": 0}`` for EnTranNAS)."""
     model = SearchModel.build(
         method,
+        options=dict(options or {}),
         space=build_space(space, num_nodes=nodes),
         C=C,
         layers=layers,
@@ -53,6 +53,7 @@ def supernet_info(
     return {
         "kind": "supernet",
         "method": method,
+        "options": model.algorithm.options.to_json(),
         "space": space,
         "nodes": nodes,
         "C": C,
@@ -98,8 +99,6 @@ def network_info(
     224x224, 1000 classes). Parameters are reported without and with the auxiliary head (DARTS counts
     exclude it); FLOPs are of one image in eval mode (no auxiliary head), by ``torch.utils.flop_counter``.
     """
-    from fastnas.train.train_config import DATASET_SHAPES, RECIPES, normalise_dataset
-
     key = normalise_dataset(dataset)
     recipe = RECIPES[key]
     classes, channels, size = DATASET_SHAPES[key]
@@ -113,11 +112,7 @@ def network_info(
     with_aux = count_parameters(model)
     without_aux = count_parameters_without_auxiliary(model)
     flops = count_flops(model, torch.randn(1, in_channels, image_size, image_size))
-    name = None
-    if isinstance(genotype, str):
-        from fastnas.genotype_zoo import resolve_zoo_name
-
-        name = resolve_zoo_name(genotype)
+    name = resolve_zoo_name(genotype) if isinstance(genotype, str) else None
     return {
         "kind": "network",
         "genotype_name": name,

@@ -1,6 +1,6 @@
-"""What every Triton kernel module of fastnas shares: whether Triton imports, whether its kernels run
-for a device and dtype in this process, and the dispatch rule of DESIGN.md ("a CUDA tensor takes the
-fused path; everything else takes the reference; one switch forces the reference everywhere").
+"""What every Triton kernel module of fastnas shares: whether Triton imports, whether its kernels run for a
+device and dtype in this process, and the dispatch rule (a CUDA tensor takes the fused path, everything else
+the reference; :func:`fastnas.backend.force_reference` forces the reference everywhere).
 
 Kernels run for CUDA tensors, and for CPU tensors only when ``TRITON_INTERPRET=1`` was set before the
 kernel modules were imported (the tests do this on machines without a GPU).

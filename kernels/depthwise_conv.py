@@ -1,57 +1,42 @@
-"""ReLU fused into a depthwise convolution, batched over the E edges that leave one node of a DARTS cell.
+"""ReLU fused into a depthwise convolution, batched over the E edges that leave one node of a DARTS cell
+(the first two layers of SepConv and DilConv: ``ReLU -> Conv(k, stride s, padding p, dilation d,
+groups=C)``, k in 3/5/7, s and d in 1/2).
 
-DESIGN.md, "Where the time goes", plan item 3 (fuse ReLU into the depthwise conv of the separable and
-dilated conv stacks) and plan item 1 (batch by source node: every edge leaving node i applies its own
-depthwise weights to the same input). REFERENCE.md section 1: SepConv and DilConv start with
-``ReLU -> depthwise Conv(k, stride s, padding p, dilation d, groups=C)``; k is 3/5/7, s is 1/2, d is 1/2.
-
-With ``x_e`` = ``x`` (one input [N, C, H, W] shared by all edges) or ``x[e]`` (inputs [E, N, C, H, W], one
-per edge), weights ``w`` [E, C, k, k], ``r = relu(x)`` (or ``x`` when ``relu=False``) and
+With ``x_e`` = ``x`` (one input [N, C, H, W] shared by all edges) or ``x[e]`` (inputs [E, N, C, H, W]),
+weights ``w`` [E, C, k, k], ``r = relu(x)`` (``x`` when ``relu=False``) and
 ``Ho = (H + 2p - d(k-1) - 1) // s + 1`` (``Wo`` alike)::
 
     out[e, n, c, oh, ow] = sum_{th, tw} w[e, c, th, tw] * r_e[n, c, oh*s - p + th*d, ow*s - p + tw*d]
 
-(zero outside the image), i.e. ``out[e] = F.conv2d(r_e, w[e].unsqueeze(1), stride=s, padding=p,
-dilation=d, groups=C)``. Backward, with ``g = grad out``::
+(zero outside the image), i.e. ``F.conv2d(r_e, w[e].unsqueeze(1), stride=s, padding=p, dilation=d,
+groups=C)``. Backward, with ``g = grad out``: grad x = ``(x > 0) *`` the transposed convolution of ``g``
+(summed over the edges for a shared ``x``, without E copies); grad w = the correlation of ``g`` with ``r_e``
+over (n, oh, ow).
 
-    grad r_e[n, c, ih, iw] = sum_{th, tw} g[e, n, c, oh, ow] * w[e, c, th, tw],
-                             oh = (ih + p - th*d) / s, taken only where it is an integer in [0, Ho)
-    grad x   = (x > 0) * grad r_e        (summed over e when x is shared: no E copies are made)
-    grad w[e, c, th, tw] = sum_{n, oh, ow} g[e, n, c, oh, ow] * r_e[n, c, oh*s - p + th*d, ow*s - p + tw*d]
+Layouts: ``x``, ``w`` and ``g`` are read through their strides (NCHW, channels-last, sliced or expanded
+views; no copies). ``out`` [E, N, C, Ho, Wo] is channels-last per edge (memory [E, N, Ho, Wo, C]) when ``x``
+is channels-last, else contiguous; ``grad x`` follows the same rule; ``grad w`` is contiguous.
 
-Layouts. ``x``, ``w`` and the incoming gradient are read through their strides (NCHW, channels-last,
-expanded or sliced views: no copies). ``out`` [E, N, C, Ho, Wo] is channels-last per edge
-(``empty(E, N, Ho, Wo, C).permute(0, 1, 4, 2, 3)``) when ``x`` is channels-last (C innermost), else
-contiguous; ``grad x`` follows the same rule with ``x``'s shape; ``grad w`` is contiguous.
+:func:`relu_depthwise_conv` runs ``torch.ops.fastnas.relu_depthwise_conv`` (Triton; autograd through
+``torch.ops.fastnas.relu_depthwise_conv_backward``) where :func:`fastnas.kernels._common.use_kernels`
+allows, else :func:`relu_depthwise_conv_reference` (``F.relu`` + ``F.conv2d(groups=C)`` per edge,
+autograd). On devices or dtypes the kernels do not handle (float64 always) the operators compute the same
+math with PyTorch ops; both have fake implementations for ``torch.compile(fullgraph=True)``. No double
+backward on the kernel path.
 
-Paths. :func:`relu_depthwise_conv` runs ``torch.ops.fastnas.relu_depthwise_conv`` (Triton kernels,
-autograd through ``torch.ops.fastnas.relu_depthwise_conv_backward``) when
-:func:`fastnas.kernels._common.use_kernels` allows it (CUDA tensors; CPU tensors under
-``TRITON_INTERPRET=1``; not under :func:`fastnas.backend.force_reference`), else
-:func:`relu_depthwise_conv_reference` (``F.relu`` + ``F.conv2d(groups=C)`` per edge, differentiated by
-autograd). Called directly on a device or dtype the kernels do not handle (float64 always), the operators
-compute the same math with PyTorch ops. Both operators have fake implementations, so
-``torch.compile(fullgraph=True)`` traces them. Double backward is not supported on the kernel path.
+Dtypes: ``x`` and ``w`` share one dtype (float32, bfloat16, float16 on the kernels); sums are float32
+(float64 for float64) and rounded once to the inputs' dtype.
 
-Dtypes: ``x`` and ``w`` share one dtype (float32, bfloat16, float16 on the kernels); all sums are in
-float32 (float64 for float64) and rounded once to the inputs' dtype.
-
-Kernels (taps unrolled with ``tl.static_range``; masked loads implement the zero padding). Tiles are
-``[BLOCK_P, BLOCK_C]`` (pixels x channels) with the memory-contiguous dimension last, so the default
-Triton layout coalesces: channels last for channels-last inputs, pixels last (``[BLOCK_C, BLOCK_P]``)
-for NCHW inputs (the ``PC`` flag of the kernels).
-1. ``_forward_kernel``, 1-D grid over (e, n, pixel block, channel block) of ``out``: for each tap one
-   masked tile load of ``x`` (ReLU applied in registers) times the tap's weight vector over channels.
-2. ``_backward_input_kernel``, 1-D grid over (g, n, pixel block, channel block) of ``grad x``, g = 0
-   for shared ``x`` (the program loops over the E edges and sums them) or the edge for per-edge ``x``:
-   gather form, for each input pixel and tap the output pixel it feeds, masked where
-   ``ih + p - th*d`` is negative, not divisible by s, or maps past ``Ho``; times ``x > 0`` at the end.
-3. ``_backward_weight_kernel``, grid (E * channel blocks, S): all k*k taps at once as a
-   ``[BLOCK_T, BLOCK_P, BLOCK_C]`` tile (``BLOCK_T = next_pow2(k*k)``; each ``g`` tile is loaded once
-   for every tap), reducing a chunk of the N*Ho*Wo output pixels (S chunks, :func:`_num_splits`, so
-   small E*C still fills the GPU) into float32 partials [S, E, C, k*k]; a ``torch.sum`` over S and a
-   cast to ``w``'s dtype give ``grad w``.
-No host synchronisation; offsets are int64 across (e, n) and inside a sample when its span needs it.
+Kernels: taps unrolled with ``tl.static_range``, zero padding by masked loads; tiles put the memory-contiguous
+dimension last (``[BLOCK_P, BLOCK_C]`` for channels-last, ``[BLOCK_C, BLOCK_P]`` for NCHW: the ``PC`` flag).
+1. ``_forward_kernel``, one program per (e, n, pixel block, channel block) tile of ``out``.
+2. ``_backward_input_kernel``, one program per tile of ``grad x`` (looping over the E edges for a shared
+   ``x``), in gather form: for each input pixel and tap, the output pixel it feeds, where
+   ``ih + p - th*d`` is non-negative, divisible by s and maps inside ``Ho``.
+3. ``_backward_weight_kernel``, grid (E * channel blocks, S): all k*k taps at once (each ``g`` tile loaded
+   once), reducing S chunks of the N*Ho*Wo output pixels into float32 partials [S, E, C, k*k] that a
+   ``torch.sum`` over S turns into ``grad w``.
+No host synchronisation; offsets are int64 across (e, n), and inside a sample when its span needs it.
 """
 
 from __future__ import annotations
@@ -216,7 +201,7 @@ def relu_depthwise_conv_reference(
 ) -> Tensor:
     """Plain PyTorch reference: ``out[e] = F.conv2d(relu(x_e), weight[e].unsqueeze(1), groups=C)`` per
     edge, stacked to [E, N, C, Ho, Wo]; autograd through it gives the reference gradients (summed over the
-    edges for a shared ``x``). DESIGN.md plan items 1 and 3; REFERENCE.md section 1 (SepConv, DilConv).
+    edges for a shared ``x``).
     """
     _check_args(x, weight, stride, padding, dilation, relu)
     return _reference_math(x, weight, stride, padding, dilation, relu)
@@ -743,7 +728,7 @@ def relu_depthwise_conv(
     x: Tensor, weight: Tensor, stride: int = 1, padding: int = 0, dilation: int = 1, relu: bool = True
 ) -> Tensor:
     """``F.conv2d(relu(x_e), weight[e].unsqueeze(1), stride, padding, dilation, groups=C)`` for every edge
-    e, fused (DESIGN.md plan items 1 and 3; REFERENCE.md section 1, SepConv/DilConv).
+    e, fused (the ReLU and depthwise conv of DARTS SepConv/DilConv).
 
     Args:
         x: [N, C, H, W] input shared by all E edges leaving one node, or [E, N, C, H, W], one per edge;

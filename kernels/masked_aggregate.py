@@ -1,50 +1,38 @@
-"""Masked weighted node aggregation: the sum of a cell node's incoming (edge, op) terms.
+"""Masked weighted node aggregation: the sum of a cell node's incoming (edge, op) terms, with terms switched
+on and off on the device every step (the sparse searches DST, DDSAS and EDAS).
 
-DESIGN.md, "Where the time goes", plan item 4 (issue 5, deliverable 3): a node of a cell is the weighted sum
-of the outputs of the (edge, op) pairs that feed it, and the three sparse searches switch terms on and off
-every step: DST keeps the (i, k) whose thresholded weight is non-zero, DDSAS a sampled subspace of L (edge,
-op) pairs, EDAS one mixed edge and one op on every other edge (REFERENCE.md sections 6-8). Given T terms
-``y_t`` of one shape, weights ``w`` [T] and a mask ``m`` [T] that live on the device, this op computes::
+Given T terms ``y_t`` of one shape, weights ``w`` [T] and a mask ``m`` [T]::
 
     out = sum_t m_t * w_t * y_t        (m_t = 1 where mask[t] != 0, else 0; m_t = 1, w_t = 1 when omitted)
 
-with fp32 accumulation (fp64 for fp64 terms), in the terms' dtype and shape. The mask is binary: any
-non-zero value (bool True, 1, 2.5, NaN) marks an active term and scales nothing. Inactive terms are never
-read, so their values do not matter (not even NaN or inf) and they move no memory: every program reads the
-scalar ``m_t`` and loads ``y_t`` only under a scalar ``if``. Nothing synchronises with the host, so a mask
-or weights changed in place between steps (CUDA graphs, ``torch.compile``) give the new sum.
-
-Backward, with ``g`` the incoming gradient::
+in the terms' dtype and shape, accumulated in fp32 (fp64 for fp64 terms). The mask is binary: any non-zero
+value (True, 1, 2.5, NaN) marks an active term and scales nothing. Inactive terms are never read, so their
+values (even NaN or inf) do not matter. Nothing synchronises with the host, so a mask or weights changed in
+place between steps (CUDA graphs, ``torch.compile``) give the new sum. Backward, with ``g = grad out``::
 
     grad y_t = m_t * w_t * g           (inactive terms: zeros, written without reading g)
     grad w_t = m_t * sum(g * y_t)      (inactive terms: 0, nothing loaded)
 
-and no gradient for the mask. When neither weights nor mask is given (a plain node sum), every term's
-gradient is ``g`` itself: no kernel, no copy, so an unweighted sum never costs more than torch's additions.
-``y_t`` is saved for backward only when the weights require grad.
+and no gradient for the mask. Without weights and mask (a plain sum) every term's gradient is ``g`` itself:
+no kernel, no copy. The terms are saved for backward only when the weights require grad.
 
-Paths. :func:`masked_aggregate` runs the registered operator ``torch.ops.fastnas.masked_aggregate``
-(Triton kernels, autograd through ``torch.ops.fastnas.masked_aggregate_backward``) where
-:func:`fastnas.kernels._common.use_kernels` says so (CUDA tensors; CPU tensors under ``TRITON_INTERPRET=1``;
-never under :func:`fastnas.backend.force_reference`), else :func:`masked_aggregate_reference` (PyTorch,
-differentiated by autograd). Called directly on a device or dtype the kernels do not handle (float64 always),
-the operators compute the same formulas with PyTorch ops. Both have fake implementations, so
-``torch.compile(fullgraph=True)`` traces them.
+:func:`masked_aggregate` runs ``torch.ops.fastnas.masked_aggregate`` (Triton; autograd through
+``torch.ops.fastnas.masked_aggregate_backward``) where :func:`fastnas.kernels._common.use_kernels` allows,
+else :func:`masked_aggregate_reference` (PyTorch, autograd). On devices or dtypes the kernels do not handle
+(float64 always) the operators compute the same formulas with PyTorch ops; both have fake implementations
+for ``torch.compile(fullgraph=True)``.
 
-Layout. The kernels treat tensors as flat. Terms that share one non-overlapping dense layout (contiguous,
-channels-last, any permutation) are used as they are and the output gets that layout; otherwise every term
-is made contiguous first. Weights and mask may be strided views (a row of alpha); they are read in place.
+Layout: the kernels treat tensors as flat. Terms that share one non-overlapping dense layout are used as
+they are and the output gets that layout; otherwise every term is made contiguous first. Weights and mask
+may be strided views (a row of alpha), read in place.
 
-Kernels (``BLOCK`` elements per program over the flat size ``n``, int64 offsets; at most 8 terms per launch,
-passed as pointers ``y0..y7`` with a constexpr ``NUM_TERMS``; T > 8 runs in chunks of 8):
-1. ``_forward_kernel``, grid (cdiv(n, BLOCK),): fp32 accumulator of the block, then for each term of the
-   chunk (unrolled with ``tl.static_range``) load ``m_t``, and if it is non-zero load ``w_t`` and ``y_t``
-   and accumulate. Chunks after the first read the previous partial sum (constexpr ``ACCUMULATE``); for
-   16-bit terms the partial sums between chunks live in an fp32 buffer, so the output is rounded once.
-2. ``_backward_kernel``, grid (cdiv(n, BLOCK),): loads the block of ``g`` once (only if some term of the
-   chunk is active), writes ``grad y_t`` of each term of the chunk and, when the weights need a gradient,
-   the program's partial ``sum(g * y_t)`` into an fp32 buffer [T, programs]; a ``torch.sum`` over the
-   programs gives ``grad w`` (cast to the weights' dtype).
+Kernels: ``BLOCK`` elements per program, int64 offsets; at most 8 terms per launch (pointer arguments
+``y0..y7``, constexpr ``NUM_TERMS``), T > 8 in chunks of 8.
+1. ``_forward_kernel``: for each term whose ``m_t`` is non-zero, loads ``w_t`` and ``y_t`` and accumulates;
+   later chunks add to the previous partial sum, kept in fp32 for 16-bit terms so the output rounds once.
+2. ``_backward_kernel``: loads ``g`` once (only if a term of the chunk is active), writes ``grad y_t`` and,
+   when the weights need a gradient, per-program partial ``sum(g * y_t)`` into fp32 [T, programs], which a
+   ``torch.sum`` turns into ``grad w``.
 """
 
 from __future__ import annotations
@@ -152,9 +140,8 @@ def masked_aggregate_reference(
     """Plain PyTorch ``sum_t m_t * w_t * y_t`` in fp32 (fp64 for fp64 terms), cast to the terms' dtype;
     autograd through it gives the reference gradients (none for the mask).
 
-    DESIGN.md plan item 4; REFERENCE.md sections 6-8 (DST, EDAS, DDSAS). Inactive terms go through
-    ``torch.where``, so, as on the kernel path, their values (even NaN) do not reach the output or the
-    weights' gradient.
+    Inactive terms go through ``torch.where``, so, as on the kernel path, their values (even NaN) do not
+    reach the output or the weights' gradient.
     """
     terms = _check_args(terms, weights, mask)
     dtype = terms[0].dtype
@@ -615,8 +602,8 @@ _masked_aggregate_op.register_autograd(_backward, setup_context=_setup_context)
 def masked_aggregate(
     terms: Sequence[Tensor], weights: Tensor | None = None, mask: Tensor | None = None
 ) -> Tensor:
-    """``sum_t m_t * w_t * y_t`` over a node's incoming terms, inactive terms skipped on the device
-    (DESIGN.md plan item 4; REFERENCE.md sections 6-8: DST thresholds, EDAS single edges, DDSAS subspaces).
+    """``sum_t m_t * w_t * y_t`` over a node's incoming terms, inactive terms skipped on the device (DST
+    thresholds, EDAS single edges, DDSAS subspaces).
 
     Args:
         terms: T >= 1 tensors of one shape, dtype (float32, bfloat16, float16 or float64) and device.

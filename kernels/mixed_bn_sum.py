@@ -1,53 +1,38 @@
-"""Mixed-op weighted sum with BN(affine=False) folded in: one edge of the DARTS search supernet.
+"""Mixed-op weighted sum with BatchNorm(affine=False) folded in: one edge of the DARTS search supernet.
 
-DESIGN.md, "Where the time goes", plan item 2: in the search supernet every candidate op except ``none``
-and the identity skip ends in ``BatchNorm2d(C, affine=False)`` (REFERENCE.md section 1: the conv blocks end
-in BN, each pooling op is followed by a BN, and the mixed op is ``sum_k softmax(alpha)_k * op_k(x)``). Given
-the stacked pre-BN outputs ``z`` [K, N, C, H, W] of the K such ops of one edge, their weights ``w`` [K] and
-the optional identity input ``x`` [N, C, H, W] with weight ``w_skip`` (a scalar tensor), this op computes::
+Every candidate op of a DARTS edge except ``none`` and the identity ends in ``BatchNorm2d(C, affine=False)``.
+Given the stacked pre-BN outputs ``z`` [K, N, C, H, W] of those K ops, their weights ``w`` [K] and an
+optional identity input ``x`` [N, C, H, W] with a scalar-tensor weight ``w_skip``, the op computes::
 
     out = sum_k w_k * (z_k - mean_k) / sqrt(var_k + eps) + w_skip * x
 
-with ``mean_k``/``var_k`` the per-channel batch statistics of ``z_k`` over (N, H, W) (biased variance, as
-BN in training mode), without writing the K normalised outputs, and returns ``(out, mean, var)`` with
-``mean``/``var`` of shape [K, C]. The statistics are not differentiable outputs (like BN's running
-stats); the caller updates running stats from them with :func:`update_running_stats` (BN's unbiased
-``var * n / (n - 1)``).
-
-Backward recomputes ``zhat_k = (z_k - mean_k) * rstd_k`` from ``z`` and the saved statistics, with no
-stored normalised outputs, and gives in one reduction pass plus one elementwise pass::
+where ``mean_k``/``var_k`` [K, C] are the per-channel batch statistics over (N, H, W) (biased variance, as
+BN in training mode), without writing the K normalised outputs. It returns ``(out, mean, var)``; the
+statistics are not differentiable and feed :func:`update_running_stats`. Backward, with ``g = grad out``,
+``zhat_k = (z_k - mean_k) * rstd_k`` recomputed from ``z`` and means over (N, H, W) per channel::
 
     grad z_k    = w_k * rstd_k * (g - mean(g) - zhat_k * mean(g * zhat_k))    (BN backward scaled by w_k)
     grad x      = w_skip * g
-    grad w_k    = sum(g * zhat_k)          (= sum over c of the per-(k, c) sums the BN backward needs)
+    grad w_k    = sum(g * zhat_k)
     grad w_skip = sum(g * x)
 
-where the means are over (N, H, W) per channel.
+:func:`mixed_bn_sum` runs the operator ``torch.ops.fastnas.mixed_bn_sum`` (Triton; autograd through
+``torch.ops.fastnas.mixed_bn_sum_backward``) where :func:`triton_supports` the tensors and the reference
+is not forced, else :func:`mixed_bn_sum_reference` (``F.batch_norm`` and a weighted sum, autograd). Called
+on a device or dtype the kernels do not handle, the operators compute the same formulas with PyTorch ops;
+both have fake implementations for ``torch.compile(fullgraph=True)``.
 
-Paths. :func:`mixed_bn_sum` runs the registered operator ``torch.ops.fastnas.mixed_bn_sum`` (Triton
-kernels, autograd through ``torch.ops.fastnas.mixed_bn_sum_backward``) for CUDA tensors, and for CPU
-tensors when ``TRITON_INTERPRET=1`` was set before this module was imported, unless
-:func:`fastnas.backend.reference_forced`; otherwise :func:`mixed_bn_sum_reference` (``F.batch_norm`` in
-training mode and a weighted sum, differentiated by autograd). The operators have fake implementations, so
-``torch.compile(fullgraph=True)`` traces them. Called directly on a device or dtype the kernels do not
-handle, the operators compute the same formulas with PyTorch ops.
+Dtypes: ``z`` and ``x`` share one dtype (float32, bfloat16, float16 on the kernels; float64 takes the
+PyTorch math); ``w``/``w_skip`` may have another floating dtype. All math is float32 (float64 for float64);
+``out``, grad z and grad x have the inputs' dtype, grad w/grad w_skip the weights' dtypes, the statistics
+are float32 (float64). Inputs are made contiguous (NCHW). No double backward on the kernel path.
 
-Dtypes: ``z`` and ``x`` share one dtype (float32, bfloat16 or float16 on the kernel path; float64 goes to
-the reference); ``w``/``w_skip`` may have another floating dtype. All math is in float32 (float64 for
-float64 inputs); ``out`` and ``grad z``/``grad x`` have the inputs' dtype, ``grad w``/``grad w_skip`` the
-weights' dtypes, the statistics are float32 (float64 for float64 inputs). Inputs are made contiguous
-(NCHW). Double backward is not supported on the kernel path.
-
-Kernels (fp32 accumulation; the variance uses sums shifted by the channel's first element, so it does not
-cancel catastrophically when |mean| >> std):
-1. ``_stats_partial_kernel``, grid (K*C, S): partial sum and sum of squares of one (k, c) over a chunk of
-   the N*H*W reduction (S chunks, S from :func:`_num_splits`).
-2. ``_forward_kernel``, grid (N*C, cdiv(H*W, B)): sums the S partials of its channel into mean/rstd (the
-   programs of n = 0, first block also store mean and var), then ``out`` for a block of one (n, c) row,
-   all K ops at once as a [K, B] tile.
-3. ``_backward_reduce_kernel``, grid (C, S): partial ``sum(g)``, ``sum(g * zhat_k)`` for all k and
-   ``sum(g * x)``; ``_backward_finalize_kernel`` (one program) adds the partials, giving grad w and
-   grad w_skip; ``_backward_elementwise_kernel``, grid (N*C, cdiv(H*W, B)), writes grad z and grad x.
+Kernels (fp32 accumulation):
+- forward: ``_stats_partial_kernel``, grid (K*C, S), sums each (k, c) over S chunks of N*H*W, shifted by
+  the channel's first element so the variance does not cancel when |mean| >> std; ``_forward_kernel``,
+  grid (N*C, H*W blocks), turns the partials into mean/rstd and writes ``out`` for all K ops at once.
+- backward: ``_backward_reduce_kernel``, grid (C, S), and ``_backward_finalize_kernel`` (one program) form
+  sum(g), sum(g * zhat_k), grad w and grad w_skip; ``_backward_elementwise_kernel`` writes grad z, grad x.
 """
 
 from __future__ import annotations
@@ -140,8 +125,6 @@ def mixed_bn_sum_reference(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Plain PyTorch reference: ``F.batch_norm`` (training, no affine, no running stats) per op, then the
     weighted sum. Autograd through it gives the reference gradients.
-
-    DESIGN.md plan item 2; REFERENCE.md section 1 (BN(affine=False) ending each op, weighted mixed op).
 
     Returns:
         ``(out, mean, var)``: ``out`` [N, C, H, W] in ``z``'s dtype; ``mean`` and the biased ``var``
@@ -707,8 +690,8 @@ _mixed_bn_sum_op.register_autograd(_backward, setup_context=_setup_context)
 def mixed_bn_sum(
     z: Tensor, w: Tensor, x: Tensor | None = None, w_skip: Tensor | None = None, eps: float = 1e-5
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``sum_k w_k * BN(z_k) + w_skip * x`` with batch statistics, fused (DESIGN.md plan item 2;
-    REFERENCE.md section 1: every searched op but ``none``/identity ends in BN(affine=False)).
+    """``sum_k w_k * BN(z_k) + w_skip * x`` with batch statistics, fused (every searched op but
+    ``none``/identity ends in BN(affine=False)).
 
     Args:
         z: stacked pre-BN outputs [K, N, C, H, W] of the edge's K BN-terminated ops.

@@ -1,58 +1,40 @@
-"""Pointwise (1x1) convolution with the following BN's batch statistics in its epilogue, batched over the
-E edges that leave one node of a DARTS cell.
+"""Pointwise (1x1) convolution with the following BN's batch statistics computed in its epilogue, batched
+over the E edges that leave one node of a DARTS cell (SepConv and DilConv end in pointwise conv -> BN).
 
-DESIGN.md, "Where the time goes", plan item 3 ("fuse ... BN statistics into the pointwise conv epilogue")
-and plan item 1 (batch by source node: every edge leaving node i applies its own 1x1 weights to the same
-input). REFERENCE.md section 1: SepConv and DilConv are ReLU, depthwise conv, pointwise 1x1 conv, BN; the
-BN after each pointwise conv needs per-channel sums of the conv output, which this op produces while the
-output tile is still in registers, so BN never re-reads the conv output to get its statistics.
-
-Math. For ``x`` [N, C_in, H, W] shared by all edges (or [E, N, C_in, H, W], one input per edge) and
-``weight`` [E, C_out, C_in]::
+For ``x`` [N, C_in, H, W] shared by all edges (or [E, N, C_in, H, W], one per edge) and ``weight``
+[E, C_out, C_in]::
 
     out[e, n, :, h, w] = weight[e] @ x_e[n, :, h, w]          (fp32 accumulation, stored in x's dtype)
     total[e, c]        = sum_{n, h, w} out[e, n, c, h, w]     (of the stored, rounded values)
     total_sq[e, c]     = sum_{n, h, w} out[e, n, c, h, w]^2
 
-``total``/``total_sq`` are float32 (float64 for float64 inputs). All three outputs are differentiable:
-with ``g = grad_out + grad_total[e, c] + 2 * out * grad_total_sq[e, c]``::
+All three outputs are differentiable; with ``g = grad_out + grad_total[e, c] + 2 * out *
+grad_total_sq[e, c]``, ``grad x_e = weight[e]^T @ g[e]`` (summed over e for a shared ``x``) and
+``grad weight[e] = sum_{n, h, w} g[e] x_e^T``. :func:`batch_norm_from_stats` turns ``(out, total,
+total_sq)`` into BN(affine=False, training) of each edge, so autograd through both gives the gradient of
+``F.batch_norm``. The one-pass variance ``total_sq / count - mean^2`` loses precision when |mean| >> std
+(use the reference if conv outputs are far from centred).
 
-    grad x_e     = weight[e]^T @ g[e]          (summed over e when x is shared)
-    grad weight  = sum_{n, h, w} g[e] x_e^T
+Layouts: ``x`` is read through its strides (no copy). ``out`` is channels-last per edge (memory
+[E, N, H, W, C_out]) when ``x``'s channel stride is 1 (C_in > 1, H*W > 1), else contiguous; ``grad x``
+follows the same rule; ``grad weight`` is contiguous.
 
-:func:`batch_norm_from_stats` turns ``(out, total, total_sq)`` into BN(affine=False, training) of each edge
-(biased variance ``total_sq / count - mean^2``); autograd through it and this op gives exactly the gradient
-of ``F.batch_norm`` (the BN backward's per-channel sums arrive here as ``grad_total``/``grad_total_sq``).
-The one-pass variance loses precision when |mean| >> std; after a ReLU-depthwise-pointwise stack the
-conv outputs are centred enough for fp32 sums (use the reference if that does not hold).
+:func:`pointwise_conv_stats` runs ``torch.ops.fastnas.pointwise_conv_stats`` where
+:func:`fastnas.kernels._common.use_kernels` allows, else :func:`pointwise_conv_stats_reference` (einsum in
+the accumulation dtype, autograd). The operator's forward is the Triton kernel where :func:`triton_supports`
+the tensors, else the same math in PyTorch (float64 always). The backward operator
+``torch.ops.fastnas.pointwise_conv_stats_backward`` forms ``g`` elementwise and runs two einsums (GEMMs in
+x's dtype, fp32 accumulation by the BLAS), never expanding a shared ``x``. Both have fake implementations
+for ``torch.compile(fullgraph=True)``; no double backward.
 
-Layouts. ``x`` is read through its strides (NCHW, channels-last, sliced or expanded views: no copy). ``out``
-follows ``x``: channels-last per edge (memory [E, N, H, W, C_out]) when ``x``'s channel stride is 1 (C_in
-> 1, H*W > 1), else contiguous NCHW per edge. ``grad x`` follows the same rule; ``grad weight`` is
-contiguous.
+Dtypes: float32, bfloat16, float16 on the kernel; ``total``/``total_sq`` are float32 (float64 for float64).
 
-Paths. :func:`pointwise_conv_stats` runs the registered operator ``torch.ops.fastnas.pointwise_conv_stats``
-when :func:`fastnas.kernels._common.use_kernels` (CUDA tensors, CPU tensors under ``TRITON_INTERPRET=1``,
-reference not forced), else :func:`pointwise_conv_stats_reference` (einsum in the accumulation dtype,
-differentiated by autograd). Inside the operator the forward is the Triton kernel where
-:func:`triton_supports` the device and dtype (float32, bfloat16, float16), else the same math in PyTorch
-(float64 always). The backward operator ``torch.ops.fastnas.pointwise_conv_stats_backward`` forms ``g``
-elementwise and uses two einsums (GEMMs in x's dtype, fp32 accumulation by the BLAS); a shared ``x`` is
-never expanded to E copies. Both operators have fake implementations, so ``torch.compile(fullgraph=True)``
-traces them. Double backward is not supported.
-
-Kernel. ``_pointwise_conv_stats_kernel``, 1-D grid of ``N * P_BLKS * E * CO_BLKS`` programs, one per tile
-of [BLOCK_CO output channels x BLOCK_P pixels] of one (e, n); the program id is decomposed with the
-output-channel block fastest, then the edge, so the programs that read the same x tile (all edges of a
-shared input, all channel blocks) run together and hit L2. Each program loops over C_in in BLOCK_K blocks,
-``acc += W[BLOCK_CO, BLOCK_K] @ X[BLOCK_K, BLOCK_P]`` with ``tl.dot`` (fp32 accumulator; bf16/fp16 operands
-go to the tensor cores, fp32 operands use IEEE fp32, operands upcast to fp32 under the interpreter). The
-epilogue rounds the tile to the output dtype, stores it, and adds the per-channel sum and sum of squares of
-the rounded values to zero-initialised fp32 [E, C_out] buffers with ``tl.atomic_add``: the N*H*W
-reduction is split across the N * P_BLKS programs of each channel block, so no separate statistics pass
-and no host synchronisation (the atomics make the sums' last bits depend on the order programs finish).
-C_in of a DARTS cell is small (16-256), so the op is memory-bound: one read of x per tile column, one write
-of out, 2 * BLOCK_CO atomics per program. Offsets are int64 wherever a product can exceed 2**31.
+Kernel: ``_pointwise_conv_stats_kernel``, one program per [BLOCK_CO x BLOCK_P] tile of one (e, n), the
+output-channel block fastest, then the edge (so programs reading the same x tile run together). It loops
+over C_in with ``tl.dot`` into an fp32 accumulator, stores the tile rounded to the output dtype and adds
+its per-channel sum and sum of squares to zero-initialised fp32 [E, C_out] buffers with ``tl.atomic_add``
+(no separate statistics pass, no host synchronisation; the sums' last bits depend on the order programs
+finish). Offsets are int64 wherever a product can exceed 2**31.
 """
 
 from __future__ import annotations
@@ -178,8 +160,6 @@ def pointwise_conv_stats_reference(x: Tensor, weight: Tensor) -> tuple[Tensor, T
     float64 for float64 inputs; IEEE precision on every device), rounded to ``x``'s dtype, and the
     per-channel sums of the rounded values. Autograd through it gives the reference gradients.
 
-    DESIGN.md plan items 1 and 3; REFERENCE.md section 1 (pointwise 1x1 conv followed by BN).
-
     Returns:
         ``(out, total, total_sq)`` as :func:`pointwise_conv_stats`.
     """
@@ -196,10 +176,9 @@ def batch_norm_from_stats(
     z: Tensor, total: Tensor, total_sq: Tensor, eps: float = 1e-5
 ) -> tuple[Tensor, Tensor, Tensor]:
     """BN(affine=False) in training mode of each edge's conv output from the sums of
-    :func:`pointwise_conv_stats` (the middle BN of the DARTS SepConv, REFERENCE.md section 1; DESIGN.md
-    plan item 3). Plain PyTorch, differentiable through ``z``, ``total`` and ``total_sq``, so that
-    ``batch_norm_from_stats(*pointwise_conv_stats(x, w))`` matches ``F.batch_norm`` of each edge's conv
-    output in value and gradient.
+    :func:`pointwise_conv_stats` (the middle BN of the DARTS SepConv). Plain PyTorch, differentiable
+    through ``z``, ``total`` and ``total_sq``, so that ``batch_norm_from_stats(*pointwise_conv_stats(x, w))``
+    matches ``F.batch_norm`` of each edge's conv output in value and gradient.
 
     Args:
         z: [E, N, C, H, W] (the ``out`` of :func:`pointwise_conv_stats`).
@@ -520,7 +499,7 @@ _pointwise_conv_stats_op.register_autograd(_backward, setup_context=_setup_conte
 
 def pointwise_conv_stats(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """1x1 convolutions of the E edges leaving one node, with the per-channel sums the following BN needs
-    computed in the epilogue (DESIGN.md plan items 1 and 3; REFERENCE.md section 1, SepConv/DilConv).
+    computed in the epilogue (the pointwise conv and BN of DARTS SepConv/DilConv).
 
     Args:
         x: [N, C_in, H, W], one input shared by all edges, or [E, N, C_in, H, W]; any strides (NCHW,

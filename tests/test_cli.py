@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastnas.cli import main
-from fastnas.info import count_flops
+from fastnas.nn.counting import count_flops
 from fastnas.ops import build_op
 
 

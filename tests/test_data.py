@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, require_shared
 from PIL import Image
 
 from fastnas.data import (
@@ -23,7 +24,6 @@ from fastnas.data import (
 from fastnas.data import cifar as cifar_mod
 from fastnas.data.loader import crop_flip, pad_images, random_crop_flip
 
-SHARED_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 CIFAR10_ORDER = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -293,8 +293,7 @@ def test_download_uses_torchvision(tmp_path: Path, cache: Path, monkeypatch) -> 
 
 @pytest.fixture(scope="module")
 def shared_cifar10(tmp_path_factory: pytest.TempPathFactory):
-    if not (SHARED_DATA / "cifar10_jpg.tar.gz").is_file():
-        pytest.skip("shared data folder ../shared/data not found")
+    require_shared(SHARED_DATA / "cifar10_jpg.tar.gz")
     with pytest.MonkeyPatch.context() as m:
         cache_folder = tmp_path_factory.mktemp("cifar_cache")
         m.setenv("FASTNAS_CACHE_DIR", str(cache_folder))

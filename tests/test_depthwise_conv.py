@@ -15,31 +15,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 from fastnas.kernels import depthwise_conv as dc
-from fastnas.kernels.depthwise_conv import (
-    output_size,
-    relu_depthwise_conv,
-    relu_depthwise_conv_reference,
-    triton_supports,
+from fastnas.kernels.depthwise_conv import output_size, relu_depthwise_conv, relu_depthwise_conv_reference
+from kernel_testing import (
+    BF16,
+    DEVICE,
+    F32_SUMS,
+    F64,
+    channels_last,
+    check_reference_switch,
+    close_all,
+    compile_and_reference,
+    count_launches,
+    fresh_leaves,
+    needs_kernels,
+    per_edge_strides,
+    poisoned_fixture,
 )
 
-from fastnas.backend import force_reference
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if not dc.HAS_TRITON:
-    _SKIP_REASON = f"triton is not importable ({dc.TRITON_IMPORT_ERROR}); only the reference path is tested"
-else:
-    _SKIP_REASON = "no GPU and TRITON_INTERPRET is not 1: the Triton kernels cannot run on CPU tensors"
-_KERNELS_RUN = triton_supports(torch.device(DEVICE), torch.float32)
-needs_kernels = pytest.mark.skipif(not _KERNELS_RUN, reason=_SKIP_REASON)
-
 N, C, H, W = 2, 3, 7, 9  # odd, non-square spatial size
-
-
-def channels_last(t):
-    """The same values with C innermost in every [N, C, H, W] slice (4-D or 5-D)."""
-    if t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+NAMES = ("out", "grad x", "grad weight")
 
 
 def make(e, k, stride, padding, dilation, shared, cl=False, dtype=torch.float32, shape=(N, C, H, W), seed=0):
@@ -80,15 +74,10 @@ def truth(x, weight, stride, padding, dilation, relu):
 
 def run(fn, x, weight, g, *conv):
     """Forward and backward of ``fn``; returns (out, grad x, grad weight)."""
-    x = x.detach().clone().requires_grad_(True)
-    weight = weight.detach().clone().requires_grad_(True)
+    x, weight = fresh_leaves(x, weight)
     out = fn(x, weight, *conv)
     out.backward(g)
     return out.detach(), x.grad, weight.grad
-
-
-def close(a, b, **tol):
-    torch.testing.assert_close(a.float().cpu(), b.float().cpu(), **tol)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -108,8 +97,7 @@ def test_reference_matches_slicing_formula(e, k, stride, padding, dilation, shar
     got = run(relu_depthwise_conv_reference, x, weight, g, *conv)
     want = run(truth, x, weight, g, *conv)
     assert got[0].shape == want[0].shape == g.shape
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    close_all(got, want, NAMES, exact=True, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -160,10 +148,8 @@ def test_torch_math_of_the_operators_float64():
         conv = (2, 1, 1, True)
         got = run(torch.ops.fastnas.relu_depthwise_conv, x, weight, g, *conv)
         want = run(relu_depthwise_conv_reference, x, weight, g, *conv)
-        for a, b in zip(got, want):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-        out_cl = torch.empty(3, N, got[0].shape[3], got[0].shape[4], C).permute(0, 1, 4, 2, 3)
-        assert got[0].stride() == out_cl.stride()
+        close_all(got, want, NAMES, exact=True, **F64)
+        assert got[0].stride() == per_edge_strides(got[0].shape, channels_last=True)
         assert got[1].stride() == x.stride()
 
 
@@ -178,10 +164,7 @@ def test_fake_shapes_and_layouts():
                 weight = torch.empty(3, 4, 5, 5, dtype=torch.bfloat16)
                 out = torch.ops.fastnas.relu_depthwise_conv(x, weight, 2, 2, 1, True)
                 assert out.shape == (3, 2, 4, 4, 5) and out.dtype == torch.bfloat16
-                expect = (
-                    torch.empty(3, 2, 4, 5, 4).permute(0, 1, 4, 2, 3) if cl else torch.empty(3, 2, 4, 4, 5)
-                )
-                assert out.stride() == expect.stride()
+                assert out.stride() == per_edge_strides((3, 2, 4, 4, 5), cl)
                 gx, gw = torch.ops.fastnas.relu_depthwise_conv_backward(out, x, weight, 2, 2, 1, True)
                 assert gx.shape == x.shape and gx.stride() == x.stride() and gx.dtype == torch.bfloat16
                 assert gw.shape == weight.shape and gw.is_contiguous()
@@ -190,11 +173,6 @@ def test_fake_shapes_and_layouts():
 # --------------------------------------------------------------------------------------------------
 # Kernel path against the reference
 # --------------------------------------------------------------------------------------------------
-
-F32 = {"rtol": 1e-4, "atol": 1e-4}
-# bf16: the kernels and the reference both sum in fp32 from the same bf16 inputs and round once; 2e-2
-# covers a few ulp (2^-8 relative) and the interpreter's truncating fp32 -> bf16 cast.
-BF16 = {"rtol": 2e-2, "atol": 2e-2}
 
 CASES = [  # e, k, stride, padding, dilation, shared, channels-last, relu
     (3, 3, 1, 1, 1, True, False, True),  # sep_conv_3x3, three edges from one node
@@ -216,14 +194,10 @@ def test_kernel_matches_reference_fp32(e, k, stride, padding, dilation, shared, 
     out, gx, gw = run(relu_depthwise_conv, x, weight, g, *conv)
     r_out, r_gx, r_gw = run(relu_depthwise_conv_reference, x, weight, g, *conv)
     assert out.shape == r_out.shape == g.shape and out.dtype == torch.float32
-    e_, n_, c_, ho, wo = out.shape
-    layout = torch.empty(e_, n_, ho, wo, c_).permute(0, 1, 4, 2, 3) if cl else torch.empty(out.shape)
-    assert out.stride() == layout.stride()
+    assert out.stride() == per_edge_strides(out.shape, cl)
     assert gx.shape == x.shape and gx.stride() == x.stride()
     assert gw.shape == weight.shape and gw.dtype == weight.dtype
-    close(out, r_out, **F32)
-    close(gx, r_gx, **F32, msg="grad x")
-    close(gw, r_gw, **F32, msg="grad weight")
+    close_all((out, gx, gw), (r_out, r_gx, r_gw), NAMES, **F32_SUMS)
 
 
 @needs_kernels
@@ -238,19 +212,10 @@ def test_kernel_matches_reference_bf16(e, k, stride, padding, dilation, shared, 
     out, gx, gw = run(relu_depthwise_conv, x, weight, g, *conv)
     r_out, r_gx, r_gw = run(relu_depthwise_conv_reference, x.float(), weight.float(), g.float(), *conv)
     assert out.dtype == gx.dtype == gw.dtype == torch.bfloat16
-    close(out, r_out, **BF16)
-    close(gx, r_gx, **BF16, msg="grad x")
-    close(gw, r_gw, **BF16, msg="grad weight")
+    close_all((out, gx, gw), (r_out, r_gx, r_gw), NAMES, **BF16)
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every buffer the launchers allocate starts as NaN, so an element no kernel writes fails the test."""
-
-    def nan_empty(shape, x, dtype, channels_last=False):
-        return dc._layout_empty(shape, x, dtype, channels_last).fill_(float("nan"))
-
-    monkeypatch.setattr(dc, "_empty", nan_empty)
+poisoned = poisoned_fixture(dc)  # every buffer the launchers allocate starts as NaN
 
 
 @needs_kernels
@@ -268,8 +233,7 @@ def test_kernel_poisoned_buffers_small_tiles_split_reduction(poisoned, monkeypat
     x, weight, g = make(2, 3, *conv[:3], shared, cl=cl, shape=(1, 3, 5, 5), seed=11)
     got = run(relu_depthwise_conv, x, weight, g, *conv)
     want = run(relu_depthwise_conv_reference, x, weight, g, *conv)
-    for name, a, b in zip(("out", "grad x", "grad weight"), got, want):
-        close(a, b, **F32, msg=name)
+    close_all(got, want, NAMES, **F32_SUMS)
 
 
 @needs_kernels
@@ -288,8 +252,7 @@ def test_kernel_arbitrary_strides(monkeypatch):
     got = run(relu_depthwise_conv, x, weight, g, *conv)
     want = run(relu_depthwise_conv_reference, x, weight, g, *conv)
     assert got[1].shape == x.shape
-    for name, a, b in zip(("out", "grad x", "grad weight"), got, want):
-        close(a, b, **F32, msg=name)
+    close_all(got, want, NAMES, **F32_SUMS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,57 +260,27 @@ def test_kernel_arbitrary_strides(monkeypatch):
 # --------------------------------------------------------------------------------------------------
 
 
-def _count_launches(monkeypatch):
-    calls = {"forward": 0, "backward": 0}
-    launch_fwd, launch_bwd = dc._launch_forward, dc._launch_backward
-
-    def count_fwd(*args):
-        calls["forward"] += 1
-        return launch_fwd(*args)
-
-    def count_bwd(*args):
-        calls["backward"] += 1
-        return launch_bwd(*args)
-
-    monkeypatch.setattr(dc, "_launch_forward", count_fwd)
-    monkeypatch.setattr(dc, "_launch_backward", count_bwd)
-    return calls
-
-
 @needs_kernels
 def test_reference_switch_skips_the_kernels(monkeypatch):
-    calls = _count_launches(monkeypatch)
     conv = (1, 1, 1, True)
     x, weight, g = make(2, 3, *conv[:3], True, shape=(1, 2, 4, 5))
-    with force_reference():
-        forced = run(relu_depthwise_conv, x, weight, g, *conv)
-    assert calls == {"forward": 0, "backward": 0}
-    monkeypatch.setenv("FASTNAS_FORCE_REFERENCE", "1")
-    run(relu_depthwise_conv, x, weight, g, *conv)
-    assert calls == {"forward": 0, "backward": 0}
-    monkeypatch.delenv("FASTNAS_FORCE_REFERENCE")
-    fused = run(relu_depthwise_conv, x, weight, g, *conv)
-    assert calls == {"forward": 1, "backward": 1}
-    for a, b in zip(forced, fused):
-        close(a, b, **F32)
+    forced, fused = check_reference_switch(
+        monkeypatch, dc, lambda: run(relu_depthwise_conv, x, weight, g, *conv)
+    )
+    close_all(forced, fused, NAMES, **F32_SUMS)
 
 
 @needs_kernels
 def test_torch_compile_fullgraph_traces_the_op(monkeypatch):
-    calls = _count_launches(monkeypatch)
+    calls = count_launches(monkeypatch, dc)
     conv = (2, 1, 1, True)
     x, weight, g = make(2, 3, *conv[:3], True, cl=True, shape=(1, 2, 5, 4))
 
     def step(x, weight, *conv):
         return relu_depthwise_conv(x, weight, *conv) * 2.0
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    got = run(compiled, x, weight, g, *conv)
-    assert calls["forward"] >= 1 and calls["backward"] >= 1, "the compiled graph did not run the operators"
-    with force_reference():
-        want = run(step, x, weight, g, *conv)
-    for a, b in zip(got, want):
-        close(a, b, **F32)
+    _, got, want = compile_and_reference(step, lambda fn: run(fn, x, weight, g, *conv), calls)
+    close_all(got, want, NAMES, **F32_SUMS)
 
 
 @needs_kernels

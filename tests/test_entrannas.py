@@ -10,14 +10,16 @@ import pytest
 import torch
 
 from fastnas import SearchConfig, load_genotype, run_search
-from fastnas.algorithms import EnTranNAS, EnTranNASDST, get_method
+from fastnas.algorithms import EnTranNAS, EnTranNASDST
 from fastnas.algorithms.entrannas import CIFAR_DEFAULTS, dst_weights, temperature
 from fastnas.cli import main
 from fastnas.genotype import CellGenotype
+from fastnas.methods import get_method
 from fastnas.nn.entrannas import EnTranCell, EnTranNASSupernet, resolve_engine_cells, select_pairs
 from fastnas.nn.eval_network import EvalCell, NetworkCIFAR
-from fastnas.nn.search_model import SearchModel
+from fastnas.nn.skeleton import CellPlan
 from fastnas.ops import EXTENDED_OPS
+from fastnas.search_model import SearchModel
 from fastnas.spaces import DartsSpace, build_space
 from fastnas.train.consistency import child_weights
 
@@ -63,10 +65,10 @@ def _randomise(module: torch.nn.Module) -> None:
 def _eval_pair(reduction: bool, sharing: bool, engine: bool) -> tuple[EnTranCell, EvalCell]:
     torch.manual_seed(0)
     cell = EnTranCell(
-        SPACE, 6, 8, 4, reduction, False, engine=engine, feature_sharing=sharing,
+        SPACE, CellPlan.standalone(6, 8, 4, reduction, False), engine=engine, feature_sharing=sharing,
         bottleneck=0, affine=True, pool_bn=False,
     )  # fmt: skip
-    ref = EvalCell(CELL, 6, 8, 4, reduction, False)
+    ref = EvalCell(CELL, CellPlan.standalone(6, 8, 4, reduction, False))
     _randomise(cell)
     _copy_into_eval(cell, ref, CELL, SPACE)
     return cell.eval(), ref.eval()
@@ -100,7 +102,9 @@ def test_engine_cell_with_one_hot_weights_equals_derived_cell(reduction: bool, s
 
 def test_bottleneck_engine_one_hot_equals_transit() -> None:
     torch.manual_seed(1)
-    cell = EnTranCell(SPACE, 16, 16, 16, False, False, engine=True, feature_sharing=True, bottleneck=4).eval()
+    cell = EnTranCell(
+        SPACE, CellPlan.standalone(16, 16, 16, False, False), engine=True, feature_sharing=True, bottleneck=4
+    ).eval()
     assert cell.op_channels == 4 and len(cell.reduce) == SPACE.num_nodes + 1 and len(cell.restore) == 4
     assert cell.ops[0][SPACE.op_index("sep_conv_3x3")][0][1].in_channels == 4  # ops run on C / 4
     weights = torch.zeros(SPACE.num_edges, SPACE.num_ops)
@@ -124,7 +128,9 @@ def _count_calls(cell: EnTranCell) -> dict[tuple[int, int], int]:
 
 
 def test_transit_cell_runs_only_the_derived_ops() -> None:
-    cell = EnTranCell(SPACE, 4, 4, 4, False, False, engine=False, feature_sharing=False, bottleneck=0)
+    cell = EnTranCell(
+        SPACE, CellPlan.standalone(4, 4, 4, False, False), engine=False, feature_sharing=False, bottleneck=0
+    )
     calls = _count_calls(cell)
     cell(torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6), None, _selection(CELL, SPACE))
     edge_of = {(e.node, e.source): e.index for e in SPACE.edges}
@@ -133,7 +139,9 @@ def test_transit_cell_runs_only_the_derived_ops() -> None:
     }
     assert set(calls) == expected and all(v == 1 for v in calls.values())
     # with feature sharing, (sep_conv_3x3, 0) feeds nodes 0 and 2 but runs once
-    shared = EnTranCell(SPACE, 4, 4, 4, False, False, engine=False, feature_sharing=True, bottleneck=0)
+    shared = EnTranCell(
+        SPACE, CellPlan.standalone(4, 4, 4, False, False), engine=False, feature_sharing=True, bottleneck=0
+    )
     calls = _count_calls(shared)
     shared(torch.randn(2, 4, 6, 6), torch.randn(2, 4, 6, 6), None, _selection(CELL, SPACE))
     assert calls[(0, SPACE.op_index("sep_conv_3x3"))] == 1 and len(calls) == 7
@@ -143,8 +151,12 @@ def test_feature_sharing_op_count() -> None:
     """Seed section 2.3: (n-1) x K-bar weighted ops per cell with sharing, |E| x K-bar without."""
     k_bar = 4  # sep_conv_3x3, sep_conv_5x5, dil_conv_3x3, dil_conv_5x5 (stride 1)
     n = SPACE.num_nodes + 2
-    shared = EnTranCell(SPACE, 4, 4, 4, False, False, engine=True, feature_sharing=True, bottleneck=0)
-    plain = EnTranCell(SPACE, 4, 4, 4, False, False, engine=True, feature_sharing=False, bottleneck=0)
+    shared = EnTranCell(
+        SPACE, CellPlan.standalone(4, 4, 4, False, False), engine=True, feature_sharing=True, bottleneck=0
+    )
+    plain = EnTranCell(
+        SPACE, CellPlan.standalone(4, 4, 4, False, False), engine=True, feature_sharing=False, bottleneck=0
+    )
     assert shared.num_weighted_ops() == (n - 1) * k_bar == 20
     assert plain.num_weighted_ops() == SPACE.num_edges * k_bar == 56
     # op calls in an Engine forward: every non-none op once per source vs once per edge
@@ -273,13 +285,21 @@ def test_dst_genotype_is_exactly_the_positive_pairs() -> None:
 
 
 def test_dst_regulariser_equation_11() -> None:
-    alg = EnTranNASDST(SPACE, lam=0.2)
-    with torch.no_grad():
-        alg.betas["normal"].copy_(torch.tensor([0.0, 1.0, -1.0, 2.0]))
-        alg.betas["reduce"].zero_()
-    t_n = torch.sigmoid(alg.betas["normal"].detach())
-    expected = 0.2 * (-torch.log(t_n).mean() + math.log(2.0))
-    torch.testing.assert_close(alg.extra_arch_loss(), expected)
+    """Eq. 11: lam * 1/(n-1) * sum_j -log t_j, one mean over the nodes (of every searched cell type); the
+    per-cell-type form sums one mean per type."""
+    betas_normal = [0.0, 1.0, -1.0, 2.0]
+    minus_log_t_normal = [-math.log(1.0 / (1.0 + math.exp(-b))) for b in betas_normal]
+    minus_log_t_reduce = [math.log(2.0)] * 4  # beta = 0: t = 1/2
+    for mean, expected in (
+        ("all-nodes", 0.2 * sum(minus_log_t_normal + minus_log_t_reduce) / 8),
+        ("per-cell-type", 0.2 * (sum(minus_log_t_normal) / 4 + sum(minus_log_t_reduce) / 4)),
+    ):
+        alg = EnTranNASDST(SPACE, lam=0.2, sparsity_mean=mean)
+        with torch.no_grad():
+            alg.betas["normal"].copy_(torch.tensor(betas_normal))
+            alg.betas["reduce"].zero_()
+        assert float(alg.extra_arch_loss()) == pytest.approx(expected, rel=1e-6), mean
+    assert EnTranNASDST(SPACE).options.sparsity_mean == "all-nodes"  # the seed's form is the default
     assert EnTranNASDST(SPACE, lam=0.0).extra_arch_loss() is None
 
 
@@ -336,10 +356,12 @@ def test_published_defaults() -> None:
     )  # fmt: skip
 
 
-def test_cli_passes_lambda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_passes_lambda(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     captured: dict[str, SearchConfig] = {}
 
-    def fake_run(config: SearchConfig, progress: bool = True) -> None:
+    def fake_run(config: SearchConfig, progress: bool = True, overwrite: bool = False) -> None:
         captured["config"] = config
         raise KeyboardInterrupt
 
@@ -349,8 +371,9 @@ def test_cli_passes_lambda(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     )
     config = captured["config"]
     assert config.method_options == {"lam": 0.05} and config.space == "darts-extended"
-    with pytest.raises(SystemExit, match="--lambda does not apply"):
+    with pytest.raises(SystemExit):
         main(["search", "--method", "darts", "--lambda", "0.1"])
+    assert "--lambda is an option of entrannas-dst, not of --method darts" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -424,8 +447,14 @@ def test_ablation_options_reach_the_supernet_from_the_cli(tmp_path) -> None:  # 
     ]
     assert main(args) == 0
     config = json.loads((tmp_path / "abl" / "config.json").read_text())
-    assert config["method_options"] == {"feature_sharing": False, "bottleneck": 0, "engine_cells": "all"}
-    model = SearchModel.build("entrannas", C=4, layers=3, **config["method_options"])
+    recorded = config["method_options"]
+    assert {k: recorded[k] for k in ("feature_sharing", "bottleneck", "engine_cells")} == {
+        "feature_sharing": False,
+        "bottleneck": 0,
+        "engine_cells": "all",
+    }
+    assert recorded["tau0"] == 5.0  # every option is recorded, the defaults included
+    model = SearchModel.build("entrannas", C=4, layers=3, **recorded)
     cells = list(model.supernet.cells)
     assert all(cell.engine for cell in cells)
     assert not any(cell.feature_sharing for cell in cells) and not any(cell.bottleneck for cell in cells)

@@ -15,6 +15,7 @@ from fastnas.genotype_zoo import ZOO_NAMES
 from fastnas.nn import (
     AuxiliaryHeadCIFAR,
     AuxiliaryHeadImageNet,
+    CellPlan,
     EvalCell,
     NetworkCIFAR,
     NetworkImageNet,
@@ -178,7 +179,7 @@ def test_drop_path_in_a_cell_skips_identity_and_hits_every_other_op() -> None:
     ).cell("normal")
     torch.manual_seed(0)
     c, n, p = 4, 4000, 0.25
-    cell = EvalCell(cell_geno, c, c, c, reduction=False, reduction_prev=False).train()
+    cell = EvalCell(cell_geno, CellPlan.standalone(c, c, c)).train()
     s0, s1 = torch.randn(n, c, 4, 4), torch.randn(n, c, 4, 4)
     with torch.no_grad():
         reference = cell(s0, s1, 0.0).split(c, dim=1)

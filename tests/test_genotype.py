@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import os
 import re
+import signal
+import stat
 from collections import namedtuple
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import require_shared
 
-from fastnas.genotype import GENOTYPE_JSON_FORMAT, CellGenotype, Genotype, GenotypeError, load_genotype
-from fastnas.genotype_zoo import ZOO_LITERALS, ZOO_NAMES, get_zoo_genotype, resolve_zoo_name
+import fastnas.genotype
+import fastnas.genotype_zoo
+from fastnas.errors import FastnasError, MissingPathError
+from fastnas.genotype import (
+    GENOTYPE_JSON_FORMAT,
+    MAX_GENOTYPE_FILE_BYTES,
+    MAX_INPUTS_PER_NODE,
+    MAX_LITERAL_CHARS,
+    MAX_LITERAL_DEPTH,
+    MAX_NODES_PER_CELL,
+    CellGenotype,
+    Genotype,
+    GenotypeError,
+    get_zoo_genotype,
+    load_genotype,
+)
+from fastnas.genotype_zoo import ZOO_LITERALS, ZOO_NAMES, resolve_zoo_name
+from fastnas.ops import UnknownOpError, get_op_spec
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "REFERENCE.md"
 PUBLISHED = (
@@ -27,8 +50,7 @@ PUBLISHED = (
 
 def reference_literals() -> dict[str, str]:
     """``NAME -> 'NAME = Genotype(...)'`` from the literal block of REFERENCE.md section 3."""
-    if not REFERENCE.is_file():
-        pytest.skip(f"{REFERENCE} not found (shared reference facts are not checked out next to the repo)")
+    require_shared(REFERENCE)
     text = REFERENCE.read_text(encoding="utf-8")
     match = re.search(r"Published genotypes \(facts, as literals\):\s*```\n(.*?)```", text, re.S)
     assert match, "the literal block of REFERENCE.md section 3 was not found"
@@ -397,3 +419,361 @@ def test_load_genotype_errors(tmp_path: Path) -> None:
     bad.write_text("hello world")
     with pytest.raises(GenotypeError, match=r"bad\.txt"):
         load_genotype(bad)
+
+
+# ---------------------------------------------------------------------------------- error classes
+
+
+def test_error_classes_derive_from_fastnas_error() -> None:
+    assert issubclass(GenotypeError, FastnasError) and issubclass(GenotypeError, ValueError)
+    assert issubclass(UnknownOpError, FastnasError)
+    assert issubclass(UnknownOpError, KeyError) and issubclass(UnknownOpError, ValueError)
+    with pytest.raises(FastnasError) as info:
+        get_op_spec("sep_conv_9x9")
+    assert isinstance(info.value, UnknownOpError)
+    assert str(info.value).startswith("unknown op 'sep_conv_9x9'")  # not quoted like a KeyError
+    with pytest.raises(FastnasError, match="no genotype named 'DARTS_V9'"):
+        load_genotype("DARTS_V9")
+
+
+# ------------------------------------------------------------------------------- module structure
+
+
+def _fastnas_imports(tree: ast.AST) -> list[tuple[str, int]]:
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "fastnas":
+            found.append((node.module or "", node.lineno))
+        elif isinstance(node, ast.Import):
+            found += [
+                (alias.name, node.lineno) for alias in node.names if alias.name.split(".")[0] == "fastnas"
+            ]
+    return found
+
+
+def test_zoo_module_is_pure_data_and_there_is_no_import_cycle() -> None:
+    zoo_tree = ast.parse(Path(fastnas.genotype_zoo.__file__).read_text(encoding="utf-8"))
+    assert _fastnas_imports(zoo_tree) == []
+    assert not hasattr(fastnas.genotype_zoo, "get_zoo_genotype")
+    genotype_tree = ast.parse(Path(fastnas.genotype.__file__).read_text(encoding="utf-8"))
+    top_level = [n for n in genotype_tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    nested = [
+        (module, line)
+        for module, line in _fastnas_imports(genotype_tree)
+        if not any(line == n.lineno for n in top_level)
+    ]
+    assert nested == []  # no function-level import hiding a cycle
+    assert ("fastnas.genotype_zoo", 0) in [(m, 0) for m, _ in _fastnas_imports(genotype_tree)]
+
+
+def test_get_zoo_genotype_guards_assigned_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    good = ZOO_LITERALS["DARTS_V1"]
+    broken = {**ZOO_LITERALS, "DARTS_V1": "DARTS_V3 = " + good.split("=", 1)[1].strip()}
+    monkeypatch.setattr(fastnas.genotype, "ZOO_LITERALS", broken)
+    fastnas.genotype._zoo_genotype.cache_clear()
+    try:
+        with pytest.raises(GenotypeError, match="zoo literal 'DARTS_V1' assigns 'DARTS_V3'"):
+            get_zoo_genotype("DARTS_V1")
+    finally:
+        fastnas.genotype._zoo_genotype.cache_clear()
+    with pytest.raises(GenotypeError, match="unknown zoo genotype 42"):
+        get_zoo_genotype(42)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------- hardened parsing
+
+P2 = "[('skip_connect', 0), ('none', 1)]"
+Q2 = "[('sep_conv_3x3', 0), ('max_pool_3x3', 1)]"
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        (f"__import__('os').Genotype(normal={P2}, reduce={P2})",
+         r"plain name Genotype, got a call of \"__import__\('os'\)\.Genotype\"; write Genotype\("),
+        (f"(lambda: 0)().Genotype(normal={P2}, reduce={P2})",
+         r"plain name Genotype, got a call of '\(lambda: 0\)\(\)\.Genotype'"),
+        (f"genotypes.Genotype(normal={P2}, reduce={P2})", r"got a call of 'genotypes\.Genotype'"),
+        (f"Genotype(normal={P2}, reduce={P2})(1)", r"got a call of \"Genotype\(normal="),
+        (f"x.y = Genotype(normal={P2}, reduce={P2})", r"assigns to 'x\.y'; expected one plain name"),
+        (f"a = b = Genotype(normal={P2}, reduce={P2})", r"assigns to 'a = b'; expected one plain name"),
+        (f"g[0] = Genotype(normal={P2}, reduce={P2})", r"assigns to 'g\[0\]'"),
+        (f"g: int = Genotype(normal={P2}, reduce={P2})", r"must be 'Genotype\(...\)' or 'NAME = Genotype"),
+        (f"[Genotype(normal={P2}, reduce={P2})]", r"must be a Genotype\(...\) call, got \"\[Genotype\("),
+    ],
+)  # fmt: skip
+def test_only_a_plain_genotype_call_is_accepted(text: str, pattern: str) -> None:
+    with pytest.raises(GenotypeError, match=pattern):
+        Genotype.parse(text)
+    with pytest.raises(GenotypeError, match=pattern):
+        load_genotype(text)
+
+
+def test_plain_call_and_named_assignment_are_accepted() -> None:
+    expected = Genotype(normal=flat("skip_connect 0, none 1"), reduce=flat("skip_connect 0, none 1"))
+    assert Genotype.parse(f"Genotype(normal={P2}, reduce={P2})") == expected
+    assert fastnas.genotype._parse_literal(f"MY_NET = Genotype(normal={P2}, reduce={P2})") == (
+        "MY_NET",
+        expected,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        (f"Genotype({P2}, normal={Q2}, reduce={P2})",
+         r"field 'normal' given twice \(as positional argument 1 and as keyword normal=\)"),
+        (f"Genotype({P2}, [2, 3], {P2}, normal_concat=[2, 3])",
+         r"field 'normal_concat' given twice \(as positional argument 2"),
+        (f"Genotype({P2}, [2, 3], {P2}, [2, 3], reduce_concat=[2])",
+         r"field 'reduce_concat' given twice \(as positional argument 4"),
+        (f"Genotype(normal={P2}, normal={Q2}, reduce={P2})",
+         r"field 'normal' given twice \(as keyword normal="),
+        (f"Genotype(normal={P2}, reduce={P2}, reduce={Q2})", r"field 'reduce' given twice"),
+        (f"Genotype(normal={P2}, reduce={P2}, normal_2={P2}, normal_2={Q2})",
+         r"field 'normal_2' given twice"),
+        (f"Genotype(normal={P2}, reduce={P2}, normal_2={P2}, normal_02={Q2})",
+         r"keyword 'normal_02': write the normal-cell number without leading zeros \('normal_2'\)"),
+        (f"Genotype(normal={P2}, reduce={P2}, normal_2={P2}, normal_2_concat=[2], normal_02_concat=[3])",
+         r"keyword 'normal_02_concat'.*leading zeros \('normal_2_concat'\)"),
+        (f"Genotype({P2}, [2, 3], {P2}, [2, 3], [2])", r"at most 4 positional arguments .*got 5"),
+    ],
+)  # fmt: skip
+def test_repeated_fields_are_rejected(text: str, pattern: str) -> None:
+    with pytest.raises(GenotypeError, match=pattern):
+        Genotype.parse(text)
+
+
+def test_repeated_extra_normal_keywords_in_constructor() -> None:
+    pairs, other = flat("skip_connect 0, none 1"), flat("sep_conv_3x3 0, max_pool_3x3 1")
+    with pytest.raises(GenotypeError, match=r"'normal_02'.*leading zeros"):
+        Genotype(normal=pairs, reduce=pairs, normal_2=pairs, normal_02=other)
+    with pytest.raises(GenotypeError, match=r"'normal_002_concat'.*leading zeros"):
+        Genotype(normal=pairs, reduce=pairs, normal_2=pairs, normal_002_concat=[2])
+    g = Genotype(normal=pairs, reduce=pairs, normal_2=other)
+    assert g.normal_2 == other
+    with pytest.raises(AttributeError):
+        _ = g.normal_02
+
+
+def test_positional_fields_follow_darts_order() -> None:
+    a = flat("sep_conv_3x3 0, sep_conv_3x3 1, skip_connect 0, dil_conv_3x3 2, "
+             "sep_conv_5x5 1, none 3, avg_pool_3x3 4, skip_connect 2")  # fmt: skip
+    b = flat("max_pool_3x3 0, max_pool_3x3 1, skip_connect 2, avg_pool_3x3 0, "
+             "dil_conv_5x5 3, skip_connect 1, sep_conv_3x3 4, none 0")  # fmt: skip
+    expected = Genotype(normal=a, normal_concat=[2, 3, 4, 5], reduce=b, reduce_concat=[4, 5])
+    swapped = Genotype(normal=b, normal_concat=[4, 5], reduce=a, reduce_concat=[2, 3, 4, 5])
+    assert expected != swapped
+    for g in (
+        Genotype.parse(f"Genotype({a!r}, [2, 3, 4, 5], {b!r}, [4, 5])"),
+        Genotype(a, [2, 3, 4, 5], b, [4, 5]),
+    ):
+        assert g == expected and g != swapped
+        assert g.normal == a and g.reduce == b
+        assert g.normal_concat == [2, 3, 4, 5] and g.reduce_concat == [4, 5]
+    mixed = Genotype.parse(f"Genotype({a!r}, reduce_concat=[4, 5], reduce={b!r})")
+    assert mixed.normal == a and mixed.reduce == b and mixed.normal_concat == [2, 3, 4, 5]
+    assert mixed.reduce_concat == [4, 5]
+
+
+def test_literal_length_is_bounded() -> None:
+    g = get_zoo_genotype("DARTS_V2")
+    padded = str(g) + " " * (MAX_LITERAL_CHARS - len(str(g)))
+    assert len(padded) == MAX_LITERAL_CHARS and Genotype.parse(padded) == g
+    with pytest.raises(GenotypeError, match=rf"{MAX_LITERAL_CHARS + 1:,} characters long; at most"):
+        Genotype.parse(padded + " ")
+    with pytest.raises(GenotypeError, match="characters long"):
+        load_genotype("Genotype(" + "[" * (MAX_LITERAL_CHARS + 1))
+
+
+def _nested(levels: int) -> str:
+    return "[" * levels + "('skip_connect', 0)" + "]" * levels
+
+
+@pytest.mark.parametrize(
+    ("field", "pattern"),
+    [
+        (_nested(MAX_LITERAL_DEPTH), rf"field 'normal' .*nested more than {MAX_LITERAL_DEPTH} levels"),
+        (_nested(150), rf"nested more than {MAX_LITERAL_DEPTH} levels"),
+        ("[" * 300 + "]" * 300, "not valid Python syntax"),  # the tokenizer's own limit
+        ("-" * 500 + "1", rf"nested more than {MAX_LITERAL_DEPTH} levels"),
+        ("-" * 5000 + "1", "nested too deeply to parse"),  # RecursionError inside ast.parse
+        ("-" * 90_000 + "1", "nested too deeply to parse"),  # MemoryError inside ast.parse
+        (
+            "range(100000000000)",
+            r"range\(100000000000,\) has 100,000,000,000 entries; a concat lists at most",
+        ),
+        ("range(2, 6, 0)", "must not be zero"),
+        ("1" * 5000, "not valid Python syntax"),  # more digits than int() converts
+        ("'\x00'", "cannot be parsed|not valid Python syntax"),
+    ],
+)
+def test_pathological_literals_raise_genotype_error(field: str, pattern: str) -> None:
+    text = f"Genotype(normal={field}, reduce={P2})"
+    assert len(text) <= MAX_LITERAL_CHARS
+    with pytest.raises(GenotypeError, match=pattern) as info:
+        Genotype.parse(text)
+    assert len(str(info.value)) < 1000  # one readable line, not the whole input
+
+
+def test_depth_limit_allows_every_valid_form() -> None:
+    # list of nodes / node / pair / value, inside list(...): the deepest form a genotype needs
+    text = f"Genotype(normal=list([[('skip_connect', 0)], [('none', -0), ('skip_connect', 2)]]), reduce={P2})"
+    g = Genotype.parse(text)
+    assert g.normal_cells[0].nodes == ((("skip_connect", 0),), (("none", 0), ("skip_connect", 2)))
+
+
+def test_nodes_and_pairs_per_node_are_bounded() -> None:
+    pairs = [("skip_connect", 0)] * (2 * MAX_NODES_PER_CELL)
+    assert Genotype(normal=pairs, reduce=pairs).normal_cells[0].num_nodes == MAX_NODES_PER_CELL
+    with pytest.raises(
+        GenotypeError, match=rf"normal cell: {MAX_NODES_PER_CELL + 1} intermediate nodes; a cell"
+    ):
+        Genotype(normal=[*pairs, ("none", 0), ("none", 1)], reduce=pairs)
+    node = [("skip_connect", 0)] * MAX_INPUTS_PER_NODE
+    assert Genotype(normal=[node], reduce=[node]).normal_cells[0].inputs_per_node == (MAX_INPUTS_PER_NODE,)
+    with pytest.raises(GenotypeError, match=rf"reduce cell, node 0: {MAX_INPUTS_PER_NODE + 1} \(op, input\)"):
+        Genotype(normal=[node], reduce=[[*node, ("none", 1)]])
+    with pytest.raises(GenotypeError, match="at most"):
+        Genotype.parse(f"Genotype(normal={pairs + [('none', 0)] * 2!r}, reduce={P2})")
+
+
+def test_huge_concat_range_is_refused_without_materialising_it() -> None:
+    pairs = flat("skip_connect 0, none 1")
+    with pytest.raises(GenotypeError, match=rf"normal cell concat: {10**30:,} entries"):
+        Genotype(normal=pairs, normal_concat=range(10**30), reduce=pairs)
+    with pytest.raises(GenotypeError, match=rf"reduce cell concat: {10**30 // 7 + 1:,} entries"):
+        Genotype(normal=pairs, reduce=pairs, reduce_concat=range(10**30, 0, -7))
+    with pytest.raises(GenotypeError, match=r"reduce cell concat: 4 entries, but a cell with 1 intermediate"):
+        Genotype(normal=pairs, reduce=pairs, reduce_concat=[0, 1, 2, 2])
+
+
+def test_deep_or_huge_json_raises_genotype_error() -> None:
+    with pytest.raises(GenotypeError, match="nested too deeply"):
+        Genotype.from_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(GenotypeError, match="cannot be read"):
+        Genotype.from_json('{"format": ' + "1" * 5000 + "}")
+    deep: list = [("skip_connect", 0)]
+    for _ in range(10_000):
+        deep = [deep]
+    data = {
+        "format": GENOTYPE_JSON_FORMAT,
+        "normal_cells": [{"nodes": [deep]}],
+        "reduce_cell": {"nodes": [deep]},
+    }
+    with pytest.raises(
+        GenotypeError, match=r"normal cell, node 0, position 0: expected an \(op_name"
+    ) as info:
+        Genotype.from_json(data)
+    assert len(str(info.value)) < 1000
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    g = get_zoo_genotype("PC_DARTS_image")
+    assert Genotype.parse("\ufeff" + str(g)) == g
+    assert Genotype.from_json("\ufeff" + json.dumps(g.to_json())) == g
+    assert load_genotype("\ufeff" + str(g)) == g
+    json_file = tmp_path / "bom.json"
+    json_file.write_bytes(b"\xef\xbb\xbf" + json.dumps(g.to_json(), indent=2).encode("utf-8"))
+    assert Genotype.load_json(json_file) == g
+    assert load_genotype(json_file) == g
+    literal_file = tmp_path / "bom.txt"
+    literal_file.write_bytes(b"\xef\xbb\xbf" + ZOO_LITERALS["PC_DARTS_image"].encode("utf-8") + b"\n")
+    assert load_genotype(literal_file) == g
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "genotype.json").write_bytes(json_file.read_bytes())
+    assert load_genotype(run_dir) == g
+
+
+def test_save_json_layout_keeps_insertion_order(tmp_path: Path) -> None:
+    g = VARIABLE
+    text = g.save_json(tmp_path / "g.json").read_text(encoding="utf-8")
+    assert text.startswith(
+        '{\n  "format": "fastnas.genotype/1",\n  "normal_cells": [\n    {\n      "nodes": ['
+    )
+    assert text.endswith("}\n") and not text.endswith("\n\n")
+    loaded = json.loads(text)
+    assert list(loaded) == ["format", "normal_cells", "reduce_cell"]
+    assert list(loaded["reduce_cell"]) == ["nodes", "concat"]  # not sorted
+
+
+# --------------------------------------------------------------------------- load_genotype: files
+
+
+@contextmanager
+def fails_instead_of_hanging(seconds: int = 10) -> Iterator[None]:
+    """Turn a blocking read (the bug these tests guard against) into a test failure."""
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise AssertionError(f"load_genotype blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo")
+def test_load_genotype_refuses_a_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / "genotype.fifo"
+    os.mkfifo(fifo)
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    with (
+        fails_instead_of_hanging(),
+        pytest.raises(GenotypeError, match="is a FIFO .*not a regular file") as info,
+    ):
+        load_genotype(fifo)
+    assert str(fifo) in str(info.value)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.mkfifo(run_dir / "genotype.json")
+    with fails_instead_of_hanging(), pytest.raises(GenotypeError, match=r"genotype\.json' is a FIFO"):
+        load_genotype(run_dir)
+    with fails_instead_of_hanging(), pytest.raises(GenotypeError, match="not a regular file"):
+        Genotype.load_json(fifo)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
+def test_load_genotype_refuses_a_device() -> None:
+    # /dev/null, not /dev/zero: should the check break, reading /dev/zero would fill the memory
+    with fails_instead_of_hanging(), pytest.raises(GenotypeError, match="'/dev/null' is a character device"):
+        load_genotype("/dev/null")
+
+
+def test_load_genotype_bounds_the_file_size(tmp_path: Path) -> None:
+    g = get_zoo_genotype("DDSAS_cifar100")
+    at_limit = tmp_path / "at_limit.json"
+    body = json.dumps(g.to_json())
+    at_limit.write_text(body + " " * (MAX_GENOTYPE_FILE_BYTES - len(body)), encoding="utf-8")
+    assert at_limit.stat().st_size == MAX_GENOTYPE_FILE_BYTES
+    assert load_genotype(at_limit) == g
+    too_big = tmp_path / "too_big.txt"
+    too_big.write_text(str(g) + " " * (MAX_GENOTYPE_FILE_BYTES + 1 - len(str(g))), encoding="utf-8")
+    size = f"{MAX_GENOTYPE_FILE_BYTES + 1:,}"
+    with pytest.raises(
+        GenotypeError, match=rf"too_big\.txt' is {size} bytes; a genotype file may be at most"
+    ):
+        load_genotype(too_big)
+    big_json = tmp_path / "big.json"
+    big_json.write_text(body + " " * MAX_GENOTYPE_FILE_BYTES, encoding="utf-8")
+    with pytest.raises(GenotypeError, match=r"big\.json' is .* bytes"):
+        Genotype.load_json(big_json)
+
+
+def test_load_json_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(MissingPathError, match="does not exist"):
+        Genotype.load_json(tmp_path / "missing.json")
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(GenotypeError, match=r"binary\.json' is not UTF-8 text"):
+        load_genotype(binary)
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"format": "other/1"}', encoding="utf-8")
+    with pytest.raises(GenotypeError, match=r"wrong\.json: genotype JSON has format 'other/1'"):
+        Genotype.load_json(wrong)
+    with pytest.raises(GenotypeError, match=r"wrong\.json: genotype JSON has format 'other/1'"):
+        load_genotype(wrong)

@@ -13,24 +13,25 @@ from __future__ import annotations
 import pytest
 import torch
 from fastnas.kernels import masked_aggregate as ma
-from fastnas.kernels.masked_aggregate import masked_aggregate, masked_aggregate_reference, triton_supports
-
-from fastnas.backend import force_reference
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if not ma.HAS_TRITON:
-    _SKIP_REASON = f"triton is not importable ({ma.TRITON_IMPORT_ERROR}); only the reference path is tested"
-else:
-    _SKIP_REASON = "no GPU and TRITON_INTERPRET is not 1: the Triton kernels cannot run on CPU tensors"
-_KERNELS_RUN = triton_supports(torch.device(DEVICE), torch.float32)
-needs_kernels = pytest.mark.skipif(not _KERNELS_RUN, reason=_SKIP_REASON)
+from fastnas.kernels.masked_aggregate import masked_aggregate, masked_aggregate_reference
+from kernel_testing import (
+    BF16,
+    BF16_VS_FLOAT64,
+    DEVICE,
+    F32,
+    F64,
+    check_reference_switch,
+    close,
+    close_all,
+    compile_and_reference,
+    count_launches,
+    fresh_leaves,
+    needs_kernels,
+    poisoned_fixture,
+)
+from kernel_testing import F32_SUMS as GRAD_W  # grad w: fp32 reductions of the same data in another order
 
 SHAPE = (2, 3, 5, 7)  # 210 elements: odd sizes, not a multiple of any block
-F32 = {"rtol": 1e-5, "atol": 1e-5}
-# bf16: both sides compute in fp32 from the same bf16 inputs and round once; a few ulp (2^-8 relative)
-# cover the summation order and the interpreter's truncating fp32 -> bf16 cast.
-BF16 = {"rtol": 2e-2, "atol": 2e-2}
-GRAD_W = {"rtol": 1e-4, "atol": 1e-4}  # fp32 reductions of the same data in another order
 
 
 def make_mask(kind: str, num: int, gen: torch.Generator, device=DEVICE) -> torch.Tensor | None:
@@ -84,18 +85,14 @@ def truth(terms, weights, mask):
 
 def run(fn, terms, weights, mask, grad, grad_terms=True, grad_w=True):
     """Forward and backward of ``fn`` on fresh leaves; returns the output, term grads and weights grad."""
-    leaves = [y.detach().clone().requires_grad_(grad_terms) for y in terms]
-    w = None if weights is None else weights.detach().clone().requires_grad_(grad_w)
+    leaves = fresh_leaves(*terms, requires_grad=grad_terms)
+    (w,) = fresh_leaves(weights, requires_grad=grad_w)
     out = fn(leaves, w, mask)
     inputs = [y for y in leaves if y.requires_grad] + ([w] if w is not None and w.requires_grad else [])
     grads = list(torch.autograd.grad(out, inputs, grad)) if inputs else []
     g_terms = grads[: len(leaves)] if grad_terms else []
     g_w = grads[-1] if w is not None and w.requires_grad else None
     return out.detach(), g_terms, g_w
-
-
-def close(a, b, **tol):
-    torch.testing.assert_close(a.float().cpu(), b.float().cpu(), **tol)
 
 
 def check_against_reference(terms, weights, mask, grad, tol, grad_terms=True, grad_w=True):
@@ -106,7 +103,7 @@ def check_against_reference(terms, weights, mask, grad, tol, grad_terms=True, gr
     assert len(g_terms) == len(r_terms)
     for t, (a, b) in enumerate(zip(g_terms, r_terms)):
         assert a.dtype == b.dtype and a.shape == b.shape, t
-        close(a, b, **tol, msg=f"grad of term {t}")
+    close_all(g_terms, r_terms, [f"grad of term {t}" for t in range(len(r_terms))], **tol)
     if r_w is None:
         assert g_w is None
     else:
@@ -195,10 +192,7 @@ def test_torch_math_of_the_operator_float64():
         terms, weights, m, grad = make(11, dtype=torch.float64, mask=mask, device="cpu")
         got = run(lambda *a: torch.ops.fastnas.masked_aggregate(*a), terms, weights, m, grad)
         ref = run(masked_aggregate_reference, terms, weights, m, grad)
-        torch.testing.assert_close(got[0], ref[0], rtol=1e-12, atol=1e-12)
-        for a, b in zip(got[1], ref[1]):
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(got[2], ref[2], rtol=1e-12, atol=1e-12)
+        close_all((got[0], *got[1], got[2]), (ref[0], *ref[1], ref[2]), exact=True, **F64)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -233,7 +227,7 @@ def test_kernel_matches_reference_fp32(num, mask, wdtype):
 def test_kernel_matches_reference_bf16(num, mask, wdtype):
     terms, weights, m, grad = make(num, dtype=torch.bfloat16, wdtype=wdtype, mask=mask, seed=3)
     out, _, _ = check_against_reference(terms, weights, m, grad, BF16)
-    close(out, truth(terms, weights, m), rtol=3e-2, atol=3e-2)
+    close(out, truth(terms, weights, m), **BF16_VS_FLOAT64)
 
 
 @needs_kernels
@@ -259,8 +253,7 @@ def test_kernel_never_reads_inactive_terms(num):
     r_out, r_terms, r_w = run(masked_aggregate_reference, clean, weights, m, grad)
     close(out, r_out, **F32)
     close(g_w, r_w, **GRAD_W)
-    for t in range(num):
-        close(g_terms[t], r_terms[t], **F32)
+    close_all(g_terms, r_terms, **F32)
     for t in inactive:
         assert torch.equal(g_terms[t], torch.zeros_like(grad)) and g_w[t] == 0
 
@@ -276,15 +269,13 @@ def test_kernel_partial_requires_grad(grad_terms, grad_w):
 @needs_kernels
 def test_kernel_plain_sum_backward_is_grad_out_itself(monkeypatch):
     """No weights, no mask: every term's gradient is the incoming gradient, with no kernel and no copy."""
-    calls = []
-    launch_bwd = ma._launch_backward
-    monkeypatch.setattr(ma, "_launch_backward", lambda *a: calls.append(1) or launch_bwd(*a))
+    calls = count_launches(monkeypatch, ma, "backward")
     terms, _, _, grad = make(3, wdtype=None, mask="none", seed=17)
-    leaves = [y.clone().requires_grad_(True) for y in terms]
+    leaves = fresh_leaves(*terms)
     out = masked_aggregate(leaves)
     close(out, truth(terms, None, None), **F32)
     grads = torch.autograd.grad(out, leaves, grad)
-    assert not calls
+    assert calls == {"backward": 0}
     assert all(g.data_ptr() == grad.data_ptr() for g in grads)
 
 
@@ -305,12 +296,10 @@ def test_kernel_layouts():
     assert out.is_contiguous(memory_format=cl)
     results = []
     for fn in (masked_aggregate, masked_aggregate_reference):
-        leaf = alpha.detach().clone().requires_grad_(True)
-        leaves = [y.detach().clone().requires_grad_(True) for y in terms_cl]
+        leaf, *leaves = fresh_leaves(alpha, *terms_cl)
         out = fn(leaves, leaf[:, 0], m_col)
         results.append((out.detach(), *torch.autograd.grad(out, [leaf, *leaves], grad)))
-    for a, b in zip(*results):
-        close(a, b, **GRAD_W)
+    close_all(*results, **GRAD_W)
     mixed = [terms_cl[0], terms[1], terms[2].transpose(1, 3).contiguous().transpose(1, 3)]
     check_against_reference(mixed, weights, m, grad, F32)
     g_expanded = torch.randn(1, 3, 1, 1, device=DEVICE).expand(SHAPE)
@@ -327,16 +316,7 @@ def test_kernel_empty_terms():
     assert out.shape == (2, 0, 3)
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every buffer the launchers allocate starts as NaN, so an element no kernel writes fails the test."""
-
-    def nan_empty(shape, device, dtype, stride=None):
-        if stride is None:
-            return torch.full(shape, float("nan"), device=device, dtype=dtype)
-        return torch.empty_strided(shape, stride, device=device, dtype=dtype).fill_(float("nan"))
-
-    monkeypatch.setattr(ma, "_empty", nan_empty)
+poisoned = poisoned_fixture(ma)  # every buffer the launchers allocate starts as NaN
 
 
 @needs_kernels
@@ -361,7 +341,7 @@ def test_kernel_bf16_rounds_once_across_launches():
     out = masked_aggregate(terms)
     expected = truth(terms, None, None)
     assert float(expected.abs().max()) < 2.0
-    close(out, expected, rtol=2e-2, atol=2e-2)
+    close(out, expected, **BF16)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,32 +351,11 @@ def test_kernel_bf16_rounds_once_across_launches():
 
 @needs_kernels
 def test_reference_switch_skips_the_kernels(monkeypatch):
-    calls = {"forward": 0, "backward": 0}
-    launch_fwd, launch_bwd = ma._launch_forward, ma._launch_backward
-
-    def count_fwd(*args):
-        calls["forward"] += 1
-        return launch_fwd(*args)
-
-    def count_bwd(*args):
-        calls["backward"] += 1
-        return launch_bwd(*args)
-
-    monkeypatch.setattr(ma, "_launch_forward", count_fwd)
-    monkeypatch.setattr(ma, "_launch_backward", count_bwd)
     terms, weights, m, grad = make(3, seed=29)
-    with force_reference():
-        forced = run(masked_aggregate, terms, weights, m, grad)
-    assert calls == {"forward": 0, "backward": 0}
-    monkeypatch.setenv("FASTNAS_FORCE_REFERENCE", "1")
-    run(masked_aggregate, terms, weights, m, grad)
-    assert calls == {"forward": 0, "backward": 0}
-    monkeypatch.delenv("FASTNAS_FORCE_REFERENCE")
-    fused = run(masked_aggregate, terms, weights, m, grad)
-    assert calls == {"forward": 1, "backward": 1}
-    close(forced[0], fused[0], **F32)
-    for a, b in zip(forced[1], fused[1]):
-        close(a, b, **F32)
+    forced, fused = check_reference_switch(
+        monkeypatch, ma, lambda: run(masked_aggregate, terms, weights, m, grad)
+    )
+    close_all((forced[0], *forced[1]), (fused[0], *fused[1]), **F32)
     close(forced[2], fused[2], **GRAD_W)
 
 
@@ -421,9 +380,7 @@ def test_fake_shapes_and_dtypes():
 def test_torch_compile_fullgraph_new_mask_values_no_recompile(monkeypatch):
     """The compiled graph runs the Triton operator; mask and weights are graph inputs, so changing their
     values in place gives the new sum without recompiling (and without host synchronisation)."""
-    calls = []
-    launch_fwd = ma._launch_forward
-    monkeypatch.setattr(ma, "_launch_forward", lambda *a: calls.append(1) or launch_fwd(*a))
+    calls = count_launches(monkeypatch, ma, "forward")
     graphs = []
 
     def backend(gm, example_inputs):
@@ -433,18 +390,14 @@ def test_torch_compile_fullgraph_new_mask_values_no_recompile(monkeypatch):
     def node(terms, weights, mask):
         return masked_aggregate(terms, weights, mask) * 2.0
 
-    compiled = torch.compile(node, fullgraph=True, backend=backend)
     terms, weights, m, grad = make(3, mask="bool", seed=31)
     m.copy_(torch.tensor([True, False, True]))
-    got = run(compiled, terms, weights, m, grad)
-    assert calls, "the compiled graph did not run the Triton operator"
+    compiled, got, ref = compile_and_reference(
+        node, lambda fn: run(fn, terms, weights, m, grad), calls, backend=backend
+    )
     assert len(graphs) == 1
     assert any("masked_aggregate" in str(n.target) for n in graphs[0].graph.nodes)
-    with force_reference():
-        ref = run(node, terms, weights, m, grad)
-    close(got[0], ref[0], **F32)
-    for a, b in zip(got[1], ref[1]):
-        close(a, b, **F32)
+    close_all((got[0], *got[1]), (ref[0], *ref[1]), **F32)
     close(got[2], ref[2], **GRAD_W)
     m.copy_(torch.tensor([False, True, False]))
     weights.mul_(3.0)

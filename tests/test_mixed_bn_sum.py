@@ -11,25 +11,28 @@ from __future__ import annotations
 import pytest
 import torch
 from fastnas.kernels import mixed_bn_sum as mbs
-from fastnas.kernels.mixed_bn_sum import (
-    mixed_bn_sum,
-    mixed_bn_sum_reference,
-    triton_supports,
-    update_running_stats,
+from fastnas.kernels.mixed_bn_sum import mixed_bn_sum, mixed_bn_sum_reference, update_running_stats
+from kernel_testing import (
+    BF16,
+    BF16_VS_FLOAT64,
+    DEVICE,
+    F32,
+    F32_SUMS,
+    F64,
+    check_reference_switch,
+    close,
+    close_all,
+    compile_and_reference,
+    count_launches,
+    fresh_leaves,
+    needs_kernels,
+    poisoned_fixture,
 )
-
-from fastnas.backend import force_reference
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if not mbs.HAS_TRITON:
-    _SKIP_REASON = f"triton is not importable ({mbs.TRITON_IMPORT_ERROR}); only the reference path is tested"
-else:
-    _SKIP_REASON = "no GPU and TRITON_INTERPRET is not 1: the Triton kernels cannot run on CPU tensors"
-_KERNELS_RUN = triton_supports(torch.device(DEVICE), torch.float32)
-needs_kernels = pytest.mark.skipif(not _KERNELS_RUN, reason=_SKIP_REASON)
 
 SHAPE = (3, 2, 3, 5, 5)  # K, N, C, H, W
 EPS = 1e-5
+GRAD = {"rtol": 2e-5, "atol": 2e-5}  # fp32 gradients: two passes of sums in another order
+GRAD_NAMES = ("grad z", "grad w", "grad x", "grad w_skip")
 
 
 def make(
@@ -72,15 +75,11 @@ def truth(z, w, x, ws, eps=EPS):
 
 def run(fn, z, w, x, ws, g):
     """Forward and backward of ``fn``; returns outputs, stats and the gradients of (z, w, x, w_skip)."""
-    leaves = [None if t is None else t.detach().clone().requires_grad_(True) for t in (z, w, x, ws)]
+    leaves = fresh_leaves(z, w, x, ws)
     out, mean, var = fn(*leaves)
     out.backward(g)
     grads = [None if t is None else t.grad for t in leaves]
     return out.detach(), mean, var, grads
-
-
-def close(a, b, **tol):
-    torch.testing.assert_close(a.float().cpu(), b.float().cpu(), **tol)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,9 +93,7 @@ def test_reference_matches_float64_formula(skip):
     out, mean, var = mixed_bn_sum_reference(z, w, x, ws)
     t_out, t_mean, t_var = truth(z, w, x, ws)
     assert out.dtype == torch.float32 and mean.dtype == torch.float32 and mean.shape == (3, 3)
-    close(out, t_out, rtol=1e-5, atol=1e-5)
-    close(mean, t_mean, rtol=1e-5, atol=1e-5)
-    close(var, t_var, rtol=1e-5, atol=1e-5)
+    close_all((out, mean, var), (t_out, t_mean, t_var), **F32)
     assert not mean.requires_grad and not var.requires_grad
 
 
@@ -150,20 +147,13 @@ def test_torch_math_of_the_operator_float64():
     z, w, x, ws, g = make(dtype=torch.float64, device="cpu")
     got = run(lambda *a: torch.ops.fastnas.mixed_bn_sum(*a, EPS), z, w, x, ws, g)
     ref = run(mixed_bn_sum_reference, z, w, x, ws, g)
-    for a, b in zip(got[:3], ref[:3]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    for a, b in zip(got[3], ref[3]):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    close_all(got[:3], ref[:3], exact=True, **F64)
+    close_all(got[3], ref[3], GRAD_NAMES, exact=True, rtol=1e-10, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------------
 # Kernel path against the reference
 # --------------------------------------------------------------------------------------------------
-
-F32 = {"rtol": 1e-5, "atol": 1e-5}
-# bf16: both sides compute in fp32 from the same bf16 inputs and round once; a few ulp (2^-8 relative)
-# cover the summation order and the interpreter's truncating fp32 -> bf16 cast.
-BF16 = {"rtol": 2e-2, "atol": 2e-2}
 
 
 @needs_kernels
@@ -184,15 +174,11 @@ def test_kernel_matches_reference_fp32(shape, skip):
     assert out.dtype == z.dtype and out.shape == shape[1:] and mean.shape == var.shape == (shape[0], shape[2])
     assert mean.dtype == var.dtype == torch.float32
     assert not mean.requires_grad and not var.requires_grad
-    close(out, r_out, **F32)
-    close(mean, r_mean, **F32)
-    close(var, r_var, **F32)
-    for name, a, b in zip(("z", "w", "x", "w_skip"), grads, r_grads):
-        if b is None:
-            assert a is None, name
-            continue
-        assert a.dtype == b.dtype and a.shape == b.shape, name
-        close(a, b, rtol=2e-5, atol=2e-5, msg=f"grad {name}")
+    close_all((out, mean, var), (r_out, r_mean, r_var), ("out", "mean", "var"), **F32)
+    for name, a, b in zip(GRAD_NAMES, grads, r_grads):
+        assert (a is None) == (b is None), name
+        assert b is None or (a.dtype == b.dtype and a.shape == b.shape), name
+    close_all(grads, r_grads, GRAD_NAMES, **GRAD)
 
 
 @needs_kernels
@@ -209,14 +195,14 @@ def test_kernel_matches_reference_bf16(skip):
     z_grad, w_grad = grads[0], grads[1]
     assert z_grad.dtype == torch.bfloat16 and w_grad.dtype == torch.float32
     close(z_grad, r_grads[0], **BF16)
-    close(w_grad, r_grads[1], rtol=1e-4, atol=1e-4)  # fp32 reductions of the same bf16 data
+    close(w_grad, r_grads[1], **F32_SUMS)  # fp32 reductions of the same bf16 data
     if skip:
         assert grads[2].dtype == torch.bfloat16 and grads[3].dtype == torch.float32
         close(grads[2], r_grads[2], **BF16)
-        close(grads[3], r_grads[3], rtol=1e-4, atol=1e-4)
+        close(grads[3], r_grads[3], **F32_SUMS)
     # And against the float64 truth, within a few bf16 ulp.
     t_out = truth(z, w, x, ws)[0]
-    close(out, t_out, rtol=3e-2, atol=3e-2)
+    close(out, t_out, **BF16_VS_FLOAT64)
 
 
 @needs_kernels
@@ -230,14 +216,7 @@ def test_kernel_large_mean_small_std():
     close(out, t_out, rtol=2e-3, atol=2e-3)
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every buffer the launchers allocate starts as NaN, so an element no kernel writes fails the test."""
-
-    def nan_empty(shape, device, dtype):
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-
-    monkeypatch.setattr(mbs, "_empty", nan_empty)
+poisoned = poisoned_fixture(mbs)  # every buffer the launchers allocate starts as NaN
 
 
 @needs_kernels
@@ -253,12 +232,8 @@ def test_kernel_poisoned_buffers_and_split_reductions(poisoned, monkeypatch, ski
     z, w, x, ws, g = make(shape=shape, skip=skip, seed=7)
     out, mean, var, grads = run(mixed_bn_sum, z, w, x, ws, g)
     r_out, r_mean, r_var, r_grads = run(mixed_bn_sum_reference, z, w, x, ws, g)
-    close(out, r_out, **F32)
-    close(mean, r_mean, **F32)
-    close(var, r_var, **F32)
-    for a, b in zip(grads, r_grads):
-        if b is not None:
-            close(a, b, rtol=2e-5, atol=2e-5)
+    close_all((out, mean, var), (r_out, r_mean, r_var), ("out", "mean", "var"), **F32)
+    close_all(grads, r_grads, GRAD_NAMES, **GRAD)
 
 
 @needs_kernels
@@ -268,12 +243,11 @@ def test_kernel_non_contiguous_inputs_and_grad():
     z_nc = z.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
     x_nc = x.contiguous(memory_format=torch.channels_last)
     assert not z_nc.is_contiguous() and not x_nc.is_contiguous()
-    leaves = [t.detach().clone().requires_grad_(True) for t in (z_nc, w, x_nc, ws)]
+    leaves = fresh_leaves(z_nc, w, x_nc, ws)
     mixed_bn_sum(*leaves)[0].sum().backward()
-    r_leaves = [t.detach().clone().requires_grad_(True) for t in (z, w, x, ws)]
+    r_leaves = fresh_leaves(z, w, x, ws)
     mixed_bn_sum_reference(*r_leaves)[0].sum().backward()
-    for a, b in zip(leaves, r_leaves):
-        close(a.grad, b.grad, rtol=2e-5, atol=2e-5)
+    close_all([t.grad for t in leaves], [t.grad for t in r_leaves], GRAD_NAMES, **GRAD)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -283,32 +257,10 @@ def test_kernel_non_contiguous_inputs_and_grad():
 
 @needs_kernels
 def test_reference_switch_skips_the_kernels(monkeypatch):
-    calls = {"forward": 0, "backward": 0}
-    launch_fwd, launch_bwd = mbs._launch_forward, mbs._launch_backward
-
-    def count_fwd(*args):
-        calls["forward"] += 1
-        return launch_fwd(*args)
-
-    def count_bwd(*args):
-        calls["backward"] += 1
-        return launch_bwd(*args)
-
-    monkeypatch.setattr(mbs, "_launch_forward", count_fwd)
-    monkeypatch.setattr(mbs, "_launch_backward", count_bwd)
     z, w, x, ws, g = make()
-    with force_reference():
-        forced = run(mixed_bn_sum, z, w, x, ws, g)
-    assert calls == {"forward": 0, "backward": 0}
-    monkeypatch.setenv("FASTNAS_FORCE_REFERENCE", "1")
-    run(mixed_bn_sum, z, w, x, ws, g)
-    assert calls == {"forward": 0, "backward": 0}
-    monkeypatch.delenv("FASTNAS_FORCE_REFERENCE")
-    fused = run(mixed_bn_sum, z, w, x, ws, g)
-    assert calls == {"forward": 1, "backward": 1}
+    forced, fused = check_reference_switch(monkeypatch, mbs, lambda: run(mixed_bn_sum, z, w, x, ws, g))
     close(forced[0], fused[0], **F32)
-    for a, b in zip(forced[3], fused[3]):
-        close(a, b, rtol=2e-5, atol=2e-5)
+    close_all(forced[3], fused[3], GRAD_NAMES, **GRAD)
 
 
 def test_fake_shapes_and_dtypes():
@@ -330,24 +282,16 @@ def test_fake_shapes_and_dtypes():
 
 @needs_kernels
 def test_torch_compile_fullgraph_traces_the_op(monkeypatch):
-    calls = []
-    launch_fwd = mbs._launch_forward
-    monkeypatch.setattr(mbs, "_launch_forward", lambda *a: calls.append(1) or launch_fwd(*a))
+    calls = count_launches(monkeypatch, mbs, "forward")
     z, w, x, ws, g = make()
 
     def step(z, w, x, ws):
         out, mean, var = mixed_bn_sum(z, w, x, ws)
         return out * 2.0, mean, var
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
-    got = run(compiled, z, w, x, ws, g)
-    assert calls, "the compiled graph did not run the Triton operator"
-    with force_reference():
-        ref = run(step, z, w, x, ws, g)
-    for a, b in zip(got[:3], ref[:3]):
-        close(a, b, **F32)
-    for a, b in zip(got[3], ref[3]):
-        close(a, b, rtol=2e-5, atol=2e-5)
+    _, got, ref = compile_and_reference(step, lambda fn: run(fn, z, w, x, ws, g), calls)
+    close_all(got[:3], ref[:3], ("out", "mean", "var"), **F32)
+    close_all(got[3], ref[3], GRAD_NAMES, **GRAD)
 
 
 @needs_kernels

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_shared
 from torch import nn
 
 import fastnas.ops.nb201_ops  # noqa: F401  (registers nor_conv_1x1 / nor_conv_3x3)
-from fastnas.nb201 import NB201_OPS, NB201Arch, NB201LookupError, NB201Result, NB201Table
+from fastnas.algorithms import derive_nb201
+from fastnas.errors import FastnasError, NonFiniteError
+from fastnas.nb201 import NB201_OPS, NB201Arch, NB201ArchError, NB201LookupError, NB201Result, NB201Table
+from fastnas.nn import SupernetShape, build_space_supernet
 from fastnas.nn.nb201 import NB201MixedEdge, NB201Network, NB201Supernet
 from fastnas.ops import build_op, get_op_spec
 from fastnas.spaces.nb201 import NB201Space
@@ -28,8 +32,7 @@ MIXED = "|nor_conv_3x3~0|+|nor_conv_1x1~0|avg_pool_3x3~1|+|skip_connect~0|none~1
 
 @pytest.fixture(scope="module")
 def table() -> NB201Table:
-    if not TABLE.is_file():
-        pytest.skip(f"{TABLE} not found (the shared data folder is not checked out next to the repo)")
+    require_shared(TABLE)
     return NB201Table.from_csv(TABLE)
 
 
@@ -58,8 +61,7 @@ def test_parse_fields_and_edge_order():
 
 
 def test_round_trip_all_table_strings():
-    if not TABLE.is_file():
-        pytest.skip(f"{TABLE} not found (the shared data folder is not checked out next to the repo)")
+    require_shared(TABLE)
     with TABLE.open(newline="") as handle:
         strings = [row["arch_str"] for row in csv.DictReader(handle)]
     assert len(strings) == 15625 == len(set(strings))
@@ -89,12 +91,20 @@ def test_round_trip_all_table_strings():
     ],
 )
 def test_malformed_strings(text, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(NB201ArchError, match=message):
         NB201Arch.parse(text)
 
 
+def test_arch_error_class():
+    assert issubclass(NB201ArchError, FastnasError) and issubclass(NB201ArchError, ValueError)
+    with pytest.raises(FastnasError, match="expected 3 node groups"):
+        NB201Arch.parse("|none~0|")
+    with pytest.raises(NB201ArchError, match=r"arch string of 2,000 characters; an arch string has at most"):
+        NB201Arch.parse("|" * 2000)
+
+
 def test_unknown_op_error_lists_the_five_ops():
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(NB201ArchError) as info:
         NB201Arch.parse("|sep_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|")
     assert "node 1" in str(info.value)
     for op in NB201_OPS:
@@ -102,9 +112,9 @@ def test_unknown_op_error_lists_the_five_ops():
 
 
 def test_arch_constructor_validation():
-    with pytest.raises(ValueError, match="6 edges"):
+    with pytest.raises(NB201ArchError, match="6 edges"):
         NB201Arch(("none",) * 5)
-    with pytest.raises(ValueError, match="edge 3<-2: unknown op"):
+    with pytest.raises(NB201ArchError, match="edge 3<-2: unknown op"):
         NB201Arch(("none",) * 5 + ("max_pool_3x3",))
     with pytest.raises(TypeError, match="parse"):
         NB201Arch(ALL_NONE)  # type: ignore[arg-type]
@@ -119,15 +129,84 @@ def test_json_round_trip_and_atomic_save(tmp_path):
     assert NB201Arch.from_json(data) == arch
     assert NB201Arch.from_json(json.dumps(data)) == arch
     assert NB201Arch.from_json({"ops": list(arch.ops)}) == arch
-    with pytest.raises(ValueError, match="disagree"):
+    with pytest.raises(NB201ArchError, match="disagree"):
         NB201Arch.from_json({"arch_str": MIXED, "ops": ["none"] * 6})
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(NB201ArchError, match="not valid JSON"):
         NB201Arch.from_json("{")
     path = tmp_path / "sub" / "arch.json"
     arch.save_json(path)
     assert os.listdir(path.parent) == ["arch.json"]  # no temporary file left behind
     assert json.loads(path.read_text())["arch_str"] == MIXED
     assert NB201Arch.load_json(path) == arch
+
+
+def test_json_file_layout_keeps_insertion_order(tmp_path):
+    path = tmp_path / "arch.json"
+    NB201Arch.parse(MIXED).save_json(path)
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith('{\n  "format": "fastnas.nb201_arch/1",\n  "arch_str": "|nor_conv_3x3~0|+')
+    assert text.endswith("\n  ]\n}\n")
+    assert list(json.loads(text)) == ["format", "arch_str", "ops"]  # not sorted
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (
+            {"ops": None},
+            r"'ops' must be a list of 6 op names \(one per edge, in arch-string order\), got NoneType",
+        ),
+        ({"ops": "abc"}, r"'ops' must be a list of 6 op names .*got str 'abc'"),
+        ({"ops": 7}, r"'ops' must be a list of 6 op names .*got int 7"),
+        ({"ops": ["none"] * 5}, r"'ops' must list 6 op names \(one per edge\), got 5"),
+        ({"ops": ["none"] * 7}, r"'ops' must list 6 op names \(one per edge\), got 7"),
+        ({"ops": ["none"] * 5 + [3]}, r"'ops', edge 3<-2: unknown op 3"),
+        ({"ops": ["none"] * 5 + [["none"]]}, r"'ops', edge 3<-2: unknown op \['none'\]"),
+        ({"arch_str": 5}, r"'arch_str' must be a string such as '\|nor_conv_3x3~0\|.*got int 5"),
+        ({"arch_str": None}, r"'arch_str' must be a string .*got NoneType"),
+        ({"arch_str": ["|none~0|"]}, r"'arch_str' must be a string .*got list"),
+        ({"arch_str": ALL_NONE, "ops": None}, r"'ops' must be a list of 6 op names"),
+        ({"arch_str": "|none~0|"}, "expected 3 node groups"),
+        (
+            {"format": "fastnas.nb201_arch/2", "arch_str": ALL_NONE},
+            r"format 'fastnas.nb201_arch/2'; expected",
+        ),
+        ({}, r"needs an 'arch_str' \(or 'ops'\) entry"),
+        ([ALL_NONE], r"must be an object such as .*got list \['\|none~0\|"),
+        ('"abc"', r"must be an object such as .*got str 'abc'"),  # JSON text of a string
+        (5, "must be an object"),
+    ],
+)
+def test_malformed_arch_json(data, message):
+    if not isinstance(data, str):  # also through the JSON text
+        with pytest.raises(NB201ArchError, match=message):
+            NB201Arch.from_json(json.dumps(data))
+    with pytest.raises(NB201ArchError, match=message):
+        NB201Arch.from_json(data)
+
+
+def test_malformed_arch_json_text_and_files(tmp_path):
+    with pytest.raises(NB201ArchError, match="nested too deeply"):
+        NB201Arch.from_json("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(NB201ArchError, match="cannot be read"):
+        NB201Arch.from_json('{"arch_str": ' + "1" * 5000 + "}")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"ops": null}', encoding="utf-8")
+    with pytest.raises(NB201ArchError, match=r"bad\.json: NB201 arch JSON: 'ops' must be a list"):
+        NB201Arch.load_json(bad)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(NB201ArchError, match=r"binary\.json: not UTF-8 text"):
+        NB201Arch.load_json(binary)
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    arch = NB201Arch.parse(MIXED)
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps({"arch_str": MIXED}).encode("utf-8"))
+    assert NB201Arch.load_json(path) == arch
+    assert NB201Arch.from_json("\ufeff" + json.dumps({"ops": list(arch.ops)})) == arch
+    assert NB201Arch.parse("\ufeff" + MIXED) == arch
 
 
 # ------------------------------------------------------------------------------------------ table
@@ -269,7 +348,7 @@ def test_space_layout():
     with pytest.raises(ValueError, match="fixed topology of 4 nodes"):
         NB201Space(num_nodes=5)
     assert NB201Space(num_nodes=4) == space
-    supernet = space.build_supernet(C=4, layers=1, num_classes=3, in_channels=1)
+    supernet = build_space_supernet(space, SupernetShape(C=4, layers=1, num_classes=3, in_channels=1))
     assert isinstance(supernet, NB201Supernet) and supernet.space is space and len(supernet.cells) == 3
     assert supernet(torch.randn(2, 1, 8, 8), {"cell": torch.full((6, 5), 0.2)}).shape == (2, 3)
 
@@ -295,17 +374,17 @@ def test_derive_argmax_with_none_and_ties():
         w[e, NB201_OPS.index(op)] = 1.0
     w[1, 0] = 5.0  # none is the largest on edge 2<-0
     w[5] = torch.tensor([0.3, 0.3, 0.1, 0.3, 0.0])  # tie between none, skip, 3x3: the lower index wins
-    assert space.derive({"cell": w}).to_literal() == (
+    assert derive_nb201({"cell": w}, space).to_literal() == (
         "|nor_conv_3x3~0|+|none~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_1x1~1|none~2|"
     )
-    assert space.derive({"cell": torch.softmax(w, -1)}) == space.derive({"cell": w})
+    assert derive_nb201({"cell": torch.softmax(w, -1)}, space) == derive_nb201({"cell": w}, space)
     w[5, 1] = 0.31
-    assert space.derive({"cell": w}).ops[5] == "skip_connect"
+    assert derive_nb201({"cell": w}, space).ops[5] == "skip_connect"
     with pytest.raises(ValueError, match=r"shape \(6, 5\)"):
-        space.derive({"cell": torch.zeros(14, 8)})
+        derive_nb201({"cell": torch.zeros(14, 8)}, space)
     w[0, 0] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
-        space.derive({"cell": w})
+    with pytest.raises(NonFiniteError, match="not finite"):
+        derive_nb201({"cell": w}, space)
 
 
 # ------------------------------------------------------------------------------------------ networks

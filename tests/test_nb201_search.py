@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, require_shared
 
 from fastnas import SearchConfig, run_search
 from fastnas.cli import main
 from fastnas.nb201 import NB201Arch, NB201Table
 
 TABLE = SHARED_DATA / "nb201.csv"
-needs_table = pytest.mark.skipif(not TABLE.is_file(), reason=f"NAS-Bench-201 table {TABLE} not found")
 
 
 def _config(tmp_path: Path, **overrides: object) -> SearchConfig:
@@ -33,8 +32,8 @@ def _config(tmp_path: Path, **overrides: object) -> SearchConfig:
     return SearchConfig(**values)  # type: ignore[arg-type]
 
 
-@needs_table
 def test_search_on_nb201_logs_table_accuracy_each_epoch(tmp_path: Path) -> None:
+    require_shared(TABLE)
     result = run_search(_config(tmp_path, nb201_table=str(TABLE)), progress=False)
     assert isinstance(result.genotype, NB201Arch)
     arch = NB201Arch.parse((result.run_dir / "genotype.txt").read_text().strip())
@@ -56,8 +55,8 @@ def test_nb201_space_rejects_darts_only_options(tmp_path: Path) -> None:
         run_search(_config(tmp_path, space="darts", nb201_table=str(TABLE)), progress=False)
 
 
-@needs_table
 def test_sweep_command_reports_table_accuracy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    require_shared(TABLE)
     args = [
         "sweep",
         "--space",

@@ -19,28 +19,27 @@ from fastnas.kernels.pointwise_conv import (
     batch_norm_from_stats,
     pointwise_conv_stats,
     pointwise_conv_stats_reference,
-    triton_supports,
+)
+from kernel_testing import (
+    BF16,
+    DEVICE,
+    F32,
+    F32_SUMS,
+    channels_last,
+    check_reference_switch,
+    close,
+    close_all,
+    close_scaled,
+    compile_and_reference,
+    count_launches,
+    fresh_leaves,
+    needs_kernels,
+    per_edge_is_channels_last,
+    poisoned_fixture,
 )
 
-from fastnas.backend import force_reference
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if not pc.HAS_TRITON:
-    _SKIP_REASON = f"triton is not importable ({pc.TRITON_IMPORT_ERROR}); only the reference path is tested"
-else:
-    _SKIP_REASON = "no GPU and TRITON_INTERPRET is not 1: the Triton kernels cannot run on CPU tensors"
-_KERNELS_RUN = triton_supports(torch.device(DEVICE), torch.float32)
-needs_kernels = pytest.mark.skipif(not _KERNELS_RUN, reason=_SKIP_REASON)
-
 EPS = 1e-5
-F32 = {"rtol": 1e-5, "atol": 1e-5}
-
-
-def channels_last(t: torch.Tensor) -> torch.Tensor:
-    """Channels innermost in each [N, C, H, W] slice (4-D or 5-D)."""
-    if t.dim() == 4:
-        return t.contiguous(memory_format=torch.channels_last)
-    return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+STATS = {"rtol": 1e-5, "atol": 1e-4}  # fp32 sums over N*H*W of fp32 values, in another order
 
 
 def make(
@@ -83,25 +82,10 @@ def truth(x, weight):
 
 def run(fn, x, weight, grads):
     """Forward and backward of ``fn``; returns (out, total, total_sq) and the gradients of x and weight."""
-    x = x.detach().clone().requires_grad_(True)
-    weight = weight.detach().clone().requires_grad_(True)
+    x, weight = fresh_leaves(x, weight)
     outs = fn(x, weight)
     torch.autograd.backward(outs, [g.to(o.dtype) for o, g in zip(outs, grads)])
     return tuple(o.detach() for o in outs), (x.grad, weight.grad)
-
-
-def close(a, b, **tol):
-    torch.testing.assert_close(a.float().cpu(), b.float().cpu(), **tol)
-
-
-def close_scaled(a, b, rel):
-    """``|a - b| <= rel * max|b|`` (plus rel elementwise): bf16 results differ by an ulp of their scale."""
-    b = b.float().cpu()
-    torch.testing.assert_close(a.float().cpu(), b, rtol=rel, atol=rel * float(b.abs().max()))
-
-
-def per_edge_is_channels_last(t):
-    return t.permute(0, 1, 3, 4, 2).is_contiguous()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -118,8 +102,8 @@ def test_reference_matches_float64_conv(shared, cl):
     assert total.shape == total_sq.shape == (3, 24) and total.dtype == torch.float32
     assert per_edge_is_channels_last(out) == cl and out.is_contiguous() == (not cl)
     close(out, t_out, **F32)
-    close(total, t_out.sum(dim=(1, 3, 4)), rtol=1e-5, atol=1e-4)
-    close(total_sq, (t_out**2).sum(dim=(1, 3, 4)), rtol=1e-5, atol=1e-4)
+    close(total, t_out.sum(dim=(1, 3, 4)), **STATS)
+    close(total_sq, (t_out**2).sum(dim=(1, 3, 4)), **STATS)
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -169,17 +153,18 @@ def check_bn_composition(conv, x, weight, g, tol):
 
     results = []
     for fn in (fused, plain):
-        xl, wl = x.detach().clone().requires_grad_(True), weight.detach().clone().requires_grad_(True)
+        xl, wl = fresh_leaves(x, weight)
         zhat, mean, var = fn(xl, wl)
         zhat.backward(g)
         results.append((zhat.detach(), mean.detach(), var.detach(), xl.grad, wl.grad))
     (zhat, mean, var, gx, gw), (r_zhat, r_mean, r_var, r_gx, r_gw) = results
     assert zhat.dtype == x.dtype and not mean.requires_grad
-    close(zhat, r_zhat, **tol)
-    close(mean, r_mean, **tol)
-    close(var, r_var, **tol)
-    close(gx, r_gx, **tol)
-    close(gw, r_gw, **tol)
+    close_all(
+        (zhat, mean, var, gx, gw),
+        (r_zhat, r_mean, r_var, r_gx, r_gw),
+        ("zhat", "mean", "var", "grad x", "grad weight"),
+        **tol,
+    )
 
 
 def test_argument_errors():
@@ -248,18 +233,18 @@ def _check_against_reference(got, ref, x, dtype):
     assert gw.dtype == dtype and gw.shape == r_gw.shape
     # The statistics are those of the stored (rounded) out.
     of = out.float()
-    close(total, of.sum(dim=(1, 3, 4)), rtol=1e-5, atol=1e-4)
-    close(total_sq, (of * of).sum(dim=(1, 3, 4)), rtol=1e-5, atol=1e-4)
+    close(total, of.sum(dim=(1, 3, 4)), **STATS)
+    close(total_sq, (of * of).sum(dim=(1, 3, 4)), **STATS)
     if dtype == torch.float32:
         close(out, r_out, **F32)
-        close(total, r_total, rtol=1e-5, atol=1e-4)
-        close(total_sq, r_total_sq, rtol=1e-5, atol=1e-4)
-        close(gx, r_gx, rtol=1e-5, atol=1e-5)
-        close(gw, r_gw, rtol=1e-5, atol=1e-4)
+        close(total, r_total, **STATS)
+        close(total_sq, r_total_sq, **STATS)
+        close(gx, r_gx, **F32)
+        close(gw, r_gw, **STATS)
     else:
         # bf16: both round fp32 accumulations of the same products once (the interpreter truncates), so out
         # differs by at most an ulp; the sums of 1-ulp differences by a fraction of sum|out| * 2^-7.
-        close(out, r_out, rtol=2e-2, atol=2e-2)
+        close(out, r_out, **BF16)
         close(total, r_total, rtol=0.0, atol=2**-7 * float(of.abs().sum(dim=(1, 3, 4)).max()))
         close(total_sq, r_total_sq, rtol=2**-6, atol=2**-6 * float((of * of).sum(dim=(1, 3, 4)).max()))
         close_scaled(gx, r_gx, 2e-2)
@@ -294,7 +279,7 @@ def test_kernel_then_batch_norm_matches_batch_norm(shared):
     """Kernel conv -> batch_norm_from_stats equals F.batch_norm of the reference conv per edge, in value
     and in the gradients of x and weight (which flow back through total and total_sq)."""
     x, weight, (g, _, _) = make(c_in=24, c_out=16, shared=shared, cl=not shared, seed=11)
-    check_bn_composition(pointwise_conv_stats, x, weight, g, tol={"rtol": 1e-4, "atol": 1e-4})
+    check_bn_composition(pointwise_conv_stats, x, weight, g, tol=F32_SUMS)
 
 
 @needs_kernels
@@ -303,20 +288,13 @@ def test_kernel_partial_output_gradients():
     x, weight, _ = make(c_in=3, c_out=16, seed=5)
     grads = []
     for fn in (pointwise_conv_stats, pointwise_conv_stats_reference):
-        wl = weight.detach().clone().requires_grad_(True)
+        (wl,) = fresh_leaves(weight)
         fn(x, wl)[2].sum().backward()
         grads.append(wl.grad)
-    close(grads[0], grads[1], rtol=1e-5, atol=1e-4)
+    close(grads[0], grads[1], **STATS)
 
 
-@pytest.fixture
-def poisoned(monkeypatch):
-    """Every buffer the launcher allocates with _empty starts as NaN, so an element no kernel writes fails."""
-
-    def nan_empty(shape, device, dtype):
-        return torch.full(shape, float("nan"), device=device, dtype=dtype)
-
-    monkeypatch.setattr(pc, "_empty", nan_empty)
+poisoned = poisoned_fixture(pc)  # every buffer the launcher allocates with _empty starts as NaN
 
 
 @needs_kernels
@@ -355,8 +333,8 @@ def test_kernel_strided_views(poisoned):
     out, total, total_sq = pointwise_conv_stats(xe, weight)
     r_out, r_total, r_total_sq = pointwise_conv_stats_reference(xe, weight)
     close(out, r_out, **F32)
-    close(total, r_total, rtol=1e-5, atol=1e-4)
-    close(total_sq, r_total_sq, rtol=1e-5, atol=1e-4)
+    close(total, r_total, **STATS)
+    close(total_sq, r_total_sq, **STATS)
 
 
 def test_backward_operator_sums_over_edges_of_a_shared_input():
@@ -370,8 +348,8 @@ def test_backward_operator_sums_over_edges_of_a_shared_input():
     xs = torch.stack([x] * 3).requires_grad_(True)
     ws = weight.detach().clone().requires_grad_(True)
     torch.autograd.backward(pointwise_conv_stats_reference(xs, ws), [g, gt, gts])
-    close(gx, xs.grad.sum(0), rtol=1e-5, atol=1e-5)
-    close(gw, ws.grad, rtol=1e-5, atol=1e-4)
+    close(gx, xs.grad.sum(0), **F32)
+    close(gw, ws.grad, **STATS)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -381,42 +359,26 @@ def test_backward_operator_sums_over_edges_of_a_shared_input():
 
 @needs_kernels
 def test_reference_switch_skips_the_kernel(monkeypatch):
-    calls = []
-    launch = pc._launch_forward
-    monkeypatch.setattr(pc, "_launch_forward", lambda *a: calls.append(1) or launch(*a))
     x, weight, grads = make(c_in=3, c_out=16, seed=19)
-    with force_reference():
-        forced = run(pointwise_conv_stats, x, weight, grads)
-    assert calls == []
-    monkeypatch.setenv("FASTNAS_FORCE_REFERENCE", "1")
-    run(pointwise_conv_stats, x, weight, grads)
-    assert calls == []
-    monkeypatch.delenv("FASTNAS_FORCE_REFERENCE")
-    fused = run(pointwise_conv_stats, x, weight, grads)
-    assert calls == [1]
+    forced, fused = check_reference_switch(
+        monkeypatch, pc, lambda: run(pointwise_conv_stats, x, weight, grads), "forward"
+    )
     _check_against_reference(fused, forced, x, torch.float32)
 
 
 @needs_kernels
 def test_torch_compile_fullgraph_traces_the_op(monkeypatch):
-    calls = []
-    launch = pc._launch_forward
-    monkeypatch.setattr(pc, "_launch_forward", lambda *a: calls.append(1) or launch(*a))
+    calls = count_launches(monkeypatch, pc, "forward")
     x, weight, grads = make(c_in=16, c_out=3, cl=True, seed=23)
 
     def step(x, weight):
         zhat, _, _ = batch_norm_from_stats(*pointwise_conv_stats(x.relu(), weight))
         return zhat * 2.0
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
     g = grads[0]
-    got = run(lambda *a: (compiled(*a),), x, weight, (g,))
-    assert calls, "the compiled graph did not run the Triton operator"
-    with force_reference():
-        ref = run(lambda *a: (step(*a),), x, weight, (g,))
-    close(got[0][0], ref[0][0], rtol=1e-4, atol=1e-4)
-    for a, b in zip(got[1], ref[1]):
-        close(a, b, rtol=1e-4, atol=1e-4)
+    _, got, ref = compile_and_reference(step, lambda fn: run(lambda *a: (fn(*a),), x, weight, (g,)), calls)
+    close(got[0][0], ref[0][0], **F32_SUMS)
+    close_all(got[1], ref[1], ("grad x", "grad weight"), **F32_SUMS)
 
 
 @needs_kernels

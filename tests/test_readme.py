@@ -35,9 +35,9 @@ def test_readme_fastnas_commands_parse() -> None:
     bash = "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S))
     commands = [m.group(1) for m in re.finditer(r"(?:^|&& )fastnas ((?:search|info)[^\n]*)", bash, re.M)]
     assert any(c.startswith("search") for c in commands) and any(c.startswith("info") for c in commands)
-    parser = build_parser()
     for command in commands:
-        parser.parse_args(shlex.split(command.replace("/path/to/", "/tmp/")))
+        argv = shlex.split(command.replace("/path/to/", "/tmp/"))
+        build_parser(argv).parse_args(argv)
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require_shared
 
 from fastnas import Genotype, TrainConfig, evaluate_checkpoint, load_genotype, resume_train, run_train
 from fastnas.cli import main
@@ -262,13 +263,10 @@ def test_cutout_zeroes_a_square_per_image_after_normalisation() -> None:
 # --------------------------------------------------------------------------------------------- ImageNet
 
 IMAGENET_TAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "imagenet_sample100.tar"
-needs_imagenet = pytest.mark.skipif(
-    not IMAGENET_TAR.is_file(), reason=f"{IMAGENET_TAR} is absent (shared test data)"
-)
 
 
-@needs_imagenet
 def test_imagenet_folder_loader_reads_the_sample_tar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_shared(IMAGENET_TAR)
     from fastnas.data.imagenet import FolderBatchLoader, imagenet_root, load_imagenet_folder
 
     monkeypatch.setenv("FASTNAS_CACHE_DIR", str(tmp_path / "cache"))
@@ -294,8 +292,8 @@ def test_imagenet_folder_loader_reads_the_sample_tar(tmp_path: Path, monkeypatch
     assert imagenet_root(IMAGENET_TAR) == imagenet_root(IMAGENET_TAR)  # extracted once, reused
 
 
-@needs_imagenet
 def test_imagenet_retraining_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_shared(IMAGENET_TAR)
     from fastnas.data.imagenet import imagenet_root
 
     monkeypatch.setenv("FASTNAS_CACHE_DIR", str(tmp_path / "cache"))
@@ -312,7 +310,7 @@ def test_imagenet_retraining_runs_end_to_end(tmp_path: Path, monkeypatch: pytest
 
 
 def test_readme_retraining_commands_parse_and_reproduce_darts_v2() -> None:
-    from fastnas.cli import _train_config, build_parser
+    from fastnas.cli import build_parser, config_from_args
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme[readme.index("## Retraining") :]
@@ -320,12 +318,12 @@ def test_readme_retraining_commands_parse_and_reproduce_darts_v2() -> None:
     bash = "\n".join(re.findall(r"```bash\n(.*?)```", section, re.S))
     commands = re.findall(r"^fastnas ((?:train|info) [^\n]*)", bash, re.M)
     assert len(commands) >= 5
-    parser = build_parser()
-    parsed = [parser.parse_args(shlex.split(c.replace("/path/to/", "/tmp/"))) for c in commands]
+    argvs = [shlex.split(c.replace("/path/to/", "/tmp/")) for c in commands]
+    parsed = [build_parser(argv).parse_args(argv) for argv in argvs]
     trains = [a for a in parsed if a.command == "train"]
     darts = [a for a in trains if a.genotype == "DARTS_V2" and a.dataset == "cifar10"]
     assert darts, "README must show the DARTS_V2 CIFAR-10 command"
-    config = _train_config(darts[0]).resolved()
+    config = config_from_args(TrainConfig, darts[0]).resolved()
     assert load_genotype(config.genotype) == load_genotype("DARTS_V2")
     published = TrainConfig(genotype="DARTS_V2", dataset="cifar10").resolved()
     for key in ("epochs", "batch_size", "C", "layers", "lr", "momentum", "weight_decay", "grad_clip"):

@@ -210,7 +210,7 @@ def test_existing_run_directory_is_not_overwritten(tmp_path: Path) -> None:
 
 
 def test_bad_hyper_parameters_are_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="train portion"):
+    with pytest.raises(ValueError, match="--train-portion must be in"):
         run_search(tiny_config(tmp_path, train_portion=1.5), progress=False)
     with pytest.raises(ValueError, match="unknown search method"):
         run_search(tiny_config(tmp_path, method="magic"), progress=False)

@@ -1,44 +1,31 @@
-"""Search methods, one small module each, all driven by the shared loop in :mod:`fastnas.train`."""
+"""Search methods, one small module each: architecture parameters, edge weights, extra losses,
+schedules, derivation rules and options. A leaf package: it imports spaces, ops and genotypes, never
+the networks (:mod:`fastnas.nn`) or the training loop (:mod:`fastnas.train`). Methods are registered,
+together with the supernet each one searches, in :mod:`fastnas.methods`."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastnas.algorithms.base import SearchAlgorithm, SearchDefaults
-from fastnas.algorithms.darts import DARTS
-from fastnas.algorithms.derivation import derive_darts, derive_darts_cell
-from fastnas.algorithms.entrannas import EnTranNAS, EnTranNASDST
-from fastnas.spaces.base import SearchSpace
-
-METHODS: dict[str, type[SearchAlgorithm]] = {
-    "darts": DARTS,
-    "entrannas": EnTranNAS,
-    "entrannas-dst": EnTranNASDST,
-}
-
-
-def get_method(name: str) -> type[SearchAlgorithm]:
-    """The algorithm class registered as ``name`` (case-insensitive)."""
-    try:
-        return METHODS[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown search method {name!r}; available: {', '.join(sorted(METHODS))}") from None
-
-
-def build_algorithm(name: str, space: SearchSpace, **options: Any) -> SearchAlgorithm:
-    """Instantiate method ``name`` on ``space``; ``options`` go to its constructor (e.g. ``order=2``)."""
-    return get_method(name)(space, **options)
-
+from fastnas.algorithms.base import Architecture, SearchAlgorithm, SearchDefaults
+from fastnas.algorithms.darts import DARTS, DARTSOptions
+from fastnas.algorithms.derivation import derive_darts, derive_darts_cell, derive_nb201, derive_space_rule
+from fastnas.algorithms.entrannas import EnTranNAS, EnTranNASDST, EnTranNASDSTOptions, EnTranNASOptions
+from fastnas.algorithms.options import MethodOptions, OptionSpec, option
 
 __all__ = [
     "DARTS",
-    "METHODS",
+    "Architecture",
+    "DARTSOptions",
     "EnTranNAS",
     "EnTranNASDST",
+    "EnTranNASDSTOptions",
+    "EnTranNASOptions",
+    "MethodOptions",
+    "OptionSpec",
     "SearchAlgorithm",
     "SearchDefaults",
-    "build_algorithm",
     "derive_darts",
     "derive_darts_cell",
-    "get_method",
+    "derive_nb201",
+    "derive_space_rule",
+    "option",
 ]

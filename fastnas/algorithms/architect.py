@@ -12,16 +12,36 @@ real steps update the running statistics.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import torch
+from torch import nn
 from torch.func import functional_call
 
-if TYPE_CHECKING:
-    from fastnas.nn.search_model import SearchModel
+__all__ = ["BilevelModel", "first_order_arch_gradients", "unrolled_arch_gradients"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class _Algorithm(Protocol):
+    def arch_weights(self) -> dict[str, torch.Tensor]: ...
+
+
+class BilevelModel(Protocol):
+    """What the architecture step needs of a model (:class:`fastnas.SearchModel` is one): the supernet
+    (the weights), the algorithm (the edge weights), the architecture parameters and the loss."""
+
+    supernet: nn.Module
+    algorithm: _Algorithm
+
+    def arch_parameters(self) -> list[nn.Parameter]: ...
+
+    def criterion(
+        self, logits: torch.Tensor, target: torch.Tensor, level: str = "weights"
+    ) -> torch.Tensor: ...
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor, level: str = "weights") -> torch.Tensor: ...
 
 
 def _sgd_virtual_step(
@@ -43,8 +63,10 @@ def _sgd_virtual_step(
     return stepped
 
 
-def _loss_at(model: SearchModel, names: list[str], weights: Sequence[torch.Tensor], batch: Batch, level: str):
-    buffers = {name: b.clone() for name, b in model.supernet.named_buffers()}
+def _loss_at(
+    model: BilevelModel, names: list[str], weights: Sequence[torch.Tensor], batch: Batch, level: str
+) -> torch.Tensor:
+    buffers: Mapping[str, torch.Tensor] = {name: b.clone() for name, b in model.supernet.named_buffers()}
     params = dict(zip(names, weights, strict=True))
     x, y = batch
     logits = functional_call(model.supernet, (params, buffers), (x, model.algorithm.arch_weights()))
@@ -52,7 +74,7 @@ def _loss_at(model: SearchModel, names: list[str], weights: Sequence[torch.Tenso
 
 
 def unrolled_arch_gradients(
-    model: SearchModel,
+    model: BilevelModel,
     train_batch: Batch,
     val_batch: Batch,
     lr: float,
@@ -104,7 +126,7 @@ def unrolled_arch_gradients(
 
 
 def first_order_arch_gradients(
-    model: SearchModel, val_batch: Batch
+    model: BilevelModel, val_batch: Batch
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Gradient of the validation (upper-level) loss with respect to the architecture parameters."""
     x, y = val_batch

@@ -6,19 +6,29 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from fastnas.genotype import Genotype
-    from fastnas.spaces.base import SearchSpace
+from fastnas.algorithms.options import MethodOptions
+from fastnas.errors import ConfigError
+from fastnas.genotype import Genotype
+from fastnas.nb201.arch import NB201Arch
+from fastnas.spaces.base import SearchSpace
+
+__all__ = ["Architecture", "SearchAlgorithm", "SearchDefaults"]
+
+Architecture = Genotype | NB201Arch
+"""What a derivation returns: a DARTS-space genotype or a NAS-Bench-201 cell."""
 
 
 @dataclass(frozen=True)
 class SearchDefaults:
-    """A method's published search hyper-parameters (CIFAR-10 unless noted)."""
+    """A method's published search hyper-parameters (CIFAR-10 unless noted).
+
+    ``arch_grad_clip`` 0 means no clipping of the architecture gradients (P-DARTS clips them to 5).
+    """
 
     epochs: int = 50
     batch_size: int = 64
@@ -32,42 +42,48 @@ class SearchDefaults:
     arch_lr: float = 3e-4
     arch_betas: tuple[float, float] = (0.5, 0.999)
     arch_weight_decay: float = 1e-3
-    arch_grad_clip: float | None = None
+    arch_grad_clip: float = 0.0
     train_portion: float = 0.5
 
     def updated(self, **overrides: Any) -> SearchDefaults:
-        """A copy with the non-None ``overrides`` applied."""
+        """A copy with the non-None ``overrides`` applied (unknown names are an error)."""
         known = {f.name for f in fields(self)}
-        return replace(self, **{k: v for k, v in overrides.items() if k in known and v is not None})
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(f"unknown search hyper-parameter(s) {unknown}; known: {sorted(known)}")
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 class SearchAlgorithm(nn.Module, abc.ABC):
-    """Base class of a search method. Its parameters are the architecture parameters."""
+    """Base class of a search method. Its parameters are the architecture parameters.
+
+    A subclass sets :attr:`name`, :attr:`Options` (its options dataclass, declared once) and
+    :attr:`defaults` (its published hyper-parameters); it is built as ``Method(space, options)`` or
+    ``Method(space, **option_values)``.
+    """
 
     name: ClassVar[str] = "base"
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
     defaults: ClassVar[SearchDefaults] = SearchDefaults()
-    #: method options that configure the method's supernet (:meth:`build_supernet`), not the algorithm
-    supernet_options: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, space: SearchSpace):
+    def __init__(self, space: SearchSpace, options: MethodOptions | None = None, **option_values: Any):
         super().__init__()
-        self.space = space
+        if options is None:
+            options = self.Options.from_mapping(option_values)
+        elif option_values:
+            raise TypeError("give either an options object or option values, not both")
+        if not isinstance(options, self.Options):
+            raise TypeError(f"{self.name} takes {self.Options.__name__}, got {type(options).__name__}")
+        self.options = options
+        self.space = self.prepare_space(space)
         #: 1 = first-order architecture gradient, 2 = DARTS second order (unrolled).
         self.order = 1
 
     @classmethod
-    def build_supernet(
-        cls,
-        space: SearchSpace,
-        C: int,
-        layers: int,
-        num_classes: int,
-        in_channels: int,
-        executor: str,
-        **options: Any,
-    ) -> nn.Module | None:
-        """A method-specific supernet (e.g. EnTranNAS Engine/Transit cells), or None for the space's own."""
-        return None
+    def prepare_space(cls, space: SearchSpace) -> SearchSpace:
+        """The space this method searches, given the user's (check it, or adapt it: EnTranNAS-DST
+        drops ``none``). The supernet is built on the prepared space."""
+        return space
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())
@@ -88,7 +104,7 @@ class SearchAlgorithm(nn.Module, abc.ABC):
         return True
 
     @abc.abstractmethod
-    def derive(self) -> Genotype:
+    def derive(self) -> Architecture:
         """The discrete architecture the current parameters select."""
 
     def arch_entropy(self) -> dict[str, float]:
@@ -109,4 +125,4 @@ class SearchAlgorithm(nn.Module, abc.ABC):
         }
 
     def extra_repr(self) -> str:
-        return f"order={self.order}, ops={list(self.space.ops)}"
+        return f"order={self.order}, ops={list(self.space.ops)}, options={self.options.to_json()}"

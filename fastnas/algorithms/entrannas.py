@@ -13,7 +13,8 @@ that rule.
 - Eq. 9  ``q_hat = q / sum_k q`` on every edge with a non-zero ``q`` (edges with all ``q = 0`` stay 0),
 - Eq. 10 ``S_j = {(i, k): q_hat > 0}``: the Engine-cells use ``q_hat``, Transit-cells and the genotype
   ``S_j`` (any number of inputs per node),
-- Eq. 11 upper-level loss ``+ lam * mean_j(-log t_j)`` (:meth:`EnTranNASDST.extra_arch_loss`).
+- Eq. 11 upper-level loss ``+ lam * 1/(n-1) sum_j -log t_j``, a mean over the nodes
+  (:meth:`EnTranNASDST.extra_arch_loss`).
 
 At least one input per node is guaranteed: the largest ``p_hat`` is exactly 1 and ``t_j`` is clamped
 below 1 (``sigmoid`` rounds to 1.0 in float32 for ``beta >~ 17``; the clamp keeps ``t_j < 1`` as the
@@ -22,44 +23,53 @@ then has the seed's 7 ops, the extended one 12).
 
 Published search hyper-parameters (:attr:`EnTranNAS.defaults`, CIFAR-10): 50 epochs, batch 512, 8 cells,
 C=16, SGD lr 0.2 cosine to 0, momentum 0.9, wd 3e-4; Adam for alpha (and beta) lr 6e-4, betas
-(0.5, 0.999), wd 1e-3. ImageNet (:data:`IMAGENET_DEFAULTS`; searched after three stride-2 stem convs to
-28x28): batch 1024, lr 0.5, arch lr 6e-3, otherwise as CIFAR; EnTranNAS tau as CIFAR, DST tau0 = 1
-annealed by 0.9 (pass ``tau0=1.0, tau_decay=0.9``). The gradient clip (5) is not stated by the seed;
-it is DARTS'.
+(0.5, 0.999), wd 1e-3. The gradient clip (5) is not stated by the seed; it is DARTS'. The seed's ImageNet
+settings (batch 1024, lr 0.5, arch lr 6e-3; DST with tau0 = 1 decayed by 0.9) are recorded as
+:data:`IMAGENET_DEFAULTS` for the ImageNet search network, which fastnas does not have yet.
 
-Supernet options (Table 3 ablation): ``engine_cells``, ``feature_sharing``, ``bottleneck`` are
-:attr:`supernet_options`: ``SearchModel.build`` (and so the search loop and the CLI flags
-``--engine-cells``, ``--no-feature-sharing``, ``--bottleneck``) hands them to
-:meth:`EnTranNAS.build_supernet`; the defaults are the published ones (first cells as Engines,
-sharing on, ratio 4).
+Options (:class:`EnTranNASOptions`, :class:`EnTranNASDSTOptions`) include the supernet's Table 3
+ablation switches (``engine_cells``, ``feature_sharing``, ``bottleneck``), which
+:func:`fastnas.nn.entrannas.build_entrannas_supernet` reads; the defaults are the published ones (first
+cells as Engines, sharing on, ratio 4).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fastnas.algorithms.base import SearchAlgorithm, SearchDefaults
+from fastnas.algorithms.darts import init_alphas
+from fastnas.algorithms.derivation import check_finite, derive_darts
+from fastnas.algorithms.options import MethodOptions, option
+from fastnas.errors import ConfigError
 from fastnas.genotype import CellGenotype, Genotype
 from fastnas.ops import get_op_spec
 from fastnas.spaces import DartsSpace
 from fastnas.spaces.base import SearchSpace
 
-if TYPE_CHECKING:
-    from fastnas.nn.entrannas import EnTranNASSupernet, TransitRule
-
 __all__ = [
     "CIFAR_DEFAULTS",
+    "ENGINE_CELL_KEYWORDS",
     "IMAGENET_DEFAULTS",
     "EnTranNAS",
     "EnTranNASDST",
+    "EnTranNASDSTOptions",
+    "EnTranNASOptions",
+    "TransitRule",
     "dst_weights",
     "temperature",
 ]
+
+TransitRule = Literal["top2", "nonzero"]
+"""How Transit-cells derive their sub-graph: the DARTS rule (EnTranNAS, Eq. 4) or every pair with a
+non-zero weight (EnTranNAS-DST, Eq. 10)."""
+
+ENGINE_CELL_KEYWORDS = ("first", "last", "half", "all")
 
 CIFAR_DEFAULTS = SearchDefaults(
     epochs=50,
@@ -86,83 +96,88 @@ def temperature(epoch: int, tau0: float, decay: float) -> float:
     return tau0 * decay**epoch
 
 
+@dataclass(frozen=True)
+class EnTranNASOptions(MethodOptions):
+    """Options of EnTranNAS: the Eq. 5 temperature schedule and the supernet's Table 3 switches."""
+
+    tau0: float = option(5.0, "initial softmax temperature (Eq. 5)", gt=0)
+    tau_decay: float = option(0.923, "temperature factor per epoch (Eq. 5)", gt=0, le=1)
+    order: Literal[1, 2] = option(
+        1, "architecture gradient: 1 = first order (the seed's), 2 = DARTS unrolled"
+    )
+    init_scale: float = option(1e-3, "alphas start as init_scale * randn", ge=0)
+    engine_cells: str = option(
+        "first",
+        "Engine-cells: first (Figure 4: first normal and first reduction cell), last, half, all, or cell "
+        "indices like 0,2",
+    )
+    feature_sharing: bool = option(True, "op weights per source node (Eq. 6); off: per edge (Table 3)")
+    bottleneck: int = option(
+        4, "channel reduction ratio before the candidate ops (section 2.5; 0 = off)", ge=0
+    )
+
+    def validate(self) -> None:
+        spec = self.engine_cells.strip()
+        if spec in ENGINE_CELL_KEYWORDS:
+            return
+        parts = [p.strip() for p in spec.split(",")]
+        if not spec or not all(p.isdigit() for p in parts):
+            raise ConfigError(
+                f"option engine_cells (--engine-cells) must be one of {', '.join(ENGINE_CELL_KEYWORDS)} or "
+                f"cell indices like 0,2; got {self.engine_cells!r}"
+            )
+
+
+@dataclass(frozen=True)
+class EnTranNASDSTOptions(EnTranNASOptions):
+    """Options of EnTranNAS-DST: EnTranNAS's, plus the Eq. 8 thresholds and the Eq. 11 regulariser.
+
+    ``sparsity_mean``: the seed's Eq. 11 is ``lam * 1/(n-1) * sum_j -log t_j``, one mean over the nodes;
+    with several searched cell types (normal and reduction) ``"all-nodes"`` (default) takes that one mean
+    over the nodes of every type, ``"per-cell-type"`` sums one such mean per type (an earlier fastnas
+    form: twice the effective lambda with one normal and one reduction cell).
+    """
+
+    lam: float = option(
+        0.1, "sparsity regulariser lambda (Eq. 11; the seed uses 0.05, 0.1, 0.2)", flag="--lambda", ge=0
+    )
+    beta_init: float = option(
+        0.0, "initial threshold parameter beta_j, t_j = sigmoid(beta_j) (Eq. 8; not given by the seed)"
+    )
+    sparsity_mean: Literal["all-nodes", "per-cell-type"] = option(
+        "all-nodes",
+        "Eq. 11 mean: one over the nodes of all cell types (the seed's) or one per cell type, summed",
+    )
+
+
 def _check_darts_space(space: SearchSpace, method: str) -> DartsSpace:
     if not isinstance(space, DartsSpace):
-        raise TypeError(f"{method} searches a DARTS cell space (darts or darts-extended), got {space.name!r}")
+        raise ConfigError(
+            f"{method} searches a DARTS cell space (darts or darts-extended), got {space.name!r}"
+        )
     return space
 
 
 class EnTranNAS(SearchAlgorithm):
-    """EnTranNAS (seed 002 sections 2.2-2.3): tempered softmax weights, DARTS-rule derivation.
-
-    Args:
-        space: a DARTS cell space.
-        tau0, tau_decay: Eq. 5 temperature schedule (CIFAR-10: 5.0, 0.923 per epoch).
-        order: 1 (first order, the seed's setting) or 2 (DARTS unrolled; supported by the loop).
-        init_scale: alpha initialisation ``init_scale * randn`` (DARTS).
-    """
+    """EnTranNAS (seed 002 sections 2.2-2.3): tempered softmax weights, DARTS-rule derivation."""
 
     name = "entrannas"
+    Options = EnTranNASOptions
     defaults = CIFAR_DEFAULTS
-    supernet_options = ("engine_cells", "feature_sharing", "bottleneck")
     transit_rule: TransitRule = "top2"
+    options: EnTranNASOptions
+    space: DartsSpace
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        tau0: float = 5.0,
-        tau_decay: float = 0.923,
-        order: int = 1,
-        init_scale: float = 1e-3,
-    ):
-        space = self._prepare_space(_check_darts_space(space, self.name))
-        super().__init__(space)
-        if tau0 <= 0 or not 0 < tau_decay <= 1:
-            raise ValueError(f"need tau0 > 0 and 0 < tau_decay <= 1, got tau0={tau0}, tau_decay={tau_decay}")
-        if order not in (1, 2):
-            raise ValueError(f"order must be 1 or 2, got {order}")
-        self.order = order
-        self.tau0, self.tau_decay = float(tau0), float(tau_decay)
+    def __init__(self, space: SearchSpace, options: EnTranNASOptions | None = None, **option_values: Any):
+        super().__init__(space, options, **option_values)
+        self.order = self.options.order
+        self.tau0, self.tau_decay = self.options.tau0, self.options.tau_decay
         self.register_buffer("tau", torch.tensor(self.tau0))
-        shape = (space.num_edges, space.num_ops)
-        self.alphas = nn.ParameterDict(
-            {cell_type: nn.Parameter(init_scale * torch.randn(shape)) for cell_type in space.cell_types}
-        )
+        self.alphas = init_alphas(self.space, self.options.init_scale)
 
     @classmethod
-    def _prepare_space(cls, space: DartsSpace) -> DartsSpace:
-        return space
-
-    @classmethod
-    def build_supernet(
-        cls,
-        space: SearchSpace,
-        C: int,
-        layers: int,
-        num_classes: int,
-        in_channels: int,
-        executor: str = "reference",
-        engine_cells: str | Sequence[int] = "first",
-        feature_sharing: bool = True,
-        bottleneck: int = 4,
-    ) -> EnTranNASSupernet:
-        """The Engine/Transit supernet (Figure 4). ``executor`` must be ``reference`` (the cells run
-        their own sparse loop)."""
-        from fastnas.nn.entrannas import EnTranNASSupernet
-
-        if executor != "reference":
-            raise ValueError(f"{cls.name} cells have their own executor; got executor={executor!r}")
-        return EnTranNASSupernet(
-            cls._prepare_space(_check_darts_space(space, cls.name)),
-            C=C,
-            layers=layers,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            engine_cells=engine_cells,
-            feature_sharing=feature_sharing,
-            bottleneck=bottleneck,
-            transit_rule=cls.transit_rule,
-        )
+    def prepare_space(cls, space: SearchSpace) -> DartsSpace:
+        return _check_darts_space(space, cls.name)
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.tau.fill_(temperature(epoch, self.tau0, self.tau_decay))
@@ -176,10 +191,7 @@ class EnTranNAS(SearchAlgorithm):
 
     def derive(self) -> Genotype:
         with torch.no_grad():
-            return self.space.derive(self.arch_weights())
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, tau0={self.tau0}, tau_decay={self.tau_decay}"
+            return derive_darts(self.arch_weights(), self.space)
 
 
 def dst_weights(
@@ -212,39 +224,26 @@ def dst_weights(
 class EnTranNASDST(EnTranNAS):
     """EnTranNAS-DST (seed 002 section 2.4): differentiable sparsification and topology search.
 
-    Args:
-        lam: lambda of Eq. 11 (the seed uses 0.05, 0.1, 0.2; default 0.1, its CIFAR video setting).
-        beta_init: initial ``beta_j`` (the seed does not give it; 0 = threshold 0.5, so at the start,
-            with near-uniform ``p``, every connection is kept, as the seed describes).
-        tau0, tau_decay, order, init_scale: as :class:`EnTranNAS`.
+    DST has no ``none`` op: :meth:`prepare_space` removes it from the given space (the standard space
+    then has the seed's 7 ops, the extended one 12).
     """
 
     name = "entrannas-dst"
+    Options = EnTranNASDSTOptions
     transit_rule: TransitRule = "nonzero"
+    options: EnTranNASDSTOptions
 
-    def __init__(
-        self,
-        space: SearchSpace,
-        lam: float = 0.1,
-        beta_init: float = 0.0,
-        tau0: float = 5.0,
-        tau_decay: float = 0.923,
-        order: int = 1,
-        init_scale: float = 1e-3,
-    ):
-        super().__init__(space, tau0=tau0, tau_decay=tau_decay, order=order, init_scale=init_scale)
-        if lam < 0:
-            raise ValueError(f"lambda must be >= 0, got {lam}")
-        self.lam = float(lam)
+    def __init__(self, space: SearchSpace, options: EnTranNASDSTOptions | None = None, **option_values: Any):
+        super().__init__(space, options, **option_values)
+        self.lam = self.options.lam
+        beta_init = self.options.beta_init
         self.betas = nn.ParameterDict(
-            {
-                t: nn.Parameter(torch.full((self.space.num_nodes,), float(beta_init)))
-                for t in self.space.cell_types
-            }
+            {t: nn.Parameter(torch.full((self.space.num_nodes,), beta_init)) for t in self.space.cell_types}
         )
 
     @classmethod
-    def _prepare_space(cls, space: DartsSpace) -> DartsSpace:
+    def prepare_space(cls, space: SearchSpace) -> DartsSpace:
+        space = _check_darts_space(space, cls.name)
         zero_ops = tuple(op for op in space.ops if get_op_spec(op).kind == "zero")
         return space.without_ops(zero_ops) if zero_ops else space
 
@@ -257,16 +256,22 @@ class EnTranNASDST(EnTranNAS):
         return {t: dst_weights(p[t], self.betas[t], self.space)[2] for t in self.space.cell_types}
 
     def extra_arch_loss(self) -> torch.Tensor | None:
-        """Eq. 11: ``lam * mean_j(-log t_j)`` for each cell type (summed over the cell types, each
-        type being one searched cell); ``-log sigmoid(b) = softplus(-b)`` for stability."""
+        """Eq. 11: ``lam * mean_j(-log t_j)`` (``-log sigmoid(b) = softplus(-b)`` for stability), one mean
+        over the nodes of every cell type, or one per cell type summed (``sparsity_mean``)."""
         if self.lam == 0:
             return None
-        return self.lam * sum(F.softplus(-b).mean() for b in self.betas.values())
+        per_node = [F.softplus(-b) for b in self.betas.values()]
+        if self.options.sparsity_mean == "all-nodes":
+            return self.lam * torch.cat(per_node).mean()
+        return self.lam * torch.stack([v.mean() for v in per_node]).sum()
 
     def derive(self) -> Genotype:
         """Eq. 10: every ``(i, k)`` with ``q_hat > 0``, ordered by source then op."""
         with torch.no_grad():
-            weights = self.arch_weights()
+            p = self.probabilities()
+            for t, w in p.items():
+                check_finite(w, t)
+            weights = {t: dst_weights(p[t], self.betas[t], self.space)[2] for t in self.space.cell_types}
         cells = {t: self._derive_cell(weights[t]) for t in self.space.cell_types}
         return Genotype.from_cells([cells[t] for t in self.space.normal_types], cells["reduce"])
 
@@ -285,6 +290,3 @@ class EnTranNASDST(EnTranNAS):
             p = p.detach().float().clamp_min(1e-12)
             out[t] = float(-(p * p.log()).sum(-1).mean())
         return out
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, lam={self.lam}"

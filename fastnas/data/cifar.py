@@ -38,6 +38,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from fastnas.data.datasets import SPLITS, ImageDataset, cache_dir
+from fastnas.errors import ConfigError, DataError, DownloadError, MissingPathError
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -80,15 +81,15 @@ def load_cifar(
 ) -> ImageDataset:
     """Load ``split`` of ``name`` ("cifar10" or "cifar100") from the first source found at ``root``."""
     if name not in PYTHON_FOLDERS:
-        raise ValueError(f"load_cifar: unknown name {name!r}; use 'cifar10' or 'cifar100'")
+        raise ConfigError(f"load_cifar: unknown name {name!r}; use 'cifar10' or 'cifar100'")
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits are: {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; valid splits are: {', '.join(SPLITS)}")
     root_path = Path(root).expanduser() if root is not None else None
     source = _find_source(name, root_path) if root_path is not None else None
     if source is None and download:
         source = ("python", _download(name, root_path))
     if source is None:
-        raise FileNotFoundError(_missing_message(name, root_path))
+        raise MissingPathError(_missing_message(name, root_path))
     kind, path = source
     if kind == "python":
         arrays = _read_python_folder(name, path, split)
@@ -100,7 +101,7 @@ def load_cifar(
         arrays = _cached(name, path, f"{st.st_size}:{st.st_mtime_ns}", lambda: _read_archive(name, path))
     if f"{split}_images" not in arrays:
         found = [s for s in SPLITS if f"{s}_images" in arrays]
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"{_DISPLAY[name]} source {path} has no '{split}' split (found: {', '.join(found) or 'none'}); "
             f"an image-folder tree needs {split}/<class>/ folders"
         )
@@ -176,15 +177,13 @@ def _download(name: str, root: Path | None) -> Path:
     try:
         cls(root=str(target), train=True, download=True)
     except Exception as exc:  # network errors come in many types
-        raise RuntimeError(
+        raise DownloadError(
             f"downloading {_DISPLAY[name]} with torchvision into {target} failed ({exc}); check the internet "
             f"connection, or place the python batches or an image-folder tree there yourself"
         ) from exc
     folder = _python_folder(name, target)
     if folder is None:
-        raise FileNotFoundError(
-            f"torchvision reported success but {target / PYTHON_FOLDERS[name]} is missing"
-        )
+        raise MissingPathError(f"torchvision reported success but {target / PYTHON_FOLDERS[name]} is missing")
     return folder
 
 
@@ -220,7 +219,7 @@ def _read_python_folder(name: str, folder: Path, split: str) -> Arrays:
     paths = [folder / f for f in _PY_FILES[name].files(split)]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{_DISPLAY[name]} python batches incomplete: missing {', '.join(missing)}")
+        raise MissingPathError(f"{_DISPLAY[name]} python batches incomplete: missing {', '.join(missing)}")
     images, labels = _batches_to_arrays(name, [_unpickle(p) for p in paths])
     meta_path = folder / _PY_FILES[name].meta
     meta = _unpickle(meta_path) if meta_path.is_file() else None
@@ -295,7 +294,7 @@ def _decode_one(data: bytes | Path) -> np.ndarray:
 def _decode_entries(name: str, entries: Sequence[_Entry]) -> Arrays:
     """Decode all images (once, with a progress bar) into per-split uint8 NCHW arrays, classes interleaved."""
     if not entries:
-        raise FileNotFoundError(f"{_DISPLAY[name]} image folder has no .jpg/.png files under train/ or test/")
+        raise MissingPathError(f"{_DISPLAY[name]} image folder has no .jpg/.png files under train/ or test/")
     classes = _class_order(name, {e.cls for e in entries})
     class_index = {c: i for i, c in enumerate(classes)}
     arrays: Arrays = {"classes": np.array(classes)}
@@ -320,7 +319,7 @@ def _decode_entries(name: str, entries: Sequence[_Entry]) -> Arrays:
             pixels = _decode_one(e.data)
             if pixels.shape != (height, width, 3):
                 bar.close()
-                raise ValueError(
+                raise DataError(
                     f"image {e.split}/{e.cls}/{e.filename} is {pixels.shape[1]}x{pixels.shape[0]} but the "
                     f"first image is {width}x{height}; all images of a dataset must have the same size"
                 )
@@ -366,7 +365,7 @@ def _read_archive(name: str, path: Path) -> Arrays:
             images, labels = _batches_to_arrays(name, [_unpickle(pickles[f]) for f in files])
             arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
     if not arrays:
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"archive {path} holds neither an image-folder tree (train/<class>/*.jpg|png) nor the "
             f"{_DISPLAY[name]} python batches ({PYTHON_FOLDERS[name]}/)"
         )

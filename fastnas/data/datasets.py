@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from fastnas.errors import ConfigError
+
 DATASET_NAMES: tuple[str, ...] = ("cifar10", "cifar100", "digits")
 SPLITS: tuple[str, ...] = ("train", "test")
 
@@ -104,9 +106,9 @@ def load_dataset(
     """
     key = name.lower().replace("-", "").replace("_", "")
     if key not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; valid names are: {', '.join(DATASET_NAMES)}")
+        raise ConfigError(f"unknown dataset {name!r}; valid names are: {', '.join(DATASET_NAMES)}")
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; valid splits are: {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}; valid splits are: {', '.join(SPLITS)}")
     if key == "digits":
         from fastnas.data.digits import load_digits_dataset
 
@@ -120,12 +122,12 @@ def search_split(num_examples: int, train_portion: float = 0.5) -> tuple[torch.T
     """DARTS search split (REFERENCE.md section 2): the first ``int(train_portion * n)`` indices train the
     weights, the rest train the architecture. Returns ``(weight_indices, arch_indices)`` as int64 tensors."""
     if not 0.0 < train_portion < 1.0:
-        raise ValueError(f"train_portion must be strictly between 0 and 1, got {train_portion}")
+        raise ConfigError(f"train_portion must be strictly between 0 and 1, got {train_portion}")
     if num_examples < 0:
-        raise ValueError(f"num_examples must be >= 0, got {num_examples}")
+        raise ConfigError(f"num_examples must be >= 0, got {num_examples}")
     n_train = int(train_portion * num_examples)
     if n_train == 0 or n_train == num_examples:
-        raise ValueError(
+        raise ConfigError(
             f"search_split of {num_examples} examples with train_portion={train_portion} leaves one side "
             "empty; use more examples or a portion closer to 0.5"
         )

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from fastnas.data.datasets import ImageDataset
+from fastnas.errors import ConfigError
 
 DIGITS_TEST_SIZE = 300
 DIGITS_SPLIT_SEED = 20240601
@@ -33,7 +34,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def load_digits_dataset(split: str = "train") -> ImageDataset:
     """The ``digits`` dataset; mean/std are computed from the train images (0..1 scale)."""
     if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; valid splits are: train, test")
+        raise ConfigError(f"unknown split {split!r}; valid splits are: train, test")
     train_x, train_y, test_x, test_y = _digits_arrays()
     scaled = train_x.astype(np.float64) / 255.0
     mean = tuple(float(v) for v in scaled.mean(axis=(0, 2, 3)))

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from fastnas.data.datasets import cache_dir
 from fastnas.data.loader import EpochBatches, epoch_generator
+from fastnas.errors import ConfigError, DataError, MissingPathError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -90,7 +91,7 @@ def _extract(archive: Path) -> Path:
                 for member in tar.getmembers():
                     resolved = (tmp / member.name).resolve()
                     if not str(resolved).startswith(str(tmp.resolve())) or member.issym() or member.islnk():
-                        raise ValueError(f"unsafe member {member.name!r} in {archive}")
+                        raise DataError(f"unsafe member {member.name!r} in {archive}")
                 tar.extractall(tmp)
         try:
             os.replace(tmp, target)
@@ -107,23 +108,23 @@ def imagenet_root(root: str | os.PathLike[str] | None) -> Path:
     """The folder holding ``train/`` and/or ``val/``: ``root`` itself, its single sub-folder, or the
     extracted cache folder of a ``.tar(.gz)`` archive; clear errors otherwise."""
     if root is None:
-        raise FileNotFoundError(
+        raise MissingPathError(
             "ImageNet needs a data directory (--data-dir): a folder with train/<wnid>/*.JPEG and "
             "val/<wnid>/*.JPEG (torchvision ImageFolder layout), or a .tar of such a tree"
         )
     path = Path(root).expanduser()
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"ImageNet data not found at {path}: expected a folder with train/<wnid>/ and val/<wnid>/ "
             "image folders, or a .tar/.tar.gz of such a tree"
         )
     if path.is_file():
         if not tarfile.is_tarfile(path):
-            raise FileNotFoundError(f"{path} is a file but not a tar archive of an ImageNet folder tree")
+            raise MissingPathError(f"{path} is a file but not a tar archive of an ImageNet folder tree")
         path = _extract(path)
     tree = _tree_root(path)
     if tree is None:
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"{path} has no train/ or val/ folder (nor a single sub-folder with them); ImageNet must be "
             "laid out as train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
         )
@@ -139,11 +140,11 @@ def load_imagenet_folder(
     from torchvision.datasets import ImageFolder
 
     if split not in IMAGENET_SPLITS:
-        raise ValueError(f"unknown ImageNet split {split!r}; use train, test or val")
+        raise ConfigError(f"unknown ImageNet split {split!r}; use train, test or val")
     tree = imagenet_root(root)
     folder = tree / IMAGENET_SPLITS[split]
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise MissingPathError(
             f"ImageNet split {split!r} needs the folder {folder} (class sub-folders <wnid>/ with images); "
             f"found: {', '.join(sorted(p.name for p in tree.iterdir() if p.is_dir())) or 'nothing'}"
         )
@@ -157,7 +158,7 @@ def _limited(n: int, limit: int | None) -> torch.Tensor:
     if limit is None or limit >= n:
         return torch.arange(n)
     if limit < 1:
-        raise ValueError(f"limit must be >= 1 or None, got {limit}")
+        raise ConfigError(f"limit must be >= 1 or None, got {limit}")
     generator = torch.Generator().manual_seed(0)
     return torch.randperm(n, generator=generator)[:limit].sort().values
 
@@ -200,7 +201,7 @@ class FolderBatchLoader(EpochBatches):
         drop_last: bool = False,
     ) -> None:
         if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
+            raise ConfigError(f"batch_size must be positive, got {batch_size}")
         classes = getattr(dataset, "classes", None)
         self.classes: list[str] = list(classes) if classes is not None else []
         total = len(dataset)  # type: ignore[arg-type]

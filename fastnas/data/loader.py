@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import torch
 
 from fastnas.data.datasets import ImageDataset
+from fastnas.errors import ConfigError
 
 
 def limit_indices(indices: torch.Tensor, limit: int | None) -> torch.Tensor:
@@ -25,7 +26,7 @@ def limit_indices(indices: torch.Tensor, limit: int | None) -> torch.Tensor:
     if limit is None:
         return indices
     if limit < 0:
-        raise ValueError(f"limit must be >= 0 or None (all examples), got {limit}")
+        raise ConfigError(f"limit must be >= 0 or None (all examples), got {limit}")
     return indices[:limit]
 
 

@@ -4,7 +4,7 @@ Pure Python (no torch import); the space lives in :mod:`fastnas.spaces.nb201`, i
 :mod:`fastnas.ops.nb201_ops` and its networks in :mod:`fastnas.nn.nb201`.
 """
 
-from fastnas.nb201.arch import NB201_EDGES, NB201_OPS, ArchEdge, NB201Arch
+from fastnas.nb201.arch import NB201_EDGES, NB201_OPS, ArchEdge, NB201Arch, NB201ArchError
 from fastnas.nb201.table import METRICS, NB201LookupError, NB201Result, NB201Table
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "NB201_OPS",
     "ArchEdge",
     "NB201Arch",
+    "NB201ArchError",
     "NB201LookupError",
     "NB201Result",
     "NB201Table",

@@ -13,11 +13,23 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from fastnas.errors import FastnasError
+from fastnas.fileio import atomic_write_text
+
+__all__ = [
+    "NB201_ARCH_JSON_FORMAT",
+    "NB201_EDGES",
+    "NB201_NUM_NODES",
+    "NB201_OPS",
+    "ArchEdge",
+    "NB201Arch",
+    "NB201ArchError",
+]
 
 NB201_OPS: tuple[str, ...] = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
 """The 5 NAS-Bench-201 ops in their index order (the alpha-column order)."""
@@ -29,6 +41,17 @@ NB201_EDGES: tuple[tuple[int, int], ...] = tuple((i, j) for j in range(1, NB201_
 NB201_ARCH_JSON_FORMAT = "fastnas.nb201_arch/1"
 
 _EXAMPLE = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
+_BOM = "\ufeff"
+_MAX_ARCH_CHARS = 1000  # the longest valid arch string has about 100 characters
+
+
+class NB201ArchError(FastnasError, ValueError):
+    """A malformed NB201 arch string or arch JSON; the message says what is wrong and gives an example."""
+
+
+def _short(value: object, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ArchEdge(NamedTuple):
@@ -41,7 +64,9 @@ class ArchEdge(NamedTuple):
 
 def _check_op(name: object, where: str) -> str:
     if name not in NB201_OPS:
-        raise ValueError(f"{where}: unknown op {name!r}; the NAS-Bench-201 ops are: {', '.join(NB201_OPS)}")
+        raise NB201ArchError(
+            f"{where}: unknown op {_short(name)}; the NAS-Bench-201 ops are: {', '.join(NB201_OPS)}"
+        )
     return name  # type: ignore[return-value]
 
 
@@ -49,38 +74,26 @@ def _parse_node(group: str, target: int, text: str) -> list[str]:
     """Ops of the edges into node ``target`` from the group ``|op~0|op~1|...|``."""
     where = f"arch string {text!r}, node {target}"
     if len(group) < 2 or not group.startswith("|") or not group.endswith("|"):
-        raise ValueError(f"{where}: the group {group!r} must start and end with '|' (e.g. {_EXAMPLE!r})")
+        raise NB201ArchError(f"{where}: the group {group!r} must start and end with '|' (e.g. {_EXAMPLE!r})")
     entries = group[1:-1].split("|")
     if len(entries) != target:
-        raise ValueError(
+        raise NB201ArchError(
             f"{where}: expected {target} input(s), one per earlier node, got {len(entries)} in {group!r}"
         )
     ops = []
     for source, entry in enumerate(entries):
         op, sep, index = entry.partition("~")
         if not sep or "~" in index:
-            raise ValueError(f"{where}: entry {entry!r} must have the form 'op~input' (e.g. 'none~{source}')")
+            raise NB201ArchError(
+                f"{where}: entry {entry!r} must have the form 'op~input' (e.g. 'none~{source}')"
+            )
         if index != str(source):
-            raise ValueError(
+            raise NB201ArchError(
                 f"{where}: entry {entry!r} has input index {index!r}, expected {source} "
                 "(inputs are listed in order 0, 1, ...)"
             )
         ops.append(_check_op(op, where))
     return ops
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -97,22 +110,29 @@ class NB201Arch:
             raise TypeError("NB201Arch(ops) takes 6 op names; use NB201Arch.parse(text) for arch strings")
         ops = tuple(self.ops)
         if len(ops) != len(NB201_EDGES):
-            raise ValueError(f"an NB201 cell has {len(NB201_EDGES)} edges, got {len(ops)} ops: {list(ops)}")
+            raise NB201ArchError(
+                f"an NB201 cell has {len(NB201_EDGES)} edges, got {len(ops)} ops: {_short(list(ops))}"
+            )
         for (source, target), op in zip(NB201_EDGES, ops, strict=True):
             _check_op(op, f"edge {target}<-{source}")
         object.__setattr__(self, "ops", ops)
 
     @classmethod
     def parse(cls, text: str) -> NB201Arch:
-        """Parse ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` (surrounding whitespace is ignored)."""
+        """Parse ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` (surrounding whitespace and a BOM are ignored)."""
         if not isinstance(text, str):
             raise TypeError(f"an NB201 arch string must be a str, got {type(text).__name__}")
-        stripped = text.strip()
+        stripped = text.removeprefix(_BOM).strip()
         if not stripped:
-            raise ValueError(f"empty NB201 arch string; expected e.g. {_EXAMPLE!r}")
+            raise NB201ArchError(f"empty NB201 arch string; expected e.g. {_EXAMPLE!r}")
+        if len(stripped) > _MAX_ARCH_CHARS:
+            raise NB201ArchError(
+                f"NB201 arch string of {len(stripped):,} characters; an arch string has at most "
+                f"{_MAX_ARCH_CHARS} (e.g. {_EXAMPLE!r})"
+            )
         groups = stripped.split("+")
         if len(groups) != NB201_NUM_NODES - 1:
-            raise ValueError(
+            raise NB201ArchError(
                 f"arch string {text!r}: expected {NB201_NUM_NODES - 1} node groups separated by '+' "
                 f"(nodes 1, 2, 3), got {len(groups)}; e.g. {_EXAMPLE!r}"
             )
@@ -150,27 +170,69 @@ class NB201Arch:
         """Inverse of :meth:`to_json` (also accepts the JSON text); ``arch_str`` wins, ``ops`` must agree."""
         if isinstance(data, str):
             try:
-                data = json.loads(data)
+                data = json.loads(data.removeprefix(_BOM))
             except json.JSONDecodeError as err:
-                raise ValueError(f"NB201 arch JSON is not valid JSON: {err}") from None
+                raise NB201ArchError(f"NB201 arch JSON is not valid JSON: {err}") from None
+            except (ValueError, RecursionError) as err:  # nesting too deep, an int with > 4300 digits
+                reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+                raise NB201ArchError(f"NB201 arch JSON cannot be read: {reason}") from None
         if not isinstance(data, Mapping):
-            raise ValueError(f"NB201 arch JSON must be an object, got {type(data).__name__}")
+            raise NB201ArchError(
+                f'NB201 arch JSON must be an object such as {{"arch_str": {_EXAMPLE!r}}}, '
+                f"got {type(data).__name__} {_short(data)}"
+            )
         fmt = data.get("format", NB201_ARCH_JSON_FORMAT)
         if fmt != NB201_ARCH_JSON_FORMAT:
-            raise ValueError(f"NB201 arch JSON has format {fmt!r}; expected {NB201_ARCH_JSON_FORMAT!r}")
+            raise NB201ArchError(
+                f"NB201 arch JSON has format {_short(fmt)}; expected {NB201_ARCH_JSON_FORMAT!r}"
+            )
+        ops = _json_ops(data["ops"]) if "ops" in data else None
         if "arch_str" in data:
-            arch = cls.parse(data["arch_str"])
-            if "ops" in data and tuple(data["ops"]) != arch.ops:
-                raise ValueError(f"NB201 arch JSON: 'ops' {data['ops']} disagree with 'arch_str' {arch}")
+            text = data["arch_str"]
+            if not isinstance(text, str):
+                raise NB201ArchError(
+                    f"NB201 arch JSON: 'arch_str' must be a string such as {_EXAMPLE!r}, "
+                    f"got {type(text).__name__} {_short(text)}"
+                )
+            arch = cls.parse(text)
+            if ops is not None and ops != arch.ops:
+                raise NB201ArchError(
+                    f"NB201 arch JSON: 'ops' {_short(list(ops))} disagree with 'arch_str' {arch}"
+                )
             return arch
-        if "ops" in data:
-            return cls(tuple(data["ops"]))
-        raise ValueError("NB201 arch JSON needs an 'arch_str' (or 'ops') entry")
+        if ops is not None:
+            return cls(ops)
+        raise NB201ArchError("NB201 arch JSON needs an 'arch_str' (or 'ops') entry")
 
     def save_json(self, path: str | os.PathLike[str]) -> None:
         """Write :meth:`to_json` to ``path`` atomically (temporary file, then ``os.replace``)."""
-        _atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load_json(cls, path: str | os.PathLike[str]) -> NB201Arch:
-        return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        """Read a file written by :meth:`save_json` (a leading UTF-8 BOM is fine)."""
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise NB201ArchError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        try:
+            return cls.from_json(text)
+        except NB201ArchError as err:
+            raise NB201ArchError(f"{path}: {err}") from None
+
+
+def _json_ops(raw: Any) -> tuple[str, ...]:
+    """The ``ops`` entry of an arch JSON: a list of one op name per edge."""
+    count = len(NB201_EDGES)
+    if not isinstance(raw, (list, tuple)):
+        raise NB201ArchError(
+            f"NB201 arch JSON: 'ops' must be a list of {count} op names (one per edge, in arch-string "
+            f"order), got {type(raw).__name__} {_short(raw)}"
+        )
+    if len(raw) != count:
+        raise NB201ArchError(
+            f"NB201 arch JSON: 'ops' must list {count} op names (one per edge), got {len(raw)}: {_short(raw)}"
+        )
+    for (source, target), op in zip(NB201_EDGES, raw, strict=True):
+        _check_op(op, f"NB201 arch JSON: 'ops', edge {target}<-{source}")
+    return tuple(raw)

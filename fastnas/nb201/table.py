@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastnas.errors import ConfigError, DataError, MissingDependencyError, MissingPathError
 from fastnas.nb201.arch import NB201Arch
 
 _WHERE = (
@@ -74,11 +75,11 @@ def _metric_field(name: str) -> str:
         if name == column:
             return field_name
     options = ", ".join(f"{f} ({c})" for f, c in CSV_COLUMNS.items())
-    raise ValueError(f"unknown NB201 metric {name!r}; available: {options}")
+    raise ConfigError(f"unknown NB201 metric {name!r}; available: {options}")
 
 
-def _missing_file(path: Path) -> FileNotFoundError:
-    return FileNotFoundError(errno.ENOENT, f"NAS-Bench-201 table not found: {path}; {_WHERE}", str(path))
+def _missing_file(path: Path) -> MissingPathError:
+    return MissingPathError(errno.ENOENT, f"NAS-Bench-201 table not found: {path}; {_WHERE}", str(path))
 
 
 def _float_or_none(text: str | None) -> float | None:
@@ -99,11 +100,11 @@ class NB201Table:
             try:
                 literal = NB201Arch.parse(result.arch_str).to_literal()
             except (TypeError, ValueError) as err:
-                raise ValueError(f"{source}: entry with index {result.index}: {err}") from None
+                raise DataError(f"{source}: entry with index {result.index}: {err}") from None
             if literal in self._by_arch:
-                raise ValueError(f"{source}: architecture {literal} appears twice")
+                raise DataError(f"{source}: architecture {literal} appears twice")
             if result.index in self._by_index:
-                raise ValueError(f"{source}: index {result.index} appears twice")
+                raise DataError(f"{source}: index {result.index} appears twice")
             self._results.append(result)
             self._by_arch[literal] = result
             self._by_index[result.index] = result
@@ -121,7 +122,7 @@ class NB201Table:
             return cls.from_csv(path)
         if suffix == ".pth":
             return cls.from_official(path)
-        raise ValueError(f"cannot read NAS-Bench-201 table {path}: unknown suffix {suffix!r}; {_WHERE}")
+        raise DataError(f"cannot read NAS-Bench-201 table {path}: unknown suffix {suffix!r}; {_WHERE}")
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str]) -> NB201Table:
@@ -134,7 +135,7 @@ class NB201Table:
             header = reader.fieldnames or []
             missing = [c for c in ("index", "arch_str") if c not in header]
             if missing:
-                raise ValueError(f"{path}: missing column(s) {missing}; found {header}; {_WHERE}")
+                raise DataError(f"{path}: missing column(s) {missing}; found {header}; {_WHERE}")
             present = {f: c for f, c in CSV_COLUMNS.items() if c in header}
             results = []
             for line, row in enumerate(reader, start=2):
@@ -142,7 +143,7 @@ class NB201Table:
                     values = {f: _float_or_none(row[c]) for f, c in present.items()}
                     results.append(NB201Result(int(row["index"]), row["arch_str"], **values))
                 except (TypeError, ValueError) as err:
-                    raise ValueError(f"{path}, line {line}: {err}") from None
+                    raise DataError(f"{path}, line {line}: {err}") from None
         return cls(results, source=str(path))
 
     @classmethod
@@ -157,7 +158,7 @@ class NB201Table:
         try:
             from nas_201_api import NASBench201API  # type: ignore[import-not-found]
         except ImportError as err:
-            raise ImportError(
+            raise MissingDependencyError(
                 f"reading the official NAS-Bench-201 file {path} needs the nas_201_api package: "
                 "pip install nas-bench-201 (or convert it to a CSV with the columns of nb201.csv)"
             ) from err
@@ -246,7 +247,7 @@ class NB201Table:
             if current is None or value > current or (value == current and result.index < best.index):
                 best = result
         if best is None:
-            raise ValueError(f"the NAS-Bench-201 table {self.source} has no values for {name!r}")
+            raise DataError(f"the NAS-Bench-201 table {self.source} has no values for {name!r}")
         return best
 
 

@@ -1,6 +1,8 @@
-"""Mixed edges, search cells, the supernet, executors, the search model and the evaluation networks."""
+"""Networks: the DARTS macro skeleton, mixed edges, search cells, cell executors, the supernets and the
+evaluation networks. Imports spaces, ops, kernels and the derivation rules of :mod:`fastnas.algorithms`."""
 
 from fastnas.nn.cell import SearchCell
+from fastnas.nn.entrannas import EnTranCell, EnTranNASSupernet, build_entrannas_supernet
 from fastnas.nn.eval_network import (
     AuxiliaryHeadCIFAR,
     AuxiliaryHeadImageNet,
@@ -14,26 +16,37 @@ from fastnas.nn.eval_network import (
 from fastnas.nn.executor import CellExecutor, ReferenceExecutor, build_executor, register_executor
 from fastnas.nn.fast_executor import FastExecutor
 from fastnas.nn.mixed import MixedEdge
-from fastnas.nn.search_model import SearchModel
-from fastnas.nn.supernet import Supernet, reduction_layers
+from fastnas.nn.nb201 import NB201Network, NB201Supernet
+from fastnas.nn.skeleton import CellPlan, DartsSkeleton, SupernetShape, preprocessors, reduction_layers
+from fastnas.nn.supernet import Supernet
+from fastnas.nn.supernets import build_space_supernet
 
 __all__ = [
     "AuxiliaryHeadCIFAR",
     "AuxiliaryHeadImageNet",
     "CellExecutor",
+    "CellPlan",
+    "DartsSkeleton",
+    "EnTranCell",
+    "EnTranNASSupernet",
     "EvalCell",
     "FastExecutor",
     "MixedEdge",
+    "NB201Network",
+    "NB201Supernet",
     "NetworkCIFAR",
     "NetworkImageNet",
     "ReferenceExecutor",
     "SearchCell",
-    "SearchModel",
     "Supernet",
+    "SupernetShape",
+    "build_entrannas_supernet",
     "build_eval_network",
     "build_executor",
+    "build_space_supernet",
     "count_parameters_without_auxiliary",
     "drop_path",
+    "preprocessors",
     "reduction_layers",
     "register_executor",
 ]

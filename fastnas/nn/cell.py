@@ -7,40 +7,27 @@ from torch import nn
 
 from fastnas.nn.executor import CellExecutor, ReferenceExecutor
 from fastnas.nn.mixed import MixedEdge
-from fastnas.ops import FactorizedReduce, ReLUConvBN
+from fastnas.nn.skeleton import CellPlan, preprocessors
 from fastnas.spaces import DartsSpace
 
 
 class SearchCell(nn.Module):
     """A cell holding a mixed edge from every earlier state to every intermediate node.
 
-    Inputs are the outputs of cells k-2 (``c_prev_prev`` channels) and k-1 (``c_prev``); they are
-    preprocessed to ``channels`` (FactorizedReduce when the previous cell was a reduction). In a
-    reduction cell the edges leaving the two inputs have stride 2. The output concatenates the last
-    ``space.multiplier`` states.
+    The two inputs are preprocessed to ``plan.channels`` (:func:`~fastnas.nn.skeleton.preprocessors`,
+    BN without affine parameters); in a reduction cell the edges leaving them have stride 2. The output
+    concatenates the last ``space.multiplier`` states.
     """
 
-    def __init__(
-        self,
-        space: DartsSpace,
-        c_prev_prev: int,
-        c_prev: int,
-        channels: int,
-        reduction: bool,
-        reduction_prev: bool,
-        executor: CellExecutor | None = None,
-    ):
+    def __init__(self, space: DartsSpace, plan: CellPlan, executor: CellExecutor | None = None):
         super().__init__()
-        self.reduction = reduction
+        self.reduction = plan.reduction
         self.num_nodes = space.num_nodes
         self.concat = space.concat
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=False)
-        else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=False)
-        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=False)
+        self.multiplier = space.multiplier
+        self.preprocess0, self.preprocess1 = preprocessors(plan, affine=False)
         self.edges = nn.ModuleList(
-            MixedEdge(channels, 2 if reduction and edge.source < 2 else 1, space.ops) for edge in space.edges
+            MixedEdge(plan.channels, plan.edge_stride(edge.source), space.ops) for edge in space.edges
         )
         self.executor: CellExecutor = executor or ReferenceExecutor()
 

@@ -24,19 +24,19 @@ the gradients (their ``q`` is 0 below the ReLU of Eq. 8), so the Engine computes
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
 
 import torch
 from torch import nn
 
-from fastnas.algorithms.derivation import derive_darts_cell
+from fastnas.algorithms.derivation import check_finite, derive_darts_cell
+from fastnas.algorithms.entrannas import ENGINE_CELL_KEYWORDS, EnTranNASOptions, TransitRule
+from fastnas.errors import ConfigError
 from fastnas.kernels._common import model_uses_kernels
 from fastnas.kernels.masked_aggregate import masked_aggregate, masked_aggregate_reference
-from fastnas.nn.supernet import reduction_layers
-from fastnas.ops import FactorizedReduce, ReLUConvBN, build_op, get_op_spec
+from fastnas.nn.skeleton import CellPlan, DartsSkeleton, Stem, SupernetShape, cell_types_of, preprocessors
+from fastnas.ops import build_op, get_op_spec
 from fastnas.spaces import DartsSpace
 
-TransitRule = Literal["top2", "nonzero"]
 Selection = list[list[tuple[int, int]]]
 """Per intermediate node, the ``(source_state, op_index)`` pairs it sums."""
 
@@ -44,6 +44,7 @@ __all__ = [
     "EnTranCell",
     "EnTranNASSupernet",
     "bottleneck_channels",
+    "build_entrannas_supernet",
     "resolve_engine_cells",
     "select_pairs",
 ]
@@ -108,11 +109,7 @@ class EnTranCell(nn.Module):
     def __init__(
         self,
         space: DartsSpace,
-        c_prev_prev: int,
-        c_prev: int,
-        channels: int,
-        reduction: bool,
-        reduction_prev: bool,
+        plan: CellPlan,
         *,
         engine: bool,
         feature_sharing: bool = True,
@@ -125,16 +122,14 @@ class EnTranCell(nn.Module):
             raise ValueError(f"bottleneck ratio must be >= 1 (0 = off), got {bottleneck}")
         self.space = space
         self.engine = engine
-        self.reduction = reduction
+        self.reduction = plan.reduction
         self.feature_sharing = feature_sharing
         self.num_nodes = space.num_nodes
         self.concat = space.concat
+        self.multiplier = space.multiplier
         self.bottleneck = bottleneck if bottleneck > 1 else 0
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=affine)
-        else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=affine)
-        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=affine)
+        self.preprocess0, self.preprocess1 = preprocessors(plan, affine)
+        channels = plan.channels
         num_sources = self.num_nodes + 1  # the last intermediate node feeds no op in the cell
         c_op = bottleneck_channels(channels, self.bottleneck) if self.bottleneck else channels
         self.op_channels = c_op
@@ -144,10 +139,7 @@ class EnTranCell(nn.Module):
         # Units: source states (sharing) or edges; the stride depends only on the source.
         sources = list(range(num_sources)) if feature_sharing else [e.source for e in space.edges]
         self.ops = nn.ModuleList(
-            nn.ModuleList(
-                _search_op(op, c_op, 2 if reduction and source < 2 else 1, affine, pool_bn)
-                for op in space.ops
-            )
+            nn.ModuleList(_search_op(op, c_op, plan.edge_stride(source), affine, pool_bn) for op in space.ops)
             for source in sources
         )
         self._edge_index = {(e.node, e.source): e.index for e in space.edges}
@@ -254,7 +246,8 @@ def resolve_engine_cells(spec: str | Sequence[int], cell_types: Sequence[str]) -
     ``"first"`` (default, section 2.5 / Figure 4): the first cell of every cell type (first normal,
     first reduction). ``"last"``: the last cell of every type. ``"all"``: every cell (the DARTS
     supernet, Table 1 row 1). ``"half"``: the first half of the cells, plus the first cell of any type
-    not yet covered (Table 1 "one half"; the seed does not say which half). Or explicit indices.
+    not yet covered (Table 1 "one half"; the seed does not say which half). Or explicit indices
+    (a sequence, or text like ``"0,2"``).
     """
     n = len(cell_types)
     if isinstance(spec, str):
@@ -275,24 +268,26 @@ def resolve_engine_cells(spec: str | Sequence[int], cell_types: Sequence[str]) -
         try:
             spec = [int(s) for s in spec.split(",") if s.strip()]
         except ValueError:
-            raise ValueError(
-                f"engine cells must be 'first', 'last', 'half', 'all' or indices like '0,2', got {spec!r}"
+            raise ConfigError(
+                f"engine cells must be {', '.join(ENGINE_CELL_KEYWORDS)} or indices like '0,2', got {spec!r}"
             ) from None
     indices = tuple(sorted(set(int(i) for i in spec)))
     if not indices or indices[0] < 0 or indices[-1] >= n:
-        raise ValueError(f"engine cell indices must be in [0, {n - 1}], got {list(spec)}")
+        raise ConfigError(
+            f"engine cell indices must be in [0, {n - 1}] (the supernet has {n} cells), got {list(spec)}"
+        )
     missing = [t for t in dict.fromkeys(cell_types) if not any(cell_types[i] == t for i in indices)]
     if missing:
-        raise ValueError(
-            f"cell types {missing} have no Engine-cell: their architecture parameters would get no gradient"
+        raise ConfigError(
+            f"cell types {missing} have no Engine-cell: their architecture parameters would get no gradient; "
+            f"the cell types by index are {list(cell_types)}"
         )
     return indices
 
 
-class EnTranNASSupernet(nn.Module):
-    """The EnTranNAS search network (Figure 4): the DARTS macro-structure (stem, ``layers`` cells with
-    reductions at ``layers // 3`` and ``2 * layers // 3``, global pooling, classifier) with Engine- and
-    Transit-cells.
+class EnTranNASSupernet(DartsSkeleton):
+    """The EnTranNAS search network (Figure 4): the DARTS macro skeleton
+    (:class:`~fastnas.nn.skeleton.DartsSkeleton`) with Engine- and Transit-cells.
 
     ``forward(x, weights)`` takes the method's edge weights ``{cell_type: [num_edges, num_ops]}``;
     Engine-cells use them, Transit-cells run the sub-graph :func:`select_pairs` derives from them with
@@ -314,76 +309,82 @@ class EnTranNASSupernet(nn.Module):
         feature_sharing: bool = True,
         bottleneck: int = 4,
         transit_rule: TransitRule = "top2",
+        stem: Stem = "cifar",
     ):
-        super().__init__()
-        self.space = space or DartsSpace()
-        if not isinstance(self.space, DartsSpace):
-            raise TypeError("the EnTranNAS supernet needs a DARTS cell space (darts or darts-extended)")
-        if layers < 3:
-            raise ValueError(
-                f"a DARTS-style supernet needs at least 3 layers (two are reductions), got {layers}"
-            )
-        if self.space.num_normal_types not in (1, 3):
-            raise ValueError("num_normal_types must be 1 or 3 (one normal-cell type per stage)")
+        space = space or DartsSpace()
+        if not isinstance(space, DartsSpace):
+            raise ConfigError("the EnTranNAS supernet needs a DARTS cell space (darts or darts-extended)")
         if transit_rule not in ("top2", "nonzero"):
             raise ValueError(f"unknown transit rule {transit_rule!r}; use 'top2' or 'nonzero'")
-        self.C, self.layers, self.num_classes = C, layers, num_classes
+        if layers < 3:
+            raise ConfigError(f"a DARTS network needs at least 3 layers (two are reductions), got {layers}")
+        engines = resolve_engine_cells(engine_cells, cell_types_of(layers, space.num_normal_types))
+        super().__init__(
+            C,
+            layers,
+            num_classes,
+            in_channels,
+            lambda plan: EnTranCell(
+                space,
+                plan,
+                engine=plan.index in engines,
+                feature_sharing=feature_sharing,
+                bottleneck=bottleneck,
+            ),
+            num_normal_types=space.num_normal_types,
+            stem=stem,
+            stem_multiplier=stem_multiplier,
+        )
+        self.space = space
+        self.engine_cells = engines
         self.transit_rule: TransitRule = transit_rule
         self.feature_sharing, self.bottleneck = feature_sharing, bottleneck
-        reductions = reduction_layers(layers)
-        self.cell_types: list[str] = []
-        stage = 0
-        for i in range(layers):
-            if i in reductions:
-                stage += 1
-                self.cell_types.append("reduce")
-            else:
-                self.cell_types.append(self.space.normal_types[min(stage, self.space.num_normal_types - 1)])
-        self.engine_cells = resolve_engine_cells(engine_cells, self.cell_types)
-        c_curr = stem_multiplier * C
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr)
-        )
-        c_pp, c_p, c_curr = c_curr, c_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                c_curr *= 2
-            self.cells.append(
-                EnTranCell(
-                    self.space,
-                    c_pp,
-                    c_p,
-                    c_curr,
-                    reduction,
-                    reduction_prev,
-                    engine=i in self.engine_cells,
-                    feature_sharing=feature_sharing,
-                    bottleneck=bottleneck,
-                )
-            )
-            reduction_prev = reduction
-            c_pp, c_p = c_p, self.space.multiplier * c_curr
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_p, num_classes)
 
     def selections(self, weights: Mapping[str, torch.Tensor]) -> dict[str, Selection]:
-        """The derived set of every cell type at this iteration (one host read per cell type)."""
-        return {
-            t: select_pairs(weights[t], self.space, self.transit_rule) for t in dict.fromkeys(self.cell_types)
-        }
+        """The derived set of every cell type at this iteration (one host read per cell type).
+
+        Non-finite weights are reported as such (:class:`~fastnas.errors.NonFiniteError`), not as a node
+        without inputs."""
+        out = {}
+        for t in dict.fromkeys(self.cell_types):
+            host = weights[t].detach().cpu()
+            check_finite(host, t)
+            out[t] = select_pairs(host, self.space, self.transit_rule)
+        return out
 
     def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
         selections = self.selections(weights)
-        s0 = s1 = self.stem(x)
-        for cell, cell_type in zip(self.cells, self.cell_types, strict=True):
+
+        def run_cell(cell: nn.Module, cell_type: str, s0: torch.Tensor, s1: torch.Tensor) -> torch.Tensor:
             if cell.engine:
                 # DST ("nonzero"): the Engine runs only S_j, weighted (zero weights add nothing).
                 sel = selections[cell_type] if self.transit_rule == "nonzero" else None
-                out = cell(s0, s1, weights[cell_type], sel)
-            else:
-                out = cell(s0, s1, None, selections[cell_type])
-            s0, s1 = s1, out
-        return self.classifier(self.global_pooling(s1).flatten(1))
+                return cell(s0, s1, weights[cell_type], sel)
+            return cell(s0, s1, None, selections[cell_type])
+
+        return self.forward_cells(x, run_cell)
+
+
+def build_entrannas_supernet(
+    space: DartsSpace,
+    shape: SupernetShape,
+    options: EnTranNASOptions,
+    transit_rule: TransitRule,
+) -> EnTranNASSupernet:
+    """The Engine/Transit supernet of an EnTranNAS method from its options (the Table 3 switches)."""
+    if shape.executor != "reference":
+        raise ConfigError(
+            f"EnTranNAS cells run their own sparse loop; --executor {shape.executor} does not apply to them"
+        )
+    return EnTranNASSupernet(
+        space,
+        C=shape.C,
+        layers=shape.layers,
+        num_classes=shape.num_classes,
+        in_channels=shape.in_channels,
+        engine_cells=options.engine_cells,
+        feature_sharing=options.feature_sharing,
+        bottleneck=options.bottleneck,
+        transit_rule=transit_rule,
+        stem=shape.stem,
+    )

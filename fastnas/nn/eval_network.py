@@ -18,14 +18,15 @@ whose name does not contain ``auxiliary`` (:func:`count_parameters_without_auxil
 
 from __future__ import annotations
 
-import abc
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fastnas.errors import ConfigError
 from fastnas.genotype import CellGenotype, Genotype, load_genotype
-from fastnas.ops import FactorizedReduce, ReLUConvBN, build_op, get_op_spec
+from fastnas.nn.counting import count_parameters_without_auxiliary
+from fastnas.nn.skeleton import CellPlan, DartsSkeleton, Stem, preprocessors
+from fastnas.ops import build_op, get_op_spec
 
 __all__ = [
     "AuxiliaryHeadCIFAR",
@@ -56,36 +57,25 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 class EvalCell(nn.Module):
     """One cell of an evaluation network, built from a :class:`CellGenotype`.
 
-    Inputs are the outputs of cells k-2 (``c_prev_prev`` channels) and k-1 (``c_prev``), preprocessed to
-    ``channels``: ``preprocess0`` is a FactorizedReduce when the previous cell was a reduction, else
-    ReLUConvBN 1x1; ``preprocess1`` is ReLUConvBN 1x1. Each ``(op, input)`` pair is one op with stride 2
-    in a reduction cell when it reads a cell input (index < 2); a node is the sum of its ops' outputs;
-    the cell output concatenates the states ``cell.concat`` (``multiplier = len(concat)`` of them).
+    The two inputs are preprocessed to ``plan.channels`` (:func:`~fastnas.nn.skeleton.preprocessors`,
+    affine BN). Each ``(op, input)`` pair is one op with stride 2 in a reduction cell when it reads a cell
+    input (index < 2); a node is the sum of its ops' outputs; the cell output concatenates the states
+    ``cell.concat`` (``multiplier = len(concat)`` of them). Drop path applies to every op that is not an
+    identity (a stride-2 ``skip_connect`` is a FactorizedReduce, so it is dropped too).
     """
 
-    def __init__(
-        self,
-        cell: CellGenotype,
-        c_prev_prev: int,
-        c_prev: int,
-        channels: int,
-        reduction: bool,
-        reduction_prev: bool,
-    ) -> None:
+    def __init__(self, cell: CellGenotype, plan: CellPlan) -> None:
         super().__init__()
+        reduction = plan.reduction
         if reduction and any(i < 2 for i in cell.concat):
-            raise ValueError(
+            raise ConfigError(
                 f"reduction cell concat {list(cell.concat)} includes a cell input (index 0 or 1); its "
                 "spatial size is not reduced, so only intermediate nodes (>= 2) may be concatenated"
             )
         self.reduction = reduction
         self.concat: tuple[int, ...] = tuple(cell.concat)
         self.multiplier = len(self.concat)
-        if reduction_prev:
-            self.preprocess0: nn.Module = FactorizedReduce(c_prev_prev, channels, affine=True)
-        else:
-            self.preprocess0 = ReLUConvBN(c_prev_prev, channels, 1, 1, 0, affine=True)
-        self.preprocess1 = ReLUConvBN(c_prev, channels, 1, 1, 0, affine=True)
+        self.preprocess0, self.preprocess1 = preprocessors(plan, affine=True)
         self.ops = nn.ModuleList()
         inputs: list[int] = []
         droppable: list[bool] = []
@@ -93,8 +83,8 @@ class EvalCell(nn.Module):
         for node in cell.nodes:
             node_sizes.append(len(node))
             for op_name, index in node:
-                stride = 2 if reduction and index < 2 else 1
-                self.ops.append(build_op(op_name, channels, stride, affine=True))
+                stride = plan.edge_stride(index)
+                self.ops.append(build_op(op_name, plan.channels, stride, affine=True))
                 inputs.append(index)
                 droppable.append(not (get_op_spec(op_name).kind == "skip" and stride == 1))
         self._inputs = tuple(inputs)
@@ -168,79 +158,55 @@ class AuxiliaryHeadImageNet(_AuxiliaryHead):
         super().__init__(channels, num_classes, pool_stride=2, bn_after_768=False)
 
 
-def _reductions(layers: int) -> tuple[int, int]:
-    return (layers // 3, 2 * layers // 3)
+class _EvalNetwork(DartsSkeleton):
+    """The evaluation network of a genotype: the DARTS skeleton with :class:`EvalCell` s (the cell of
+    each layer's type) and, optionally, the auxiliary head of the stem's dataset family."""
 
-
-class _EvalNetwork(nn.Module, abc.ABC):
-    """Cells, auxiliary head, pooling and classifier shared by the CIFAR and ImageNet networks."""
-
-    stem_channels: int
-    reduction_prev_at_start: bool
-
-    def _build_cells(
+    def __init__(
         self,
-        genotype: Genotype,
+        genotype: Genotype | str,
         C: int,
         num_classes: int,
         layers: int,
         auxiliary: bool,
-        c_stem: int,
-        reduction_prev: bool,
+        in_channels: int,
+        stem: Stem,
         aux_cls: type[_AuxiliaryHead],
     ) -> None:
-        if layers < 3:
-            raise ValueError(f"an evaluation network needs >= 3 layers (two are reductions), got {layers}")
-        if C < 1 or num_classes < 1:
-            raise ValueError(f"C and num_classes must be positive, got C={C}, num_classes={num_classes}")
-        if genotype.num_normal_types > 1 and genotype.num_normal_types != 3:
-            raise ValueError(
+        genotype = load_genotype(genotype)
+        if genotype.num_normal_types not in (1, 3):
+            raise ConfigError(
                 f"a genotype with several normal-cell types needs one per stage (3), "
                 f"got {genotype.num_normal_types}"
             )
+
+        def make_cell(plan: CellPlan) -> EvalCell:
+            return EvalCell(genotype.cell("reduce" if plan.reduction else "normal", plan.stage), plan)
+
+        super().__init__(
+            C,
+            layers,
+            num_classes,
+            in_channels,
+            make_cell,
+            num_normal_types=genotype.num_normal_types,
+            stem=stem,
+            auxiliary_head=(lambda channels: aux_cls(channels, num_classes)) if auxiliary else None,
+        )
         self.genotype = genotype
-        self.C, self.layers, self.num_classes = C, layers, num_classes
         self.auxiliary = auxiliary
         self.drop_path_prob = 0.0
-        self.aux_position = 2 * layers // 3
-        reductions = _reductions(layers)
-        c_pp, c_p, c_curr = c_stem, c_stem, C
-        self.cells = nn.ModuleList()
-        c_aux = 0
-        stage = 0
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                c_curr *= 2
-                stage += 1
-                cell_geno = genotype.cell("reduce")
-            else:
-                cell_geno = genotype.cell("normal", stage)
-            cell = EvalCell(cell_geno, c_pp, c_p, c_curr, reduction, reduction_prev)
-            self.cells.append(cell)
-            reduction_prev = reduction
-            c_pp, c_p = c_p, cell.multiplier * c_curr
-            if i == self.aux_position:
-                c_aux = c_p
-        self.auxiliary_head: nn.Module | None = aux_cls(c_aux, num_classes) if auxiliary else None
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_p, num_classes)
-
-    @abc.abstractmethod
-    def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two inputs of the first cell."""
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(logits, logits_aux)``; ``logits_aux`` only in training mode with an auxiliary head."""
-        s0, s1 = self._stem(x)
+        s0, s1 = self.stem_states(x)
         logits_aux = None
         drop_prob = float(self.drop_path_prob) if self.training else 0.0
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, drop_prob)
             if i == self.aux_position and self.auxiliary_head is not None and self.training:
                 logits_aux = self.auxiliary_head(s1)
-        out = self.global_pooling(s1)
-        return self.classifier(out.flatten(1)), logits_aux
+        return self.classify(s1), logits_aux
 
 
 class NetworkCIFAR(_EvalNetwork):
@@ -256,17 +222,9 @@ class NetworkCIFAR(_EvalNetwork):
         genotype: Genotype | str,
         in_channels: int = 3,
     ) -> None:
-        super().__init__()
-        genotype = load_genotype(genotype)
-        c_stem = 3 * C
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem)
+        super().__init__(
+            genotype, C, num_classes, layers, auxiliary, in_channels, "cifar", AuxiliaryHeadCIFAR
         )
-        self._build_cells(genotype, C, num_classes, layers, auxiliary, c_stem, False, AuxiliaryHeadCIFAR)
-
-    def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.stem(x)
-        return s, s
 
 
 class NetworkImageNet(_EvalNetwork):
@@ -284,32 +242,9 @@ class NetworkImageNet(_EvalNetwork):
         genotype: Genotype | str,
         in_channels: int = 3,
     ) -> None:
-        super().__init__()
-        if C % 2:
-            raise ValueError(f"NetworkImageNet needs an even C (its first stem conv has C/2 channels): {C}")
-        genotype = load_genotype(genotype)
-        self.stem0 = nn.Sequential(
-            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C // 2),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
+        super().__init__(
+            genotype, C, num_classes, layers, auxiliary, in_channels, "imagenet", AuxiliaryHeadImageNet
         )
-        self.stem1 = nn.Sequential(
-            nn.ReLU(inplace=False),  # s0 also feeds cell 0: do not overwrite it
-            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
-            nn.BatchNorm2d(C),
-        )
-        self._build_cells(genotype, C, num_classes, layers, auxiliary, C, True, AuxiliaryHeadImageNet)
-
-    def _stem(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s0 = self.stem0(x)
-        return s0, self.stem1(s0)
-
-
-def count_parameters_without_auxiliary(model: nn.Module) -> int:
-    """Parameters whose name does not contain ``auxiliary`` (the DARTS convention for reported sizes)."""
-    return sum(p.numel() for name, p in model.named_parameters() if "auxiliary" not in name)
 
 
 def build_eval_network(
@@ -326,4 +261,4 @@ def build_eval_network(
         return NetworkCIFAR(C, num_classes, layers, auxiliary, genotype, in_channels=in_channels)
     if network == "imagenet":
         return NetworkImageNet(C, num_classes, layers, auxiliary, genotype, in_channels=in_channels)
-    raise ValueError(f"unknown evaluation network {network!r}; use 'cifar' or 'imagenet'")
+    raise ConfigError(f"unknown evaluation network {network!r}; use 'cifar' or 'imagenet'")

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from fastnas.errors import ConfigError
+
 if TYPE_CHECKING:
     from fastnas.nn.cell import SearchCell
 
@@ -55,7 +57,7 @@ def build_executor(name: str) -> CellExecutor:
     try:
         return _EXECUTORS[name]()
     except KeyError:
-        raise ValueError(f"unknown cell executor {name!r}; available: {', '.join(_EXECUTORS)}") from None
+        raise ConfigError(f"unknown cell executor {name!r}; available: {', '.join(_EXECUTORS)}") from None
 
 
 def register_executor(name: str, cls: type) -> None:

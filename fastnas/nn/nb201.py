@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-import fastnas.ops.nb201_ops  # noqa: F401  (registers the NB201 convolutions)
+from fastnas.errors import ConfigError
 from fastnas.nb201.arch import NB201_EDGES, NB201_NUM_NODES, NB201Arch
 from fastnas.nn.mixed import MixedEdge
 from fastnas.ops import ReLUConvBN, build_op
@@ -101,7 +101,7 @@ class _NB201Skeleton(nn.Module):
     ):
         super().__init__()
         if C < 1 or N < 1:
-            raise ValueError(f"C and N must be >= 1, got C={C}, N={N}")
+            raise ConfigError(f"C and N must be >= 1, got C={C}, N={N}")
         self.C, self.N, self.num_classes = C, N, num_classes
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
         widths = (C, 2 * C, 4 * C)
@@ -152,7 +152,7 @@ class NB201Supernet(_NB201Skeleton):
     def set_executor(self, name: str) -> None:
         """Only the reference loop exists for NB201 cells; any other name is an error."""
         if name != "reference":
-            raise ValueError(f"the NB201 supernet has only the 'reference' executor, got {name!r}")
+            raise ConfigError(f"the NB201 supernet has only the 'reference' executor, got {name!r}")
         self.executor_name = name
 
     def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -5,25 +5,22 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from torch import nn
 
 from fastnas.nn.cell import SearchCell
 from fastnas.nn.executor import build_executor
+from fastnas.nn.skeleton import DartsSkeleton, Stem
 from fastnas.spaces import DartsSpace
 
 
-def reduction_layers(layers: int) -> tuple[int, ...]:
-    """Indices of the reduction cells: ``layers // 3`` and ``2 * layers // 3``."""
-    return (layers // 3, 2 * layers // 3)
-
-
-class Supernet(nn.Module):
-    """DARTS ``Network``: stem, ``layers`` search cells, global pooling, linear classifier.
+class Supernet(DartsSkeleton):
+    """DARTS ``Network``: the :class:`~fastnas.nn.skeleton.DartsSkeleton` with a :class:`SearchCell`
+    per layer.
 
     Architecture weights are not module parameters: the search algorithm owns them and passes the
     per-cell-type edge weights ``{cell_type: Tensor[num_edges, num_ops]}`` to :meth:`forward`.
     With several normal-cell types (seed 004), stage ``s`` (after ``s`` reductions) uses type
-    ``space.normal_types[s]``.
+    ``space.normal_types[s]``. ``stem="imagenet"`` gives the three stride-2 stem convolutions of the
+    DARTS ImageNet network.
     """
 
     def __init__(
@@ -35,40 +32,22 @@ class Supernet(nn.Module):
         in_channels: int = 3,
         stem_multiplier: int = 3,
         executor: str = "reference",
+        stem: Stem = "cifar",
     ):
-        super().__init__()
-        self.space = space or DartsSpace()
-        if layers < 3:
-            raise ValueError(f"a DARTS supernet needs at least 3 layers (two are reductions), got {layers}")
-        if self.space.num_normal_types not in (1, 3):
-            raise ValueError("num_normal_types must be 1 or 3 (one normal-cell type per stage)")
-        self.C, self.layers, self.num_classes = C, layers, num_classes
-        c_curr = stem_multiplier * C
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, c_curr, 3, padding=1, bias=False), nn.BatchNorm2d(c_curr)
-        )
-        self.executor_name = executor
+        space = space or DartsSpace()
         shared_executor = build_executor(executor)
-        c_pp, c_p, c_curr = c_curr, c_curr, C
-        self.cells = nn.ModuleList()
-        self.cell_types: list[str] = []
-        reductions = reduction_layers(layers)
-        reduction_prev, stage = False, 0
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                c_curr *= 2
-                stage += 1
-            cell = SearchCell(self.space, c_pp, c_p, c_curr, reduction, reduction_prev, shared_executor)
-            self.cells.append(cell)
-            if reduction:
-                self.cell_types.append("reduce")
-            else:
-                self.cell_types.append(self.space.normal_types[min(stage, self.space.num_normal_types - 1)])
-            reduction_prev = reduction
-            c_pp, c_p = c_p, self.space.multiplier * c_curr
-        self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_p, num_classes)
+        super().__init__(
+            C,
+            layers,
+            num_classes,
+            in_channels,
+            lambda plan: SearchCell(space, plan, shared_executor),
+            num_normal_types=space.num_normal_types,
+            stem=stem,
+            stem_multiplier=stem_multiplier,
+        )
+        self.space = space
+        self.executor_name = executor
 
     def set_executor(self, name: str) -> None:
         """Switch every cell to executor ``name`` (outputs must not change)."""
@@ -78,8 +57,4 @@ class Supernet(nn.Module):
         self.executor_name = name
 
     def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        s0 = s1 = self.stem(x)
-        for cell, cell_type in zip(self.cells, self.cell_types, strict=True):
-            s0, s1 = s1, cell(s0, s1, weights[cell_type])
-        out = self.global_pooling(s1)
-        return self.classifier(out.flatten(1))
+        return self.forward_cells(x, lambda cell, cell_type, s0, s1: cell(s0, s1, weights[cell_type]))

@@ -16,6 +16,8 @@ from typing import Literal
 
 from torch import nn
 
+from fastnas.errors import FastnasError
+
 OpKind = Literal["zero", "pool", "skip", "conv"]
 OpFactory = Callable[[int, int, bool], nn.Module]
 """``factory(channels, stride, affine) -> nn.Module`` mapping C channels to C channels."""
@@ -33,7 +35,7 @@ class OpSpec:
 _REGISTRY: dict[str, OpSpec] = {}
 
 
-class UnknownOpError(KeyError, ValueError):
+class UnknownOpError(FastnasError, KeyError, ValueError):
     """Raised for an op name that is not registered; the message lists the known names."""
 
     def __str__(self) -> str:  # KeyError would quote the message

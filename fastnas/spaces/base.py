@@ -1,23 +1,40 @@
-"""What every search space provides to supernets and methods."""
+"""What every search space provides: data only (op names, edges, cell types), no networks."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
-import torch
-from torch import nn
+
+class SpaceEdge(Protocol):
+    """One edge of a cell: from state ``source`` into node ``node``."""
+
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def source(self) -> int: ...
+
+    @property
+    def node(self) -> int: ...
 
 
 class SearchSpace(Protocol):
-    """A search space: candidate ops, the edges of a cell, the cell types that own architecture
-    parameters, how to build its supernet, and its own derivation convention."""
+    """A search space: its name, the candidate ops in alpha-column order, the edges of a cell and the
+    cell types that own architecture parameters. Supernets are built from it in :mod:`fastnas.nn`,
+    derivation rules for it live in :mod:`fastnas.algorithms.derivation`."""
 
-    name: str
-    ops: tuple[str, ...]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ops(self) -> tuple[str, ...]: ...
 
     @property
     def num_ops(self) -> int: ...
+
+    @property
+    def edges(self) -> Sequence[SpaceEdge]: ...
 
     @property
     def num_edges(self) -> int: ...
@@ -25,10 +42,4 @@ class SearchSpace(Protocol):
     @property
     def cell_types(self) -> tuple[str, ...]: ...
 
-    def derive(self, weights: Mapping[str, torch.Tensor]) -> Any:
-        """The discrete architecture of normalised edge weights ``{cell_type: [num_edges, num_ops]}``."""
-        ...
-
-    def build_supernet(
-        self, C: int, layers: int, num_classes: int, in_channels: int, executor: str = "reference"
-    ) -> nn.Module: ...
+    def op_index(self, name: str) -> int: ...

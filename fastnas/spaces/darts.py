@@ -8,17 +8,10 @@ state, so a 4-node cell has 2 + 3 + 4 + 5 = 14 edges, ordered node by node, sour
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-
+from fastnas.errors import ConfigError
 from fastnas.ops import DARTS_OPS, get_op_spec
-
-if TYPE_CHECKING:
-    from fastnas.genotype import Genotype
 
 
 @dataclass(frozen=True)
@@ -50,19 +43,19 @@ class DartsSpace:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ops", tuple(self.ops))
         if not self.ops:
-            raise ValueError("a search space needs at least one candidate op")
+            raise ConfigError("a search space needs at least one candidate op")
         if len(set(self.ops)) != len(self.ops):
-            raise ValueError(f"duplicate ops in the search space: {list(self.ops)}")
+            raise ConfigError(f"duplicate ops in the search space: {list(self.ops)}")
         for op in self.ops:
             get_op_spec(op)  # raises UnknownOpError naming the known ops
         if all(get_op_spec(op).kind == "zero" for op in self.ops):
-            raise ValueError("the search space needs at least one op other than 'none'")
+            raise ConfigError("the search space needs at least one op other than 'none'")
         if self.num_nodes < 1:
-            raise ValueError(f"num_nodes must be >= 1, got {self.num_nodes}")
+            raise ConfigError(f"num_nodes must be >= 1, got {self.num_nodes}")
         if not 1 <= self.multiplier <= self.num_nodes:
-            raise ValueError(f"multiplier must be in [1, num_nodes={self.num_nodes}], got {self.multiplier}")
+            raise ConfigError(f"multiplier must be in [1, num_nodes={self.num_nodes}], got {self.multiplier}")
         if self.num_normal_types < 1:
-            raise ValueError(f"num_normal_types must be >= 1, got {self.num_normal_types}")
+            raise ConfigError(f"num_normal_types must be >= 1, got {self.num_normal_types}")
 
     @property
     def num_ops(self) -> int:
@@ -97,27 +90,11 @@ class DartsSpace:
         """Every cell type that owns architecture parameters (normal types first, then ``reduce``)."""
         return (*self.normal_types, "reduce")
 
-    def derive(self, weights: Mapping[str, torch.Tensor]) -> Genotype:
-        """The DARTS derivation rule on normalised edge weights (REFERENCE.md section 1)."""
-        from fastnas.algorithms.derivation import derive_darts
-
-        return derive_darts(weights, self)
-
-    def build_supernet(
-        self, C: int, layers: int, num_classes: int, in_channels: int, executor: str = "reference"
-    ) -> nn.Module:
-        """The DARTS search supernet over this space."""
-        from fastnas.nn.supernet import Supernet
-
-        return Supernet(
-            self, C=C, layers=layers, num_classes=num_classes, in_channels=in_channels, executor=executor
-        )
-
     def op_index(self, name: str) -> int:
         try:
             return self.ops.index(name)
         except ValueError:
-            raise ValueError(f"op {name!r} is not in this space; its ops are {list(self.ops)}") from None
+            raise ConfigError(f"op {name!r} is not in this space; its ops are {list(self.ops)}") from None
 
     def without_ops(self, excluded: tuple[str, ...] | list[str]) -> DartsSpace:
         """The same space with some ops removed (thesis seed 004: excluding any op)."""

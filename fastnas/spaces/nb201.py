@@ -2,19 +2,16 @@
 
 Four nodes (node 0 input, node 3 output), one edge ``j <- i`` for every ``i < j`` (6 edges, in the
 arch-string order), the 5 ops of :data:`NB201_OPS`, one cell type (``"cell"``) shared by all cells.
-Derivation is the benchmark's own rule: per-edge argmax over all ops, ``none`` included.
+Its derivation rule, the benchmark's per-edge argmax over all ops (``none`` included), is
+:func:`fastnas.algorithms.derivation.derive_nb201`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import torch
-from torch import nn
-
-import fastnas.ops.nb201_ops  # noqa: F401  (registers the NB201 convolutions)
-from fastnas.nb201.arch import NB201_EDGES, NB201_NUM_NODES, NB201_OPS, NB201Arch
+from fastnas.errors import ConfigError
+from fastnas.nb201.arch import NB201_EDGES, NB201_NUM_NODES, NB201_OPS
 from fastnas.ops import get_op_spec
 
 
@@ -44,18 +41,18 @@ class NB201Space:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ops", tuple(self.ops))
         if self.num_nodes != NB201_NUM_NODES:
-            raise ValueError(
+            raise ConfigError(
                 f"the NAS-Bench-201 cell has a fixed topology of {NB201_NUM_NODES} nodes "
                 f"(input, two intermediate, output), got num_nodes={self.num_nodes}"
             )
         if len(set(self.ops)) != len(self.ops):
-            raise ValueError(f"duplicate ops in the NB201 space: {list(self.ops)}")
+            raise ConfigError(f"duplicate ops in the NB201 space: {list(self.ops)}")
         for op in self.ops:
             if op not in NB201_OPS:
-                raise ValueError(f"op {op!r} is not a NAS-Bench-201 op; they are: {', '.join(NB201_OPS)}")
+                raise ConfigError(f"op {op!r} is not a NAS-Bench-201 op; they are: {', '.join(NB201_OPS)}")
             get_op_spec(op)
         if all(get_op_spec(op).kind == "zero" for op in self.ops):
-            raise ValueError("the search space needs at least one op other than 'none'")
+            raise ConfigError("the search space needs at least one op other than 'none'")
 
     @property
     def num_ops(self) -> int:
@@ -78,41 +75,7 @@ class NB201Space:
         try:
             return self.ops.index(name)
         except ValueError:
-            raise ValueError(f"op {name!r} is not in this space; its ops are {list(self.ops)}") from None
-
-    def derive(self, weights: Mapping[str, torch.Tensor] | torch.Tensor) -> NB201Arch:
-        """Per-edge argmax over all ops (``none`` allowed, ties -> lower column), as NAS-Bench-201 does.
-
-        ``weights`` is ``{"cell": Tensor[6, num_ops]}`` (alphas or their softmax: same argmax).
-        """
-        w = weights if isinstance(weights, torch.Tensor) else weights["cell"]
-        if tuple(w.shape) != (self.num_edges, self.num_ops):
-            raise ValueError(
-                f"NB201 weights must have shape ({self.num_edges}, {self.num_ops}), got {tuple(w.shape)}"
-            )
-        rows = w.detach().to("cpu", torch.float64).tolist()
-        ops = []
-        for edge, row in zip(self.edges, rows, strict=True):
-            if any(v != v for v in row):
-                raise ValueError(f"NB201 weights of edge {edge.node}<-{edge.source} contain NaN: {row}")
-            best = max(row)
-            ops.append(self.ops[row.index(best)])  # first maximum: ties go to the lower index
-        return NB201Arch(tuple(ops))
-
-    def build_supernet(
-        self,
-        C: int = 16,
-        layers: int = 5,
-        num_classes: int = 10,
-        in_channels: int = 3,
-        executor: str = "reference",
-    ) -> nn.Module:
-        """The NB201 search supernet over this space; ``layers`` is the number of cells per stage (N)."""
-        from fastnas.nn.nb201 import NB201Supernet
-
-        return NB201Supernet(
-            self, C=C, N=layers, num_classes=num_classes, in_channels=in_channels, executor=executor
-        )
+            raise ConfigError(f"op {name!r} is not in this space; its ops are {list(self.ops)}") from None
 
 
 __all__ = ["NB201Edge", "NB201Space"]

@@ -1,102 +1,259 @@
-"""Configuration of a search run. ``None`` means "the method's published default"."""
+"""Configuration of a search run.
+
+:class:`SearchConfig` is what a user asks for: ``None`` in a hyper-parameter means "the method's
+published default" and ``method_options`` holds only the options the user set. :meth:`SearchConfig.resolved`
+turns it into a :class:`ResolvedSearchConfig`, in which every hyper-parameter has its value, the method
+options are the method's typed options object (defaults filled in) and the run has its name. The resolved
+config is what a run uses and what ``config.json`` records; reading ``config.json`` back checks every
+key and type (:meth:`ResolvedSearchConfig.from_json`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastnas.algorithms import get_method
-from fastnas.spaces import SPACE_DEFAULTS
+from fastnas.algorithms import MethodOptions, SearchDefaults
+from fastnas.data import DATASET_NAMES
+from fastnas.errors import ConfigError, MissingPathError
+from fastnas.fields import field_types, load_fields, read_json_file, setting
+from fastnas.methods import METHODS, get_method
+from fastnas.spaces import SPACE_DEFAULTS, SPACE_NAMES
+from fastnas.train.device import PRECISIONS
+
+__all__ = ["EXECUTORS", "ResolvedSearchConfig", "SearchConfig", "check_hyper_parameters"]
+
+EXECUTORS: tuple[str, ...] = ("reference", "fast")
+_HYPER = tuple(f.name for f in dataclasses.fields(SearchDefaults))
 
 
 @dataclass
 class SearchConfig:
-    """Everything that defines a search run; written to ``config.json`` in the run directory."""
+    """Everything that defines a search run, as asked for (``None`` = the published default). Each
+    field's ``setting`` is also its command-line flag (``fastnas search --help``)."""
 
-    method: str = "darts"
-    method_options: dict[str, Any] = field(default_factory=dict)  # e.g. {"order": 2}
-    space: str = "darts"
-    nodes: int = 4  # intermediate nodes per cell (DARTS space)
-    nb201_table: str | None = None  # NAS-Bench-201 results table: log each epoch's cell accuracy
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    download: bool = False
-    limit: int | None = None  # use only the first N training images (quick runs)
-    epochs: int | None = None
-    batch_size: int | None = None
-    C: int | None = None
-    layers: int | None = None
-    lr: float | None = None
-    lr_min: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    grad_clip: float | None = None
-    arch_lr: float | None = None
-    arch_betas: tuple[float, float] | None = None
-    arch_weight_decay: float | None = None
-    arch_grad_clip: float | None = None
-    train_portion: float | None = None
-    seed: int = 2
-    device: str = "auto"
-    precision: str = "fp32"
-    executor: str = "reference"
-    deterministic: bool = True  # CPU: torch.use_deterministic_algorithms (process-wide); CUDA: no autotune
-    out_dir: str = "runs"
-    run_name: str | None = None
+    method: str = setting("darts", "search method", choices=lambda: tuple(METHODS))
+    method_options: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})  # {"order": 2}
+    space: str = setting("darts", "search space", choices=SPACE_NAMES)
+    nodes: int = setting(4, "intermediate nodes per cell (darts space)")
+    nb201_table: str | None = setting(
+        None,
+        "NAS-Bench-201 results (.csv like nb201.csv, or the official .pth): log each epoch's cell accuracy",
+        metavar="PATH",
+    )
+    dataset: str = setting("cifar10", "dataset", choices=DATASET_NAMES)
+    data_dir: str | None = setting(
+        None, "CIFAR python-batch folder, image-folder tree, or a .tar(.gz) of such a tree", metavar="PATH"
+    )
+    download: bool = setting(False, "let torchvision download the dataset", const=True)
+    limit: int | None = setting(None, "use only the first N training images (quick runs)", metavar="N")
+    epochs: int | None = setting(None, "search epochs")
+    batch_size: int | None = setting(None, "batch size of each level")
+    C: int | None = setting(None, "initial channels", flag="--C", aliases=("--init-channels",))
+    layers: int | None = setting(None, "number of cells (darts), cells per stage (nb201)")
+    lr: float | None = setting(None, "weight learning rate (SGD)")
+    lr_min: float | None = setting(None, "final weight learning rate of the cosine schedule")
+    momentum: float | None = setting(None, "SGD momentum")
+    weight_decay: float | None = setting(None, "weight decay of the weights")
+    grad_clip: float | None = setting(None, "gradient-norm clip of the weights (0 = off)")
+    arch_lr: float | None = setting(None, "architecture learning rate (Adam)")
+    arch_betas: tuple[float, float] | None = setting(None, "Adam betas of the architecture", cli=False)
+    arch_weight_decay: float | None = setting(None, "weight decay of the architecture parameters")
+    arch_grad_clip: float | None = setting(None, "gradient-norm clip of the architecture (0 = off)")
+    train_portion: float | None = setting(
+        None,
+        "share of the training set that trains the weights (default 0.5); the rest trains the architecture",
+    )
+    seed: int = setting(2, "random seed (data order, augmentation, initialisation)")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = setting("fp32", "autocast precision (GPU runs)", choices=PRECISIONS)
+    executor: str = setting(
+        "reference",
+        "how search cells run: reference (the DARTS loop) or fast (batched edges, fused kernels on CUDA; "
+        "DARTS-space supernets)",
+        choices=EXECUTORS,
+    )
+    deterministic: bool = setting(
+        True,
+        "allow non-deterministic kernels (CPU runs are deterministic by default)",
+        flag="--nondeterministic",
+        const=False,
+    )
+    out_dir: str = setting("runs", "parent folder of run directories")
+    run_name: str | None = setting(None, "run directory name (default: method-dataset-seed-time)")
 
-    def resolved(self) -> SearchConfig:
-        """A copy with every ``None`` hyper-parameter replaced by the method's published default."""
-        defaults = get_method(self.method).defaults
-        values = dataclasses.asdict(self)
-        if self.space not in SPACE_DEFAULTS:
-            raise ValueError(f"unknown search space {self.space!r}; available: {', '.join(SPACE_DEFAULTS)}")
-        for key, value in SPACE_DEFAULTS[self.space].items():
-            if values.get(key) is None:
-                values[key] = value
-        for f in dataclasses.fields(defaults):
-            if values.get(f.name) is None:
-                values[f.name] = getattr(defaults, f.name)
-        if values["arch_betas"] is not None:
-            values["arch_betas"] = tuple(values["arch_betas"])
-        out = SearchConfig(**values)
-        out.validate()
-        return out
+    def resolved(self) -> ResolvedSearchConfig:
+        """The run's configuration: published defaults filled in, options typed, values validated."""
+        method = get_method(self.method)
+        if self.space not in SPACE_NAMES:
+            raise ConfigError(f"unknown search space {self.space!r}; available: {', '.join(SPACE_NAMES)}")
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        hyper = dataclasses.replace(method.defaults, **{**SPACE_DEFAULTS[self.space]}).updated(
+            **{k: values[k] for k in _HYPER}
+        )
+        run_name = self.run_name or (
+            f"{method.name}-{self.dataset}-s{self.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        )
+        resolved = ResolvedSearchConfig(
+            method=method.name,
+            options=method.make_options(self.method_options),
+            **{k: v for k, v in values.items() if k not in (*_HYPER, "method", "method_options", "run_name")},
+            **dataclasses.asdict(hyper),
+            run_name=run_name,
+        )
+        resolved.validate()
+        return resolved
+
+
+@dataclass(frozen=True)
+class ResolvedSearchConfig:
+    """A search run's configuration with every value known (written to ``config.json``)."""
+
+    method: str
+    options: MethodOptions
+    space: str
+    nodes: int
+    nb201_table: str | None  # None: no table
+    dataset: str
+    data_dir: str | None  # None: the dataset needs no folder (digits) or the default location
+    download: bool
+    limit: int | None  # None: every training image
+    epochs: int
+    batch_size: int
+    C: int
+    layers: int
+    lr: float
+    lr_min: float
+    momentum: float
+    weight_decay: float
+    grad_clip: float  # <= 0: off
+    arch_lr: float
+    arch_betas: tuple[float, float]
+    arch_weight_decay: float
+    arch_grad_clip: float  # <= 0: off
+    train_portion: float
+    seed: int
+    device: str
+    precision: str
+    executor: str
+    deterministic: bool
+    out_dir: str
+    run_name: str
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.run_name
+
+    @property
+    def hyper_parameters(self) -> SearchDefaults:
+        return SearchDefaults(**{k: getattr(self, k) for k in _HYPER})
 
     def validate(self) -> None:
-        get_method(self.method)
+        """Range checks of every value (:class:`~fastnas.errors.ConfigError` naming the option)."""
+        if self.space not in SPACE_NAMES:
+            raise ConfigError(f"unknown search space {self.space!r}; available: {', '.join(SPACE_NAMES)}")
+        if self.dataset not in DATASET_NAMES:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASET_NAMES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if self.executor not in EXECUTORS:
+            raise ConfigError(f"unknown executor {self.executor!r}; use one of {', '.join(EXECUTORS)}")
         if self.nb201_table is not None and self.space != "nb201":
-            raise ValueError("--nb201-table needs --space nb201")
+            raise ConfigError("--nb201-table needs --space nb201")
+        if self.nb201_table is not None and not Path(self.nb201_table).is_file():
+            raise MissingPathError(
+                f"the NAS-Bench-201 table {self.nb201_table} does not exist or is not a file"
+            )
         if self.space == "nb201" and self.nodes != 4:
-            raise ValueError(
+            raise ConfigError(
                 "the NAS-Bench-201 cell has a fixed topology; --nodes applies to the darts space only"
             )
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
-        if self.train_portion is not None and not 0 < self.train_portion < 1:
-            raise ValueError(f"train portion must be in (0, 1), got {self.train_portion}")
+        if self.nodes < 1:
+            raise ConfigError(f"--nodes must be >= 1, got {self.nodes}")
         if self.limit is not None and self.limit < 2:
-            raise ValueError(
-                f"limit must be >= 2 images (half train the weights, half the architecture), got {self.limit}"
+            raise ConfigError(
+                f"--limit must be >= 2 images (half train the weights, half the architecture), "
+                f"got {self.limit}"
             )
+        if not self.run_name or Path(self.run_name).name != self.run_name or self.run_name in (".", ".."):
+            raise ConfigError(f"--run-name must be a plain folder name, got {self.run_name!r}")
+        check_hyper_parameters(self.hyper_parameters, space=self.space)
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["method_options"] = values.pop("options").to_json()
+        values["arch_betas"] = list(self.arch_betas)
+        return values
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> SearchConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown search config keys {sorted(unknown)}")
-        if data.get("arch_betas") is not None:
-            data = {**data, "arch_betas": tuple(data["arch_betas"])}
-        return cls(**data)
+    def from_json(cls, data: Any, where: str = "config.json") -> ResolvedSearchConfig:
+        """Read a ``config.json`` back: every key known, every value of the right type and in range."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where} must be a JSON object of settings, got {type(data).__name__}")
+        data = dict(data)
+        options = data.pop("method_options", {})
+        method_name = data.get("method")
+        if not isinstance(method_name, str):
+            raise ConfigError(f"{where}: 'method' must be a method name, got {method_name!r}")
+        method = get_method(method_name)
+        fields_ = load_fields(cls, data, where, exclude=("options",))
+        absent = [name for name in field_types(cls) if name != "options" and name not in fields_]
+        if absent:
+            raise ConfigError(
+                f"{where} lacks the key(s) {absent}; it was not written by this version of fastnas"
+            )
+        try:
+            opts = method.make_options(options)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        try:
+            config = cls(options=opts, **fields_)
+            config.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return config
 
     @classmethod
-    def load(cls, path: str | Path) -> SearchConfig:
-        return cls.from_json(json.loads(Path(path).read_text()))
+    def load(cls, path: str | Path) -> ResolvedSearchConfig:
+        path = Path(path)
+        data = read_json_file(path, f"{path.parent} is not a search run directory (no config.json)")
+        return cls.from_json(data, str(path))
+
+
+def check_hyper_parameters(h: SearchDefaults, space: str = "darts") -> None:
+    """Range checks of search hyper-parameters (finite numbers, positive sizes and rates; a gradient
+    clip of 0 means no clipping, a negative one is refused)."""
+    for name in _HYPER:
+        for value in getattr(h, name) if name == "arch_betas" else (getattr(h, name),):
+            if not math.isfinite(value):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    for name in ("grad_clip", "arch_grad_clip"):
+        if getattr(h, name) < 0:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} must be >= 0 (the gradient-norm bound; 0 = no clipping), "
+                f"got {getattr(h, name)}"
+            )
+    for name in ("epochs", "batch_size", "C", "layers"):
+        if getattr(h, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(h, name)}")
+    if space != "nb201" and h.layers < 3:
+        raise ConfigError(f"--layers must be >= 3 (two cells are reductions), got {h.layers}")
+    if not 0 < h.lr <= 10:
+        raise ConfigError(f"--lr must be in (0, 10], got {h.lr}")
+    if not 0 <= h.lr_min <= h.lr:
+        raise ConfigError(f"--lr-min must be in [0, lr={h.lr}], got {h.lr_min}")
+    if not 0 < h.arch_lr <= 10:
+        raise ConfigError(f"--arch-lr must be in (0, 10], got {h.arch_lr}")
+    if not 0 <= h.momentum < 1:
+        raise ConfigError(f"--momentum must be in [0, 1), got {h.momentum}")
+    for name in ("weight_decay", "arch_weight_decay"):
+        if not 0 <= getattr(h, name) <= 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(h, name)}")
+    if not all(0 <= b < 1 for b in h.arch_betas):
+        raise ConfigError(f"arch_betas must be in [0, 1), got {list(h.arch_betas)}")
+    if not 0 < h.train_portion < 1:
+        raise ConfigError(f"--train-portion must be in (0, 1), got {h.train_portion}")

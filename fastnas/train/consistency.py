@@ -17,7 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fastnas.nn.search_model import SearchModel
+from fastnas.nb201.arch import NB201Arch
+from fastnas.search_model import SearchModel
+from fastnas.spaces import DartsSpace
 from fastnas.train.device import autocast
 
 __all__ = ["child_weights", "evaluate_weights", "measure_consistency"]
@@ -30,12 +32,10 @@ def child_weights(model: SearchModel, genotype: Any | None = None) -> dict[str, 
     genotype = genotype if genotype is not None else model.genotype()
     reference = model.arch_weights()
     out = {t: torch.zeros_like(w, dtype=torch.float32) for t, w in reference.items()}
-    if hasattr(genotype, "ops") and hasattr(genotype, "edges") and "cell" in out:  # NAS-Bench-201 arch
+    if isinstance(genotype, NB201Arch):
         for e, op in enumerate(genotype.ops):
-            out["cell"][e, space.ops.index(op)] = 1.0
+            out["cell"][e, space.op_index(op)] = 1.0
         return out
-    from fastnas.spaces import DartsSpace
-
     if not isinstance(space, DartsSpace):
         raise TypeError(f"no child-net weights for space {space.name!r}")
     edge_of = {(e.node, e.source): e.index for e in space.edges}

@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from fastnas.errors import ConfigError, DeviceError
+
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
@@ -18,24 +20,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(
+            raise DeviceError(
                 f"device {name!r} was requested but CUDA is not available on this machine "
                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); "
                 "use --device cpu or auto"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise RuntimeError(
-                f"{name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
-            )
+            raise DeviceError(f"{name!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
     return device
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

@@ -16,9 +16,9 @@ seeded from ``(seed, e)``, so :func:`resume_train` after a crash ends exactly li
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,20 +27,22 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from fastnas.data import TensorBatchLoader, limit_indices, load_dataset
+from fastnas.errors import CheckpointError, ConfigError, DataError, NonFiniteError
+from fastnas.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from fastnas.genotype import Genotype, load_genotype
-from fastnas.info import count_flops, count_parameters
-from fastnas.nn.eval_network import build_eval_network, count_parameters_without_auxiliary
-from fastnas.train.checkpoint import (
-    append_jsonl,
-    atomic_write_json,
-    atomic_write_text,
-    load_checkpoint,
-    read_jsonl,
-    rewrite_jsonl,
-    save_checkpoint,
-)
+from fastnas.nn.counting import count_flops, count_parameters, count_parameters_without_auxiliary
+from fastnas.nn.eval_network import build_eval_network
+from fastnas.train.checkpoint import CHECKPOINT_NAME, check_state, load_checkpoint, save_checkpoint
 from fastnas.train.device import autocast, resolve_device, seed_everything
-from fastnas.train.train_config import DATASET_SHAPES, TrainConfig
+from fastnas.train.run_state import (
+    NonFiniteMonitor,
+    RunLog,
+    check_run_dir_free,
+    open_checkpoint,
+    prepare_run_dir,
+    trim_histories,
+)
+from fastnas.train.train_config import DATASET_SHAPES, ResolvedTrainConfig, TrainConfig, genotype_label
 
 __all__ = [
     "TrainResult",
@@ -97,10 +99,9 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def build_loaders(
-    config: TrainConfig, device: torch.device, train: bool = True
+    config: ResolvedTrainConfig, device: torch.device, train: bool = True
 ) -> tuple[Loader | None, Loader, int, int]:
     """``(train_loader or None, test_loader, num_classes, in_channels)`` for a resolved config."""
-    assert config.batch_size is not None and config.cutout is not None
     if config.dataset == "imagenet":
         from fastnas.data.imagenet import FolderBatchLoader, load_imagenet_folder
 
@@ -113,7 +114,7 @@ def build_loaders(
         if train:
             train_set = load_imagenet_folder(config.data_dir, "train")
             if list(train_set.classes) != list(test_set.classes):
-                raise ValueError(
+                raise DataError(
                     f"ImageNet train/ and val/ have different class folders ({len(train_set.classes)} vs "
                     f"{len(test_set.classes)}); val/ must use the same <wnid>/ folders as train/"
                 )
@@ -151,11 +152,10 @@ def build_loaders(
 
 
 def build_model(
-    config: TrainConfig, genotype: Genotype, num_classes: int, in_channels: int
+    config: ResolvedTrainConfig, genotype: Genotype, num_classes: int, in_channels: int
 ) -> torch.nn.Module:
     """The evaluation network of a resolved config; the auxiliary head exists when ``config.auxiliary``
     is on and its weight is positive."""
-    assert config.C is not None and config.layers is not None and config.auxiliary_weight is not None
     auxiliary = bool(config.auxiliary and config.auxiliary_weight > 0)
     return build_eval_network(
         genotype, config.network, config.C, config.layers, num_classes, auxiliary, in_channels
@@ -193,7 +193,7 @@ def evaluate_model(
         count += len(y)
     model.train(was_training)
     if count == 0:
-        raise ValueError("the test set is empty")
+        raise DataError("the test set is empty; check --data-dir and --test-limit")
     return {
         "test_loss": float(loss_sum) / count,
         "test_top1": 100.0 * float(top1) / count,
@@ -202,20 +202,23 @@ def evaluate_model(
     }
 
 
-def _make_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.SGD:
-    kwargs = {"lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay}
+def _make_optimizer(
+    model: torch.nn.Module, config: ResolvedTrainConfig, device: torch.device
+) -> torch.optim.SGD:
+    lr, momentum, wd = config.lr, config.momentum, config.weight_decay
     if device.type == "cuda":
         try:
-            return torch.optim.SGD(model.parameters(), fused=True, **kwargs)
+            return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd, fused=True)
         except (RuntimeError, TypeError, ValueError):
-            return torch.optim.SGD(model.parameters(), foreach=True, **kwargs)
-    return torch.optim.SGD(model.parameters(), **kwargs)
+            return torch.optim.SGD(
+                model.parameters(), lr=lr, momentum=momentum, weight_decay=wd, foreach=True
+            )
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=wd)
 
 
 def _make_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig
+    optimizer: torch.optim.Optimizer, config: ResolvedTrainConfig
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    assert config.epochs is not None and config.lr_min is not None and config.lr_gamma is not None
     if config.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=config.lr_gamma)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr_min)
@@ -223,31 +226,18 @@ def _make_scheduler(
 
 # ---------------------------------------------------------------------------------------------- runner
 
-
-def _genotype_label(source: Any) -> str:
-    if isinstance(source, str):
-        from fastnas.genotype_zoo import resolve_zoo_name
-
-        name = resolve_zoo_name(source)
-        if name is not None:
-            return name
-        if "Genotype(" not in source:
-            return Path(source).name.split(".")[0] or "genotype"
-    return "genotype"
-
-
-def _new_run_dir(config: TrainConfig) -> Path:
-    name = config.run_name or (
-        f"train-{_genotype_label(config.genotype)}-{config.dataset}-s{config.seed}-"
-        f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    )
-    run_dir = Path(config.out_dir) / name
-    if (run_dir / "checkpoint.pt").exists() or (run_dir / "result.json").exists():
-        raise FileExistsError(
-            f"run directory {run_dir} already holds a run; continue it with "
-            f"`fastnas train --resume {run_dir}` or choose another --run-name"
-        )
-    return run_dir
+#: Keys and types a retraining checkpoint must have (checked before anything is loaded).
+CHECKPOINT_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "model": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "scaler": dict,
+    "config": dict,
+    "genotype": dict,
+    "num_classes": int,
+    "in_channels": int,
+}
 
 
 class TrainRunner:
@@ -255,7 +245,7 @@ class TrainRunner:
 
     def __init__(
         self,
-        config: TrainConfig,
+        config: ResolvedTrainConfig,
         genotype: Genotype,
         run_dir: Path,
         progress: bool = True,
@@ -265,12 +255,11 @@ class TrainRunner:
         self.genotype = genotype
         self.run_dir = run_dir
         self.progress = progress
+        self.log = RunLog(run_dir, progress)
         self.device = resolve_device(device or config.device)
         self.precision = resolve_precision(config.precision, self.device)
-        self.channels_last = (
-            self.device.type == "cuda" if config.channels_last is None else bool(config.channels_last)
-        )
-        deterministic = self.device.type == "cpu" if config.deterministic is None else config.deterministic
+        self.channels_last = _toggle_on(config.channels_last, self.device.type == "cuda")
+        deterministic = _toggle_on(config.deterministic, self.device.type == "cpu")
         if deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.device.type == "cuda":
@@ -279,6 +268,11 @@ class TrainRunner:
         self.train_loader, self.test_loader, self.num_classes, self.in_channels = build_loaders(
             config, self.device
         )
+        if self.train_loader is not None and len(self.train_loader) == 0:
+            raise ConfigError(
+                f"the training set gives no training step ({self.train_loader.num_examples} image(s) at "
+                f"batch size {config.batch_size}, a last batch of one image is dropped); raise --limit"
+            )
         seed_everything(config.seed)
         model = build_model(config, genotype, self.num_classes, self.in_channels)
         self.parameters = count_parameters_without_auxiliary(model)
@@ -289,6 +283,7 @@ class TrainRunner:
         self.optimizer = _make_optimizer(self.model, config, self.device)
         self.scheduler = _make_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.monitor = NonFiniteMonitor(self.device, ("training",))
         self.start_epoch = 0
 
     # ----------------------------------------------------------------- state
@@ -305,19 +300,35 @@ class TrainRunner:
             "in_channels": self.in_channels,
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+    def load_state_dict(self, state: dict[str, Any], path: Path | None = None) -> None:
+        where = path or "the checkpoint"
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise CheckpointError(
+                f"{where} does not fit this run's network and optimiser ({type(exc).__name__}: "
+                f"{str(exc)[:300]}); it belongs to another configuration - start the run again"
+            ) from None
         self.start_epoch = state["epoch"] + 1
+
+    def resume(self) -> None:
+        """Continue from the run's newest good checkpoint, if any (validated before any history file
+        is touched)."""
+        loaded = open_checkpoint(self.run_dir, CHECKPOINT_SCHEMA, self.config.epochs, self.device, self.log)
+        if loaded is None:
+            self.log(f"{self.run_dir} has no checkpoint yet; starting it from epoch 1")
+        else:
+            self.load_state_dict(loaded.state, loaded.path)
+            self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}/{self.config.epochs}")
+        trim_histories([self.run_dir / "metrics.jsonl"], self.start_epoch, self.log)
 
     # ----------------------------------------------------------------- steps
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One SGD step; returns the (detached) loss and the number of correct top-1 predictions."""
         cfg = self.config
-        assert cfg.auxiliary_weight is not None and cfg.label_smoothing is not None
-        assert cfg.grad_clip is not None
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
@@ -325,8 +336,8 @@ class TrainRunner:
             logits, logits_aux = self.model(x)
             loss = training_loss(logits, logits_aux, y, cfg.auxiliary_weight, cfg.label_smoothing)
         self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -334,7 +345,7 @@ class TrainRunner:
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.config
-        assert cfg.epochs is not None and cfg.drop_path is not None and self.train_loader is not None
+        assert self.train_loader is not None
         self.model.train()
         drop_prob = cfg.drop_path * epoch / cfg.epochs
         self.model.drop_path_prob = drop_prob
@@ -345,6 +356,7 @@ class TrainRunner:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         steps = len(self.train_loader)
+        self.monitor.reset()
         bar = tqdm(
             total=steps,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -355,14 +367,17 @@ class TrainRunner:
         started = time.perf_counter()
         for step, (x, y) in enumerate(self.train_loader):
             loss, n_correct = self.train_step(x, y)
+            self.monitor.observe("training", step, loss)
             loss_sum += loss.double() * len(y)
             correct += n_correct
             seen += len(y)
             bar.update(1)
             if self.progress and (step % 50 == 0 or step == steps - 1):  # syncs: only with the bar
+                self.monitor.check(epoch)
                 loss_now, acc_now = float(loss_sum) / seen, 100.0 * float(correct) / seen
                 bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{acc_now:.1f}")
         bar.close()
+        self.monitor.check(epoch)
         train_loss, train_acc = float(loss_sum) / max(seen, 1), 100.0 * float(correct) / max(seen, 1)
         elapsed = time.perf_counter() - started  # after the float() sync above
         self.scheduler.step()
@@ -376,25 +391,24 @@ class TrainRunner:
         }
 
     def evaluate(self) -> dict[str, Any]:
-        return evaluate_model(
+        result = evaluate_model(
             self.model, self.test_loader, self.device, self.precision, self.channels_last, self.progress
         )
+        if not math.isfinite(result["test_loss"]):
+            raise NonFiniteError(
+                f"the test loss is {result['test_loss']} (the network diverged); no result is written - "
+                "lower the learning rate or use --precision fp32, then resume with --resume"
+            )
+        return result
 
     # ----------------------------------------------------------------- run
-    def log(self, line: str) -> None:
-        tqdm.write(line) if self.progress else print(line, flush=True)
-        with open(self.run_dir / "log.txt", "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-
     def _should_evaluate(self, epoch: int) -> bool:
         every = self.config.eval_every
-        return epoch == self.config.epochs - 1 or (every > 0 and (epoch + 1) % every == 0)  # type: ignore[operator]
+        return epoch == self.config.epochs - 1 or (every > 0 and (epoch + 1) % every == 0)
 
     def run(self) -> TrainResult:
         cfg = self.config
-        assert cfg.epochs is not None
         metrics_path = self.run_dir / "metrics.jsonl"
-        rewrite_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r["epoch"] < self.start_epoch])
         if self.start_epoch >= cfg.epochs:
             self.log(f"run {self.run_dir} already trained ({cfg.epochs} epochs); evaluating its checkpoint")
         final: dict[str, Any] | None = None
@@ -405,8 +419,9 @@ class TrainRunner:
                 final = self.evaluate()
                 row.update(final)
             row["epoch_time_s"] = time.perf_counter() - started
+            # history first: a kill before the checkpoint redoes this epoch and trims its row on resume
             append_jsonl(metrics_path, row)
-            save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict(epoch))
+            save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict(epoch))
             test = ""
             if "test_top1" in row:
                 test = (
@@ -454,22 +469,29 @@ class TrainRunner:
         }
 
 
+def _toggle_on(value: str, auto: bool) -> bool:
+    return auto if value == "auto" else value == "on"
+
+
 # ---------------------------------------------------------------------------------------------- entry
 
 
-def run_train(config: TrainConfig, progress: bool = True) -> TrainResult:
-    """Retrain ``config.genotype`` from scratch; returns the run directory, metrics and test result."""
-    config = config.resolved()
-    genotype = load_genotype(config.genotype)
-    run_dir = _new_run_dir(config)
-    runner = TrainRunner(config, genotype, run_dir, progress=progress)  # data and device errors come first
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "config.json", config.to_json())
+def run_train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> TrainResult:
+    """Retrain ``config.genotype`` from scratch; returns the run directory, metrics and test result. An
+    existing, non-empty run directory is refused unless ``overwrite``."""
+    resolved = config.resolved()
+    genotype = resolved.load_genotype()
+    run_dir = resolved.run_dir
+    check_run_dir_free(run_dir, overwrite, "train")
+    runner = TrainRunner(resolved, genotype, run_dir, progress=progress)  # data and device errors come first
+    prepare_run_dir(run_dir, overwrite)
+    # the genotype first, the config last: a directory with a config.json always has its genotype
     genotype.save_json(run_dir / "genotype.json")
     atomic_write_text(run_dir / "genotype.txt", genotype.to_literal() + "\n")
+    atomic_write_json(run_dir / "config.json", resolved.to_json())
     runner.log(
-        f"fastnas train: {_genotype_label(config.genotype)} on {config.dataset}, C={config.C}, "
-        f"{config.layers} layers, {runner.parameters / 1e6:.3f} M parameters, {runner.device} "
+        f"fastnas train: {genotype_label(resolved.genotype)} on {resolved.dataset}, C={resolved.C}, "
+        f"{resolved.layers} layers, {runner.parameters / 1e6:.3f} M parameters, {runner.device} "
         f"{runner.precision}, run directory {run_dir}"
     )
     return runner.run()
@@ -477,22 +499,18 @@ def run_train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
 def _is_train_run(run_dir: Path) -> bool:
     config = run_dir / "config.json"
-    return config.is_file() and "auxiliary_weight" in config.read_text()
+    return config.is_file() and "auxiliary_weight" in config.read_text(encoding="utf-8", errors="replace")
 
 
 def resume_train(run_dir: str | Path, progress: bool = True, device: str | None = None) -> TrainResult:
-    """Continue the retraining run in ``run_dir`` after its last checkpoint (or evaluate it when done)."""
+    """Continue the retraining run in ``run_dir`` after its last good checkpoint (evaluate it when done)."""
     run_dir = Path(run_dir)
     if not _is_train_run(run_dir):
-        raise FileNotFoundError(f"{run_dir} is not a retraining run directory (no train config.json)")
-    config = TrainConfig.load(run_dir / "config.json").resolved()
+        raise ConfigError(f"{run_dir} is not a retraining run directory (no train config.json)")
+    config = ResolvedTrainConfig.load(run_dir / "config.json")
     genotype = load_genotype(run_dir)  # the genotype.json saved at the start, not the original source
     runner = TrainRunner(config, genotype, run_dir, progress=progress, device=device)
-    if (run_dir / "checkpoint.pt").exists():
-        runner.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location=runner.device))
-        runner.log(f"resuming {run_dir} after epoch {runner.start_epoch}/{config.epochs}")
-    else:
-        runner.log(f"{run_dir} has no checkpoint yet; starting it from epoch 1")
+    runner.resume()
     return runner.run()
 
 
@@ -510,29 +528,36 @@ def evaluate_checkpoint(
     with ``write``, the numbers also go to ``eval.json`` next to the checkpoint."""
     path = Path(source)
     if path.is_dir():
-        path = path / "checkpoint.pt"
-    state = load_checkpoint(path)
-    if "config" not in state or "genotype" not in state or "num_classes" not in state:
-        raise ValueError(f"{path} is not a retraining checkpoint (written by `fastnas train`)")
-    config = TrainConfig.from_json(state["config"])
+        path = path / CHECKPOINT_NAME
+    loaded = load_checkpoint(path, fallback=False)
+    state = loaded.state
+    check_state(state, CHECKPOINT_SCHEMA, path)
+    config = ResolvedTrainConfig.from_json(state["config"], f"{path} (its config)")
+    changes: dict[str, Any] = {}
     if data_dir is not None:
-        config.data_dir = data_dir
+        changes["data_dir"] = data_dir
     if batch_size is not None:
-        config.batch_size = batch_size
+        changes["batch_size"] = batch_size
     if test_limit is not None:
-        config.test_limit = test_limit
-    config = config.resolved()
-    genotype = Genotype.from_json(state["genotype"])
+        changes["test_limit"] = test_limit
+    config = config.replace(**changes)
+    try:
+        genotype = Genotype.from_json(state["genotype"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its genotype is malformed ({exc})") from None
     dev = resolve_device(device or config.device)
     precision = resolve_precision(config.precision, dev)
-    channels_last = dev.type == "cuda" if config.channels_last is None else bool(config.channels_last)
+    channels_last = _toggle_on(config.channels_last, dev.type == "cuda")
     _, test_loader, num_classes, in_channels = build_loaders(config, dev, train=False)
     if num_classes != state["num_classes"]:
-        raise ValueError(
+        raise DataError(
             f"the test set has {num_classes} classes but the checkpoint was trained on {state['num_classes']}"
         )
     model = build_model(config, genotype, num_classes, in_channels)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its weights do not fit its network ({str(exc)[:300]})") from None
     model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -9,7 +9,9 @@ A run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch), `
 edge weights after each epoch), ``checkpoint.pt`` (written atomically after every epoch),
 ``genotype.json`` / ``genotype.txt`` and ``log.txt``. ``resume_search(run_dir)`` continues a killed run;
 all randomness of an epoch is seeded from (seed, epoch), so a resumed run ends with the same
-architecture parameters and genotype as an uninterrupted one.
+architecture parameters and genotype as an uninterrupted one. Checkpoints carry a checksum and the
+previous one is kept (:mod:`fastnas.train.run_state`); a loss that becomes NaN or infinite stops the run
+with a message naming the epoch, the step and the level.
 """
 
 from __future__ import annotations
@@ -19,31 +21,48 @@ import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from fastnas.algorithms import Architecture
+from fastnas.algorithms.architect import unrolled_arch_gradients
 from fastnas.data import TensorBatchLoader, limit_indices, load_dataset, search_split
-from fastnas.genotype import Genotype
-from fastnas.nn.search_model import SearchModel
+from fastnas.errors import CheckpointError, ConfigError
+from fastnas.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from fastnas.nb201 import NB201Table
+from fastnas.search_model import SearchModel
 from fastnas.spaces import build_space
-from fastnas.train.checkpoint import (
-    append_jsonl,
-    atomic_write_json,
-    atomic_write_text,
-    load_checkpoint,
-    read_jsonl,
-    rewrite_jsonl,
-    save_checkpoint,
-)
-from fastnas.train.config import SearchConfig
+from fastnas.train.checkpoint import CHECKPOINT_NAME, numpy_rng_state, save_checkpoint, set_numpy_rng_state
+from fastnas.train.config import ResolvedSearchConfig, SearchConfig
 from fastnas.train.device import autocast, resolve_device, seed_everything
+from fastnas.train.run_state import (
+    NonFiniteMonitor,
+    RunLog,
+    check_run_dir_free,
+    open_checkpoint,
+    prepare_run_dir,
+    trim_histories,
+)
+
+__all__ = ["SearchResult", "SearchRunner", "resume_search", "run_search"]
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+#: Keys and types a search checkpoint must have (checked before anything is loaded into the model).
+CHECKPOINT_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "epoch": int,
+    "model": dict,
+    "weight_optimizer": dict,
+    "arch_optimizer": dict,
+    "scheduler": dict,
+    "weight_scaler": dict,
+    "arch_scaler": dict,
+    "rng": dict,
+    "genotype": dict,
+}
 
 
 @dataclass
@@ -51,7 +70,7 @@ class SearchResult:
     """What a finished search returns."""
 
     run_dir: Path
-    genotype: Genotype  # an NB201Arch on the nb201 space
+    genotype: Architecture  # a Genotype, or an NB201Arch on the nb201 space
     metrics: list[dict[str, Any]]
     model: SearchModel
 
@@ -61,27 +80,16 @@ def _repeat(loader: TensorBatchLoader) -> Iterator[Batch]:
         yield from loader
 
 
-def _new_run_dir(config: SearchConfig) -> Path:
-    name = config.run_name or (
-        f"{config.method}-{config.dataset}-s{config.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    )
-    run_dir = Path(config.out_dir) / name
-    if (run_dir / "checkpoint.pt").exists():
-        raise FileExistsError(
-            f"run directory {run_dir} already holds a run; continue it with --resume {run_dir} "
-            "or choose another --run-name"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
 class SearchRunner:
     """Builds data, model and optimisers from a resolved config and runs the epochs."""
 
-    def __init__(self, config: SearchConfig, run_dir: Path, progress: bool = True, device: str | None = None):
+    def __init__(
+        self, config: ResolvedSearchConfig, run_dir: Path, progress: bool = True, device: str | None = None
+    ):
         self.config = config
         self.run_dir = run_dir
         self.progress = progress
+        self.log = RunLog(run_dir, progress)
         self.device = resolve_device(device or config.device)
         if config.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -94,7 +102,7 @@ class SearchRunner:
         weight_idx, arch_idx = search_split(len(indices), config.train_portion)
         weight_idx, arch_idx = indices[weight_idx], indices[arch_idx]
         if len(weight_idx) == 0 or len(arch_idx) == 0:
-            raise ValueError("the search split left no images for one of the halves; raise --limit")
+            raise ConfigError("the search split left no images for one of the halves; raise --limit")
         common = {"batch_size": config.batch_size, "device": self.device}
         self.weight_loader = TensorBatchLoader(
             train_set, weight_idx, augment=True, shuffle=True, seed=config.seed, **common
@@ -108,11 +116,7 @@ class SearchRunner:
 
         space_options = {"num_nodes": config.nodes} if config.space in ("darts", "darts-extended") else {}
         space = build_space(config.space, **space_options)
-        self.table = None
-        if config.nb201_table:
-            from fastnas.nb201 import NB201Table
-
-            self.table = NB201Table.load(config.nb201_table)
+        self.table = NB201Table.load(config.nb201_table) if config.nb201_table else None
         self.model = SearchModel.build(
             config.method,
             space=space,
@@ -121,11 +125,11 @@ class SearchRunner:
             num_classes=train_set.num_classes,
             in_channels=train_set.in_channels,
             executor=config.executor,
-            **config.method_options,
+            options=config.options,
         ).to(self.device)
         self.algorithm = self.model.algorithm
         if config.precision == "fp16" and self.algorithm.order == 2:
-            raise ValueError(
+            raise ConfigError(
                 "second-order search does not support fp16 (no loss scaling through the "
                 "virtual step); use --precision bf16 or fp32"
             )
@@ -138,7 +142,7 @@ class SearchRunner:
         self.arch_optimizer = torch.optim.Adam(
             self.model.arch_parameters(),
             lr=config.arch_lr,
-            betas=tuple(config.arch_betas),
+            betas=config.arch_betas,
             weight_decay=config.arch_weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -147,10 +151,11 @@ class SearchRunner:
         use_scaler = config.precision == "fp16"
         self.weight_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.arch_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.monitor = NonFiniteMonitor(self.device, ("weights", "architecture"))
         self.start_epoch = 0
 
     # ----------------------------------------------------------------- state
-    def state_dict(self, epoch: int) -> dict[str, Any]:
+    def state_dict(self, epoch: int, genotype: Architecture) -> dict[str, Any]:
         return {
             "epoch": epoch,
             "model": self.model.state_dict(),
@@ -159,36 +164,40 @@ class SearchRunner:
             "scheduler": self.scheduler.state_dict(),
             "weight_scaler": self.weight_scaler.state_dict(),
             "arch_scaler": self.arch_scaler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "numpy": np.random.get_state(),
-                "python": random.getstate(),
-            },
-            "genotype": self.algorithm.derive().to_json(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": random.getstate()},
+            "genotype": genotype.to_json(),
         }
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.weight_optimizer.load_state_dict(state["weight_optimizer"])
-        self.arch_optimizer.load_state_dict(state["arch_optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.weight_scaler.load_state_dict(state["weight_scaler"])
-        self.arch_scaler.load_state_dict(state["arch_scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+    def load_state_dict(self, state: dict[str, Any], path: Path | None = None) -> None:
+        """Restore a checkpoint's state; a state that does not fit this run is a
+        :class:`~fastnas.errors.CheckpointError` naming ``path``."""
+        where = path or "the checkpoint"
+        try:
+            self.model.load_state_dict(state["model"])
+            self.weight_optimizer.load_state_dict(state["weight_optimizer"])
+            self.arch_optimizer.load_state_dict(state["arch_optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.weight_scaler.load_state_dict(state["weight_scaler"])
+            self.arch_scaler.load_state_dict(state["arch_scaler"])
+            rng = state["rng"]
+            torch.set_rng_state(rng["torch"])
+            set_numpy_rng_state(rng["numpy"])
+            random.setstate(rng["python"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise CheckpointError(
+                f"{where} does not fit this run's model and optimisers ({type(exc).__name__}: "
+                f"{str(exc)[:300]}); it belongs to another configuration - start the run again"
+            ) from None
         self.start_epoch = state["epoch"] + 1
 
     # ----------------------------------------------------------------- steps
-    def arch_step(self, train_batch: Batch, val_batch: Batch, lr: float) -> None:
-        """One architecture update (first or second order)."""
-        from fastnas.algorithms.architect import unrolled_arch_gradients
-
+    def arch_step(self, train_batch: Batch, val_batch: Batch, lr: float) -> torch.Tensor:
+        """One architecture update (first or second order); returns the (detached) upper-level loss."""
         params = self.model.arch_parameters()
         self.arch_optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.config.precision):
             if self.algorithm.order == 2:
-                grads, _ = unrolled_arch_gradients(
+                grads, loss = unrolled_arch_gradients(
                     self.model, train_batch, val_batch, lr, self.weight_optimizer
                 )
                 for p, g in zip(params, grads, strict=True):
@@ -197,11 +206,12 @@ class SearchRunner:
                 loss = self.model.loss(*val_batch, level="arch")
         if self.algorithm.order != 2:
             self.arch_scaler.scale(loss).backward(inputs=params)
-        if self.config.arch_grad_clip:
+        if self.config.arch_grad_clip > 0:
             self.arch_scaler.unscale_(self.arch_optimizer)
             torch.nn.utils.clip_grad_norm_(params, self.config.arch_grad_clip)
         self.arch_scaler.step(self.arch_optimizer)
         self.arch_scaler.update()
+        return loss.detach()
 
     def weight_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """One weight update; returns the (detached) loss and the number of correct predictions."""
@@ -212,8 +222,9 @@ class SearchRunner:
             logits = self.model(x)
             loss = self.model.criterion(logits, y, "weights")
         self.weight_scaler.scale(loss).backward(inputs=params)
-        self.weight_scaler.unscale_(self.weight_optimizer)
-        torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
+        if self.config.grad_clip > 0:
+            self.weight_scaler.unscale_(self.weight_optimizer)
+            torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         self.weight_scaler.step(self.weight_optimizer)
         self.weight_scaler.update()
         return loss.detach(), (logits.argmax(1) == y).sum()
@@ -247,6 +258,7 @@ class SearchRunner:
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
+        self.monitor.reset()
         bar = tqdm(
             total=len(self.weight_loader),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
@@ -257,17 +269,20 @@ class SearchRunner:
         for step, batch in enumerate(self.weight_loader):
             val_batch = next(arch_batches)
             if update_arch:
-                self.arch_step(batch, val_batch, lr)
+                self.monitor.observe("architecture", step, self.arch_step(batch, val_batch, lr))
             loss, n_correct = self.weight_step(batch)
+            self.monitor.observe("weights", step, loss)
             loss_sum += loss.double() * len(batch[1])
             correct += n_correct
             seen += len(batch[1])
             bar.update(1)
-            if self.progress and (step % 10 == 0 or step == len(self.weight_loader) - 1):
+            if self.progress and (step % 10 == 0 or step == len(self.weight_loader) - 1):  # syncs anyway
+                self.monitor.check(epoch)
                 bar.set_postfix(
                     loss=f"{float(loss_sum) / seen:.3f}", acc=f"{100.0 * float(correct) / seen:.1f}"
                 )
         bar.close()
+        self.monitor.check(epoch)
         self.scheduler.step()
         return {"train_loss": float(loss_sum) / seen, "train_acc": 100.0 * float(correct) / seen, "lr": lr}
 
@@ -284,18 +299,24 @@ class SearchRunner:
         )
 
     # ----------------------------------------------------------------- run
-    def log(self, line: str) -> None:
-        tqdm.write(line) if self.progress else print(line, flush=True)
-        with open(self.run_dir / "log.txt", "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+    @property
+    def history_files(self) -> tuple[Path, Path]:
+        return self.run_dir / "metrics.jsonl", self.run_dir / "alphas.jsonl"
+
+    def resume(self) -> None:
+        """Continue from the run's newest good checkpoint, if it has one (validated before any history
+        file is touched)."""
+        loaded = open_checkpoint(self.run_dir, CHECKPOINT_SCHEMA, self.config.epochs, self.device, self.log)
+        if loaded is None:
+            self.log(f"{self.run_dir} has no checkpoint yet; starting it from epoch 1")
+        else:
+            self.load_state_dict(loaded.state, loaded.path)
+            self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}/{self.config.epochs}")
+        trim_histories(self.history_files, self.start_epoch, self.log)
 
     def run(self) -> SearchResult:
         cfg = self.config
-        metrics_path, alphas_path = self.run_dir / "metrics.jsonl", self.run_dir / "alphas.jsonl"
-        # Drop rows of epochs after the checkpoint (written before a crash, redone now).
-        for path in (metrics_path, alphas_path):
-            rows = [r for r in read_jsonl(path) if r["epoch"] < self.start_epoch]
-            rewrite_jsonl(path, rows)
+        metrics_path, alphas_path = self.history_files
         if self.start_epoch >= cfg.epochs:
             self.log(f"run {self.run_dir} already finished ({cfg.epochs} epochs)")
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -315,9 +336,10 @@ class SearchRunner:
             )
             if self.table is not None:
                 row["table"] = dataclasses.asdict(self.table.lookup(genotype))
+            # history first: a kill before the checkpoint redoes this epoch and trims its rows on resume
             append_jsonl(metrics_path, row)
             append_jsonl(alphas_path, {"epoch": epoch, **self.algorithm.arch_snapshot()})
-            save_checkpoint(self.run_dir / "checkpoint.pt", self.state_dict(epoch))
+            save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict(epoch, genotype))
             ent = " ".join(f"{k}={v:.3f}" for k, v in entropy.items())
             table = ""
             if "table" in row:
@@ -336,26 +358,25 @@ class SearchRunner:
         return SearchResult(self.run_dir, genotype, read_jsonl(metrics_path), self.model)
 
 
-def run_search(config: SearchConfig, progress: bool = True) -> SearchResult:
-    """Run a search from scratch; returns the final genotype and the run directory."""
-    config = config.resolved()
-    run_dir = _new_run_dir(config)
-    atomic_write_json(run_dir / "config.json", config.to_json())
-    runner = SearchRunner(config, run_dir, progress=progress)
-    runner.log(f"fastnas search: {config.method} on {config.dataset}, run directory {run_dir}")
+def run_search(config: SearchConfig, progress: bool = True, overwrite: bool = False) -> SearchResult:
+    """Run a search from scratch; returns the final genotype and the run directory. An existing,
+    non-empty run directory is refused unless ``overwrite``."""
+    resolved = config.resolved()
+    run_dir = resolved.run_dir
+    check_run_dir_free(run_dir, overwrite, "search")
+    runner = SearchRunner(resolved, run_dir, progress=progress)  # data and device errors come first
+    prepare_run_dir(run_dir, overwrite)
+    atomic_write_json(run_dir / "config.json", resolved.to_json())
+    runner.log(f"fastnas search: {resolved.method} on {resolved.dataset}, run directory {run_dir}")
     return runner.run()
 
 
 def resume_search(run_dir: str | Path, progress: bool = True, device: str | None = None) -> SearchResult:
-    """Continue the run in ``run_dir`` from its last checkpoint (or finish it if already done)."""
+    """Continue the run in ``run_dir`` from its last good checkpoint (or finish it if already done)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir} is not a search run directory (no config.json)")
-    config = SearchConfig.load(run_dir / "config.json").resolved()
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a run directory (no such folder)")
+    config = ResolvedSearchConfig.load(run_dir / "config.json")
     runner = SearchRunner(config, run_dir, progress=progress, device=device)
-    if (run_dir / "checkpoint.pt").exists():
-        runner.load_state_dict(load_checkpoint(run_dir / "checkpoint.pt", map_location=runner.device))
-        runner.log(f"resuming {run_dir} after epoch {runner.start_epoch}/{config.epochs}")
-    else:
-        runner.log(f"{run_dir} has no checkpoint yet; starting it from epoch 1")
+    runner.resume()
     return runner.run()

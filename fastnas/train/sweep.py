@@ -15,7 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastnas.train.checkpoint import atomic_write_json, atomic_write_text, read_jsonl
+from fastnas.errors import ConfigError
+from fastnas.fileio import atomic_write_json, atomic_write_text, read_jsonl
+from fastnas.methods import get_method
 from fastnas.train.config import SearchConfig
 from fastnas.train.search import resume_search, run_search
 
@@ -23,21 +25,21 @@ TABLE_METRICS = ("c10_valid", "c10_test", "c100_test", "in16_test")
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"darts"`` or ``"darts:order=2"`` -> (method name, constructor options)."""
+    """``"darts"`` or ``"darts:order=2,init_scale=0.01"`` -> (method name, typed options): each value is
+    converted by the method's declared option type, unknown options are an error."""
     name, _, rest = spec.partition(":")
-    options: dict[str, Any] = {}
+    method = get_method(name.strip())
+    texts: dict[str, str] = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"bad method option {item!r} in {spec!r}; write name:key=value,key=value")
-        try:
-            options[key] = int(value)
-        except ValueError:
-            try:
-                options[key] = float(value)
-            except ValueError:
-                options[key] = value
-    return name, options
+            raise ConfigError(f"bad method option {item!r} in {spec!r}; write name:key=value,key=value")
+        texts[key.strip().replace("-", "_")] = value.strip()
+    try:
+        options = method.Options.from_text(texts)
+    except ConfigError as exc:
+        raise ConfigError(f"{spec!r}: method {method.name}: {exc}") from None
+    return method.name, {k: getattr(options, k) for k in texts}
 
 
 def _label(spec: str) -> str:
@@ -46,7 +48,7 @@ def _label(spec: str) -> str:
 
 def _run_one(config: SearchConfig, progress: bool) -> dict[str, Any]:
     run_dir = Path(config.out_dir) / str(config.run_name)
-    if (run_dir / "genotype.json").exists() or (run_dir / "checkpoint.pt").exists():
+    if (run_dir / "config.json").exists():
         resume_search(run_dir, progress=progress)  # finishes (or just reloads) an earlier run
     else:
         run_search(config, progress=progress)
@@ -121,7 +123,7 @@ def run_sweep(
 ) -> dict[str, Any]:
     """Run every (method, seed) search into ``out_dir`` and write ``summary.md`` / ``summary.json``."""
     if not methods or not seeds:
-        raise ValueError("a sweep needs at least one method and one seed")
+        raise ConfigError("a sweep needs at least one method and one seed")
     out_dir = Path(out_dir)
     rows = []
     for spec in methods:

@@ -1,23 +1,33 @@
 """Configuration of a retraining run and the published recipes (REFERENCE.md section 3).
 
-``None`` in a :class:`TrainConfig` means "the published recipe of the dataset": :meth:`TrainConfig.resolved`
-fills it in from :data:`RECIPES` (``cifar10`` / ``cifar100``: DARTS CIFAR; ``imagenet``: DARTS ImageNet;
-``digits``: the CIFAR recipe with a 4-pixel cutout for its 8x8 images).
+:class:`TrainConfig` is what a user asks for: ``None`` in a hyper-parameter means "the published recipe
+of the dataset". :meth:`TrainConfig.resolved` fills it in from :data:`RECIPES` (``cifar10`` /
+``cifar100``: DARTS CIFAR; ``imagenet``: DARTS ImageNet; ``digits``: the CIFAR recipe with a 4-pixel
+cutout for its 8x8 images) and returns a :class:`ResolvedTrainConfig`, in which every value is known;
+that is what a run uses and what ``config.json`` records.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from fastnas.errors import ConfigError
+from fastnas.fields import field_types, load_fields, read_json_file, setting
+from fastnas.genotype import Genotype, load_genotype
+from fastnas.genotype_zoo import resolve_zoo_name
 from fastnas.train.device import PRECISIONS
 
 TRAIN_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "imagenet", "digits")
 SCHEDULES: tuple[str, ...] = ("cosine", "step")
 PRECISION_CHOICES: tuple[str, ...] = ("auto", *PRECISIONS)
+
+Toggle = Literal["auto", "on", "off"]
+"""A switch whose ``auto`` setting depends on the device (on for CUDA, off for CPU, or as documented)."""
 
 
 @dataclass(frozen=True)
@@ -102,116 +112,260 @@ _RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "
 def normalise_dataset(name: str) -> str:
     key = name.lower().replace("-", "").replace("_", "")
     if key not in TRAIN_DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names are: {', '.join(TRAIN_DATASETS)}")
+        raise ConfigError(f"unknown dataset {name!r}; valid names are: {', '.join(TRAIN_DATASETS)}")
     return key
+
+
+def _toggle(value: bool | str | None, name: str) -> Toggle:
+    if value is None or value == "auto":
+        return "auto"
+    if value is True or value == "on":
+        return "on"
+    if value is False or value == "off":
+        return "off"
+    raise ConfigError(f"{name} must be true, false or None (auto), got {value!r}")
+
+
+def _timestamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def genotype_label(source: Any) -> str:
+    """A short name of a genotype source for run names: the zoo name, the file stem, or ``genotype``."""
+    if isinstance(source, str):
+        name = resolve_zoo_name(source)
+        if name is not None:
+            return name
+        if "Genotype(" not in source:
+            return Path(source).name.split(".")[0] or "genotype"
+    return "genotype"
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a retraining run; written to ``config.json`` in the run directory."""
+    """Everything that defines a retraining run, as asked for (``None`` = the dataset's recipe). Each
+    field's ``setting`` is also its command-line flag (``fastnas train --help``)."""
 
-    genotype: Any = "DARTS_V2"  # zoo name, literal, JSON file, run directory (or a Genotype)
-    dataset: str = "cifar10"
-    data_dir: str | None = None
-    download: bool = False
-    limit: int | None = None  # first N training images (quick runs)
-    test_limit: int | None = None  # first N test images; None = same as limit
-    epochs: int | None = None
-    batch_size: int | None = None
-    C: int | None = None
-    layers: int | None = None
-    auxiliary: bool = True
-    auxiliary_weight: float | None = None
-    cutout: int | None = None
-    drop_path: float | None = None
-    label_smoothing: float | None = None
-    lr: float | None = None
-    lr_min: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
-    grad_clip: float | None = None
-    schedule: str | None = None  # "cosine" (to lr_min) or "step" (x lr_gamma per epoch)
-    lr_gamma: float | None = None
-    eval_every: int = 1  # test-set evaluation every N epochs (0 = only at the end)
-    workers: int = 4  # DataLoader workers (ImageNet only)
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # bf16 on CUDA, fp32 on CPU
-    channels_last: bool | None = None  # None = on for CUDA
-    deterministic: bool | None = None  # None = deterministic kernels on CPU, cuDNN autotuner on CUDA
-    out_dir: str = "runs"
-    run_name: str | None = None
+    genotype: Any = setting(
+        "DARTS_V2",
+        "zoo name (see `fastnas info --list-genotypes`), a Genotype(...) literal, a genotype JSON or "
+        "text file, or a search run directory (its genotype.json)",
+    )
+    dataset: str = setting("cifar10", "dataset (its recipe gives the defaults)", choices=TRAIN_DATASETS)
+    data_dir: str | None = setting(
+        None,
+        "CIFAR: python batches, image-folder tree or .tar(.gz); ImageNet: a folder with train/ and val/ "
+        "ImageFolder trees or a .tar of one",
+        metavar="PATH",
+    )
+    download: bool = setting(False, "let torchvision download CIFAR", const=True)
+    limit: int | None = setting(
+        None,
+        "use only N training images (quick runs; CIFAR: the first N, ImageNet: a fixed random subset)",
+        metavar="N",
+    )
+    test_limit: int | None = setting(None, "use only the first N test images (default: --limit)", metavar="N")
+    epochs: int | None = setting(None, "training epochs")
+    batch_size: int | None = setting(None, "batch size")
+    C: int | None = setting(None, "initial channels", flag="--C", aliases=("--init-channels",))
+    layers: int | None = setting(None, "number of cells")
+    auxiliary: bool = setting(True, "no auxiliary head", flag="--no-auxiliary", const=False)
+    auxiliary_weight: float | None = setting(None, "weight of the auxiliary loss")
+    cutout: int | None = setting(None, "cutout square side in pixels (0 = off)")
+    drop_path: float | None = setting(None, "final drop-path probability (grows linearly over the epochs)")
+    label_smoothing: float | None = setting(None, "label smoothing of the cross-entropy")
+    lr: float | None = setting(None, "initial learning rate")
+    lr_min: float | None = setting(None, "final learning rate of the cosine schedule")
+    momentum: float | None = setting(None, "SGD momentum")
+    weight_decay: float | None = setting(None, "weight decay")
+    grad_clip: float | None = setting(None, "gradient-norm clip (0 = off)")
+    schedule: str | None = setting(None, "cosine (CIFAR) or step (ImageNet)", choices=SCHEDULES)
+    lr_gamma: float | None = setting(None, "per-epoch decay of the step schedule")
+    eval_every: int = setting(1, "test every N epochs (0 = only at the end)", metavar="N")
+    workers: int = setting(4, "data-loading processes (ImageNet)")
+    seed: int = setting(0, "random seed")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    precision: str = setting("auto", "auto = bf16 on CUDA, fp32 on CPU", choices=PRECISION_CHOICES)
+    channels_last: bool | None = setting(
+        None, "keep NCHW memory on CUDA", flag="--no-channels-last", const=False
+    )
+    deterministic: bool | None = setting(
+        None,
+        "allow non-deterministic kernels on CPU too (CUDA runs use the cuDNN autotuner anyway)",
+        flag="--nondeterministic",
+        const=False,
+    )
+    out_dir: str = setting("runs", "parent folder of run directories")
+    run_name: str | None = setting(
+        None, "run directory name (default: train-<genotype>-<dataset>-s<seed>-<time>)"
+    )
 
     @property
     def recipe(self) -> Recipe:
         return RECIPES[normalise_dataset(self.dataset)]
+
+    def resolved(self) -> ResolvedTrainConfig:
+        """The run's configuration: the recipe filled in, the genotype checked, values validated."""
+        dataset = normalise_dataset(self.dataset)
+        recipe = RECIPES[dataset]
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for name in _RECIPE_FIELDS:
+            if values[name] is None:
+                values[name] = getattr(recipe, name)
+        genotype = self.genotype
+        if not isinstance(genotype, str):
+            genotype = load_genotype(genotype).to_literal()
+        else:
+            load_genotype(genotype)  # a bad genotype fails here, before anything is written
+        values.update(
+            genotype=genotype,
+            dataset=dataset,
+            test_limit=self.limit if self.test_limit is None else self.test_limit,
+            channels_last=_toggle(self.channels_last, "channels_last"),
+            deterministic=_toggle(self.deterministic, "deterministic"),
+            run_name=self.run_name
+            or f"train-{genotype_label(self.genotype)}-{dataset}-s{self.seed}-{_timestamp()}",
+        )
+        resolved = ResolvedTrainConfig(**values)
+        resolved.validate()
+        return resolved
+
+
+@dataclass(frozen=True)
+class ResolvedTrainConfig:
+    """A retraining run's configuration with every value known (written to ``config.json``)."""
+
+    genotype: str  # the source as given (zoo name, file, run directory) or a literal
+    dataset: str
+    data_dir: str | None  # None: the dataset needs no folder (digits) or the default location
+    download: bool
+    limit: int | None  # None: every training image
+    test_limit: int | None  # None: every test image
+    epochs: int
+    batch_size: int
+    C: int
+    layers: int
+    auxiliary: bool
+    auxiliary_weight: float
+    cutout: int
+    drop_path: float
+    label_smoothing: float
+    lr: float
+    lr_min: float
+    momentum: float
+    weight_decay: float
+    grad_clip: float  # 0 = no clipping
+    schedule: str
+    lr_gamma: float
+    eval_every: int
+    workers: int
+    seed: int
+    device: str
+    precision: str
+    channels_last: Toggle
+    deterministic: Toggle
+    out_dir: str
+    run_name: str
+
+    @property
+    def recipe(self) -> Recipe:
+        return RECIPES[self.dataset]
 
     @property
     def network(self) -> str:
         """``cifar`` or ``imagenet``: which evaluation network the dataset uses."""
         return self.recipe.network
 
-    def resolved(self) -> TrainConfig:
-        """A copy with every ``None`` hyper-parameter replaced by the dataset's published recipe."""
-        values = self._values()
-        values["dataset"] = normalise_dataset(self.dataset)
-        recipe = RECIPES[values["dataset"]]
-        for name in _RECIPE_FIELDS:
-            if values.get(name) is None:
-                values[name] = getattr(recipe, name)
-        if values["test_limit"] is None:
-            values["test_limit"] = values["limit"]
-        out = TrainConfig(**values)
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.run_name
+
+    def replace(self, **changes: Any) -> ResolvedTrainConfig:
+        """A validated copy with ``changes`` applied."""
+        out = dataclasses.replace(self, **changes)
         out.validate()
         return out
 
     def validate(self) -> None:
+        """Range checks of every value (:class:`~fastnas.errors.ConfigError` naming the option)."""
         normalise_dataset(self.dataset)
-        positive = {"epochs": self.epochs, "batch size": self.batch_size, "C": self.C, "layers": self.layers}
-        for name, value in positive.items():
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.layers is not None and self.layers < 3:
-            raise ValueError(f"layers must be >= 3 (two cells are reductions), got {self.layers}")
-        if self.drop_path is not None and not 0.0 <= self.drop_path < 1.0:
-            raise ValueError(f"drop path probability must be in [0, 1), got {self.drop_path}")
-        if self.label_smoothing is not None and not 0.0 <= self.label_smoothing < 1.0:
-            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.cutout is not None and self.cutout < 0:
-            raise ValueError(f"cutout must be >= 0 (0 = off), got {self.cutout}")
-        if self.schedule is not None and self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown lr schedule {self.schedule!r}; use {' or '.join(SCHEDULES)}")
+        for name in ("epochs", "batch_size", "C", "layers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.layers < 3:
+            raise ConfigError(f"--layers must be >= 3 (two cells are reductions), got {self.layers}")
+        for name in (
+            "auxiliary_weight",
+            "drop_path",
+            "label_smoothing",
+            "lr",
+            "lr_min",
+            "momentum",
+            "weight_decay",
+            "grad_clip",
+            "lr_gamma",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+        if not 0 < self.lr <= 10:
+            raise ConfigError(f"--lr must be in (0, 10], got {self.lr}")
+        if not 0 <= self.lr_min <= self.lr:
+            raise ConfigError(f"--lr-min must be in [0, lr={self.lr}], got {self.lr_min}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.weight_decay <= 1:
+            raise ConfigError(f"--weight-decay must be in [0, 1], got {self.weight_decay}")
+        if self.grad_clip < 0:
+            raise ConfigError(f"--grad-clip must be >= 0 (0 = no clipping), got {self.grad_clip}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"--lr-gamma must be in (0, 1], got {self.lr_gamma}")
+        if not 0 <= self.auxiliary_weight <= 10:
+            raise ConfigError(f"--auxiliary-weight must be in [0, 10], got {self.auxiliary_weight}")
+        if not 0.0 <= self.drop_path < 1.0:
+            raise ConfigError(f"--drop-path must be in [0, 1), got {self.drop_path}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.cutout < 0:
+            raise ConfigError(f"--cutout must be >= 0 (0 = off), got {self.cutout}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown lr schedule {self.schedule!r}; use {' or '.join(SCHEDULES)}")
         if self.precision not in PRECISION_CHOICES:
-            raise ValueError(f"unknown precision {self.precision!r}; use {', '.join(PRECISION_CHOICES)}")
-        for name, value in (("limit", self.limit), ("test limit", self.test_limit)):
+            raise ConfigError(f"unknown precision {self.precision!r}; use {', '.join(PRECISION_CHOICES)}")
+        for name, value in (("--limit", self.limit), ("--test-limit", self.test_limit)):
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 image, got {value}")
+                raise ConfigError(f"{name} must be >= 1 image, got {value}")
         if self.workers < 0:
-            raise ValueError(f"workers must be >= 0, got {self.workers}")
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.eval_every < 0:
-            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
+            raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
+        if not self.run_name or Path(self.run_name).name != self.run_name or self.run_name in (".", ".."):
+            raise ConfigError(f"--run-name must be a plain folder name, got {self.run_name!r}")
 
-    def _values(self) -> dict[str, Any]:
-        """Shallow field dict (``dataclasses.asdict`` would turn a Genotype into nested dicts)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    def load_genotype(self) -> Genotype:
+        return load_genotype(self.genotype)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict; a :class:`~fastnas.genotype.Genotype` is stored as its literal."""
-        values = self._values()
-        if not isinstance(values["genotype"], str):
-            from fastnas.genotype import load_genotype
-
-            values["genotype"] = load_genotype(values["genotype"]).to_literal()
-        return values
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown train config keys {sorted(unknown)}")
-        return cls(**data)
+    def from_json(cls, data: Any, where: str = "config.json") -> ResolvedTrainConfig:
+        """Read a ``config.json`` back: every key known, every value of the right type and in range."""
+        values = load_fields(cls, data, where)
+        absent = [name for name in field_types(cls) if name not in values]
+        if absent:
+            raise ConfigError(
+                f"{where} lacks the key(s) {absent}; it was not written by this version of fastnas"
+            )
+        try:
+            config = cls(**values)
+            config.validate()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        return config
 
     @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_json(json.loads(Path(path).read_text()))
+    def load(cls, path: str | Path) -> ResolvedTrainConfig:
+        path = Path(path)
+        data = read_json_file(path, f"{path.parent} is not a retraining run directory (no config.json)")
+        return cls.from_json(data, str(path))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastnas.algorithms import SearchAlgorithm, build_algorithm, get_method
-from fastnas.genotype import Genotype
+from fastnas.algorithms import Architecture, MethodOptions, SearchAlgorithm
+from fastnas.methods import get_method
+from fastnas.nn.skeleton import Stem, SupernetShape
 from fastnas.spaces import DartsSpace
 from fastnas.spaces.base import SearchSpace
+
+__all__ = ["SearchModel"]
 
 
 class SearchModel(nn.Module):
@@ -39,25 +43,25 @@ class SearchModel(nn.Module):
         num_classes: int = 10,
         in_channels: int = 3,
         executor: str = "reference",
-        **method_options: Any,
+        stem: Stem = "cifar",
+        options: MethodOptions | Mapping[str, Any] | None = None,
+        **option_values: Any,
     ) -> SearchModel:
-        """Build the supernet and the method (e.g. ``SearchModel.build("darts", order=2)``)."""
-        space = space or DartsSpace()
-        method_cls = get_method(method)
-        algorithm_options = dict(method_options)
-        supernet_options = {
-            key: algorithm_options.pop(key) for key in method_cls.supernet_options if key in algorithm_options
-        }
-        supernet = method_cls.build_supernet(
-            space, C, layers, num_classes, in_channels, executor, **supernet_options
-        )
-        if supernet is None:
-            supernet = space.build_supernet(C, layers, num_classes, in_channels, executor)
-        return cls(supernet, build_algorithm(method, space, **algorithm_options))
+        """Build the supernet and the method: ``SearchModel.build("darts", order=2)``, or with an options
+        object (``options=DARTSOptions(order=2)``). Option names are the method's (``fastnas search
+        --method NAME --help`` lists them)."""
+        spec = get_method(method)
+        if options is not None and option_values:
+            raise TypeError("give either options= or option values, not both")
+        opts = spec.make_options(options if options is not None else option_values)
+        space = spec.algorithm.prepare_space(space if space is not None else DartsSpace())
+        shape = SupernetShape(C, layers, num_classes, in_channels, executor, stem)
+        supernet = spec.build_supernet(space, shape, opts)
+        return cls(supernet, spec.algorithm(space, opts))
 
     @property
     def space(self) -> SearchSpace:
-        return self.supernet.space
+        return self.algorithm.space
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.supernet(x, self.algorithm.arch_weights())
@@ -88,5 +92,6 @@ class SearchModel(nn.Module):
     def arch_weights(self) -> dict[str, torch.Tensor]:
         return self.algorithm.arch_weights()
 
-    def genotype(self) -> Genotype:
+    def genotype(self) -> Architecture:
+        """The derived architecture (a :class:`~fastnas.Genotype`, or an NB201 cell on that space)."""
         return self.algorithm.derive()

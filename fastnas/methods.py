@@ -1,0 +1,100 @@
+"""The method registry: every search method by name, with the supernet it searches.
+
+Adding a method: write its algorithm (and its options) in ``fastnas/algorithms/<name>.py``, add one
+:class:`Method` line to :data:`METHODS` below, its tests and a README section. A method that needs a new
+kind of cell also adds that cell under ``fastnas/nn/`` and names its builder here. The command line,
+``config.json`` and sweeps take the method's options from its options dataclass; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from torch import nn
+
+from fastnas.algorithms import DARTS, EnTranNAS, EnTranNASDST, MethodOptions, SearchAlgorithm, SearchDefaults
+from fastnas.errors import ConfigError
+from fastnas.nn import SupernetShape, build_entrannas_supernet, build_space_supernet
+from fastnas.spaces.base import SearchSpace
+
+__all__ = ["METHODS", "Method", "build_algorithm", "get_method"]
+
+SupernetBuilder = Callable[[Any, SupernetShape, Any], nn.Module]
+"""``build(space, shape, options) -> supernet`` (space already prepared by the algorithm)."""
+
+
+def _space_supernet(space: SearchSpace, shape: SupernetShape, options: MethodOptions) -> nn.Module:
+    return build_space_supernet(space, shape)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A search method: its algorithm (architecture parameters, options, published defaults) and the
+    builder of the supernet it searches."""
+
+    name: str
+    algorithm: type[SearchAlgorithm]
+    build_supernet: SupernetBuilder
+    summary: str
+
+    @property
+    def Options(self) -> type[MethodOptions]:
+        return self.algorithm.Options
+
+    @property
+    def defaults(self) -> SearchDefaults:
+        """The published search hyper-parameters."""
+        return self.algorithm.defaults
+
+    def make_options(self, values: MethodOptions | Mapping[str, Any] | None = None) -> MethodOptions:
+        """The method's options from an options object, a mapping of values, or None (the defaults)."""
+        if values is None:
+            return self.Options()
+        if isinstance(values, MethodOptions):
+            if not isinstance(values, self.Options):
+                raise ConfigError(
+                    f"method {self.name} takes {self.Options.__name__}, got {type(values).__name__}"
+                )
+            return values
+        try:
+            return self.Options.from_mapping(values)
+        except ConfigError as exc:
+            raise ConfigError(f"method {self.name}: {exc}") from None
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("darts", DARTS, _space_supernet, "DARTS (Liu et al. 2019), first or second order"),
+        Method(
+            "entrannas",
+            EnTranNAS,
+            partial(build_entrannas_supernet, transit_rule=EnTranNAS.transit_rule),
+            "EnTranNAS (seed 002): Engine- and Transit-cells, feature sharing, bottleneck",
+        ),
+        Method(
+            "entrannas-dst",
+            EnTranNASDST,
+            partial(build_entrannas_supernet, transit_rule=EnTranNASDST.transit_rule),
+            "EnTranNAS-DST (seed 002): EnTranNAS with differentiable sparsification of the topology",
+        ),
+    )
+}
+"""Method name -> :class:`Method`."""
+
+
+def get_method(name: str) -> Method:
+    """The method registered as ``name`` (case-insensitive)."""
+    try:
+        return METHODS[name.lower()]
+    except (KeyError, AttributeError):
+        raise ConfigError(f"unknown search method {name!r}; available: {', '.join(METHODS)}") from None
+
+
+def build_algorithm(name: str, space: SearchSpace, **options: Any) -> SearchAlgorithm:
+    """Method ``name``'s algorithm on ``space``: ``build_algorithm("darts", space, order=2)``."""
+    method = get_method(name)
+    return method.algorithm(space, method.make_options(options))

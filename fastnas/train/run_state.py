@@ -1,0 +1,191 @@
+"""What search and retraining runs share: the run directory, its log, its history files, the divergence
+check and the resume protocol.
+
+Resume protocol (:func:`open_checkpoint`): the checkpoint is verified (checksum), loaded without
+running any code, checked key by key and range-checked *before* anything in the run directory is
+rewritten; only then are the history files trimmed to the checkpoint's epoch. If the newest checkpoint
+fails verification, the previous one is used with a logged warning.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fastnas.errors import CheckpointError, NonFiniteError, RunExistsError
+from fastnas.fileio import read_jsonl, remove_stale_temporaries, rewrite_jsonl
+from fastnas.train.checkpoint import (
+    CHECKPOINT_NAME,
+    LoadedCheckpoint,
+    check_epoch,
+    check_state,
+    has_checkpoint,
+    load_checkpoint,
+)
+
+__all__ = [
+    "RUN_FILES",
+    "NonFiniteMonitor",
+    "RunLog",
+    "check_run_dir_free",
+    "open_checkpoint",
+    "prepare_run_dir",
+    "trim_histories",
+]
+
+
+RUN_FILES = (
+    "config.json",
+    "genotype.json",
+    "genotype.txt",
+    "metrics.jsonl",
+    "alphas.jsonl",
+    "log.txt",
+    "consistency.json",
+    "result.json",
+    "eval.json",
+)
+"""Files fastnas writes into a run directory (besides the checkpoints and their temporaries)."""
+
+
+def _fastnas_file(path: Path) -> bool:
+    name = path.name
+    return path.is_file() and (
+        name in RUN_FILES or (name.startswith("checkpoint") and name.endswith(".pt")) or name.endswith(".tmp")
+    )
+
+
+def check_run_dir_free(run_dir: Path, overwrite: bool, command: str) -> None:
+    """Refuse to start a fresh run in a folder that already holds files, unless ``overwrite``; even then,
+    files fastnas did not write are never deleted."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunExistsError(f"{run_dir} exists and is not a folder; choose another --run-name or --out-dir")
+    if not run_dir.is_dir():
+        return
+    entries = list(run_dir.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        if (run_dir / "config.json").exists():
+            hint = f"continue it with `fastnas {command} --resume {run_dir}`, choose another --run-name"
+        else:
+            hint = "choose another --run-name or --out-dir"
+        raise RunExistsError(
+            f"run directory {run_dir} is not empty; {hint}, or pass --overwrite to replace the run in it"
+        )
+    foreign = sorted(p.name for p in entries if not _fastnas_file(p))
+    if foreign:
+        raise RunExistsError(
+            f"run directory {run_dir} holds files fastnas did not write ({', '.join(foreign[:5])}); "
+            "--overwrite replaces only a run's own files - move them or choose another --run-name"
+        )
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:
+    """Create the folder of a fresh run (after :func:`check_run_dir_free`), removing an old run's files
+    when ``overwrite``."""
+    if overwrite and run_dir.is_dir():
+        for path in run_dir.iterdir():
+            if _fastnas_file(path):
+                path.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+class RunLog:
+    """Prints a line (above the progress bar when there is one) and appends it to ``log.txt``."""
+
+    def __init__(self, run_dir: Path, progress: bool) -> None:
+        self.path = run_dir / "log.txt"
+        self.progress = progress
+
+    def __call__(self, line: str) -> None:
+        tqdm.write(line) if self.progress else print(line, flush=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+def open_checkpoint(
+    run_dir: Path,
+    schema: Mapping[str, type | tuple[type, ...]],
+    epochs: int,
+    map_location: torch.device,
+    log: Callable[[str], None],
+) -> LoadedCheckpoint | None:
+    """The run's newest good checkpoint, verified and checked against ``schema`` and ``epochs`` (its
+    ``epoch`` must lie in [0, epochs)), or None when the run has none yet. Stale temporary files that a
+    kill left behind are removed first."""
+    for tmp in remove_stale_temporaries(run_dir):
+        log(f"removed {tmp.name}, a temporary file left by an interrupted write")
+    path = run_dir / CHECKPOINT_NAME
+    if not has_checkpoint(path):
+        return None
+    loaded = load_checkpoint(path, map_location=map_location, warn=log)
+    check_state(loaded.state, schema, loaded.path)
+    check_epoch(loaded.state["epoch"], epochs, loaded.path)
+    return loaded
+
+
+def trim_histories(paths: Sequence[Path], start_epoch: int, log: Callable[[str], None]) -> None:
+    """Keep the rows of epochs before ``start_epoch`` (a crash may have written later ones, which the
+    resumed run writes again). Call only after the checkpoint has been validated."""
+    for path in paths:
+        rows = read_jsonl(path)
+        kept = [
+            r
+            for r in rows
+            if isinstance(r, dict) and isinstance(r.get("epoch"), int) and r["epoch"] < start_epoch
+        ]
+        if len(kept) != len(rows) or (path.exists() and not path.read_bytes().endswith(b"\n")):
+            if len(kept) != len(rows):
+                log(
+                    f"{path.name}: dropping {len(rows) - len(kept)} row(s) of epochs >= {start_epoch + 1} "
+                    "(redone now)"
+                )
+            rewrite_jsonl(path, kept)
+
+
+class NonFiniteMonitor:
+    """Finds the first step whose loss is NaN or infinite, per level, without a host sync per step:
+    :meth:`observe` records on the device, :meth:`check` (one sync) raises
+    :class:`~fastnas.errors.NonFiniteError` naming the epoch, the step and the level."""
+
+    def __init__(self, device: torch.device, levels: Sequence[str]) -> None:
+        self.device = device
+        self.first_bad = {level: torch.full((), -1, device=device, dtype=torch.long) for level in levels}
+        self.value = {level: torch.zeros((), device=device) for level in levels}
+
+    def reset(self) -> None:
+        for level in self.first_bad:
+            self.first_bad[level].fill_(-1)
+
+    def observe(self, level: str, step: int, loss: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach()) & (self.first_bad[level] < 0)
+        self.first_bad[level] = torch.where(
+            bad, torch.full_like(self.first_bad[level], step), self.first_bad[level]
+        )
+        self.value[level] = torch.where(bad, loss.detach().float(), self.value[level])
+
+    def check(self, epoch: int, what: str = "loss") -> None:
+        for level, first in self.first_bad.items():
+            step = int(first)
+            if step >= 0:
+                value = float(self.value[level])
+                kind = "NaN" if math.isnan(value) else "infinite"
+                raise NonFiniteError(
+                    f"the {level} {what} became {kind} at epoch {epoch + 1}, step {step + 1}; the run "
+                    "stopped and keeps its last good checkpoint - lower the learning rate(s) or use "
+                    "--precision fp32, then resume with --resume"
+                )
+
+
+def require_keys(state: Mapping[str, Any], keys: Sequence[str], path: Path) -> None:
+    """A nested part of a checkpoint must hold ``keys``."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} lacks {missing}; it was not written by this version of fastnas")
