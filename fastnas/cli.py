@@ -98,6 +98,32 @@ def _add_method_options(parser: argparse.ArgumentParser, method: Method) -> None
         group.add_argument(spec.flag, **kwargs)
 
 
+def _setting_flags(cls: type) -> dict[str, str]:
+    """``{flag: field name}`` of every command-line setting of config dataclass ``cls`` (aliases too)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("cli", True):
+            for flag in (
+                f.metadata.get("flag") or "--" + f.name.replace("_", "-"),
+                *f.metadata.get("aliases", ()),
+            ):
+                out[flag] = f.name
+    return out
+
+
+def _refuse_settings(argv: Sequence[str], cls: type, allowed: Sequence[str], mode: str) -> None:
+    """With ``--resume`` / ``--eval-only`` the run's recorded settings apply: refuse any other setting given
+    (a changed ``--epochs`` would, for instance, leave the old learning-rate schedule in place)."""
+    flags = _setting_flags(cls)
+    given = sorted({t.split("=", 1)[0] for t in argv if t.split("=", 1)[0] in flags} - set(allowed))
+    if given:
+        also = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        raise ConfigError(
+            f"{mode} uses the run's recorded settings; {', '.join(given)} cannot be given with it "
+            f"(start a new run to change them){also}"
+        )
+
+
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The method options given on the command line (typed)."""
     return {k[len(_OPTION_DEST) :]: v for k, v in vars(args).items() if k.startswith(_OPTION_DEST)}
@@ -250,7 +276,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_info_parser(sub, method)
     for action in sub.choices.values():
-        action.method_name = method.name  # type: ignore[attr-defined]
+        action.method_name = method.name
     return parser
 
 
@@ -280,6 +306,7 @@ def _run_search(args: argparse.Namespace) -> int:
                 raise ConfigError(
                     f"--resume continues a run with its recorded options; {', '.join(options)} cannot change"
                 )
+            _refuse_settings(args.argv, SearchConfig, ("--device",), "--resume")
             result = resume_search(
                 args.resume, progress=progress, device=None if args.device == "auto" else args.device
             )
@@ -309,6 +336,10 @@ def _run_train(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     device = None if args.device == "auto" else args.device
     if args.eval_only:
+        allowed = ("--data-dir", "--batch-size", "--test-limit", "--device")
+        _refuse_settings(args.argv, TrainConfig, allowed, "--eval-only")
+        if args.resume:
+            raise ConfigError("give either --eval-only or --resume, not both")
         result = evaluate_checkpoint(
             args.eval_only,
             device=device,
@@ -325,6 +356,7 @@ def _run_train(args: argparse.Namespace) -> int:
         return 0
     try:
         if args.resume:
+            _refuse_settings(args.argv, TrainConfig, ("--device",), "--resume")
             outcome = resume_train(args.resume, progress=progress, device=device)
         else:
             if args.genotype is None:
@@ -332,7 +364,9 @@ def _run_train(args: argparse.Namespace) -> int:
                     "fastnas train needs --genotype (a zoo name such as DARTS_V2, a literal, a genotype file "
                     "or a search run directory), or --resume RUN_DIR, or --eval-only CHECKPOINT"
                 )
-            outcome = run_train(config_from_args(TrainConfig, args), progress=progress, overwrite=args.overwrite)
+            outcome = run_train(
+                config_from_args(TrainConfig, args), progress=progress, overwrite=args.overwrite
+            )
     except KeyboardInterrupt:
         return _interrupted("train")
     r = outcome.result
@@ -350,13 +384,14 @@ def _list_genotypes(as_json: bool) -> int:
     from fastnas.nn import NetworkCIFAR
     from fastnas.nn.counting import count_parameters_without_auxiliary
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in ZOO_NAMES:
         genotype = get_zoo_genotype(name)
         params = count_parameters_without_auxiliary(NetworkCIFAR(36, 10, 20, False, genotype))
         aliases = [a for a, target in ZOO_ALIASES.items() if target == name]
-        row = {"name": name, "aliases": aliases, "cifar10_parameters": params, "genotype": str(genotype)}
-        rows.append(row)
+        rows.append(
+            {"name": name, "aliases": aliases, "cifar10_parameters": params, "genotype": str(genotype)}
+        )
     if as_json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -411,6 +446,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(argv).parse_args(argv)
+    args.argv = argv
     try:
         return _HANDLERS[args.command](args)
     except KeyboardInterrupt:

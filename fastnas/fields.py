@@ -14,7 +14,6 @@ import math
 import types
 import typing
 from collections.abc import Callable, Mapping
-from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -33,11 +32,15 @@ __all__ = [
 _MISSING = object()
 
 
-@cache
+_FIELD_TYPES: dict[type, dict[str, Any]] = {}
+
+
 def field_types(cls: type) -> dict[str, Any]:
-    """``{field name: resolved type}`` of dataclass ``cls`` (string annotations evaluated)."""
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    """``{field name: resolved type}`` of dataclass ``cls`` (string annotations evaluated, cached)."""
+    if cls not in _FIELD_TYPES:
+        hints = typing.get_type_hints(cls)
+        _FIELD_TYPES[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return _FIELD_TYPES[cls]
 
 
 def _is_union(tp: Any) -> bool:

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,6 +27,7 @@ from fastnas.errors import DataError, DiskFullError
 
 __all__ = [
     "append_jsonl",
+    "append_text",
     "atomic_write",
     "atomic_write_json",
     "atomic_write_text",
@@ -119,14 +120,18 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, sort_keys: bool
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
-def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
-    """Delete the ``.NAME.*.tmp`` files an interrupted :func:`atomic_write` left in ``folder``."""
+def remove_stale_temporaries(
+    folder: str | os.PathLike[str], names: Collection[str] | None = None
+) -> list[Path]:
+    """Delete the ``.NAME.*.tmp`` files an interrupted :func:`atomic_write` left in ``folder`` (only
+    those of the file names in ``names``, when given)."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     removed = []
-    for tmp in folder.glob(f".*{_TMP_SUFFIX}"):
-        if tmp.is_file():
+    for tmp in sorted(folder.glob(f".*{_TMP_SUFFIX}")):
+        target = tmp.name[1:].removesuffix(_TMP_SUFFIX).rsplit(".", 1)[0]  # .NAME.abc123.tmp -> NAME
+        if tmp.is_file() and (names is None or target in names):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
@@ -134,8 +139,14 @@ def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
 
 def append_jsonl(path: str | os.PathLike[str], row: Any) -> None:
     """Append ``row`` as one JSON line: a single write on an append-only descriptor, then ``fsync``."""
+    append_text(path, json.dumps(row) + "\n")
+
+
+def append_text(path: str | os.PathLike[str], text: str) -> None:
+    """Append ``text`` in one write on an append-only descriptor, then ``fsync`` (a full disk is a
+    :class:`~fastnas.errors.DiskFullError` naming the file)."""
     target = Path(path)
-    data = (json.dumps(row) + "\n").encode("utf-8")
+    data = text.encode("utf-8")
     fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         written = os.write(fd, data)

@@ -23,6 +23,7 @@ from fastnas.data import (
 )
 from fastnas.data import cifar as cifar_mod
 from fastnas.data.loader import crop_flip, pad_images, random_crop_flip
+from fastnas.errors import DataError
 
 CIFAR10_ORDER = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -243,6 +244,54 @@ def test_cifar10_python_batches(tmp_path: Path, cache: Path) -> None:
     test = load_dataset("cifar10", tmp_path, "test")
     assert test.labels.tolist() == written["test_batch"][1]
     assert not list(cache.glob("*.npz"))  # python batches need no decode cache
+
+
+class _TouchOnLoad:
+    """Unpickling this object calls ``Path.touch(marker)``: what a malicious batch file could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.marker,))
+
+
+def test_cifar_batches_that_would_run_code_are_refused(tmp_path: Path, cache: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar10_batches(folder, np.random.default_rng(5))
+    marker = tmp_path / "payload-ran"
+    batch = {
+        b"labels": [0, 1, 2, 3],
+        b"data": np.zeros((4, 3072), dtype=np.uint8),
+        b"x": _TouchOnLoad(marker),
+    }
+    _pickle(folder / "data_batch_3", batch)
+    with pytest.raises(DataError, match=r"data_batch_3 refers to .*may be malicious"):
+        load_dataset("cifar10", tmp_path, "train")
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    with pytest.raises(DataError, match="may be malicious"):
+        load_dataset("cifar10", archive, "train")
+    assert not marker.exists()  # nothing ran
+    # the same file through the plain pickle module would have run the payload
+    with (folder / "data_batch_3").open("rb") as f:
+        pickle.load(f, encoding="bytes")
+    assert marker.exists()
+
+
+def test_cifar_batches_that_are_not_batches_are_clear_errors(tmp_path: Path, cache: Path) -> None:
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_cifar10_batches(folder, np.random.default_rng(6))
+    (folder / "data_batch_2").write_bytes(b"\x80\x02garbage")
+    with pytest.raises(DataError, match="data_batch_2 is not a readable CIFAR python batch"):
+        load_dataset("cifar10", tmp_path, "train")
+    _pickle(folder / "data_batch_2", [1, 2, 3])  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="not a dict"):
+        load_dataset("cifar10", tmp_path, "train")
+    _pickle(folder / "data_batch_2", {b"labels": [0], b"data": np.zeros((1, 3072), dtype=np.float32)})
+    with pytest.raises(DataError, match="dtype float32"):
+        load_dataset("cifar10", tmp_path, "train")
 
 
 def test_cifar100_python_batches_and_archive(tmp_path: Path, cache: Path) -> None:

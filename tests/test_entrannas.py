@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
-from fastnas import SearchConfig, load_genotype, run_search
+from fastnas import Genotype, SearchConfig, load_genotype, run_search
 from fastnas.algorithms import EnTranNAS, EnTranNASDST
 from fastnas.algorithms.entrannas import CIFAR_DEFAULTS, dst_weights, temperature
 from fastnas.cli import main
@@ -21,7 +23,7 @@ from fastnas.nn.skeleton import CellPlan
 from fastnas.ops import EXTENDED_OPS
 from fastnas.search_model import SearchModel
 from fastnas.spaces import DartsSpace, build_space
-from fastnas.train.consistency import child_weights
+from fastnas.train.consistency import child_weights, measure_consistency
 
 SPACE = DartsSpace()
 CELL = CellGenotype(
@@ -169,6 +171,93 @@ def test_feature_sharing_op_count() -> None:
     assert sum(calls_plain.values()) == SPACE.num_edges * 7
 
 
+# Hand-chosen derived cells, (source, op) per node, that differ between the two cell types in ops and inputs.
+_PICKS = {
+    "normal": [
+        [(0, "sep_conv_3x3"), (1, "max_pool_3x3")],
+        [(2, "dil_conv_3x3"), (0, "skip_connect")],
+        [(1, "avg_pool_3x3"), (3, "sep_conv_5x5")],
+        [(4, "dil_conv_5x5"), (2, "skip_connect")],
+    ],
+    "reduce": [
+        [(1, "dil_conv_5x5"), (0, "avg_pool_3x3")],
+        [(1, "sep_conv_5x5"), (2, "max_pool_3x3")],
+        [(0, "skip_connect"), (2, "dil_conv_3x3")],
+        [(3, "sep_conv_3x3"), (1, "max_pool_3x3")],
+    ],
+}
+
+
+def _alphas_for_picks(space: DartsSpace, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Alphas whose DARTS-rule derivation is ``_PICKS``: small noise, a large alpha on each picked pair,
+    and an even larger ``none`` everywhere (the rule must ignore it)."""
+    edge_of = {(e.node, e.source): e.index for e in space.edges}
+    out = {}
+    for t, picks in _PICKS.items():
+        a = 0.1 * torch.randn(space.num_edges, space.num_ops, generator=gen)
+        a[:, space.op_index("none")] = 12.0
+        for node, pairs in enumerate(picks):
+            for source, op in pairs:
+                a[edge_of[(node, source)], space.op_index(op)] = 10.0
+        out[t] = a
+    return out
+
+
+def test_transit_cells_run_their_own_cell_types_sub_graph() -> None:
+    """Every Transit-cell runs the sub-graph derived from the weights of its own cell type (a reduction
+    Transit-cell the reduction sub-graph, not the normal one), each derived (source, op) exactly once."""
+    torch.manual_seed(0)
+    model = SearchModel.build("entrannas", C=4, layers=6, engine_cells="first")
+    net, space = model.supernet, model.space
+    assert net.cell_types == ["normal", "normal", "reduce", "normal", "reduce", "normal"]
+    assert net.engine_cells == (0, 2)
+    transit = [i for i in range(6) if i not in net.engine_cells]
+    assert {net.cell_types[i] for i in transit} == {"normal", "reduce"}  # both types have a Transit-cell
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for t, a in _alphas_for_picks(space, gen).items():
+            model.algorithm.alphas[t].copy_(a)
+    weights = model.arch_weights()
+    expected = {
+        t: {(i, space.op_index(op)) for node in picks for i, op in node} for t, picks in _PICKS.items()
+    }
+    assert expected["normal"] != expected["reduce"]
+    # the derivation (DARTS rule, Eq. 4) gives back the hand-chosen cells
+    genotype = model.genotype()
+    for t, picks in _PICKS.items():
+        cell = genotype.cell(t)
+        assert [sorted((i, op) for op, i in node) for node in cell.nodes] == [sorted(n) for n in picks]
+        sel = select_pairs(weights[t], space, "top2")
+        assert {(i, k) for node in sel for i, k in node} == expected[t]
+    calls: dict[int, dict[tuple[int, int], int]] = {}
+    for c in transit:
+        calls[c] = _count_calls(net.cells[c])
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        logits = net(x, weights)
+    for c in transit:
+        t = net.cell_types[c]
+        assert set(calls[c]) == expected[t], (c, t)
+        assert all(v == 1 for v in calls[c].values()), (c, calls[c])
+    # output level: the network equals the cells run by hand with the hand-chosen selections
+    sel_by_hand = {
+        t: [[(i, space.op_index(op)) for i, op in node] for node in picks] for t, picks in _PICKS.items()
+    }
+
+    def by_hand(transit_selection: dict[str, list[list[tuple[int, int]]]]) -> torch.Tensor:
+        s0 = s1 = net.stem(x)
+        for c, (cell, t) in enumerate(zip(net.cells, net.cell_types, strict=True)):
+            engine = c in net.engine_cells
+            s0, s1 = s1, cell(s0, s1, weights[t]) if engine else cell(s0, s1, None, transit_selection[t])
+        return net.classifier(s1.mean(dim=(2, 3)))
+
+    with torch.no_grad():
+        torch.testing.assert_close(logits, by_hand(sel_by_hand), rtol=1e-5, atol=1e-5)
+        # ... while a reduction Transit-cell running the normal sub-graph gives another output
+        wrong = {"normal": sel_by_hand["normal"], "reduce": sel_by_hand["normal"]}
+        assert not torch.allclose(by_hand(wrong), logits, rtol=1e-3, atol=1e-4)
+
+
 def test_engine_cell_configuration() -> None:
     net = EnTranNASSupernet(SPACE, C=4, layers=8, num_classes=10)
     assert net.engine_cells == (0, 2)  # first normal and first reduction cell (Figure 4)
@@ -231,6 +320,75 @@ def test_dst_equations_7_to_9(p: list, t: float, expected_p_hat: list, expected_
     torch.testing.assert_close(p_hat, torch.tensor(expected_p_hat), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(q, torch.relu(torch.tensor(expected_p_hat) - t), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(q_hat, torch.tensor(expected_q_hat), rtol=1e-5, atol=1e-6)
+
+
+# Two intermediate nodes: edges 0-1 go into node 0 (sources 0, 1), edges 2-4 into node 1 (sources 0, 1, 2).
+TOY2 = DartsSpace(ops=("max_pool_3x3", "skip_connect", "sep_conv_3x3"), num_nodes=2, multiplier=2)
+TOY2_P = [
+    [0.5, 0.3, 0.2],  # node 0: max 0.5
+    [0.1, 0.4, 0.5],
+    [0.8, 0.1, 0.1],  # node 1: max 0.8 (the max over the whole cell)
+    [0.2, 0.2, 0.6],
+    [0.3, 0.3, 0.4],
+]
+
+
+@pytest.mark.parametrize(
+    ("t", "expected_q", "expected_q_hat"),
+    [
+        # t = (0.5, 0.4). Eq. 7 p_hat: node 0 = p / 0.5, node 1 = p / 0.8 (see expected_p_hat below).
+        # Eq. 8 q = ReLU(p_hat - t_j); Eq. 9 q_hat = q / row sum.
+        (
+            (0.5, 0.4),
+            [[0.5, 0.1, 0.0], [0.0, 0.3, 0.5], [0.6, 0.0, 0.0], [0.0, 0.0, 0.35], [0.0, 0.0, 0.1]],
+            [[5 / 6, 1 / 6, 0.0], [0.0, 3 / 8, 5 / 8], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]],
+        ),
+        # t = (0.7, 0.6): the edge from state 2 into node 1 is cut entirely (its q_hat row stays 0)
+        (
+            (0.7, 0.6),
+            [[0.3, 0.0, 0.0], [0.0, 0.1, 0.3], [0.4, 0.0, 0.0], [0.0, 0.0, 0.15], [0.0, 0.0, 0.0]],
+            [[1.0, 0.0, 0.0], [0.0, 0.25, 0.75], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]],
+        ),
+    ],
+)
+def test_dst_equations_7_to_9_normalise_per_node(t: tuple, expected_q: list, expected_q_hat: list) -> None:
+    """Eq. 7 normalises by the max over the pairs into *each* node (0.5 for node 0, 0.8 for node 1),
+    not by the max over the cell; Eq. 8 uses each node's own threshold."""
+    expected_p_hat = [
+        [1.0, 0.6, 0.4],
+        [0.2, 0.8, 1.0],
+        [1.0, 0.125, 0.125],
+        [0.25, 0.25, 0.75],
+        [0.375, 0.375, 0.5],
+    ]
+    beta = torch.tensor([math.log(tj / (1 - tj)) for tj in t])
+    p_hat, q, q_hat = dst_weights(torch.tensor(TOY2_P), beta, TOY2)
+    torch.testing.assert_close(p_hat, torch.tensor(expected_p_hat), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(q, torch.tensor(expected_q), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(q_hat, torch.tensor(expected_q_hat), rtol=1e-5, atol=1e-6)
+    # Eq. 10 through the algorithm: alphas with softmax(alpha / tau) = p derive exactly S_j = {q_hat > 0}
+    alg = EnTranNASDST(TOY2)
+    tau = float(alg.tau)
+    with torch.no_grad():
+        for cell_type in ("normal", "reduce"):
+            alg.alphas[cell_type].copy_(tau * torch.tensor(TOY2_P).log())
+            alg.betas[cell_type].copy_(beta)
+    expected_cell = [
+        sorted(
+            (TOY2.ops[k], e.source)
+            for e in TOY2.edges
+            if e.node == node
+            for k in range(3)
+            if expected_q_hat[e.index][k] > 0
+        )
+        for node in range(2)
+    ]
+    genotype = alg.derive()
+    for cell_type in ("normal", "reduce"):
+        assert [sorted(node) for node in genotype.cell(cell_type).nodes] == expected_cell
+        torch.testing.assert_close(
+            alg.arch_weights()[cell_type], torch.tensor(expected_q_hat), rtol=1e-4, atol=1e-6
+        )
 
 
 def test_dst_every_node_keeps_an_input() -> None:
@@ -298,7 +456,8 @@ def test_dst_regulariser_equation_11() -> None:
         with torch.no_grad():
             alg.betas["normal"].copy_(torch.tensor(betas_normal))
             alg.betas["reduce"].zero_()
-        assert float(alg.extra_arch_loss()) == pytest.approx(expected, rel=1e-6), mean
+        loss = alg.extra_arch_loss()
+        assert loss is not None and float(loss.detach()) == pytest.approx(expected, rel=1e-6), mean
     assert EnTranNASDST(SPACE).options.sparsity_mean == "all-nodes"  # the seed's form is the default
     assert EnTranNASDST(SPACE, lam=0.0).extra_arch_loss() is None
 
@@ -376,13 +535,99 @@ def test_cli_passes_lambda(
     assert "--lambda is an option of entrannas-dst, not of --method darts" in capsys.readouterr().err
 
 
+def _one_hot_child(model: SearchModel, genotype: Genotype) -> dict[str, torch.Tensor]:
+    """Child-net weights built here from the genotype: 1 on every derived (edge, op), 0 elsewhere."""
+    space = model.space
+    edge_of = {(e.node, e.source): e.index for e in space.edges}
+    out = {}
+    for cell_type in ("normal", "reduce"):
+        w = torch.zeros(space.num_edges, space.num_ops)
+        for node, pairs in enumerate(genotype.cell(cell_type).nodes):
+            for op, source in pairs:
+                w[edge_of[(node, source)], space.op_index(op)] = 1.0
+        out[cell_type] = w
+    return out
+
+
+def _count_correct(
+    model: SearchModel, batches: list[tuple[torch.Tensor, torch.Tensor]], weights: dict[str, torch.Tensor]
+) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy in %) of ``model.supernet`` under ``weights``, in evaluation mode."""
+    model.eval()
+    loss, correct, count = 0.0, 0, 0
+    with torch.no_grad():
+        for x, y in batches:
+            logits = model.supernet(x, weights)
+            loss += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(y)
+    model.train()
+    return loss / count, 100.0 * correct / count
+
+
+@pytest.mark.parametrize("method", ["entrannas", "entrannas-dst", "darts"])
+def test_measure_consistency_matches_an_independent_evaluation(method: str) -> None:
+    """Table 1: the super-net under its current edge weights and the child-net (the derived genotype as
+    one-hot weights, inherited weights), both in evaluation mode, counted here independently."""
+    torch.manual_seed(0)
+    model = SearchModel.build(method, C=4, layers=5, num_classes=4)
+    gen = torch.Generator().manual_seed(1)
+    batches = [
+        (torch.randn(16, 3, 8, 8, generator=gen), torch.randint(0, 4, (16,), generator=gen)) for _ in range(2)
+    ]
+    with torch.no_grad():
+        for a in model.algorithm.alphas.values():
+            a.normal_(0, 3.0)
+        model.supernet.classifier.weight.normal_(0, 3.0)  # logits far from uniform
+        # running statistics of the data (one training-mode pass with BN momentum 1), so that the
+        # evaluation-mode predictions vary from image to image
+        for m in model.supernet.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 1.0
+        model.supernet(torch.cat([x for x, _ in batches]), model.arch_weights())
+        # half the labels are the super-net's predictions: its accuracy is >= 50%, the child-net's differs
+        model.eval()
+        for x, y in batches:
+            y[:8] = model.supernet(x[:8], model.arch_weights()).argmax(1)
+        model.train()
+    genotype = model.genotype()
+    with torch.no_grad():
+        super_weights = {t: w.detach() for t, w in model.arch_weights().items()}
+    child = _one_hot_child(model, genotype)
+    assert all(not torch.equal(child[t], super_weights[t]) for t in child)
+    super_loss, super_acc = _count_correct(model, batches, super_weights)
+    child_loss, child_acc = _count_correct(model, batches, child)
+    assert abs(super_loss - child_loss) > 1e-2 and super_acc != child_acc  # the two nets really differ here
+    result = measure_consistency(model, batches, torch.device("cpu"))
+    assert model.training  # the mode is restored
+    assert result["super_acc"] == pytest.approx(super_acc, abs=1e-9)
+    assert result["child_acc"] == pytest.approx(child_acc, abs=1e-9)
+    assert result["super_loss"] == pytest.approx(super_loss, rel=1e-5)
+    assert result["child_loss"] == pytest.approx(child_loss, rel=1e-5)
+    assert result["drop"] == pytest.approx(super_acc - child_acc, abs=1e-9)
+    assert result["genotype"] == genotype.to_literal()
+
+
 @pytest.mark.parametrize(
     ("method", "layers", "space"),
     [("entrannas", 3, "darts"), ("entrannas-dst", 5, "darts"), ("darts", 3, "darts")],
 )
 def test_short_search_writes_genotype_and_consistency(
-    tmp_path: Path, method: str, layers: int, space: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str, layers: int, space: str
 ) -> None:
+    import fastnas.train.consistency as consistency
+
+    seen: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    original = consistency.measure_consistency
+
+    def recording(
+        model: SearchModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
+        precision: str = "fp32",
+    ) -> dict[str, Any]:  # fmt: skip
+        seen["batches"] = [(x.clone(), y.clone()) for x, y in batches]
+        return original(model, seen["batches"], device, precision)
+
+    monkeypatch.setattr(consistency, "measure_consistency", recording)
     config = SearchConfig(
         method=method, space=space, dataset="digits", limit=32, batch_size=16, C=4, layers=layers,
         epochs=1, device="cpu", out_dir=str(tmp_path), run_name="run",
@@ -393,8 +638,18 @@ def test_short_search_writes_genotype_and_consistency(
     NetworkCIFAR(4, 10, 3, False, genotype, in_channels=1)  # retrainable
     data = json.loads((result.run_dir / "consistency.json").read_text())
     assert set(data) >= {"super_acc", "child_acc", "drop"}
-    assert data["drop"] == pytest.approx(data["super_acc"] - data["child_acc"])
-    assert 0.0 <= data["child_acc"] <= 100.0
+    # consistency.json against the final model evaluated here on the same validation images
+    assert sum(len(y) for _, y in seen["batches"]) > 0
+    model = result.model
+    with torch.no_grad():
+        super_weights = {t: w.detach() for t, w in model.arch_weights().items()}
+    super_loss, super_acc = _count_correct(model, seen["batches"], super_weights)
+    child_loss, child_acc = _count_correct(model, seen["batches"], _one_hot_child(model, genotype))
+    assert data["super_acc"] == pytest.approx(super_acc, abs=1e-9)
+    assert data["child_acc"] == pytest.approx(child_acc, abs=1e-9)
+    assert data["super_loss"] == pytest.approx(super_loss, rel=1e-5)
+    assert data["child_loss"] == pytest.approx(child_loss, rel=1e-5)
+    assert data["drop"] == pytest.approx(super_acc - child_acc, abs=1e-9)
 
 
 def test_child_weights_are_one_hot_on_the_derived_pairs() -> None:

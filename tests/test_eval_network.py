@@ -195,6 +195,39 @@ def test_drop_path_in_a_cell_skips_identity_and_hits_every_other_op() -> None:
     assert not torch.equal((nodes[0] == 0).flatten(1).all(1), (nodes[1] == 0).flatten(1).all(1))
 
 
+def test_drop_path_hits_the_stride_2_skip_connect_but_not_the_identity() -> None:
+    """REFERENCE.md section 3: drop path on every op that is not an identity. In a reduction cell a
+    ``skip_connect`` reading a cell input has stride 2 (FactorizedReduce, with weights): it is dropped per
+    sample; in a normal cell the same op is the identity and is never dropped."""
+    genotype = Genotype(
+        normal=[[("skip_connect", 0)], [("skip_connect", 1)]],
+        normal_concat=[2, 3],
+        reduce=[[("skip_connect", 0)], [("skip_connect", 1)]],
+        reduce_concat=[2, 3],
+    )
+    c, n, p = 4, 2000, 0.3
+    torch.manual_seed(0)
+    s0, s1 = torch.randn(n, c, 4, 4), torch.randn(n, c, 4, 4)
+    reduce_cell = EvalCell(genotype.cell("reduce"), CellPlan.standalone(c, c, c, reduction=True)).train()
+    assert all(isinstance(op, FactorizedReduce) for op in reduce_cell.ops)
+    with torch.no_grad():
+        reference = reduce_cell(s0, s1, 0.0).split(c, dim=1)
+        torch.manual_seed(1)
+        nodes = reduce_cell(s0, s1, p).split(c, dim=1)
+    assert reference[0].shape == (n, c, 2, 2)
+    assert not (reference[0] == 0).flatten(1).all(1).any()  # no sample is zero without drop path
+    for k in (0, 1):
+        dropped = (nodes[k] == 0).flatten(1).all(1)
+        assert abs(dropped.float().mean().item() - p) < 0.05, k
+        assert torch.allclose(nodes[k][~dropped], reference[k][~dropped] / (1 - p), atol=1e-5)
+    normal_cell = EvalCell(genotype.cell("normal"), CellPlan.standalone(c, c, c)).train()
+    assert not any(isinstance(op, FactorizedReduce) for op in normal_cell.ops)
+    with torch.no_grad():
+        reference = normal_cell(s0, s1, 0.0)
+        torch.manual_seed(1)
+        assert torch.equal(normal_cell(s0, s1, p), reference)  # identities are never dropped
+
+
 # ----------------------------------------------------------------------------------- flexible topology
 
 

@@ -37,7 +37,12 @@ def test_readme_fastnas_commands_parse() -> None:
     assert any(c.startswith("search") for c in commands) and any(c.startswith("info") for c in commands)
     for command in commands:
         argv = shlex.split(command.replace("/path/to/", "/tmp/"))
-        build_parser(argv).parse_args(argv)
+        if "--help" in argv:
+            with pytest.raises(SystemExit) as exit_info:
+                build_parser(argv).parse_args(argv)
+            assert exit_info.value.code == 0, command
+        else:
+            build_parser(argv).parse_args(argv)
 
 
 def test_ci_runs_the_readme_test_command() -> None:

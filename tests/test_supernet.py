@@ -86,12 +86,52 @@ def test_space_options() -> None:
         DartsSpace(num_nodes=2, multiplier=4)
 
 
-def test_executor_switch_keeps_outputs() -> None:
+def _independent_forward(net: Supernet, x: torch.Tensor, weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The supernet forward written out from REFERENCE.md section 1, with every candidate op module run
+    directly (``edge.ops[k]``): no MixedEdge.forward, no executor, no forward_cells."""
+    space = net.space
+    s = net.stem(x)
+    s0, s1 = s, s
+    for cell, cell_type in zip(net.cells, net.cell_types, strict=True):
+        w = weights[cell_type]
+        states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+        for node in range(space.num_nodes):
+            total = 0
+            for e in space.edges:
+                if e.node != node:
+                    continue
+                edge = cell.edges[e.index]
+                for k in range(space.num_ops):  # `none` included: it adds w_none * 0
+                    total = total + w[e.index, k] * edge.ops[k](states[e.source])
+            states.append(total)
+        s0, s1 = s1, torch.cat(states[-space.multiplier :], dim=1)
+    return net.classifier(s1.mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_supernet_forward_equals_an_independent_computation(training: bool) -> None:
     torch.manual_seed(2)
     model = SearchModel.build("darts", C=4, layers=5)
+    net = model.supernet.train(training)
+    assert "reduce" in net.cell_types and net.space.ops[0] == "none"
+    if not training:  # running statistics that are not the (0, 1) defaults
+        for name, b in net.named_buffers():
+            if name.endswith("running_mean"):
+                b.normal_(0, 0.2)
+            elif name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    weights = {t: torch.softmax(torch.randn(14, 8), dim=-1) for t in ("normal", "reduce")}
     x = torch.randn(2, 3, 8, 8)
-    before = model(x)
-    model.supernet.set_executor("reference")
-    assert torch.equal(model(x), before)
+    with torch.no_grad():
+        expected = _independent_forward(net, x, weights)
+        got = net(x, weights)
+        # both cell types matter: swapping their weights changes the output
+        swapped = net(x, {"normal": weights["reduce"], "reduce": weights["normal"]})
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(swapped, expected, rtol=1e-3, atol=1e-4)
+    for name in ("reference", "fast"):
+        net.set_executor(name)
+        with torch.no_grad():
+            torch.testing.assert_close(net(x, weights), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="unknown cell executor"):
         model.supernet.set_executor("warp-speed")

@@ -12,8 +12,8 @@ real steps update the running statistics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Protocol, cast
 
 import torch
 from torch import nn
@@ -32,8 +32,11 @@ class BilevelModel(Protocol):
     """What the architecture step needs of a model (:class:`fastnas.SearchModel` is one): the supernet
     (the weights), the algorithm (the edge weights), the architecture parameters and the loss."""
 
-    supernet: nn.Module
-    algorithm: _Algorithm
+    @property
+    def supernet(self) -> nn.Module: ...
+
+    @property
+    def algorithm(self) -> _Algorithm: ...
 
     def arch_parameters(self) -> list[nn.Parameter]: ...
 
@@ -66,7 +69,7 @@ def _sgd_virtual_step(
 def _loss_at(
     model: BilevelModel, names: list[str], weights: Sequence[torch.Tensor], batch: Batch, level: str
 ) -> torch.Tensor:
-    buffers: Mapping[str, torch.Tensor] = {name: b.clone() for name, b in model.supernet.named_buffers()}
+    buffers: dict[str, torch.Tensor] = {name: b.clone() for name, b in model.supernet.named_buffers()}
     params = dict(zip(names, weights, strict=True))
     x, y = batch
     logits = functional_call(model.supernet, (params, buffers), (x, model.algorithm.arch_weights()))
@@ -90,8 +93,8 @@ def unrolled_arch_gradients(
     alphas = model.arch_parameters()
 
     train_loss = _loss_at(model, names, weights, train_batch, "weights")
-    grads = torch.autograd.grad(train_loss, weights, allow_unused=True)
-    grads = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, grads, strict=True)]
+    raw_grads = torch.autograd.grad(train_loss, weights, allow_unused=True)
+    grads = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, raw_grads, strict=True)]
     with torch.no_grad():
         stepped = _sgd_virtual_step(weights, grads, weight_optimizer, lr)
     stepped = [w.detach().requires_grad_(True) for w in stepped]
@@ -103,7 +106,7 @@ def unrolled_arch_gradients(
         torch.zeros_like(w) if g is None else g for w, g in zip(stepped, grad_all[len(alphas) :], strict=True)
     ]
 
-    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in v))
+    norm = torch.sqrt(cast(torch.Tensor, sum((g.double() ** 2).sum() for g in v)))  # a Tensor: v is not empty
     eps = fd_scale / float(norm) if float(norm) > 0 else 0.0
     if eps == 0.0:
         return d_alpha, val_loss.detach()

@@ -37,6 +37,11 @@ def check_finite(weights: torch.Tensor, cell_type: str) -> None:
         )
 
 
+def _argmax_first(values: list[float]) -> int:
+    """Index of the largest value; ties keep the lower index."""
+    return max(range(len(values)), key=lambda k: (values[k], -k))
+
+
 def derive_darts_cell(
     weights: torch.Tensor, space: DartsSpace, inputs_per_node: int = 2, cell_type: str = "cell"
 ) -> CellGenotype:
@@ -59,7 +64,7 @@ def derive_darts_cell(
         rows = w[offset : offset + n_in][:, candidates]
         best_val, best_idx = [], []
         for r in rows.tolist():
-            k_best = max(range(len(r)), key=lambda k, r=r: (r[k], -k))
+            k_best = _argmax_first(r)
             best_idx.append(candidates[k_best])
             best_val.append(r[k_best])
         order = sorted(range(n_in), key=lambda i: (-best_val[i], i))[: min(inputs_per_node, n_in)]

@@ -167,6 +167,7 @@ class EnTranNAS(SearchAlgorithm):
     transit_rule: TransitRule = "top2"
     options: EnTranNASOptions
     space: DartsSpace
+    tau: torch.Tensor  # a buffer, registered in __init__
 
     def __init__(self, space: SearchSpace, options: EnTranNASOptions | None = None, **option_values: Any):
         super().__init__(space, options, **option_values)

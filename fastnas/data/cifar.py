@@ -25,12 +25,11 @@ import os
 import pickle
 import re
 import tarfile
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -39,6 +38,7 @@ from tqdm.auto import tqdm
 
 from fastnas.data.datasets import SPLITS, ImageDataset, cache_dir
 from fastnas.errors import ConfigError, DataError, DownloadError, MissingPathError
+from fastnas.fileio import atomic_write
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -194,11 +194,53 @@ def _field(batch: dict[Any, Any], key: str) -> Any:
     return batch[key.encode()] if key.encode() in batch else batch[key]
 
 
-def _unpickle(data: bytes | Path) -> dict[Any, Any]:
-    if isinstance(data, Path):
-        with data.open("rb") as f:
-            return pickle.load(f, encoding="bytes")
-    return pickle.loads(data, encoding="bytes")
+_PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # bytes in a protocol-2 pickle written by Python 3
+    }
+)
+"""The only globals CIFAR python batches refer to (NumPy arrays, bytes); nothing else is loaded."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles what the official batches contain (dicts, lists, bytes, str, numbers, NumPy arrays) and
+    refuses any other global: a crafted batch file cannot run code."""
+
+    source = "CIFAR batch"
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise DataError(
+            f"{self.source} refers to {module}.{name}, which an official CIFAR python batch never contains; "
+            "the file is not a CIFAR batch and may be malicious - use the official download"
+        )
+
+
+def _unpickle(data: bytes | Path, source: str) -> dict[Any, Any]:
+    """A CIFAR python batch, read with :class:`_BatchUnpickler`; it must be a dict whose arrays hold
+    integers."""
+    raw = data.read_bytes() if isinstance(data, Path) else data
+    unpickler = _BatchUnpickler(io.BytesIO(raw), encoding="bytes")
+    unpickler.source = source
+    try:
+        batch = unpickler.load()
+    except DataError:
+        raise
+    except Exception as exc:  # a damaged pickle fails in many ways
+        raise DataError(
+            f"{source} is not a readable CIFAR python batch ({type(exc).__name__}: {exc})"
+        ) from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{source} is not a CIFAR python batch (a {type(batch).__name__}, not a dict)")
+    for key, value in batch.items():
+        if isinstance(value, np.ndarray) and value.dtype.kind not in "uib":
+            raise DataError(f"{source}: entry {key!r} has dtype {value.dtype}; CIFAR batches hold integers")
+    return batch
 
 
 def _batches_to_arrays(name: str, batches: Sequence[dict[Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
@@ -220,9 +262,9 @@ def _read_python_folder(name: str, folder: Path, split: str) -> Arrays:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise MissingPathError(f"{_DISPLAY[name]} python batches incomplete: missing {', '.join(missing)}")
-    images, labels = _batches_to_arrays(name, [_unpickle(p) for p in paths])
+    images, labels = _batches_to_arrays(name, [_unpickle(p, str(p)) for p in paths])
     meta_path = folder / _PY_FILES[name].meta
-    meta = _unpickle(meta_path) if meta_path.is_file() else None
+    meta = _unpickle(meta_path, str(meta_path)) if meta_path.is_file() else None
     return {
         f"{split}_images": images,
         f"{split}_labels": labels,
@@ -362,7 +404,7 @@ def _read_archive(name: str, path: Path) -> Arrays:
     for split in SPLITS:
         files = _PY_FILES[name].files(split)
         if all(f in pickles for f in files):
-            images, labels = _batches_to_arrays(name, [_unpickle(pickles[f]) for f in files])
+            images, labels = _batches_to_arrays(name, [_unpickle(pickles[f], f"{path}:{f}") for f in files])
             arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
     if not arrays:
         raise MissingPathError(
@@ -370,7 +412,8 @@ def _read_archive(name: str, path: Path) -> Arrays:
             f"{_DISPLAY[name]} python batches ({PYTHON_FOLDERS[name]}/)"
         )
     meta = pickles.get(_PY_FILES[name].meta)
-    arrays["classes"] = np.array(_class_names(name, _unpickle(meta) if meta is not None else None))
+    meta_batch = _unpickle(meta, f"{path}:{_PY_FILES[name].meta}") if meta is not None else None
+    arrays["classes"] = np.array(_class_names(name, meta_batch))
     return arrays
 
 
@@ -391,15 +434,7 @@ def _cached(name: str, source: Path, fingerprint: str, build: Callable[[], Array
             warnings.warn(f"ignoring unreadable dataset cache {path} ({exc}); decoding again", stacklevel=3)
     arrays = build()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: np.savez(f, **cast("dict[str, Any]", arrays)))  # no key is allow_pickle
     except OSError as exc:
         warnings.warn(
             f"could not write the dataset cache {path} ({exc}); set FASTNAS_CACHE_DIR to a writable folder "

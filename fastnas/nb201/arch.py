@@ -67,7 +67,7 @@ def _check_op(name: object, where: str) -> str:
         raise NB201ArchError(
             f"{where}: unknown op {_short(name)}; the NAS-Bench-201 ops are: {', '.join(NB201_OPS)}"
         )
-    return name  # type: ignore[return-value]
+    return name
 
 
 def _parse_node(group: str, target: int, text: str) -> list[str]:

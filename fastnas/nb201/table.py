@@ -156,7 +156,7 @@ class NB201Table:
         if not path.is_file():
             raise _missing_file(path)
         try:
-            from nas_201_api import NASBench201API  # type: ignore[import-not-found]
+            from nas_201_api import NASBench201API
         except ImportError as err:
             raise MissingDependencyError(
                 f"reading the official NAS-Bench-201 file {path} needs the nas_201_api package: "
@@ -243,8 +243,11 @@ class NB201Table:
             value = getattr(result, name)
             if value is None:
                 continue
-            current = getattr(best, name) if best is not None else None
-            if current is None or value > current or (value == current and result.index < best.index):
+            if best is None:
+                best = result
+                continue
+            current = getattr(best, name)  # never None: only results with a value are kept
+            if value > current or (value == current and result.index < best.index):
                 best = result
         if best is None:
             raise DataError(f"the NAS-Bench-201 table {self.source} has no values for {name!r}")

@@ -24,6 +24,7 @@ the gradients (their ``q`` is 0 below the ReLU of Eq. 8), so the Engine computes
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -156,7 +157,9 @@ class EnTranCell(nn.Module):
 
     def num_weighted_ops(self) -> int:
         """Op modules with parameters (seed section 2.3: ``(n-1) x K-bar`` shared, ``|E| x K-bar`` not)."""
-        return sum(1 for unit in self.ops for op in unit if any(True for _ in op.parameters()))
+        return sum(
+            1 for unit in self.ops for op in cast(nn.ModuleList, unit) if any(True for _ in op.parameters())
+        )
 
     def forward(
         self,
@@ -233,10 +236,10 @@ class EnTranCell(nn.Module):
             x = states[source]
             inputs[source] = self.reduce[source](x) if self.bottleneck else x
         if not self.feature_sharing:
-            return self.ops[edge][k](inputs[source])
+            return cast(nn.ModuleList, self.ops[edge])[k](inputs[source])
         key = (source, k)
         if key not in shared:
-            shared[key] = self.ops[source][k](inputs[source])
+            shared[key] = cast(nn.ModuleList, self.ops[source])[k](inputs[source])
         return shared[key]
 
 

@@ -18,6 +18,8 @@ whose name does not contain ``auxiliary`` (:func:`count_parameters_without_auxil
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -171,7 +173,7 @@ class _EvalNetwork(DartsSkeleton):
         auxiliary: bool,
         in_channels: int,
         stem: Stem,
-        aux_cls: type[_AuxiliaryHead],
+        aux_cls: Callable[[int, int], _AuxiliaryHead],
     ) -> None:
         genotype = load_genotype(genotype)
         if genotype.num_normal_types not in (1, 3):

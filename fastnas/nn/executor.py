@@ -44,6 +44,7 @@ class ReferenceExecutor:
                 y = cell.edges[offset + source](state, weights[offset + source])
                 node_sum = y if node_sum is None else node_sum + y
             offset += len(states)
+            assert node_sum is not None  # every node reads the two cell inputs
             states.append(node_sum)
         return states
 

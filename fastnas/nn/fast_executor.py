@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from fastnas.ops.darts_ops import DilConv, FactorizedReduce, Identity, SepConv, 
 
 if TYPE_CHECKING:
     from fastnas.nn.cell import SearchCell
+    from fastnas.nn.mixed import MixedEdge
 
 __all__ = ["FastExecutor", "outgoing_edges"]
 
@@ -69,7 +70,8 @@ def _op_kind(op: nn.Module) -> str | None:
     if isinstance(op, Identity):
         return "identity"
     if isinstance(op, SepConv):
-        return "sep" if foldable_bn(op[0][3]) and foldable_bn(op[1][3]) else None
+        first, second = cast(DilConv, op[0]), cast(DilConv, op[1])
+        return "sep" if foldable_bn(first[3]) and foldable_bn(second[3]) else None
     if isinstance(op, DilConv):
         return "dil" if foldable_bn(op[3]) else None
     if isinstance(op, FactorizedReduce):
@@ -82,7 +84,8 @@ def _op_kind(op: nn.Module) -> str | None:
 def _cell_kinds(cell: SearchCell) -> list[dict[int, str]] | None:
     """Per edge, the kind of every active op; ``None`` if any op cannot run on the fast path."""
     kinds: list[dict[int, str]] = []
-    for edge in cell.edges:
+    for module in cell.edges:
+        edge = cast("MixedEdge", module)
         if edge.fold_plan is None:
             return None
         edge_kinds: dict[int, str] = {}
@@ -95,29 +98,30 @@ def _cell_kinds(cell: SearchCell) -> list[dict[int, str]] | None:
     return kinds
 
 
-def _dil_stage(x: Tensor, blocks: Sequence[nn.Module]) -> tuple[Tensor, Tensor, Tensor]:
+def _dil_stage(x: Tensor, blocks: Sequence[DilConv]) -> tuple[Tensor, Tensor, Tensor]:
     """``ReLU -> depthwise -> pointwise`` of every edge's ``DilConv`` block at once, before its BN:
     returns ``(z [E, N, C, H, W], sum, sum of squares [E, C])``."""
-    depthwise: list[nn.Conv2d] = [b[1] for b in blocks]
-    pointwise: list[nn.Conv2d] = [b[2] for b in blocks]
+    depthwise = [cast(nn.Conv2d, b[1]) for b in blocks]
+    pointwise = [cast(nn.Conv2d, b[2]) for b in blocks]
     first = depthwise[0]
     e, c, k = len(blocks), first.in_channels, first.kernel_size[0]
     dw_weight = torch.stack([m.weight for m in depthwise]).view(e, c, k, k).to(x.dtype)
-    h = relu_depthwise_conv(x, dw_weight, first.stride[0], first.padding[0], first.dilation[0])  # type: ignore[arg-type]
+    h = relu_depthwise_conv(x, dw_weight, first.stride[0], first.padding[0], first.dilation[0])
     pw_weight = torch.stack([m.weight for m in pointwise]).view(e, pointwise[0].out_channels, c).to(x.dtype)
     return pointwise_conv_stats(h, pw_weight)
 
 
-def _sep_conv(x: Tensor, ops: Sequence[nn.Module]) -> Tensor:
+def _sep_conv(x: Tensor, ops: Sequence[SepConv]) -> Tensor:
     """Every edge's ``SepConv`` before its final BN: two ``DilConv`` stages, the middle BN normalised from
     the statistics the first pointwise convolution summed (its running statistics updated)."""
-    z, total, total_sq = _dil_stage(x, [op[0] for op in ops])
-    middle_bns: list[nn.BatchNorm2d] = [op[0][3] for op in ops]
+    firsts = [cast(DilConv, op[0]) for op in ops]
+    z, total, total_sq = _dil_stage(x, firsts)
+    middle_bns = [cast(nn.BatchNorm2d, block[3]) for block in firsts]
     y, mean, var = batch_norm_from_stats(z, total, total_sq, middle_bns[0].eps)
     count = z.shape[1] * z.shape[3] * z.shape[4]
     for e, bn in enumerate(middle_bns):
         update_bn_running_stats(bn, mean[e], var[e], count)
-    return _dil_stage(y, [op[1] for op in ops])[0]
+    return _dil_stage(y, [cast(DilConv, op[1]) for op in ops])[0]
 
 
 def _factorized_reduce(x: Tensor, ops: Sequence[FactorizedReduce]) -> Tensor:
@@ -173,17 +177,17 @@ class FastExecutor:
         """Per op index, the pre-BN output of every edge in ``edges`` (all leave the same state ``x``)."""
         out: dict[int, list[Tensor]] = {}
         for k, kind in kinds.items():
-            ops = [cell.edges[e].ops[k] for e in edges]
+            ops = [cast("MixedEdge", cell.edges[e]).ops[k] for e in edges]
             if kind == "identity":
                 continue
             if kind == "sep":
-                out[k] = list(_sep_conv(x, ops).unbind(0))
+                out[k] = list(_sep_conv(x, cast("list[SepConv]", ops)).unbind(0))
             elif kind == "dil":
-                out[k] = list(_dil_stage(x, ops)[0].unbind(0))
+                out[k] = list(_dil_stage(x, cast("list[DilConv]", ops))[0].unbind(0))
             elif kind == "reduce":
-                out[k] = list(_factorized_reduce(x, ops).unbind(0))  # type: ignore[arg-type]
+                out[k] = list(_factorized_reduce(x, cast("list[FactorizedReduce]", ops)).unbind(0))
             elif kind == "pool":
-                pooled = ops[0][0](x)  # parameter-free: once for every edge
+                pooled = cast(nn.Sequential, ops[0])[0](x)  # parameter-free: once for every edge
                 out[k] = [pooled] * len(edges)
             else:
                 out[k] = [split_final_bn(op)[0](x) for op in ops]  # type: ignore[index]
@@ -199,7 +203,8 @@ class FastExecutor:
         pre_bn: dict[int, list[Tensor]],
         slot: int,
     ) -> Tensor:
-        edge = cell.edges[e]
+        edge = cast("MixedEdge", cell.edges[e])
+        assert edge.fold_plan is not None  # _cell_kinds only lets foldable edges through
         bn_ops, identity = edge.fold_plan
         zs = [pre_bn[k][slot].to(x.dtype) for k in bn_ops]
         op_weights = w.index_select(0, edge.bn_index)

@@ -25,6 +25,9 @@ class MixedEdge(nn.Module):
     not end in a foldable BN (NAS-Bench-201's pooling without BN) keep the plain sum.
     """
 
+    _active_index: torch.Tensor  # buffers, registered in __init__ (bn_index only on a foldable edge)
+    bn_index: torch.Tensor
+
     def __init__(self, channels: int, stride: int, ops: tuple[str, ...], pool_bn: bool = True):
         super().__init__()
         self.op_names = tuple(ops)

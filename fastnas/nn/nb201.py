@@ -40,6 +40,7 @@ def _sum_into_nodes(
             if t == target:
                 y = edge_outputs(k, nodes[source])
                 total = y if total is None else total + y
+        assert total is not None  # every node has an incoming edge
         nodes.append(total)
     return nodes[-1]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, SupportsInt, cast
 
 import torch
 from torch import nn
@@ -194,7 +194,7 @@ class DartsSkeleton(nn.Module):
             cell = make_cell(plan)
             self.cells.append(cell)
             reduction_prev = reduction
-            c_pp, c_p = c_p, int(cell.multiplier) * channels
+            c_pp, c_p = c_p, int(cast(SupportsInt, cell.multiplier)) * channels
             if index == self.aux_position:
                 c_aux = c_p
         self.auxiliary_head: nn.Module | None = auxiliary_head(c_aux) if auxiliary_head else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 
@@ -53,7 +54,7 @@ class Supernet(DartsSkeleton):
         """Switch every cell to executor ``name`` (outputs must not change)."""
         executor = build_executor(name)
         for cell in self.cells:
-            cell.executor = executor
+            cast(SearchCell, cell).executor = executor
         self.executor_name = name
 
     def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -6,6 +6,8 @@ affine parameters: off in the search supernet, on in evaluation networks.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -57,7 +59,7 @@ class DilConv(nn.Sequential):
 
     def pre_bn(self, x: torch.Tensor) -> torch.Tensor:
         """Everything before the final BN."""
-        depthwise, pointwise = self[1], self[2]
+        depthwise, pointwise = cast(nn.Conv2d, self[1]), self[2]
         if not model_uses_kernels(x):
             return pointwise(depthwise(self[0](x)))
         dtype = autocast_dtype(x)

@@ -64,7 +64,7 @@ class DartsSpace:
     @property
     def edges(self) -> tuple[Edge, ...]:
         """All edges in DARTS order (node by node, then by source state)."""
-        out = []
+        out: list[Edge] = []
         for node in range(self.num_nodes):
             for source in range(node + 2):
                 out.append(Edge(len(out), source, node))

@@ -220,6 +220,11 @@ class LoadedCheckpoint:
     fell_back: bool
 
 
+class _UnsafeCheckpointError(CheckpointError):
+    """A checkpoint with a valid checksum holding objects fastnas never writes: someone made or altered
+    it on purpose, so the run stops instead of quietly continuing from the previous checkpoint."""
+
+
 def _load_one(path: Path, map_location: str | torch.device | None) -> dict[str, Any]:
     payload = _verified_payload(path)
     unreadable = f"checkpoint {path} passes its checksum but torch cannot read it"
@@ -230,7 +235,7 @@ def _load_one(path: Path, map_location: str | torch.device | None) -> dict[str, 
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
             raise CheckpointError(f"{unreadable} (the data inside is damaged)") from None
-        raise CheckpointError(
+        raise _UnsafeCheckpointError(
             f"checkpoint {path} contains objects fastnas does not write (its checksum is valid, so it was "
             "made or altered on purpose); it may be malicious and was not loaded"
         ) from None
@@ -263,6 +268,13 @@ def load_checkpoint(
     except CheckpointError as exc:
         newest = exc
     prev = previous_checkpoint_path(path)
+    if isinstance(newest, _UnsafeCheckpointError):
+        raise CheckpointError(
+            f"{newest}; check who changed the run directory, then delete {path.name} to continue from "
+            "the previous checkpoint, or start the run again"
+            if prev.exists()
+            else f"{newest}; start the run again"
+        ) from None
     if not fallback:
         raise CheckpointError(f"{newest}; {_advice(path)}")
     if not prev.exists():

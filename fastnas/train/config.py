@@ -92,9 +92,10 @@ class SearchConfig:
         if self.space not in SPACE_NAMES:
             raise ConfigError(f"unknown search space {self.space!r}; available: {', '.join(SPACE_NAMES)}")
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        hyper = dataclasses.replace(method.defaults, **{**SPACE_DEFAULTS[self.space]}).updated(
+        hyper = dataclasses.replace(method.defaults, **SPACE_DEFAULTS[self.space]).updated(
             **{k: values[k] for k in _HYPER}
         )
+        hyper = dataclasses.replace(hyper, arch_betas=(hyper.arch_betas[0], hyper.arch_betas[1]))
         run_name = self.run_name or (
             f"{method.name}-{self.dataset}-s{self.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         )

@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 
 from fastnas.data import TensorBatchLoader, limit_indices, load_dataset
 from fastnas.errors import CheckpointError, ConfigError, DataError, NonFiniteError
+from fastnas.fields import read_json_file
 from fastnas.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from fastnas.genotype import Genotype, load_genotype
 from fastnas.nn.counting import count_flops, count_parameters, count_parameters_without_auxiliary
-from fastnas.nn.eval_network import build_eval_network
+from fastnas.nn.eval_network import NetworkCIFAR, NetworkImageNet, build_eval_network
 from fastnas.train.checkpoint import CHECKPOINT_NAME, check_state, load_checkpoint, save_checkpoint
 from fastnas.train.device import autocast, resolve_device, seed_everything
 from fastnas.train.run_state import (
@@ -105,12 +106,20 @@ def build_loaders(
     if config.dataset == "imagenet":
         from fastnas.data.imagenet import FolderBatchLoader, load_imagenet_folder
 
-        common = {"batch_size": config.batch_size, "device": device, "workers": config.workers}
+        def folder_loader(data: Any, shuffle: bool, limit: int | None) -> FolderBatchLoader:
+            return FolderBatchLoader(
+                data,
+                batch_size=config.batch_size,
+                device=device,
+                workers=config.workers,
+                shuffle=shuffle,
+                seed=config.seed,
+                limit=limit,
+            )
+
         test_set = load_imagenet_folder(config.data_dir, "test")
-        test_loader = FolderBatchLoader(
-            test_set, shuffle=False, seed=config.seed, limit=config.test_limit, **common
-        )
-        train_loader = None
+        test_loader: Loader = folder_loader(test_set, shuffle=False, limit=config.test_limit)
+        train_loader: Loader | None = None
         if train:
             train_set = load_imagenet_folder(config.data_dir, "train")
             if list(train_set.classes) != list(test_set.classes):
@@ -118,9 +127,7 @@ def build_loaders(
                     f"ImageNet train/ and val/ have different class folders ({len(train_set.classes)} vs "
                     f"{len(test_set.classes)}); val/ must use the same <wnid>/ folders as train/"
                 )
-            train_loader = FolderBatchLoader(
-                train_set, shuffle=True, seed=config.seed, limit=config.limit, **common
-            )
+            train_loader = folder_loader(train_set, shuffle=True, limit=config.limit)
         return train_loader, test_loader, len(test_set.classes), 3
     test_data = load_dataset(config.dataset, config.data_dir, split="test", download=config.download)
     test_loader = TensorBatchLoader(
@@ -153,7 +160,7 @@ def build_loaders(
 
 def build_model(
     config: ResolvedTrainConfig, genotype: Genotype, num_classes: int, in_channels: int
-) -> torch.nn.Module:
+) -> NetworkCIFAR | NetworkImageNet:
     """The evaluation network of a resolved config; the auxiliary head exists when ``config.auxiliary``
     is on and its weight is positive."""
     auxiliary = bool(config.auxiliary and config.auxiliary_weight > 0)
@@ -318,12 +325,14 @@ class TrainRunner:
         """Continue from the run's newest good checkpoint, if any (validated before any history file
         is touched)."""
         loaded = open_checkpoint(self.run_dir, CHECKPOINT_SCHEMA, self.config.epochs, self.device, self.log)
+        if loaded is not None:
+            self.load_state_dict(loaded.state, loaded.path)
+        # before the run announces itself: a damaged history file stops it here
+        trim_histories([self.run_dir / "metrics.jsonl"], self.start_epoch, self.log)
         if loaded is None:
             self.log(f"{self.run_dir} has no checkpoint yet; starting it from epoch 1")
         else:
-            self.load_state_dict(loaded.state, loaded.path)
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}/{self.config.epochs}")
-        trim_histories([self.run_dir / "metrics.jsonl"], self.start_epoch, self.log)
 
     # ----------------------------------------------------------------- steps
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -497,17 +506,17 @@ def run_train(config: TrainConfig, progress: bool = True, overwrite: bool = Fals
     return runner.run()
 
 
-def _is_train_run(run_dir: Path) -> bool:
-    config = run_dir / "config.json"
-    return config.is_file() and "auxiliary_weight" in config.read_text(encoding="utf-8", errors="replace")
-
-
 def resume_train(run_dir: str | Path, progress: bool = True, device: str | None = None) -> TrainResult:
     """Continue the retraining run in ``run_dir`` after its last good checkpoint (evaluate it when done)."""
     run_dir = Path(run_dir)
-    if not _is_train_run(run_dir):
-        raise ConfigError(f"{run_dir} is not a retraining run directory (no train config.json)")
-    config = ResolvedTrainConfig.load(run_dir / "config.json")
+    config_path = run_dir / "config.json"
+    data = read_json_file(config_path, f"{run_dir} is not a retraining run directory (no config.json)")
+    if isinstance(data, dict) and "method" in data and "auxiliary_weight" not in data:
+        raise ConfigError(
+            f"{run_dir} is a search run directory, not a retraining one; continue it with `fastnas search "
+            f"--resume {run_dir}`, or retrain its genotype with `fastnas train --genotype {run_dir}`"
+        )
+    config = ResolvedTrainConfig.from_json(data, str(config_path))
     genotype = load_genotype(run_dir)  # the genotype.json saved at the start, not the original source
     runner = TrainRunner(config, genotype, run_dir, progress=progress, device=device)
     runner.resume()
@@ -531,6 +540,11 @@ def evaluate_checkpoint(
         path = path / CHECKPOINT_NAME
     loaded = load_checkpoint(path, fallback=False)
     state = loaded.state
+    if "arch_optimizer" in state and "optimizer" not in state:
+        raise CheckpointError(
+            f"checkpoint {path} is a search checkpoint; --eval-only evaluates retraining checkpoints - "
+            f"retrain the search's genotype with `fastnas train --genotype {path.parent}` first"
+        )
     check_state(state, CHECKPOINT_SCHEMA, path)
     config = ResolvedTrainConfig.from_json(state["config"], f"{path} (its config)")
     changes: dict[str, Any] = {}

@@ -10,6 +10,7 @@ fails verification, the previous one is used with a logged warning.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastnas.errors import CheckpointError, NonFiniteError, RunExistsError
-from fastnas.fileio import read_jsonl, remove_stale_temporaries, rewrite_jsonl
+from fastnas.fileio import append_text, read_jsonl, remove_stale_temporaries, rewrite_jsonl
 from fastnas.train.checkpoint import (
     CHECKPOINT_NAME,
     LoadedCheckpoint,
@@ -26,6 +27,7 @@ from fastnas.train.checkpoint import (
     check_state,
     has_checkpoint,
     load_checkpoint,
+    previous_checkpoint_path,
 )
 
 __all__ = [
@@ -53,22 +55,34 @@ RUN_FILES = (
 """Files fastnas writes into a run directory (besides the checkpoints and their temporaries)."""
 
 
+_CHECKPOINT_FILES = (CHECKPOINT_NAME, previous_checkpoint_path(CHECKPOINT_NAME).name)
+
+
 def _fastnas_file(path: Path) -> bool:
+    """A file fastnas writes into a run directory: a run file, a checkpoint, or the temporary file
+    (``.NAME.*.tmp``) of an interrupted write of one of them."""
     name = path.name
-    return path.is_file() and (
-        name in RUN_FILES or (name.startswith("checkpoint") and name.endswith(".pt")) or name.endswith(".tmp")
-    )
+    if name.startswith(".") and name.endswith(".tmp"):
+        name = name[1:].removesuffix(".tmp").rsplit(".", 1)[0]  # .checkpoint.pt.k2j4x9.tmp -> checkpoint.pt
+    return path.is_file() and (name in RUN_FILES or name in _CHECKPOINT_FILES)
 
 
 def check_run_dir_free(run_dir: Path, overwrite: bool, command: str) -> None:
     """Refuse to start a fresh run in a folder that already holds files, unless ``overwrite``; even then,
-    files fastnas did not write are never deleted."""
+    files fastnas did not write are never deleted. A folder holding only the first files of a start that
+    was killed before its ``config.json`` was written (the last of a run's inputs) holds no run: it is
+    reused."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunExistsError(f"{run_dir} exists and is not a folder; choose another --run-name or --out-dir")
     if not run_dir.is_dir():
         return
     entries = list(run_dir.iterdir())
     if not entries:
+        return
+    unstarted = {"genotype.json", "genotype.txt", "log.txt"}
+    if not (run_dir / "config.json").exists() and all(
+        _fastnas_file(p) and (p.name in unstarted or p.name.endswith(".tmp")) for p in entries
+    ):
         return
     if not overwrite:
         if (run_dir / "config.json").exists():
@@ -88,8 +102,8 @@ def check_run_dir_free(run_dir: Path, overwrite: bool, command: str) -> None:
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:
     """Create the folder of a fresh run (after :func:`check_run_dir_free`), removing an old run's files
-    when ``overwrite``."""
-    if overwrite and run_dir.is_dir():
+    when ``overwrite`` and the leftovers of a start that never wrote its ``config.json``."""
+    if run_dir.is_dir() and (overwrite or not (run_dir / "config.json").exists()):
         for path in run_dir.iterdir():
             if _fastnas_file(path):
                 path.unlink()
@@ -106,8 +120,7 @@ class RunLog:
 
     def __call__(self, line: str) -> None:
         tqdm.write(line) if self.progress else print(line, flush=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
+        append_text(self.path, line + "\n")
 
 
 def open_checkpoint(
@@ -120,7 +133,7 @@ def open_checkpoint(
     """The run's newest good checkpoint, verified and checked against ``schema`` and ``epochs`` (its
     ``epoch`` must lie in [0, epochs)), or None when the run has none yet. Stale temporary files that a
     kill left behind are removed first."""
-    for tmp in remove_stale_temporaries(run_dir):
+    for tmp in remove_stale_temporaries(run_dir, names=(*RUN_FILES, *_CHECKPOINT_FILES)):
         log(f"removed {tmp.name}, a temporary file left by an interrupted write")
     path = run_dir / CHECKPOINT_NAME
     if not has_checkpoint(path):
@@ -133,9 +146,11 @@ def open_checkpoint(
 
 def trim_histories(paths: Sequence[Path], start_epoch: int, log: Callable[[str], None]) -> None:
     """Keep the rows of epochs before ``start_epoch`` (a crash may have written later ones, which the
-    resumed run writes again). Call only after the checkpoint has been validated."""
-    for path in paths:
-        rows = read_jsonl(path)
+    resumed run writes again). Call only after the checkpoint has been validated. Every file is read
+    (and a damaged one refused) before any is rewritten; a torn last line is dropped with a logged
+    warning."""
+    histories = [(path, _read_history(path, log)) for path in paths]
+    for path, rows in histories:
         kept = [
             r
             for r in rows
@@ -148,6 +163,16 @@ def trim_histories(paths: Sequence[Path], start_epoch: int, log: Callable[[str],
                     "(redone now)"
                 )
             rewrite_jsonl(path, kept)
+
+
+def _read_history(path: Path, log: Callable[[str], None]) -> list[Any]:
+    """:func:`~fastnas.fileio.read_jsonl`, its warning (a torn last line) going to the run log."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = read_jsonl(path)
+    for warning in caught:
+        log(str(warning.message))
+    return rows
 
 
 class NonFiniteMonitor:
@@ -172,16 +197,20 @@ class NonFiniteMonitor:
         self.value[level] = torch.where(bad, loss.detach().float(), self.value[level])
 
     def check(self, epoch: int, what: str = "loss") -> None:
-        for level, first in self.first_bad.items():
-            step = int(first)
-            if step >= 0:
-                value = float(self.value[level])
-                kind = "NaN" if math.isnan(value) else "infinite"
-                raise NonFiniteError(
-                    f"the {level} {what} became {kind} at epoch {epoch + 1}, step {step + 1}; the run "
-                    "stopped and keeps its last good checkpoint - lower the learning rate(s) or use "
-                    "--precision fp32, then resume with --resume"
-                )
+        """Raise for the level that went bad at the earliest step (at the same step, the one listed
+        first in ``levels``: list them in the order a step runs them)."""
+        bad = [(int(first), index, level) for index, (level, first) in enumerate(self.first_bad.items())]
+        bad = [entry for entry in bad if entry[0] >= 0]
+        if not bad:
+            return
+        step, _, level = min(bad)
+        value = float(self.value[level])
+        kind = "NaN" if math.isnan(value) else "infinite"
+        raise NonFiniteError(
+            f"the {level} {what} became {kind} at epoch {epoch + 1}, step {step + 1}; the run "
+            "stopped and keeps its last good checkpoint - lower the learning rate(s) or use "
+            "--precision fp32, then resume with --resume"
+        )
 
 
 def require_keys(state: Mapping[str, Any], keys: Sequence[str], path: Path) -> None:

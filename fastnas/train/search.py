@@ -31,8 +31,9 @@ from fastnas.algorithms import Architecture
 from fastnas.algorithms.architect import unrolled_arch_gradients
 from fastnas.data import TensorBatchLoader, limit_indices, load_dataset, search_split
 from fastnas.errors import CheckpointError, ConfigError
+from fastnas.fields import read_json_file
 from fastnas.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
-from fastnas.nb201 import NB201Table
+from fastnas.nb201 import NB201Arch, NB201Table
 from fastnas.search_model import SearchModel
 from fastnas.spaces import build_space
 from fastnas.train.checkpoint import CHECKPOINT_NAME, numpy_rng_state, save_checkpoint, set_numpy_rng_state
@@ -103,16 +104,21 @@ class SearchRunner:
         weight_idx, arch_idx = indices[weight_idx], indices[arch_idx]
         if len(weight_idx) == 0 or len(arch_idx) == 0:
             raise ConfigError("the search split left no images for one of the halves; raise --limit")
-        common = {"batch_size": config.batch_size, "device": self.device}
-        self.weight_loader = TensorBatchLoader(
-            train_set, weight_idx, augment=True, shuffle=True, seed=config.seed, **common
-        )
-        self.arch_loader = TensorBatchLoader(
-            train_set, arch_idx, augment=True, shuffle=True, seed=config.seed + 1, **common
-        )
-        self.eval_loader = TensorBatchLoader(
-            train_set, arch_idx, augment=False, shuffle=False, seed=config.seed, **common
-        )
+
+        def loader(indices: torch.Tensor, augment: bool, seed: int) -> TensorBatchLoader:
+            return TensorBatchLoader(
+                train_set,
+                indices,
+                batch_size=config.batch_size,
+                augment=augment,
+                shuffle=augment,
+                seed=seed,
+                device=self.device,
+            )
+
+        self.weight_loader = loader(weight_idx, augment=True, seed=config.seed)
+        self.arch_loader = loader(arch_idx, augment=True, seed=config.seed + 1)
+        self.eval_loader = loader(arch_idx, augment=False, seed=config.seed)
 
         space_options = {"num_nodes": config.nodes} if config.space in ("darts", "darts-extended") else {}
         space = build_space(config.space, **space_options)
@@ -151,7 +157,7 @@ class SearchRunner:
         use_scaler = config.precision == "fp16"
         self.weight_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.arch_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.monitor = NonFiniteMonitor(self.device, ("weights", "architecture"))
+        self.monitor = NonFiniteMonitor(self.device, ("architecture", "weights"))  # the order of a step
         self.start_epoch = 0
 
     # ----------------------------------------------------------------- state
@@ -250,7 +256,7 @@ class SearchRunner:
         cfg = self.config
         self.model.train()
         self.algorithm.on_epoch_start(epoch, cfg.epochs)
-        lr = self.scheduler.get_last_lr()[0]
+        lr = float(self.scheduler.get_last_lr()[0])
         self.weight_loader.set_epoch(epoch)
         self.arch_loader.set_epoch(epoch)
         arch_batches = _repeat(self.arch_loader)
@@ -307,12 +313,14 @@ class SearchRunner:
         """Continue from the run's newest good checkpoint, if it has one (validated before any history
         file is touched)."""
         loaded = open_checkpoint(self.run_dir, CHECKPOINT_SCHEMA, self.config.epochs, self.device, self.log)
+        if loaded is not None:
+            self.load_state_dict(loaded.state, loaded.path)
+        # before the run announces itself: a damaged history file stops it here
+        trim_histories(self.history_files, self.start_epoch, self.log)
         if loaded is None:
             self.log(f"{self.run_dir} has no checkpoint yet; starting it from epoch 1")
         else:
-            self.load_state_dict(loaded.state, loaded.path)
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}/{self.config.epochs}")
-        trim_histories(self.history_files, self.start_epoch, self.log)
 
     def run(self) -> SearchResult:
         cfg = self.config
@@ -334,7 +342,7 @@ class SearchRunner:
                     "epoch_time_s": time.perf_counter() - started,
                 }
             )
-            if self.table is not None:
+            if self.table is not None and isinstance(genotype, NB201Arch):
                 row["table"] = dataclasses.asdict(self.table.lookup(genotype))
             # history first: a kill before the checkpoint redoes this epoch and trims its rows on resume
             append_jsonl(metrics_path, row)
@@ -376,7 +384,14 @@ def resume_search(run_dir: str | Path, progress: bool = True, device: str | None
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a run directory (no such folder)")
-    config = ResolvedSearchConfig.load(run_dir / "config.json")
+    config_path = run_dir / "config.json"
+    data = read_json_file(config_path, f"{run_dir} is not a search run directory (no config.json)")
+    if isinstance(data, dict) and "auxiliary_weight" in data and "method" not in data:
+        raise ConfigError(
+            f"{run_dir} is a retraining run directory, not a search one; continue it with `fastnas train "
+            f"--resume {run_dir}`"
+        )
+    config = ResolvedSearchConfig.from_json(data, str(config_path))
     runner = SearchRunner(config, run_dir, progress=progress, device=device)
     runner.resume()
     return runner.run()
