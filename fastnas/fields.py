@@ -128,6 +128,8 @@ def parse_text(text: str, tp: Any, where: str) -> Any:
         args = [a for a in get_args(tp) if a is not type(None)]
         if text.lower() in ("none", "null") and len(args) < len(get_args(tp)):
             return None
+        if len(args) == 1:  # X | None: X's own message
+            return parse_text(text, args[0], where)
         for arg in args:
             try:
                 return parse_text(text, arg, where)
@@ -149,11 +151,11 @@ def parse_text(text: str, tp: Any, where: str) -> Any:
         if tp is int:
             return int(text)
         if tp is float:
-            return check_value(float(text), float, where)
+            value = float(text)
     except ValueError:
         raise ConfigError(f"{where} must be {describe_type(tp)}, got {text!r}") from None
-    if tp is str:
-        return text
+    if tp is float:
+        return check_value(value, float, where)  # finite
     raise ConfigError(f"{where}: values of type {describe_type(tp)} cannot be given as text")
 
 

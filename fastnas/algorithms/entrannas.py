@@ -219,7 +219,9 @@ def dst_weights(
     # Eq. 9 on the edges with a non-zero q; the others stay exactly zero.
     denom = q.sum(dim=1, keepdim=True)
     q_hat = torch.where(denom > 0, q / denom.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(q))
-    return p_hat, q, q_hat
+    # NaN weights must stay NaN (a diverged search is reported as such), not turn into "no input": adding
+    # 0 * denom is 0 for finite rows and NaN for the rows of a non-finite p, without a host sync
+    return p_hat, q, q_hat + 0.0 * denom
 
 
 class EnTranNASDST(EnTranNAS):

@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from fastnas.data.archives import check_tar_end, damaged_archive
 from fastnas.data.datasets import SPLITS, ImageDataset, cache_dir
 from fastnas.errors import ConfigError, DataError, DownloadError, MissingPathError
 from fastnas.fileio import atomic_write
@@ -71,7 +72,9 @@ _PY_FILES: dict[str, _PyLayout] = {
     "cifar10": _PyLayout(tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta"),
     "cifar100": _PyLayout(("train",), ("test",), "meta"),
 }
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: images checked (decodable, same classes in both splits) when decoded
+_NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
+_OFFICIAL_SIZES = {"train": 50_000, "test": 10_000}
 
 Arrays = dict[str, np.ndarray]  # "<split>_images" uint8 [N,C,H,W], "<split>_labels" int64 [N], "classes"
 
@@ -105,6 +108,7 @@ def load_cifar(
             f"{_DISPLAY[name]} source {path} has no '{split}' split (found: {', '.join(found) or 'none'}); "
             f"an image-folder tree needs {split}/<class>/ folders"
         )
+    _check_contents(name, arrays, path, split)
     mean, std = CIFAR_STATS[name]
     return ImageDataset(
         images=torch.from_numpy(np.ascontiguousarray(arrays[f"{split}_images"])),
@@ -116,6 +120,32 @@ def load_cifar(
         crop_padding=4,
         hflip=True,
     )
+
+
+def _check_contents(name: str, arrays: Arrays, source: Path, split: str) -> None:
+    """The classes and labels must fit the dataset: a DataError for 1 class, more classes than the
+    dataset has, or labels outside the classes; a warning for fewer classes or other image counts than the
+    official release (a subset, or another dataset under the same name)."""
+    classes = len(arrays["classes"])
+    expected = _NUM_CLASSES[name]
+    if classes < 2 or classes > expected:
+        raise DataError(
+            f"{_DISPLAY[name]} source {source} has {classes} class(es); {_DISPLAY[name]} has {expected} - "
+            "check that --dataset names the right dataset and the folder holds it"
+        )
+    labels = arrays[f"{split}_labels"]
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= classes):
+        raise DataError(
+            f"{_DISPLAY[name]} source {source}: {split} labels range over [{int(labels.min())}, "
+            f"{int(labels.max())}] but there are {classes} classes; the batches are damaged"
+        )
+    count, official = len(labels), _OFFICIAL_SIZES[split]
+    if classes != expected or count != official:
+        warnings.warn(
+            f"{_DISPLAY[name]} source {source}: {count:,} {split} images in {classes} classes; the official "
+            f"release has {official:,} in {expected} (a subset is fine; a different dataset is not)",
+            stacklevel=3,
+        )
 
 
 # ---------------------------------------------------------------------------------------- finding data
@@ -327,10 +357,20 @@ def _class_order(name: str, present: set[str]) -> list[str]:
     return sorted(present)
 
 
-def _decode_one(data: bytes | Path) -> np.ndarray:
-    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-        rgb = img if img.mode == "RGB" else img.convert("RGB")
-        return np.asarray(rgb)
+def _decode_one(data: bytes | Path, where: str) -> np.ndarray:
+    """The RGB pixels of one image file; an empty, truncated or corrupt file is a DataError naming it."""
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+            rgb = img if img.mode == "RGB" else img.convert("RGB")
+            return np.asarray(rgb)
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for unreadable images
+        raise DataError(
+            f"image {where} cannot be decoded ({type(exc).__name__}: {exc}); replace or remove the file"
+        ) from None
+
+
+def _where(e: _Entry) -> str:
+    return str(e.data) if isinstance(e.data, Path) else f"{e.split}/{e.cls}/{e.filename}"
 
 
 def _decode_entries(name: str, entries: Sequence[_Entry]) -> Arrays:
@@ -340,36 +380,44 @@ def _decode_entries(name: str, entries: Sequence[_Entry]) -> Arrays:
     classes = _class_order(name, {e.cls for e in entries})
     class_index = {c: i for i, c in enumerate(classes)}
     arrays: Arrays = {"classes": np.array(classes)}
-    first = _decode_one(entries[0].data)
+    train_classes = {e.cls for e in entries if e.split == "train"}
+    test_classes = {e.cls for e in entries if e.split == "test"}
+    if train_classes and test_classes and train_classes != test_classes:
+        only_train, only_test = sorted(train_classes - test_classes), sorted(test_classes - train_classes)
+        raise DataError(
+            f"the {_DISPLAY[name]} image folders of train/ and test/ have different classes (only in "
+            f"train/: {only_train or 'none'}; only in test/: {only_test or 'none'}); both need the same "
+            "<class>/ folders"
+        )
+    first = _decode_one(entries[0].data, _where(entries[0]))
     height, width = first.shape[:2]
-    bar = tqdm(total=len(entries), desc=f"decoding {_DISPLAY[name]} images (cached afterwards)", unit="img")
-    for split in SPLITS:
-        chosen = [e for e in entries if e.split == split]
-        if not chosen:
-            continue
-        chosen.sort(key=lambda e: (class_index[e.cls], e.filename))
-        rank: dict[str, int] = {}
-        keyed = []
-        for e in chosen:  # interleave classes: k-th file of every class, then the (k+1)-th, ...
-            r = rank.get(e.cls, 0)
-            rank[e.cls] = r + 1
-            keyed.append((r, class_index[e.cls], e))
-        keyed.sort(key=lambda t: (t[0], t[1]))
-        images = np.empty((len(keyed), 3, height, width), dtype=np.uint8)
-        labels = np.empty(len(keyed), dtype=np.int64)
-        for i, (_, label, e) in enumerate(keyed):
-            pixels = _decode_one(e.data)
-            if pixels.shape != (height, width, 3):
-                bar.close()
-                raise DataError(
-                    f"image {e.split}/{e.cls}/{e.filename} is {pixels.shape[1]}x{pixels.shape[0]} but the "
-                    f"first image is {width}x{height}; all images of a dataset must have the same size"
-                )
-            images[i] = pixels.transpose(2, 0, 1)
-            labels[i] = label
-            bar.update(1)
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
-    bar.close()
+    desc = f"decoding {_DISPLAY[name]} images (cached afterwards)"
+    with tqdm(total=len(entries), desc=desc, unit="img") as bar:
+        for split in SPLITS:
+            chosen = [e for e in entries if e.split == split]
+            if not chosen:
+                continue
+            chosen.sort(key=lambda e: (class_index[e.cls], e.filename))
+            rank: dict[str, int] = {}
+            keyed = []
+            for e in chosen:  # interleave classes: k-th file of every class, then the (k+1)-th, ...
+                r = rank.get(e.cls, 0)
+                rank[e.cls] = r + 1
+                keyed.append((r, class_index[e.cls], e))
+            keyed.sort(key=lambda t: (t[0], t[1]))
+            images = np.empty((len(keyed), 3, height, width), dtype=np.uint8)
+            labels = np.empty(len(keyed), dtype=np.int64)
+            for i, (_, label, e) in enumerate(keyed):
+                pixels = _decode_one(e.data, _where(e))
+                if pixels.shape != (height, width, 3):
+                    raise DataError(
+                        f"image {_where(e)} is {pixels.shape[1]}x{pixels.shape[0]} but the first image is "
+                        f"{width}x{height}; all images of a dataset must have the same size"
+                    )
+                images[i] = pixels.transpose(2, 0, 1)
+                labels[i] = label
+                bar.update(1)
+            arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
     return arrays
 
 
@@ -378,7 +426,11 @@ def _read_archive(name: str, path: Path) -> Arrays:
     entries: list[_Entry] = []
     pickles: dict[str, bytes] = {}
     py_names = {*_PY_FILES[name].train, *_PY_FILES[name].test, _PY_FILES[name].meta}
-    with tarfile.open(path, "r|*") as tar, tqdm(desc=f"reading {path.name}", unit="file") as bar:
+    with (
+        damaged_archive(path),
+        tarfile.open(path, "r|*") as tar,
+        tqdm(desc=f"reading {path.name}", unit="file") as bar,
+    ):
         for member in tar:
             if not member.isfile():
                 continue
@@ -398,6 +450,7 @@ def _read_archive(name: str, path: Path) -> Arrays:
             else:
                 pickles[posix.name] = data
             bar.update(1)
+        check_tar_end(path, tar.offset)
     if entries:
         return _decode_entries(name, entries)
     arrays: Arrays = {}

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from fastnas.data.archives import check_tar_end, damaged_archive
 from fastnas.data.datasets import cache_dir
 from fastnas.data.loader import EpochBatches, epoch_generator
 from fastnas.errors import ConfigError, DataError, MissingPathError
@@ -84,7 +85,7 @@ def _extract(archive: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with damaged_archive(archive), tarfile.open(archive, "r:*") as tar:
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(tmp, filter="data")
             else:  # pragma: no cover - Python without extraction filters
@@ -93,6 +94,7 @@ def _extract(archive: Path) -> Path:
                     if not str(resolved).startswith(str(tmp.resolve())) or member.issym() or member.islnk():
                         raise DataError(f"unsafe member {member.name!r} in {archive}")
                 tar.extractall(tmp)
+            check_tar_end(archive, tar.offset)
         try:
             os.replace(tmp, target)
         except OSError:  # another process finished first
@@ -149,7 +151,16 @@ def load_imagenet_folder(
             f"found: {', '.join(sorted(p.name for p in tree.iterdir() if p.is_dir())) or 'nothing'}"
         )
     use_train = (split == "train") if train_transform is None else train_transform
-    return ImageFolder(str(folder), transform=imagenet_transform(use_train))
+    try:
+        dataset = ImageFolder(str(folder), transform=imagenet_transform(use_train))
+    except (FileNotFoundError, OSError) as exc:  # e.g. a class folder without images
+        raise DataError(f"ImageNet split {split!r} at {folder}: {exc}") from None
+    if len(dataset.classes) < 2:
+        raise DataError(
+            f"ImageNet split {split!r} at {folder} has {len(dataset.classes)} class folder(s); it needs one "
+            "<wnid>/ folder per class"
+        )
+    return dataset
 
 
 def _limited(n: int, limit: int | None) -> torch.Tensor:
@@ -178,7 +189,31 @@ class _SeededSamples(Dataset):
         index, seed = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return self.base[index]
+            try:
+                return self.base[index]
+            except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for an unreadable image
+                where, detail = _sample_path(self.base, index), f"{type(exc).__name__}: {exc}"
+                raise DataError(
+                    f"image {where} cannot be decoded ({detail}); replace or remove the file"
+                ) from None
+
+
+def _sample_path(dataset: Dataset, index: int) -> str:
+    """The file behind sample ``index`` of an ImageFolder (possibly inside a Subset)."""
+    if isinstance(dataset, Subset):
+        return _sample_path(dataset.dataset, dataset.indices[index])
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index][0]) if samples is not None else f"#{index}"
+
+
+def _worker_message(exc: DataError) -> str:
+    """A DataError raised in a DataLoader worker comes back with the worker's traceback in its message;
+    keep the original one-line message."""
+    lines = str(exc).strip().splitlines()
+    for line in reversed(lines):
+        if line.startswith(("fastnas.errors.DataError: ", "DataError: ")):
+            return line.split(": ", 1)[1]
+    return lines[-1] if lines else str(exc)
 
 
 class FolderBatchLoader(EpochBatches):
@@ -237,5 +272,8 @@ class FolderBatchLoader(EpochBatches):
             drop_last=self.drop_last,
             persistent_workers=False,
         )
-        for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        try:
+            for x, y in loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        except DataError as exc:
+            raise DataError(_worker_message(exc)) from None

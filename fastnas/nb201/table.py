@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import csv
 import errno
+import itertools
 import operator
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastnas.errors import ConfigError, DataError, MissingDependencyError, MissingPathError
-from fastnas.nb201.arch import NB201Arch
+from fastnas.nb201.arch import NB201_EDGES, NB201Arch
 
 _WHERE = (
     "use a CSV with the columns of nb201.csv (index, arch_str, c10_valid_xvalid, c10_test_nats, "
@@ -130,20 +131,25 @@ class NB201Table:
         path = Path(path)
         if not path.is_file():
             raise _missing_file(path)
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            missing = [c for c in ("index", "arch_str") if c not in header]
-            if missing:
-                raise DataError(f"{path}: missing column(s) {missing}; found {header}; {_WHERE}")
-            present = {f: c for f, c in CSV_COLUMNS.items() if c in header}
-            results = []
-            for line, row in enumerate(reader, start=2):
-                try:
-                    values = {f: _float_or_none(row[c]) for f, c in present.items()}
-                    results.append(NB201Result(int(row["index"]), row["arch_str"], **values))
-                except (TypeError, ValueError) as err:
-                    raise DataError(f"{path}, line {line}: {err}") from None
+        try:
+            with path.open(newline="", encoding="utf-8-sig") as handle:
+                reader = csv.DictReader(handle)
+                header = reader.fieldnames or []
+                missing = [c for c in ("index", "arch_str") if c not in header]
+                if missing:
+                    raise DataError(f"{path}: missing column(s) {missing}; found {header[:10]}; {_WHERE}")
+                present = {f: c for f, c in CSV_COLUMNS.items() if c in header}
+                results = []
+                for line, row in enumerate(reader, start=2):
+                    try:
+                        values = {f: _float_or_none(row[c]) for f, c in present.items()}
+                        results.append(NB201Result(int(row["index"]), row["arch_str"], **values))
+                    except (TypeError, ValueError) as err:
+                        raise DataError(f"{path}, line {line}: {err}") from None
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise DataError(f"{path} is not a CSV table ({type(exc).__name__}: {exc}); {_WHERE}") from None
+        if not results:
+            raise DataError(f"{path} has a header but no rows; {_WHERE}")
         return cls(results, source=str(path))
 
     @classmethod
@@ -162,26 +168,32 @@ class NB201Table:
                 f"reading the official NAS-Bench-201 file {path} needs the nas_201_api package: "
                 "pip install nas-bench-201 (or convert it to a CSV with the columns of nb201.csv)"
             ) from err
-        api = NASBench201API(str(path), verbose=False)
+        try:
+            api = NASBench201API(str(path), verbose=False)
 
-        def info(index: int, dataset: str, key: str) -> float | None:
-            value = api.get_more_info(index, dataset, hp="200", is_random=False).get(key)
-            return None if value is None else float(value)
+            def info(index: int, dataset: str, key: str) -> float | None:
+                value = api.get_more_info(index, dataset, hp="200", is_random=False).get(key)
+                return None if value is None else float(value)
 
-        results = []
-        for index in range(len(api)):
-            cost = api.get_cost_info(index, "cifar10-valid", hp="200")
-            results.append(
-                NB201Result(
-                    index=index,
-                    arch_str=api.arch(index),
-                    c10_valid=info(index, "cifar10-valid", "valid-accuracy"),
-                    c10_test=info(index, "cifar10", "test-accuracy"),
-                    c100_test=info(index, "cifar100", "test-accuracy"),
-                    in16_test=info(index, "ImageNet16-120", "test-accuracy"),
-                    params_M=None if cost.get("params") is None else float(cost["params"]),
+            results = []
+            for index in range(len(api)):
+                cost = api.get_cost_info(index, "cifar10-valid", hp="200")
+                results.append(
+                    NB201Result(
+                        index=index,
+                        arch_str=api.arch(index),
+                        c10_valid=info(index, "cifar10-valid", "valid-accuracy"),
+                        c10_test=info(index, "cifar10", "test-accuracy"),
+                        c100_test=info(index, "cifar100", "test-accuracy"),
+                        in16_test=info(index, "ImageNet16-120", "test-accuracy"),
+                        params_M=None if cost.get("params") is None else float(cost["params"]),
+                    )
                 )
-            )
+        except Exception as exc:  # nas_201_api fails in many ways on a file that is not the benchmark
+            raise DataError(
+                f"{path} is not a NAS-Bench-201 benchmark file nas_201_api can read ({type(exc).__name__}: "
+                f"{str(exc)[:200]}); {_WHERE}"
+            ) from None
         return cls(results, source=str(path))
 
     # ------------------------------------------------------------------------------------ queries
@@ -234,6 +246,15 @@ class NB201Table:
                 f"architecture {literal} is not in the NAS-Bench-201 table {self.source} "
                 f"({len(self)} entries)"
             ) from None
+
+    def missing(self, ops: Sequence[str]) -> list[NB201Arch]:
+        """The cells made of ``ops`` (every op on every edge) that the table does not hold: a search on
+        a space with these ops can derive any of them."""
+        return [
+            arch
+            for arch in (NB201Arch(combo) for combo in itertools.product(ops, repeat=len(NB201_EDGES)))
+            if arch.to_literal() not in self._by_arch
+        ]
 
     def best(self, metric: str = "c10_test") -> NB201Result:
         """The entry with the highest ``metric`` (ties: the lowest index); entries without it are skipped."""

@@ -10,6 +10,7 @@ fails verification, the previous one is used with a logged warning.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fastnas.errors import CheckpointError, NonFiniteError, RunExistsError
+from fastnas.errors import CheckpointError, ConfigError, NonFiniteError, RunExistsError
 from fastnas.fileio import append_text, read_jsonl, remove_stale_temporaries, rewrite_jsonl
 from fastnas.train.checkpoint import (
     CHECKPOINT_NAME,
@@ -74,6 +75,7 @@ def check_run_dir_free(run_dir: Path, overwrite: bool, command: str) -> None:
     reused."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunExistsError(f"{run_dir} exists and is not a folder; choose another --run-name or --out-dir")
+    _check_writable(run_dir)
     if not run_dir.is_dir():
         return
     entries = list(run_dir.iterdir())
@@ -97,6 +99,23 @@ def check_run_dir_free(run_dir: Path, overwrite: bool, command: str) -> None:
         raise RunExistsError(
             f"run directory {run_dir} holds files fastnas did not write ({', '.join(foreign[:5])}); "
             "--overwrite replaces only a run's own files - move them or choose another --run-name"
+        )
+
+
+def _check_writable(run_dir: Path) -> None:
+    """The run directory, or the nearest folder above it that exists, must be a writable folder."""
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"cannot create the run directory {run_dir}: {existing} is a file, not a folder; choose another "
+            "--out-dir"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"cannot write the run directory {run_dir}: {existing} is not writable (a read-only file system "
+            "or missing permissions); choose another --out-dir"
         )
 
 

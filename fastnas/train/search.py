@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from fastnas.algorithms import Architecture
 from fastnas.algorithms.architect import unrolled_arch_gradients
 from fastnas.data import TensorBatchLoader, limit_indices, load_dataset, search_split
-from fastnas.errors import CheckpointError, ConfigError
+from fastnas.errors import CheckpointError, ConfigError, DataError
 from fastnas.fields import read_json_file
 from fastnas.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from fastnas.nb201 import NB201Arch, NB201Table
@@ -123,6 +123,14 @@ class SearchRunner:
         space_options = {"num_nodes": config.nodes} if config.space in ("darts", "darts-extended") else {}
         space = build_space(config.space, **space_options)
         self.table = NB201Table.load(config.nb201_table) if config.nb201_table else None
+        if self.table is not None:  # a gap would only show when a derived cell falls in it, epochs later
+            missing = self.table.missing(space.ops)
+            if missing:
+                raise DataError(
+                    f"the NAS-Bench-201 table {config.nb201_table} lacks {len(missing):,} of the "
+                    f"{len(space.ops) ** space.num_edges:,} cells this space can derive (e.g. {missing[0]}); "
+                    "give the full table (15,625 cells, like ../shared/data/nb201.csv)"
+                )
         self.model = SearchModel.build(
             config.method,
             space=space,
