@@ -561,3 +561,32 @@ def test_a_start_killed_before_its_config_was_written_is_started_again(
     assert json.loads((run / "genotype.json").read_text())["format"] != "stale"
     assert not list(run.glob(".*.tmp"))
     capsys.readouterr()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_run_settings_cannot_change_on_resume(
+    finished: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """A changed --epochs would keep the old cosine schedule (the learning rate would rise again): a
+    resumed run keeps its recorded settings, and says so; only --device may be given."""
+    run = copy_run(finished, kind, tmp_path)
+    before = snapshot(run)
+    refused(
+        capsys, resume(kind, run, "--epochs", "5"), "--resume uses the run's recorded settings", "--epochs"
+    )
+    refused(capsys, resume(kind, run, "--lr=0.5", "--seed", "3"), "--lr", "--seed", "allowed: --device")
+    assert snapshot(run) == before
+    assert main(resume(kind, run, "--device", "cpu")) == 0  # finished: reloads (and re-evaluates)
+    capsys.readouterr()
+
+
+def test_eval_only_takes_only_the_evaluation_settings(
+    finished: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = copy_run(finished, "train", tmp_path)
+    refused(capsys, ["train", "--eval-only", str(run), "--epochs", "3"], "--eval-only", "--epochs")
+    refused(
+        capsys, ["train", "--eval-only", str(run), "--resume", str(run)], "either --eval-only or --resume"
+    )
+    assert main(["train", "--eval-only", str(run), "--batch-size", "8", "--no-progress"]) == 0
+    assert "test top-1" in capsys.readouterr().out
