@@ -114,3 +114,27 @@ def test_markdown_table_escapes_pipes() -> None:
     columns = (run.Column("a", "A"), run.Column("b", "B", "{:.1f}"))
     table = run.markdown_table(columns, [{"a": "x|y", "b": 1.26}, {"a": None}])
     assert table.splitlines() == ["| A | B |", "|---|---|", "| x\\|y | 1.3 |", "| - | - |"]
+
+
+def test_run_main_times_each_pdarts_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The P-DARTS section: one row per stage, at that stage's depth and candidate count (opt-in)."""
+    out = tmp_path / "pdarts.json"
+    argv = [
+        "--device",
+        "cpu",
+        "--only",
+        "pdarts_stages",
+        "--C",
+        "4",
+        "--image-size",
+        "8",
+        "--batch-sizes",
+        "2",
+    ]
+    argv += ["--pdarts-layers", "3", "4", "--pdarts-ops", "8", "3", "--warmup", "0", "--repeats", "1"]
+    assert run.main([*argv, "--json", str(out)]) == 0
+    rows = json.loads(out.read_text(encoding="utf-8"))["results"]["pdarts_stages"]
+    assert [(r["stage"], r["layers"], r["ops_per_edge"]) for r in rows] == [(1, 3, 8), (2, 4, 3)]
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 and r["method"] == "pdarts" for r in rows)
+    assert "| stage | cells | ops/edge |" in capsys.readouterr().out
+    assert not run.SECTIONS["pdarts_stages"].default  # three big supernets: only with --only

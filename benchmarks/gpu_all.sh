@@ -25,3 +25,6 @@ python -m benchmarks.run --only kernels --device cuda --batch-sizes 64 256 --pre
 # Whole search step: plain PyTorch (every op forced to its reference), reference loop, fast executor.
 python -m benchmarks.run --only search_step --device cuda --batch-sizes 64 256 --precision fp32 bf16 --order 1 2 \
     --executor plain reference fast --json "$out/bench_step.json" 2>&1 | tee "$out/bench_step.md"
+# P-DARTS: one search step per stage (5 / 11 / 17 cells with 8 / 5 / 3 ops per edge), the published batch 96.
+python -m benchmarks.run --only pdarts_stages --device cuda --batch-sizes 96 --precision bf16 \
+    --json "$out/bench_pdarts.json" 2>&1 | tee "$out/bench_pdarts.md"

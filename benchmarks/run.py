@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.step import environment, measure_search_step, unsupported_reason
+from benchmarks.step import environment, measure_search_step, stage_space, unsupported_reason
 from fastnas.train.device import PRECISIONS, resolve_device
 
 Row = dict[str, Any]
@@ -54,6 +54,7 @@ class Section:
     rows: Callable[[argparse.Namespace], Iterator[Row]]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     footer: Callable[[list[Row]], list[str]] | None = None
+    default: bool = True  # run without --only
 
 
 #: Registered benchmarks, in report order.
@@ -185,6 +186,60 @@ register(
 )
 
 
+# ----------------------------------------------------------------------------- P-DARTS stages
+def _pdarts_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("pdarts_stages (one search step per P-DARTS stage)")
+    group.add_argument("--pdarts-layers", type=int, nargs="+", default=[5, 11, 17], metavar="N")
+    group.add_argument("--pdarts-ops", type=int, nargs="+", default=[8, 5, 3], metavar="K")
+
+
+def _pdarts_rows(args: argparse.Namespace) -> Iterator[Row]:
+    if len(args.pdarts_layers) != len(args.pdarts_ops):
+        raise SystemExit("--pdarts-layers and --pdarts-ops need one entry per stage")
+    for stage, (layers, ops) in enumerate(zip(args.pdarts_layers, args.pdarts_ops, strict=True), start=1):
+        case = {"benchmark": "pdarts_stage", "stage": stage, "layers": layers, "ops_per_edge": ops}
+        _progress(f"pdarts_stages: {case}")
+        row = guarded(
+            case,
+            lambda n=layers, k=ops: measure_search_step(
+                args.batch_sizes[0],
+                device=args.device,
+                precision=args.precision[0],
+                C=args.C,
+                layers=n,
+                image_size=args.image_size,
+                warmup=args.warmup,
+                repeats=args.repeats,
+                seed=args.seed,
+                method="pdarts",
+                space=stage_space(k, args.seed),
+            ),
+        )
+        yield {**row, **case}
+
+
+register(
+    Section(
+        name="pdarts_stages",
+        title="P-DARTS stages (search step at each stage's depth and candidate count)",
+        columns=(
+            Column("stage", "stage"),
+            Column("layers", "cells"),
+            Column("ops_per_edge", "ops/edge"),
+            Column("batch_size", "batch"),
+            Column("precision", "precision"),
+            Column("median_ms", "median ms", "{:.2f}"),
+            Column("images_per_s", "img/s", "{:.1f}"),
+            Column("peak_mem_mb", "peak MiB", "{:.1f}"),
+            Column("note", "note"),
+        ),
+        rows=_pdarts_rows,
+        add_arguments=_pdarts_arguments,
+        default=False,  # three supernets of up to 17 cells: ask for it with --only pdarts_stages
+    )
+)
+
+
 # ----------------------------------------------------------------------------- kernels
 def _kernel_rows(args: argparse.Namespace) -> Iterator[Row]:
     from benchmarks.kernel_bench import KERNEL_CASES, kernel_rows
@@ -272,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     env = environment(resolve_device(args.device))
-    results = {name: list(SECTIONS[name].rows(args)) for name in (args.only or SECTIONS)}
+    chosen = args.only or [name for name, section in SECTIONS.items() if section.default]
+    results = {name: list(SECTIONS[name].rows(args)) for name in chosen}
     print(format_report(env, results), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ import torch
 
 from fastnas.backend import force_reference
 from fastnas.search_model import SearchModel
+from fastnas.spaces import DartsSpace
 from fastnas.train.device import autocast, resolve_device
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -123,6 +124,23 @@ class SearchStep:
             self.weight_step()
 
 
+def stage_space(ops_per_edge: int, seed: int = 0) -> DartsSpace:
+    """The DARTS space with every edge of both cell types restricted to ``ops_per_edge`` random ops (one
+    that computes always among them): what a P-DARTS stage with that many candidates searches."""
+    space = DartsSpace()
+    if ops_per_edge >= space.num_ops:
+        return space
+    g = torch.Generator().manual_seed(seed)
+    sets = {}
+    for t in space.cell_types:
+        rows = []
+        for _ in range(space.num_edges):
+            ops = torch.randperm(space.num_ops - 1, generator=g)[:ops_per_edge] + 1  # never only `none`
+            rows.append(sorted(ops.tolist()))
+        sets[t] = rows
+    return space.with_candidates(sets)
+
+
 def random_batch(batch_size: int, image_size: int, num_classes: int, device: torch.device) -> Batch:
     """Random non-zero images (standard normal) and uniformly random labels on ``device``."""
     x = torch.randn(batch_size, 3, image_size, image_size, device=device)
@@ -149,15 +167,17 @@ def build_search_step(
     method: str = "darts",
     reference_ops: bool = False,
     seed: int = 0,
+    space: DartsSpace | None = None,
 ) -> SearchStep:
-    """Build the supernet, optimisers (the method's published settings) and two random batches."""
+    """Build the supernet, optimisers (the method's published settings) and two random batches;
+    ``space`` (e.g. one with per-edge candidate sets) replaces the default DARTS space."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     reason = unsupported_reason(precision, order)
     if reason:
         raise ValueError(reason)
     torch.manual_seed(seed)
     model = SearchModel.build(
-        method, C=C, layers=layers, num_classes=10, in_channels=3, executor=executor, order=order
+        method, space=space, C=C, layers=layers, num_classes=10, in_channels=3, executor=executor, order=order
     ).to(dev)
     model.train()
     hp = model.algorithm.defaults
@@ -406,6 +426,7 @@ def measure_search_step(
     seed: int = 0,
     method: str = "darts",
     reference_ops: bool = False,
+    space: DartsSpace | None = None,
 ) -> dict[str, Any]:
     """Time one full search iteration (both levels); see the module docstring and README.md."""
     if warmup < 0 or repeats < 1:
@@ -426,6 +447,7 @@ def measure_search_step(
         method=method,
         reference_ops=reference_ops,
         seed=seed,
+        space=space,
     )
     times = run_timed(step, dev, warmup, repeats, probe)
     del step  # the probe's end-of-run baseline must not hold the model

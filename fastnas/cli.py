@@ -71,7 +71,7 @@ def _add_settings(
                 kwargs["choices"] = choices() if callable(choices) else choices
             if meta.get("metavar"):
                 kwargs["metavar"] = meta["metavar"]
-            if default is not None:
+            if default not in (None, ()):
                 kwargs["help"] += f" (default {default})"
         parser.add_argument(*flags, **kwargs)
         names.append(f.name)

@@ -55,7 +55,10 @@ def describe_type(tp: Any) -> str:
         return "one of " + ", ".join(repr(a) for a in get_args(tp))
     origin = get_origin(tp)
     if origin is tuple:
-        return "a list of " + ", ".join(describe_type(a) for a in get_args(tp))
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a comma-separated list of {describe_type(args[0])}"
+        return "a list of " + ", ".join(describe_type(a) for a in args)
     if origin in (list, dict):
         return "a list" if origin is list else "an object"
     return getattr(tp, "__name__", str(tp))
@@ -89,6 +92,10 @@ def _check(value: Any, tp: Any) -> Any:
         return value if any(value == a and type(value) is type(a) for a in allowed) else _MISSING
     if origin is tuple:
         args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+            if not isinstance(value, (list, tuple)):
+                return _MISSING
+            args = (args[0],) * len(value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             return _MISSING
         items = tuple(_check(v, a) for v, a in zip(value, args, strict=True))
@@ -141,6 +148,14 @@ def parse_text(text: str, tp: Any, where: str) -> Any:
             if str(allowed) == text:
                 return allowed
         raise ConfigError(f"{where} must be {describe_type(tp)}, got {text!r}")
+    if get_origin(tp) is tuple:  # "5,11,17"
+        items = [t.strip() for t in text.split(",")] if text.strip() else []
+        item_types = get_args(tp)
+        if len(item_types) == 2 and item_types[1] is Ellipsis:
+            item_types = (item_types[0],) * len(items)
+        if len(items) != len(item_types):
+            raise ConfigError(f"{where} must be {describe_type(tp)}, got {text!r}")
+        return tuple(parse_text(item, a, where) for item, a in zip(items, item_types, strict=True))
     try:
         if tp is bool:
             if text.lower() in _TRUE:

@@ -15,7 +15,15 @@ from typing import Any
 
 from torch import nn
 
-from fastnas.algorithms import DARTS, EnTranNAS, EnTranNASDST, MethodOptions, SearchAlgorithm, SearchDefaults
+from fastnas.algorithms import (
+    DARTS,
+    PDARTS,
+    EnTranNAS,
+    EnTranNASDST,
+    MethodOptions,
+    SearchAlgorithm,
+    SearchDefaults,
+)
 from fastnas.errors import ConfigError
 from fastnas.nn import SupernetShape, build_entrannas_supernet, build_space_supernet
 from fastnas.spaces.base import SearchSpace
@@ -49,18 +57,20 @@ class Method:
         """The published search hyper-parameters."""
         return self.algorithm.defaults
 
-    def make_options(self, values: MethodOptions | Mapping[str, Any] | None = None) -> MethodOptions:
-        """The method's options from an options object, a mapping of values, or None (the defaults)."""
-        if values is None:
-            return self.Options()
+    def make_options(
+        self, values: MethodOptions | Mapping[str, Any] | None = None, dataset: str | None = None
+    ) -> MethodOptions:
+        """The method's options from an options object, a mapping of values, or None (the defaults); with
+        ``dataset``, the method's published values for that dataset fill what ``values`` leaves out."""
         if isinstance(values, MethodOptions):
             if not isinstance(values, self.Options):
                 raise ConfigError(
                     f"method {self.name} takes {self.Options.__name__}, got {type(values).__name__}"
                 )
             return values
+        merged = {**(self.Options.dataset_defaults(dataset) if dataset else {}), **(values or {})}
         try:
-            return self.Options.from_mapping(values)
+            return self.Options.from_mapping(merged)
         except ConfigError as exc:
             raise ConfigError(f"method {self.name}: {exc}") from None
 
@@ -69,6 +79,12 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         Method("darts", DARTS, _space_supernet, "DARTS (Liu et al. 2019), first or second order"),
+        Method(
+            "pdarts",
+            PDARTS,
+            _space_supernet,
+            "P-DARTS (Chen et al. 2019): progressive stages, per-edge candidate sets, skip-connect dropout",
+        ),
         Method(
             "entrannas",
             EnTranNAS,

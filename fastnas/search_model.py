@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas.algorithms import Architecture, MethodOptions, SearchAlgorithm
+from fastnas.errors import ConfigError
 from fastnas.methods import get_method
 from fastnas.nn.skeleton import Stem, SupernetShape
 from fastnas.spaces import DartsSpace
@@ -62,6 +63,17 @@ class SearchModel(nn.Module):
     @property
     def space(self) -> SearchSpace:
         return self.algorithm.space
+
+    def start_epoch(self, epoch: int, num_epochs: int) -> None:
+        """Advance the method's schedules to ``epoch`` (of ``num_epochs`` in the stage) and apply its
+        supernet settings (e.g. P-DARTS' skip-connect dropout through ``supernet.set_skip_dropout``)."""
+        self.algorithm.on_epoch_start(epoch, num_epochs)
+        for name, value in self.algorithm.epoch_settings(epoch, num_epochs).items():
+            setter = getattr(self.supernet, f"set_{name}", None)
+            if setter is None:
+                supernet = type(self.supernet).__name__
+                raise ConfigError(f"{self.algorithm.name} sets {name!r}, which the {supernet} does not have")
+            setter(value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.supernet(x, self.algorithm.arch_weights())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fastnas import DartsSpace, Genotype, SearchModel
@@ -70,3 +71,36 @@ def test_model_genotype_uses_softmax_of_alphas() -> None:
     assert g.normal[6:] == [("dil_conv_3x3", 4), ("sep_conv_3x3", 0)]
     assert {op for op, _ in g.reduce} == {"max_pool_3x3"}
     assert g.normal_concat == [2, 3, 4, 5] and g.reduce_concat == [2, 3, 4, 5]
+
+
+def test_grouping_discretisation_on_hand_set_weights() -> None:
+    """Seed 004 section 3.5: per edge the group (none / skip / pool / conv) with the highest summed weight
+    wins and its best op takes that sum; then the DARTS rule. Expected cells worked out by hand."""
+    w = torch.full((14, 8), 0.01)
+    #            none  max   avg   skip  sep3  sep5  dil3  dil5
+    w[0] = torch.tensor([0.0, 0.35, 0.0, 0.10, 0.20, 0.20, 0.15, 0.0])  # conv group 0.55 beats max 0.35
+    w[1] = torch.tensor([0.0, 0.0, 0.0, 0.50, 0.10, 0.10, 0.10, 0.10])  # skip 0.50 beats conv 0.40
+    w[2] = torch.tensor([0.0, 0.30, 0.30, 0.0, 0.0, 0.0, 0.0, 0.0])  # pool group 0.60
+    w[3] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.45, 0.0, 0.0, 0.0])
+    w[4] = torch.tensor([0.90, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.50])  # the none group wins: strength 0
+    darts = derive_darts_cell(w, SPACE)
+    grouped = derive_darts_cell(w, SPACE, rule="grouping")
+    assert darts.nodes[0] == (("skip_connect", 1), ("max_pool_3x3", 0))
+    assert grouped.nodes[0] == (("sep_conv_3x3", 0), ("skip_connect", 1))
+    assert darts.nodes[1] == (("dil_conv_5x5", 2), ("sep_conv_3x3", 1))
+    assert grouped.nodes[1] == (("max_pool_3x3", 0), ("sep_conv_3x3", 1))
+
+
+def test_grouping_reaches_the_methods(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fastnas import SearchConfig
+    from fastnas.errors import ConfigError
+
+    for method in ("darts", "pdarts", "entrannas"):
+        config = SearchConfig(method=method, dataset="digits", method_options={"derive": "grouping"})
+        assert config.resolved().options.derive == "grouping"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="does not apply to entrannas-dst"):
+        SearchConfig(
+            method="entrannas-dst", dataset="digits", method_options={"derive": "grouping"}
+        ).resolved()
+    model = SearchModel.build("entrannas", C=4, layers=3, num_classes=3, derive="grouping")
+    assert model.supernet.derive_rule == "grouping"  # the Transit-cells derive as the genotype does

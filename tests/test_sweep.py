@@ -17,6 +17,13 @@ def test_parse_method_options() -> None:
     assert parse_method("darts:order=2,init_scale=0.01") == ("darts", {"order": 2, "init_scale": 0.01})
     with pytest.raises(ValueError, match="key=value"):
         parse_method("darts:order")
+    # list values take the commas that follow them
+    assert parse_method("pdarts:stage_epochs=1,1,1,keep_ops=5,3,1,warmup_epochs=0") == (
+        "pdarts",
+        {"stage_epochs": (1, 1, 1), "keep_ops": (5, 3, 1), "warmup_epochs": 0},
+    )
+    with pytest.raises(ValueError, match="not an option"):
+        parse_method("pdarts:tau0=2")
 
 
 def test_sweep_summarises_two_seeds(tmp_path: Path) -> None:

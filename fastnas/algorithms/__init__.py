@@ -5,14 +5,16 @@ together with the supernet each one searches, in :mod:`fastnas.methods`."""
 
 from __future__ import annotations
 
-from fastnas.algorithms.base import Architecture, SearchAlgorithm, SearchDefaults
+from fastnas.algorithms.base import Architecture, SearchAlgorithm, SearchDefaults, StagePlan
 from fastnas.algorithms.darts import DARTS, DARTSOptions
 from fastnas.algorithms.derivation import derive_darts, derive_darts_cell, derive_nb201, derive_space_rule
 from fastnas.algorithms.entrannas import EnTranNAS, EnTranNASDST, EnTranNASDSTOptions, EnTranNASOptions
 from fastnas.algorithms.options import MethodOptions, OptionSpec, option
+from fastnas.algorithms.pdarts import PDARTS, PDARTSOptions
 
 __all__ = [
     "DARTS",
+    "PDARTS",
     "Architecture",
     "DARTSOptions",
     "EnTranNAS",
@@ -21,8 +23,10 @@ __all__ = [
     "EnTranNASOptions",
     "MethodOptions",
     "OptionSpec",
+    "PDARTSOptions",
     "SearchAlgorithm",
     "SearchDefaults",
+    "StagePlan",
     "derive_darts",
     "derive_darts_cell",
     "derive_nb201",

@@ -5,6 +5,7 @@ rule; it does not own the training loop)."""
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar
 
@@ -17,7 +18,7 @@ from fastnas.genotype import Genotype
 from fastnas.nb201.arch import NB201Arch
 from fastnas.spaces.base import SearchSpace
 
-__all__ = ["Architecture", "SearchAlgorithm", "SearchDefaults"]
+__all__ = ["Architecture", "SearchAlgorithm", "SearchDefaults", "StagePlan"]
 
 Architecture = Genotype | NB201Arch
 """What a derivation returns: a DARTS-space genotype or a NAS-Bench-201 cell."""
@@ -54,6 +55,17 @@ class SearchDefaults:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage of a search: its epochs and the depth and width of its supernet. Most methods run one
+    stage; P-DARTS runs several, each on a new supernet over the candidate sets the last one left."""
+
+    index: int
+    epochs: int
+    layers: int
+    C: int
+
+
 class SearchAlgorithm(nn.Module, abc.ABC):
     """Base class of a search method. Its parameters are the architecture parameters.
 
@@ -84,6 +96,29 @@ class SearchAlgorithm(nn.Module, abc.ABC):
         """The space this method searches, given the user's (check it, or adapt it: EnTranNAS-DST
         drops ``none``). The supernet is built on the prepared space."""
         return space
+
+    @classmethod
+    def adjust_hyper(cls, hyper: SearchDefaults, options: Any, given: Mapping[str, Any]) -> SearchDefaults:
+        """The run's hyper-parameters, given its options and the values the user set (``given``, None where
+        unset); a method whose options determine some of them (stages) fills them in here."""
+        return hyper
+
+    @classmethod
+    def stage_plans(cls, options: Any, C: int, layers: int, epochs: int) -> list[StagePlan]:
+        """The stages of the run: one stage of ``epochs`` on a supernet of ``layers`` cells by default."""
+        return [StagePlan(index=0, epochs=epochs, layers=layers, C=C)]
+
+    def start_stage(self, stage: int, previous: SearchAlgorithm | None) -> None:
+        """Called on a stage's new algorithm (``previous``: the last stage's, None for the first)."""
+
+    def next_candidates(self) -> dict[str, list[list[int]]]:
+        """Per cell type and edge, the op indices the next stage keeps (multi-stage methods only)."""
+        raise NotImplementedError(f"{self.name} runs a single stage")
+
+    def epoch_settings(self, epoch: int, num_epochs: int) -> dict[str, float]:
+        """Supernet settings for ``epoch`` of its stage (e.g. ``{"skip_dropout": 0.1}``), applied by
+        :meth:`fastnas.SearchModel.start_epoch`; none by default."""
+        return {}
 
     def arch_parameters(self) -> list[nn.Parameter]:
         return list(self.parameters())

@@ -4,7 +4,8 @@ Edge weights are softmax(alpha) over the ops of each edge (seed 002 Eq. 2); one 
 [num_edges, num_ops] per cell type, initialised ``1e-3 * randn`` (REFERENCE.md section 1). The
 architecture gradient is first order, or second order through a virtual weight step (DARTS Eq. 6-8,
 see :mod:`fastnas.algorithms.architect`). Derivation: the rule of the space (the DARTS rule; on
-NAS-Bench-201 its per-edge argmax).
+NAS-Bench-201 its per-edge argmax). On a space with per-edge candidate sets the softmax runs over each
+edge's candidates only (the alpha matrices keep the space's columns; removed ops weigh exactly 0).
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ from torch import nn
 from fastnas.algorithms.base import Architecture, SearchAlgorithm, SearchDefaults
 from fastnas.algorithms.derivation import derive_space_rule
 from fastnas.algorithms.options import MethodOptions, option
+from fastnas.errors import ConfigError
+from fastnas.spaces import DartsSpace
 from fastnas.spaces.base import SearchSpace
 
-__all__ = ["DARTS", "DARTSOptions", "init_alphas"]
+__all__ = ["DARTS", "DARTSOptions", "candidate_masks", "init_alphas", "masked_softmax"]
 
 
 @dataclass(frozen=True)
@@ -30,12 +33,29 @@ class DARTSOptions(MethodOptions):
 
     order: Literal[1, 2] = option(1, "architecture gradient: 1 = first order, 2 = second order (unrolled)")
     init_scale: float = option(1e-3, "alphas start as init_scale * randn", ge=0)
+    derive: Literal["darts", "grouping"] = option(
+        "darts", "discretisation: the DARTS rule, or grouping by op kind first (seed 004 section 3.5)"
+    )
 
 
 def init_alphas(space: SearchSpace, scale: float) -> nn.ParameterDict:
     """One ``[num_edges, num_ops]`` alpha matrix per cell type, ``scale * randn`` (DARTS)."""
     shape = (space.num_edges, space.num_ops)
     return nn.ParameterDict({t: nn.Parameter(scale * torch.randn(shape)) for t in space.cell_types})
+
+
+def candidate_masks(space: SearchSpace) -> dict[str, torch.Tensor] | None:
+    """``{cell_type: bool [num_edges, num_ops]}`` of a space with per-edge candidate sets, else None."""
+    if not isinstance(space, DartsSpace) or not space.restricted:
+        return None
+    return {t: torch.tensor(space.candidate_mask(t), dtype=torch.bool) for t in space.cell_types}
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
+    """``softmax`` over the candidates only: a removed op gets weight exactly 0."""
+    if mask is None:
+        return torch.softmax(logits, dim=dim)
+    return torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=dim)
 
 
 class DARTS(SearchAlgorithm):
@@ -49,11 +69,27 @@ class DARTS(SearchAlgorithm):
     def __init__(self, space: SearchSpace, options: DARTSOptions | None = None, **option_values: Any):
         super().__init__(space, options, **option_values)
         self.order = self.options.order
+        if self.options.derive != "darts" and not isinstance(self.space, DartsSpace):
+            raise ConfigError(
+                f"option derive (--derive) {self.options.derive!r} applies to DARTS spaces only"
+            )
         self.alphas = init_alphas(self.space, self.options.init_scale)
+        self._register_masks()
+
+    def _register_masks(self) -> None:
+        """Per-edge candidate sets become masks (non-persistent buffers, on the model's device)."""
+        self.masked = False
+        for t, mask in (candidate_masks(self.space) or {}).items():
+            self.register_buffer(f"candidates_{t}", mask, persistent=False)
+            self.masked = True
+
+    def mask(self, cell_type: str) -> torch.Tensor | None:
+        """The candidate mask of ``cell_type`` (None: every op on every edge)."""
+        return getattr(self, f"candidates_{cell_type}") if self.masked else None
 
     def arch_weights(self) -> dict[str, torch.Tensor]:
-        return {cell_type: torch.softmax(alpha, dim=-1) for cell_type, alpha in self.alphas.items()}
+        return {t: masked_softmax(alpha, self.mask(t)) for t, alpha in self.alphas.items()}
 
     def derive(self) -> Architecture:
         with torch.no_grad():
-            return derive_space_rule(self.space, self.arch_weights())
+            return derive_space_rule(self.space, self.arch_weights(), self.options.derive)

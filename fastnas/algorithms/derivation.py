@@ -3,6 +3,7 @@
 - :func:`derive_darts` (REFERENCE.md section 1): per node the top-2 incoming edges by their strongest
   op other than ``none``, that op on each.
 - :func:`derive_nb201` (section 10): NAS-Bench-201's per-edge argmax over all ops, ``none`` allowed.
+- :func:`grouped_weights` (seed 004 section 3.5): discretisation by grouping, before the DARTS rule.
 - :func:`derive_space_rule`: the rule of the space (DARTS rule on DARTS spaces, argmax on NB201).
 
 Every rule refuses non-finite weights (:class:`~fastnas.errors.NonFiniteError`): a diverged search
@@ -12,17 +13,28 @@ must not write a genotype that looks valid.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import torch
 
-from fastnas.errors import NonFiniteError
+from fastnas.errors import ConfigError, NonFiniteError
 from fastnas.genotype import CellGenotype, Genotype
 from fastnas.nb201.arch import NB201Arch
+from fastnas.ops import get_op_spec
 from fastnas.spaces import DartsSpace
 from fastnas.spaces.base import SearchSpace
 from fastnas.spaces.nb201 import NB201Space
 
-__all__ = ["check_finite", "derive_darts", "derive_darts_cell", "derive_nb201", "derive_space_rule"]
+__all__ = [
+    "GROUPS",
+    "DerivationRule",
+    "check_finite",
+    "derive_darts",
+    "derive_darts_cell",
+    "derive_nb201",
+    "derive_space_rule",
+    "grouped_weights",
+]
 
 
 def check_finite(weights: torch.Tensor, cell_type: str) -> None:
@@ -37,46 +49,83 @@ def check_finite(weights: torch.Tensor, cell_type: str) -> None:
         )
 
 
-def _argmax_first(values: list[float]) -> int:
-    """Index of the largest value; ties keep the lower index."""
-    return max(range(len(values)), key=lambda k: (values[k], -k))
+DerivationRule = Literal["darts", "grouping"]
+"""``darts``: the DARTS rule; ``grouping``: discretisation by grouping (seed 004 section 3.5), then the
+DARTS rule."""
+
+GROUPS = ("zero", "skip", "pool", "conv")
+"""The op groups of discretisation by grouping (seed 004: none / skip / pool / conv): the op kinds of the
+registry."""
+
+
+def grouped_weights(weights: torch.Tensor, space: DartsSpace, cell_type: str = "cell") -> torch.Tensor:
+    """Seed 004 section 3.5, per edge: the group (none / skip / pool / conv) with the highest summed
+    weight over the edge's candidates wins, its best op gets that summed weight, every other op 0.
+
+    The seed writes the sum over alpha; fastnas sums the normalised edge weights (softmax(alpha)), the
+    quantity the DARTS rule ranks (the derivation never sees raw alphas)."""
+    w = weights.detach().double().cpu()
+    out = torch.zeros_like(w)
+    kinds = [get_op_spec(op).kind for op in space.ops]
+    for e in range(space.num_edges):
+        allowed = _allowed(space, cell_type, e)
+        scores = {g: sum(float(w[e, k]) for k in allowed if kinds[k] == g) for g in GROUPS}
+        present = [g for g in GROUPS if any(kinds[k] == g for k in allowed)]
+        group = max(present, key=lambda g: (scores[g], -GROUPS.index(g)))
+        members = [k for k in allowed if kinds[k] == group]
+        best = max(members, key=lambda k: (float(w[e, k]), -k))
+        out[e, best] = scores[group]
+    return out
+
+
+def _allowed(space: DartsSpace, cell_type: str, edge: int) -> tuple[int, ...]:
+    return space.edge_ops(cell_type, edge) if space.restricted else tuple(range(space.num_ops))
 
 
 def derive_darts_cell(
-    weights: torch.Tensor, space: DartsSpace, inputs_per_node: int = 2, cell_type: str = "cell"
+    weights: torch.Tensor,
+    space: DartsSpace,
+    inputs_per_node: int = 2,
+    cell_type: str = "cell",
+    rule: DerivationRule = "darts",
 ) -> CellGenotype:
     """DARTS rule (REFERENCE.md section 1): per node, rank the incoming edges by their largest weight
     among ops other than ``none``, keep the top ``inputs_per_node``, and on each kept edge take the op with
     the largest weight other than ``none``. Ties keep the lower index (as the DARTS code's stable sort).
+
+    Only an edge's candidate ops are considered on a space with per-edge candidate sets. With
+    ``rule="grouping"`` the rule runs on :func:`grouped_weights`; ties there (edges whose winning group is
+    ``none`` rank with weight 0) are broken by the original weights.
 
     Args:
         weights: [num_edges, num_ops] normalised edge weights (e.g. softmax(alpha)).
     """
     if weights.shape != (space.num_edges, space.num_ops):
         raise ValueError(f"weights must be [{space.num_edges}, {space.num_ops}], got {list(weights.shape)}")
+    if rule not in ("darts", "grouping"):
+        raise ValueError(f"unknown derivation rule {rule!r}; use 'darts' or 'grouping'")
     check_finite(weights, cell_type)
-    w = weights.detach().double().cpu()
-    candidates = [k for k, name in enumerate(space.ops) if name != "none"]
+    original = weights.detach().double().cpu().tolist()
+    primary = grouped_weights(weights, space, cell_type).tolist() if rule == "grouping" else original
+    zero = {k for k, name in enumerate(space.ops) if get_op_spec(name).kind == "zero"}
     nodes = []
-    offset = 0
     for node in range(space.num_nodes):
-        n_in = node + 2
-        rows = w[offset : offset + n_in][:, candidates]
-        best_val, best_idx = [], []
-        for r in rows.tolist():
-            k_best = _argmax_first(r)
-            best_idx.append(candidates[k_best])
-            best_val.append(r[k_best])
-        order = sorted(range(n_in), key=lambda i: (-best_val[i], i))[: min(inputs_per_node, n_in)]
-        nodes.append(tuple((space.ops[best_idx[i]], i) for i in order))
-        offset += n_in
+        keys = []  # per incoming edge: (strength, tie-break, op)
+        for edge in (e for e in space.edges if e.node == node):
+            ops = [k for k in _allowed(space, cell_type, edge.index) if k not in zero]
+            k_best = max(ops, key=lambda k: (primary[edge.index][k], original[edge.index][k], -k))
+            keys.append((primary[edge.index][k_best], original[edge.index][k_best], k_best))
+        order = sorted(range(len(keys)), key=lambda i: (-keys[i][0], -keys[i][1], i))[:inputs_per_node]
+        nodes.append(tuple((space.ops[keys[i][2]], i) for i in order))
     return CellGenotype(nodes=tuple(nodes), concat=space.concat)
 
 
-def derive_darts(weights: Mapping[str, torch.Tensor], space: DartsSpace) -> Genotype:
+def derive_darts(
+    weights: Mapping[str, torch.Tensor], space: DartsSpace, rule: DerivationRule = "darts"
+) -> Genotype:
     """Apply :func:`derive_darts_cell` to every cell type of ``space``."""
-    normals = [derive_darts_cell(weights[t], space, cell_type=t) for t in space.normal_types]
-    return Genotype.from_cells(normals, derive_darts_cell(weights["reduce"], space, cell_type="reduce"))
+    cells = {t: derive_darts_cell(weights[t], space, cell_type=t, rule=rule) for t in space.cell_types}
+    return Genotype.from_cells([cells[t] for t in space.normal_types], cells["reduce"])
 
 
 def derive_nb201(weights: Mapping[str, torch.Tensor] | torch.Tensor, space: NB201Space) -> NB201Arch:
@@ -94,10 +143,17 @@ def derive_nb201(weights: Mapping[str, torch.Tensor] | torch.Tensor, space: NB20
     return NB201Arch(tuple(space.ops[row.index(max(row))] for row in rows))
 
 
-def derive_space_rule(space: SearchSpace, weights: Mapping[str, torch.Tensor]) -> Genotype | NB201Arch:
-    """The derivation rule of ``space``: the DARTS rule, or NAS-Bench-201's argmax."""
+def derive_space_rule(
+    space: SearchSpace, weights: Mapping[str, torch.Tensor], rule: DerivationRule = "darts"
+) -> Genotype | NB201Arch:
+    """The derivation rule of ``space``: the DARTS rule (or grouping, then the DARTS rule), or
+    NAS-Bench-201's argmax."""
     if isinstance(space, DartsSpace):
-        return derive_darts(weights, space)
+        return derive_darts(weights, space, rule)
     if isinstance(space, NB201Space):
+        if rule != "darts":
+            raise ConfigError(
+                f"derivation rule {rule!r} applies to DARTS spaces; NAS-Bench-201 takes its argmax"
+            )
         return derive_nb201(weights, space)
     raise TypeError(f"no derivation rule for the space {space.name!r}")

@@ -115,6 +115,11 @@ class EnTranNASOptions(MethodOptions):
     bottleneck: int = option(
         4, "channel reduction ratio before the candidate ops (section 2.5; 0 = off)", ge=0
     )
+    derive: Literal["darts", "grouping"] = option(
+        "darts",
+        "discretisation of the genotype and of the Transit-cells: the DARTS rule, or grouping by op kind "
+        "first (seed 004 section 3.5)",
+    )
 
     def validate(self) -> None:
         spec = self.engine_cells.strip()
@@ -148,6 +153,14 @@ class EnTranNASDSTOptions(EnTranNASOptions):
         "all-nodes",
         "Eq. 11 mean: one over the nodes of all cell types (the seed's) or one per cell type, summed",
     )
+
+    def validate(self) -> None:
+        super().validate()
+        if self.derive != "darts":
+            raise ConfigError(
+                "option derive (--derive) does not apply to entrannas-dst: its cells are the pairs its "
+                "thresholds keep (Eq. 10)"
+            )
 
 
 def _check_darts_space(space: SearchSpace, method: str) -> DartsSpace:
@@ -192,7 +205,7 @@ class EnTranNAS(SearchAlgorithm):
 
     def derive(self) -> Genotype:
         with torch.no_grad():
-            return derive_darts(self.arch_weights(), self.space)
+            return derive_darts(self.arch_weights(), self.space, self.options.derive)
 
 
 def dst_weights(

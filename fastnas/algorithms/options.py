@@ -89,6 +89,12 @@ class MethodOptions:
         """Checks across options (raise :class:`~fastnas.errors.ConfigError`); none by default."""
 
     @classmethod
+    def dataset_defaults(cls, dataset: str) -> dict[str, Any]:
+        """Published option values that depend on the dataset searched (they yield to values the user
+        sets); none by default."""
+        return {}
+
+    @classmethod
     def specs(cls) -> tuple[OptionSpec, ...]:
         types_of = field_types(cls)
         out = []

@@ -14,7 +14,9 @@ from fastnas.spaces import DartsSpace
 class SearchCell(nn.Module):
     """A cell holding a mixed edge from every earlier state to every intermediate node.
 
-    The two inputs are preprocessed to ``plan.channels`` (:func:`~fastnas.nn.skeleton.preprocessors`,
+    With per-edge candidate sets (:meth:`~fastnas.spaces.DartsSpace.with_candidates`) each edge holds and
+    runs only its candidates; it still reads the whole weight row of the space's ops. The two inputs are
+    preprocessed to ``plan.channels`` (:func:`~fastnas.nn.skeleton.preprocessors`,
     BN without affine parameters); in a reduction cell the edges leaving them have stride 2. The output
     concatenates the last ``space.multiplier`` states.
     """
@@ -26,10 +28,17 @@ class SearchCell(nn.Module):
         self.concat = space.concat
         self.multiplier = space.multiplier
         self.preprocess0, self.preprocess1 = preprocessors(plan, affine=False)
-        self.edges = nn.ModuleList(
-            MixedEdge(plan.channels, plan.edge_stride(edge.source), space.ops) for edge in space.edges
-        )
+        self.edges = nn.ModuleList(self._edge(space, plan, edge.index, edge.source) for edge in space.edges)
         self.executor: CellExecutor = executor or ReferenceExecutor()
+
+    @staticmethod
+    def _edge(space: DartsSpace, plan: CellPlan, index: int, source: int) -> MixedEdge:
+        """The mixed edge over the edge's candidate ops (every op unless the space restricts it)."""
+        stride = plan.edge_stride(source)
+        if not space.restricted:
+            return MixedEdge(plan.channels, stride, space.ops)
+        columns = space.edge_ops(plan.cell_type, index)
+        return MixedEdge(plan.channels, stride, tuple(space.ops[k] for k in columns), columns=columns)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         states = self.executor(self, self.preprocess0(s0), self.preprocess1(s1), weights)

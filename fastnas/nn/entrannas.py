@@ -29,7 +29,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from fastnas.algorithms.derivation import check_finite, derive_darts_cell
+from fastnas.algorithms.derivation import DerivationRule, check_finite, derive_darts_cell
 from fastnas.algorithms.entrannas import ENGINE_CELL_KEYWORDS, EnTranNASOptions, TransitRule
 from fastnas.errors import ConfigError
 from fastnas.kernels._common import model_uses_kernels
@@ -58,15 +58,18 @@ def bottleneck_channels(channels: int, ratio: int) -> int:
     return reduced + (reduced % 2)
 
 
-def select_pairs(weights: torch.Tensor, space: DartsSpace, rule: TransitRule) -> Selection:
+def select_pairs(
+    weights: torch.Tensor, space: DartsSpace, rule: TransitRule, derive: DerivationRule = "darts"
+) -> Selection:
     """The derived set ``S_j`` of every intermediate node from edge weights ``[num_edges, num_ops]``.
 
     ``"top2"``: the DARTS rule (top-2 incoming edges by their strongest non-``none`` op, that op on each;
     seed 002 Eq. 4). ``"nonzero"``: every ``(i, k)`` with a positive weight (Eq. 10), ordered by source,
-    then op. ``none`` is never selected (it contributes nothing).
+    then op. ``none`` is never selected (it contributes nothing). ``derive="grouping"`` applies seed
+    004's grouping before the DARTS rule (``"top2"`` only), as the method's genotype does.
     """
     if rule == "top2":
-        cell = derive_darts_cell(weights, space)
+        cell = derive_darts_cell(weights, space, rule=derive)
         return [[(i, space.op_index(op)) for op, i in node] for node in cell.nodes]
     if rule == "nonzero":
         positive = (weights.detach() > 0).cpu()
@@ -313,10 +316,15 @@ class EnTranNASSupernet(DartsSkeleton):
         bottleneck: int = 4,
         transit_rule: TransitRule = "top2",
         stem: Stem = "cifar",
+        derive: DerivationRule = "darts",
     ):
         space = space or DartsSpace()
         if not isinstance(space, DartsSpace):
             raise ConfigError("the EnTranNAS supernet needs a DARTS cell space (darts or darts-extended)")
+        if space.restricted:
+            raise ConfigError(
+                "the EnTranNAS supernet shares op modules across edges: per-edge candidate sets do not apply"
+            )
         if transit_rule not in ("top2", "nonzero"):
             raise ValueError(f"unknown transit rule {transit_rule!r}; use 'top2' or 'nonzero'")
         if layers < 3:
@@ -341,6 +349,7 @@ class EnTranNASSupernet(DartsSkeleton):
         self.space = space
         self.engine_cells = engines
         self.transit_rule: TransitRule = transit_rule
+        self.derive_rule: DerivationRule = derive
         self.feature_sharing, self.bottleneck = feature_sharing, bottleneck
 
     def selections(self, weights: Mapping[str, torch.Tensor]) -> dict[str, Selection]:
@@ -352,7 +361,7 @@ class EnTranNASSupernet(DartsSkeleton):
         for t in dict.fromkeys(self.cell_types):
             host = weights[t].detach().cpu()
             check_finite(host, t)
-            out[t] = select_pairs(host, self.space, self.transit_rule)
+            out[t] = select_pairs(host, self.space, self.transit_rule, self.derive_rule)
         return out
 
     def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -390,4 +399,5 @@ def build_entrannas_supernet(
         bottleneck=options.bottleneck,
         transit_rule=transit_rule,
         stem=shape.stem,
+        derive=options.derive,
     )

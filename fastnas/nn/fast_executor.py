@@ -28,6 +28,7 @@ cannot split (an op not ending in an affine-free BN), it runs the reference loop
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
@@ -81,8 +82,30 @@ def _op_kind(op: nn.Module) -> str | None:
     return "module" if split_final_bn(op) is not None else None
 
 
+def _unbatchable(cell: SearchCell) -> str | None:
+    """Why the cell cannot run batched (its edges must share one op list, the whole weight row, and no
+    skip dropout), or None."""
+    edges = [cast("MixedEdge", module) for module in cell.edges]
+    first = edges[0].op_names
+    for edge in edges:
+        if edge.op_names != first or edge.columns != tuple(range(len(first))):
+            return "its edges have different candidate ops (per-edge candidate sets)"
+        if edge.skip_dropout > 0:
+            return "skip_connect dropout is on"
+    return None
+
+
+_FALLBACKS_SEEN: set[str] = set()
+
+
 def _cell_kinds(cell: SearchCell) -> list[dict[int, str]] | None:
     """Per edge, the kind of every active op; ``None`` if any op cannot run on the fast path."""
+    reason = _unbatchable(cell)
+    if reason is not None:
+        if reason not in _FALLBACKS_SEEN:  # said once per process, not silently
+            _FALLBACKS_SEEN.add(reason)
+            warnings.warn(f"fast executor: a cell runs the reference loop because {reason}", stacklevel=3)
+        return None
     kinds: list[dict[int, str]] = []
     for module in cell.edges:
         edge = cast("MixedEdge", module)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastnas.kernels._common import model_uses_kernels
@@ -23,14 +26,32 @@ class MixedEdge(nn.Module):
     the final BN of every op is folded into the sum (:func:`fastnas.nn.fused_edge.edge_from_pre_bn`,
     DESIGN.md plan item 2), so the normalised op outputs are never written; edges with an op that does
     not end in a foldable BN (NAS-Bench-201's pooling without BN) keep the plain sum.
+
+    ``columns`` (per-edge candidate sets, P-DARTS): the position of each of ``ops`` in the edge-weight row
+    the edge receives (the space's column order); by default ``ops`` are the whole row. ``skip_dropout``
+    (P-DARTS' search-space regularisation) drops elements of the identity ``skip_connect`` output with that
+    probability in training mode.
     """
 
     _active_index: torch.Tensor  # buffers, registered in __init__ (bn_index only on a foldable edge)
     bn_index: torch.Tensor
 
-    def __init__(self, channels: int, stride: int, ops: tuple[str, ...], pool_bn: bool = True):
+    def __init__(
+        self,
+        channels: int,
+        stride: int,
+        ops: tuple[str, ...],
+        pool_bn: bool = True,
+        columns: Sequence[int] | None = None,
+    ):
         super().__init__()
         self.op_names = tuple(ops)
+        self.columns = tuple(range(len(ops))) if columns is None else tuple(int(c) for c in columns)
+        if len(self.columns) != len(self.op_names) or len(set(self.columns)) != len(self.columns):
+            raise ValueError(
+                f"columns {list(self.columns)} must give one distinct position per op {list(ops)}"
+            )
+        self.skip_dropout = 0.0
         self.ops = nn.ModuleList()
         active: list[int] = []
         for k, name in enumerate(ops):
@@ -44,7 +65,11 @@ class MixedEdge(nn.Module):
         if not active:
             raise ValueError(f"an edge needs at least one op other than 'none', got {list(self.op_names)}")
         self.active = tuple(active)
-        self.register_buffer("_active_index", torch.tensor(active, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "_active_index",
+            torch.tensor([self.columns[k] for k in active], dtype=torch.long),
+            persistent=False,
+        )
         self.fold_plan: tuple[list[int], int | None] | None = None
         self._foldable = self._plan_fold()
 
@@ -62,9 +87,16 @@ class MixedEdge(nn.Module):
             bn_ops.append(k)
         if not bn_ops:
             return False
-        self.fold_plan = (bn_ops, identity)
-        self.register_buffer("bn_index", torch.tensor(bn_ops, dtype=torch.long), persistent=False)
+        self.fold_plan = (bn_ops, identity)  # indices into self.ops
+        bn_columns = [self.columns[k] for k in bn_ops]
+        self.register_buffer("bn_index", torch.tensor(bn_columns, dtype=torch.long), persistent=False)
         return True
+
+    def _skip_dropped(self, x: torch.Tensor) -> torch.Tensor:
+        """The identity skip's output: ``x``, with P-DARTS' dropout in training mode."""
+        if self.skip_dropout > 0 and self.training:
+            return F.dropout(x, self.skip_dropout, training=True)
+        return x
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         if self.training and self._foldable and model_uses_kernels(x):
@@ -86,11 +118,11 @@ class MixedEdge(nn.Module):
         op_weights = weights.index_select(0, self.bn_index)
         if identity is None:
             return edge_from_pre_bn(zs, bns, op_weights)
-        return edge_from_pre_bn(zs, bns, op_weights, x, weights[identity])
+        return edge_from_pre_bn(zs, bns, op_weights, self._skip_dropped(x), weights[self.columns[identity]])
 
     def forward_reference(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``sum_k w_k * op_k(x)`` with every op run as a module (the DARTS loop)."""
-        outputs = [self.ops[k](x) for k in self.active]
+        outputs = [self._skip_dropped(x) if is_identity(self.ops[k]) else self.ops[k](x) for k in self.active]
         dtypes = {out.dtype for out in outputs}
         if len(dtypes) > 1:  # under autocast an identity skip can differ from conv outputs
             common = outputs[0].dtype
@@ -99,6 +131,6 @@ class MixedEdge(nn.Module):
             outputs = [out.to(common) for out in outputs]
         return weighted_sum(outputs, weights.index_select(0, self._active_index))
 
-    def forward_op(self, x: torch.Tensor, k: int) -> torch.Tensor:
-        """Output of candidate op ``k`` alone (used by methods that run one op per edge)."""
-        return self.ops[k](x)
+    def forward_op(self, x: torch.Tensor, column: int) -> torch.Tensor:
+        """Output of the candidate op in weight column ``column`` alone (methods that run one op per edge)."""
+        return self.ops[self.columns.index(column)](x)

@@ -9,6 +9,7 @@ import torch
 
 from fastnas.nn.cell import SearchCell
 from fastnas.nn.executor import build_executor
+from fastnas.nn.mixed import MixedEdge
 from fastnas.nn.skeleton import DartsSkeleton, Stem
 from fastnas.spaces import DartsSpace
 
@@ -56,6 +57,14 @@ class Supernet(DartsSkeleton):
         for cell in self.cells:
             cast(SearchCell, cell).executor = executor
         self.executor_name = name
+
+    def set_skip_dropout(self, rate: float) -> None:
+        """Dropout on every edge's identity ``skip_connect`` output in training mode (P-DARTS)."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"skip dropout rate must be in [0, 1), got {rate}")
+        for cell in self.cells:
+            for edge in cast(SearchCell, cell).edges:
+                cast(MixedEdge, edge).skip_dropout = float(rate)
 
     def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.forward_cells(x, lambda cell, cell_type, s0, s1: cell(s0, s1, weights[cell_type]))

@@ -4,10 +4,15 @@ A space is data: which ops are candidates, how many intermediate nodes a cell ha
 states its output concatenates, how many normal-cell types there are, and hence which edges exist.
 Node ``j`` (0-based intermediate node, state index ``j + 2``) takes one edge from every earlier
 state, so a 4-node cell has 2 + 3 + 4 + 5 = 14 edges, ordered node by node, source by source.
+
+Per-edge candidate sets (P-DARTS and later methods): :meth:`DartsSpace.with_candidates` restricts each
+edge of each cell type to a subset of the space's ops. The space keeps its op list, so alpha matrices,
+``alphas.jsonl`` and genotypes keep the same columns; a removed op is a column whose weight is 0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fastnas.errors import ConfigError
@@ -32,6 +37,8 @@ class DartsSpace:
         num_nodes: intermediate nodes per cell (4 in DARTS; 3 is a thesis variant, seed 004).
         multiplier: how many of the last states the cell output concatenates (4 in DARTS).
         num_normal_types: 1 (DARTS) or more distinct normal cells, one per stage (seed 004).
+        candidates: per-edge candidate sets, ``((cell_type, ((op index, ...) per edge)), ...)``; empty
+            (the default) = every op on every edge. Build it with :meth:`with_candidates`.
     """
 
     ops: tuple[str, ...] = DARTS_OPS
@@ -39,6 +46,7 @@ class DartsSpace:
     multiplier: int = 4
     num_normal_types: int = 1
     name: str = field(default="darts", compare=False)
+    candidates: tuple[tuple[str, tuple[tuple[int, ...], ...]], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ops", tuple(self.ops))
@@ -56,6 +64,30 @@ class DartsSpace:
             raise ConfigError(f"multiplier must be in [1, num_nodes={self.num_nodes}], got {self.multiplier}")
         if self.num_normal_types < 1:
             raise ConfigError(f"num_normal_types must be >= 1, got {self.num_normal_types}")
+        if self.candidates:
+            self._check_candidates()
+
+    def _check_candidates(self) -> None:
+        types = [t for t, _ in self.candidates]
+        if sorted(types) != sorted(self.cell_types):
+            raise ConfigError(
+                f"candidate sets must name every cell type {list(self.cell_types)}, got {types}"
+            )
+        for cell_type, edges in self.candidates:
+            if len(edges) != self.num_edges:
+                raise ConfigError(
+                    f"{cell_type}: candidate sets for {len(edges)} edges, but the cell has {self.num_edges}"
+                )
+            for e, ops in enumerate(edges):
+                if not ops or len(set(ops)) != len(ops) or not all(0 <= k < self.num_ops for k in ops):
+                    raise ConfigError(
+                        f"{cell_type} edge {e}: candidate ops {list(ops)} must be distinct indices into "
+                        f"{list(self.ops)}"
+                    )
+                if all(get_op_spec(self.ops[k]).kind == "zero" for k in ops):
+                    raise ConfigError(
+                        f"{cell_type} edge {e}: needs at least one candidate op other than 'none'"
+                    )
 
     @property
     def num_ops(self) -> int:
@@ -90,6 +122,54 @@ class DartsSpace:
         """Every cell type that owns architecture parameters (normal types first, then ``reduce``)."""
         return (*self.normal_types, "reduce")
 
+    @property
+    def restricted(self) -> bool:
+        """Whether some edge has fewer candidates than the space has ops."""
+        return any(len(ops) < self.num_ops for _, edges in self.candidates for ops in edges)
+
+    def edge_ops(self, cell_type: str, edge: int) -> tuple[int, ...]:
+        """Indices (into :attr:`ops`, ascending) of the candidate ops of ``edge`` in ``cell_type`` cells."""
+        for t, edges in self.candidates:
+            if t == cell_type:
+                return edges[edge]
+        if cell_type not in self.cell_types:
+            raise ConfigError(f"unknown cell type {cell_type!r}; this space has {list(self.cell_types)}")
+        return tuple(range(self.num_ops))
+
+    def candidate_mask(self, cell_type: str) -> list[list[bool]]:
+        """``[num_edges][num_ops]``: True where the op is a candidate of the edge."""
+        return [
+            [k in set(self.edge_ops(cell_type, e)) for k in range(self.num_ops)]
+            for e in range(self.num_edges)
+        ]
+
+    def with_candidates(self, sets: Mapping[str, Sequence[Sequence[int | str]]]) -> DartsSpace:
+        """This space with each edge of each cell type restricted to ``sets[cell_type][edge]`` (op names or
+        indices; stored ascending). Cell types left out keep every op."""
+        unknown = sorted(set(sets) - set(self.cell_types))
+        if unknown:
+            raise ConfigError(f"unknown cell type(s) {unknown}; this space has {list(self.cell_types)}")
+        out = []
+        for t in self.cell_types:
+            if t in sets:
+                edges = tuple(
+                    tuple(sorted(self.op_index(k) if isinstance(k, str) else int(k) for k in ops))
+                    for ops in sets[t]
+                )
+            else:
+                edges = tuple(tuple(range(self.num_ops)) for _ in range(self.num_edges))
+            out.append((t, edges))
+        return DartsSpace(
+            self.ops, self.num_nodes, self.multiplier, self.num_normal_types, self.name, tuple(out)
+        )
+
+    def candidates_json(self) -> dict[str, list[list[str]]]:
+        """``{cell_type: [[op name, ...] per edge]}`` (every op where the space is unrestricted)."""
+        return {
+            t: [[self.ops[k] for k in self.edge_ops(t, e)] for e in range(self.num_edges)]
+            for t in self.cell_types
+        }
+
     def op_index(self, name: str) -> int:
         try:
             return self.ops.index(name)
@@ -97,8 +177,19 @@ class DartsSpace:
             raise ConfigError(f"op {name!r} is not in this space; its ops are {list(self.ops)}") from None
 
     def without_ops(self, excluded: tuple[str, ...] | list[str]) -> DartsSpace:
-        """The same space with some ops removed (thesis seed 004: excluding any op)."""
+        """The same space with some ops removed (thesis seed 004: excluding any op); candidate sets keep
+        their remaining ops."""
         for op in excluded:
             self.op_index(op)
         kept = tuple(op for op in self.ops if op not in set(excluded))
-        return DartsSpace(kept, self.num_nodes, self.multiplier, self.num_normal_types, self.name)
+        space = DartsSpace(kept, self.num_nodes, self.multiplier, self.num_normal_types, self.name)
+        if not self.candidates:
+            return space
+        sets = {
+            t: [
+                [self.ops[k] for k in self.edge_ops(t, e) if self.ops[k] in kept]
+                for e in range(self.num_edges)
+            ]
+            for t in self.cell_types
+        }
+        return space.with_candidates(sets)

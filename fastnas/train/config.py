@@ -22,7 +22,7 @@ from fastnas.data import DATASET_NAMES
 from fastnas.errors import ConfigError, MissingPathError
 from fastnas.fields import field_types, load_fields, read_json_file, setting
 from fastnas.methods import METHODS, get_method
-from fastnas.spaces import SPACE_DEFAULTS, SPACE_NAMES
+from fastnas.spaces import SPACE_DEFAULTS, SPACE_NAMES, DartsSpace, NB201Space, build_space
 from fastnas.train.device import PRECISIONS
 
 __all__ = ["EXECUTORS", "ResolvedSearchConfig", "SearchConfig", "check_hyper_parameters"]
@@ -39,7 +39,15 @@ class SearchConfig:
     method: str = setting("darts", "search method", choices=lambda: tuple(METHODS))
     method_options: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})  # {"order": 2}
     space: str = setting("darts", "search space", choices=SPACE_NAMES)
-    nodes: int = setting(4, "intermediate nodes per cell (darts space)")
+    nodes: int = setting(4, "intermediate nodes per cell (darts space; the cell concatenates all of them)")
+    normal_types: int = setting(1, "distinct normal-cell types: 1 (DARTS) or 3, one per stage (seed 004)")
+    ops: tuple[str, ...] = setting(
+        (),
+        "candidate ops: a preset (darts, darts-extended, thesis, nb201) or a comma-separated list of op "
+        "names (default: the space's own)",
+        metavar="OPS",
+    )
+    exclude_ops: tuple[str, ...] = setting((), "ops to remove from the space, comma-separated", metavar="OPS")
     nb201_table: str | None = setting(
         None,
         "NAS-Bench-201 results (.csv like nb201.csv, or the official .pth): log each epoch's cell accuracy",
@@ -92,16 +100,17 @@ class SearchConfig:
         if self.space not in SPACE_NAMES:
             raise ConfigError(f"unknown search space {self.space!r}; available: {', '.join(SPACE_NAMES)}")
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        hyper = dataclasses.replace(method.defaults, **SPACE_DEFAULTS[self.space]).updated(
-            **{k: values[k] for k in _HYPER}
-        )
+        options = method.make_options(self.method_options, dataset=self.dataset)
+        given = {k: values[k] for k in _HYPER}
+        hyper = dataclasses.replace(method.defaults, **SPACE_DEFAULTS[self.space]).updated(**given)
+        hyper = method.algorithm.adjust_hyper(hyper, options, given)
         hyper = dataclasses.replace(hyper, arch_betas=(hyper.arch_betas[0], hyper.arch_betas[1]))
         run_name = self.run_name or (
             f"{method.name}-{self.dataset}-s{self.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         )
         resolved = ResolvedSearchConfig(
             method=method.name,
-            options=method.make_options(self.method_options),
+            options=options,
             **{k: v for k, v in values.items() if k not in (*_HYPER, "method", "method_options", "run_name")},
             **dataclasses.asdict(hyper),
             run_name=run_name,
@@ -118,6 +127,9 @@ class ResolvedSearchConfig:
     options: MethodOptions
     space: str
     nodes: int
+    normal_types: int
+    ops: tuple[str, ...]  # empty: the space's own ops
+    exclude_ops: tuple[str, ...]
     nb201_table: str | None  # None: no table
     dataset: str
     data_dir: str | None  # None: the dataset needs no folder (digits) or the default location
@@ -149,6 +161,17 @@ class ResolvedSearchConfig:
     def run_dir(self) -> Path:
         return Path(self.out_dir) / self.run_name
 
+    def build_space(self) -> DartsSpace | NB201Space:
+        """The search space this config names (op list, node count)."""
+        options: dict[str, int] = {}
+        if self.space != "nb201":
+            options = {
+                "num_nodes": self.nodes,
+                "multiplier": self.nodes,
+                "num_normal_types": self.normal_types,
+            }
+        return build_space(self.space, ops=self.ops, exclude_ops=self.exclude_ops, **options)
+
     @property
     def hyper_parameters(self) -> SearchDefaults:
         return SearchDefaults(**{k: getattr(self, k) for k in _HYPER})
@@ -169,12 +192,19 @@ class ResolvedSearchConfig:
             raise MissingPathError(
                 f"the NAS-Bench-201 table {self.nb201_table} does not exist or is not a file"
             )
+        if self.space == "nb201" and self.normal_types != 1:
+            raise ConfigError(
+                "the NAS-Bench-201 space has one cell type; --normal-types applies to darts spaces"
+            )
         if self.space == "nb201" and self.nodes != 4:
             raise ConfigError(
                 "the NAS-Bench-201 cell has a fixed topology; --nodes applies to the darts space only"
             )
         if self.nodes < 1:
             raise ConfigError(f"--nodes must be >= 1, got {self.nodes}")
+        if self.normal_types not in (1, 3):
+            raise ConfigError(f"--normal-types must be 1 or 3 (one per stage), got {self.normal_types}")
+        self.build_space()  # unknown ops in --ops / --exclude-ops fail here, before any run starts
         if self.limit is not None and self.limit < 2:
             raise ConfigError(
                 f"--limit must be >= 2 images (half train the weights, half the architecture), "
@@ -188,6 +218,7 @@ class ResolvedSearchConfig:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         values["method_options"] = values.pop("options").to_json()
         values["arch_betas"] = list(self.arch_betas)
+        values["ops"], values["exclude_ops"] = list(self.ops), list(self.exclude_ops)
         return values
 
     @classmethod

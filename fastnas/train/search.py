@@ -17,7 +17,10 @@ with a message naming the epoch, the step and the level.
 from __future__ import annotations
 
 import dataclasses
+import gc
+import hashlib
 import random
+import resource
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,15 +30,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from fastnas.algorithms import Architecture
+from fastnas.algorithms import Architecture, SearchAlgorithm
 from fastnas.algorithms.architect import unrolled_arch_gradients
 from fastnas.data import TensorBatchLoader, limit_indices, load_dataset, search_split
 from fastnas.errors import CheckpointError, ConfigError, DataError
 from fastnas.fields import read_json_file
 from fastnas.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from fastnas.methods import get_method
 from fastnas.nb201 import NB201Arch, NB201Table
 from fastnas.search_model import SearchModel
-from fastnas.spaces import build_space
+from fastnas.spaces import DartsSpace
+from fastnas.spaces.base import SearchSpace
 from fastnas.train.checkpoint import CHECKPOINT_NAME, numpy_rng_state, save_checkpoint, set_numpy_rng_state
 from fastnas.train.config import ResolvedSearchConfig, SearchConfig
 from fastnas.train.device import autocast, resolve_device, seed_everything
@@ -63,6 +68,8 @@ CHECKPOINT_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "arch_scaler": dict,
     "rng": dict,
     "genotype": dict,
+    "stage": int,
+    "candidates": dict,
 }
 
 
@@ -79,6 +86,26 @@ class SearchResult:
 def _repeat(loader: TensorBatchLoader) -> Iterator[Batch]:
     while True:
         yield from loader
+
+
+def stage_seed(seed: int, stage: int) -> int:
+    """The seed that initialises stage ``stage``'s supernet (stages > 0), from the run's seed."""
+    digest = hashlib.sha256(f"fastnas.stage:{int(seed)}:{int(stage)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory in MiB: CUDA memory allocated since the stage started, or on CPU the process's peak
+    resident set (it never goes down, so it is the peak of the run so far)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _sizes(space: DartsSpace) -> str:
+    """``"3 ops per edge"`` or ``"2-3 ops per edge"``."""
+    counts = sorted({len(space.edge_ops(t, e)) for t in space.cell_types for e in range(space.num_edges)})
+    return f"{counts[0]}{'-' + str(counts[-1]) if len(counts) > 1 else ''} ops per edge"
 
 
 class SearchRunner:
@@ -120,53 +147,116 @@ class SearchRunner:
         self.arch_loader = loader(arch_idx, augment=True, seed=config.seed + 1)
         self.eval_loader = loader(arch_idx, augment=False, seed=config.seed)
 
-        space_options = {"num_nodes": config.nodes} if config.space in ("darts", "darts-extended") else {}
-        space = build_space(config.space, **space_options)
+        self.base_space = config.build_space()
         self.table = NB201Table.load(config.nb201_table) if config.nb201_table else None
         if self.table is not None:  # a gap would only show when a derived cell falls in it, epochs later
-            missing = self.table.missing(space.ops)
+            missing = self.table.missing(self.base_space.ops)
             if missing:
                 raise DataError(
                     f"the NAS-Bench-201 table {config.nb201_table} lacks {len(missing):,} of the "
-                    f"{len(space.ops) ** space.num_edges:,} cells this space can derive (e.g. {missing[0]}); "
-                    "give the full table (15,625 cells, like ../shared/data/nb201.csv)"
+                    f"{len(self.base_space.ops) ** self.base_space.num_edges:,} cells this space can derive "
+                    f"(e.g. {missing[0]}); give the full table (15,625 cells, like ../shared/data/nb201.csv)"
                 )
+        self.num_classes, self.in_channels = train_set.num_classes, train_set.in_channels
+        self.method = get_method(config.method)
+        self.stages = self.method.algorithm.stage_plans(
+            config.options, config.C, config.layers, config.epochs
+        )
+        self.stage_starts = [sum(p.epochs for p in self.stages[:i]) for i in range(len(self.stages))]
+        if sum(p.epochs for p in self.stages) != config.epochs:
+            raise ConfigError(
+                f"the stages of {config.method} add up to {sum(p.epochs for p in self.stages)} epochs, the "
+                f"config says {config.epochs}"
+            )
+        self.monitor = NonFiniteMonitor(self.device, ("architecture", "weights"))
+        self.start_epoch = 0
+        self._build_stage(0, self.base_space, previous=None)
+
+    def _build_stage(self, index: int, space: SearchSpace, previous: SearchAlgorithm | None) -> None:
+        """The supernet, the method and the optimisers of stage ``index`` (fresh weights, a new cosine
+        schedule over the stage's epochs); the last stage's model is dropped first."""
+        cfg, plan = self.config, self.stages[index]
+        for name in ("model", "algorithm", "weight_optimizer", "arch_optimizer", "scheduler"):
+            self.__dict__.pop(name, None)  # no stage holds the last one's supernet
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        if index > 0:  # stage 0 keeps the run's seed: single-stage runs are unchanged
+            seed_everything(stage_seed(cfg.seed, index))
+        self.stage = index
         self.model = SearchModel.build(
-            config.method,
+            cfg.method,
             space=space,
-            C=config.C,
-            layers=config.layers,
-            num_classes=train_set.num_classes,
-            in_channels=train_set.in_channels,
-            executor=config.executor,
-            options=config.options,
+            C=plan.C,
+            layers=plan.layers,
+            num_classes=self.num_classes,
+            in_channels=self.in_channels,
+            executor=cfg.executor,
+            options=cfg.options,
         ).to(self.device)
         self.algorithm = self.model.algorithm
-        if config.precision == "fp16" and self.algorithm.order == 2:
+        self.algorithm.start_stage(index, previous)
+        if cfg.executor == "fast" and isinstance(space, DartsSpace) and space.restricted:
+            self.log(
+                f"stage {index + 1}: the fast executor runs the plain loop of cells with per-edge candidates"
+            )
+        if cfg.precision == "fp16" and self.algorithm.order == 2:
             raise ConfigError(
                 "second-order search does not support fp16 (no loss scaling through the "
                 "virtual step); use --precision bf16 or fp32"
             )
         self.weight_optimizer = torch.optim.SGD(
-            self.model.weight_parameters(),
-            lr=config.lr,
-            momentum=config.momentum,
-            weight_decay=config.weight_decay,
+            self.model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.arch_optimizer = torch.optim.Adam(
             self.model.arch_parameters(),
-            lr=config.arch_lr,
-            betas=config.arch_betas,
-            weight_decay=config.arch_weight_decay,
+            lr=cfg.arch_lr,
+            betas=cfg.arch_betas,
+            weight_decay=cfg.arch_weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-            self.weight_optimizer, T_max=config.epochs, eta_min=config.lr_min
+            self.weight_optimizer, T_max=plan.epochs, eta_min=cfg.lr_min
         )
-        use_scaler = config.precision == "fp16"
+        use_scaler = cfg.precision == "fp16"
         self.weight_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.arch_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
-        self.monitor = NonFiniteMonitor(self.device, ("architecture", "weights"))  # the order of a step
-        self.start_epoch = 0
+
+    def stage_of(self, epoch: int) -> int:
+        """The stage of ``epoch`` (0-based over the whole run)."""
+        return max(i for i, start in enumerate(self.stage_starts) if start <= epoch)
+
+    def _next_stage(self, index: int) -> None:
+        """End the current stage: its method picks the next candidate sets, recorded in ``stages.json``;
+        then build stage ``index`` over them."""
+        candidates = self.algorithm.next_candidates()
+        if not isinstance(self.base_space, DartsSpace):
+            raise ConfigError(f"{self.config.method} needs a DARTS space for its stages")
+        space = self.base_space.with_candidates(candidates)
+        self._record_stage(self.stage, kept=space.candidates_json())
+        self.log(
+            f"stage {self.stage + 1}/{len(self.stages)} done; stage {index + 1} searches {_sizes(space)}"
+        )
+        self._build_stage(index, space, previous=self.algorithm)
+
+    def _record_stage(self, index: int, **extra: Any) -> None:
+        """Write (or rewrite) stage ``index``'s entry of ``stages.json``."""
+        plan, space = self.stages[index], self.model.space
+        start = self.stage_starts[index]
+        entry = {
+            "stage": index + 1,
+            "epochs": [start + 1, start + plan.epochs],
+            "layers": plan.layers,
+            "C": plan.C,
+            "candidates": space.candidates_json() if isinstance(space, DartsSpace) else {},
+            "peak_memory_mb": peak_memory_mb(self.device),
+            **extra,
+        }
+        path = self.run_dir / "stages.json"
+        stages = [
+            s for s in (read_json_file(path, "") if path.exists() else []) if s.get("stage", 0) < index + 1
+        ]
+        atomic_write_json(path, [*stages, entry], sort_keys=False)
 
     # ----------------------------------------------------------------- state
     def state_dict(self, epoch: int, genotype: Architecture) -> dict[str, Any]:
@@ -180,7 +270,14 @@ class SearchRunner:
             "arch_scaler": self.arch_scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": numpy_rng_state(), "python": random.getstate()},
             "genotype": genotype.to_json(),
+            "stage": self.stage,
+            "candidates": self._stage_candidates(),
         }
+
+    def _stage_candidates(self) -> dict[str, list[list[str]]]:
+        """The candidate sets of the current stage (empty for the first stage: the whole space)."""
+        space = self.model.space
+        return space.candidates_json() if self.stage > 0 and isinstance(space, DartsSpace) else {}
 
     def load_state_dict(self, state: dict[str, Any], path: Path | None = None) -> None:
         """Restore a checkpoint's state; a state that does not fit this run is a
@@ -261,14 +358,16 @@ class SearchRunner:
         return float(total_loss) / count, 100.0 * float(correct) / count
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch (``epoch`` counts over the whole run; schedules see the epoch within its stage)."""
         cfg = self.config
         self.model.train()
-        self.algorithm.on_epoch_start(epoch, cfg.epochs)
+        stage_epoch, stage_epochs = epoch - self.stage_starts[self.stage], self.stages[self.stage].epochs
+        self.model.start_epoch(stage_epoch, stage_epochs)
         lr = float(self.scheduler.get_last_lr()[0])
         self.weight_loader.set_epoch(epoch)
         self.arch_loader.set_epoch(epoch)
         arch_batches = _repeat(self.arch_loader)
-        update_arch = self.algorithm.updates_architecture(epoch)
+        update_arch = self.algorithm.updates_architecture(stage_epoch)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
@@ -322,6 +421,7 @@ class SearchRunner:
         file is touched)."""
         loaded = open_checkpoint(self.run_dir, CHECKPOINT_SCHEMA, self.config.epochs, self.device, self.log)
         if loaded is not None:
+            self._rebuild_stage_of(loaded.state, loaded.path)
             self.load_state_dict(loaded.state, loaded.path)
         # before the run announces itself: a damaged history file stops it here
         trim_histories(self.history_files, self.start_epoch, self.log)
@@ -330,14 +430,38 @@ class SearchRunner:
         else:
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}/{self.config.epochs}")
 
+    def _rebuild_stage_of(self, state: dict[str, Any], path: Path) -> None:
+        """A checkpoint of a later stage needs that stage's supernet (its depth and candidate sets)."""
+        stage, epoch = state["stage"], state["epoch"]
+        if not 0 <= stage < len(self.stages) or self.stage_of(epoch) != stage:
+            raise CheckpointError(
+                f"{path} says epoch {epoch + 1} belongs to stage {stage + 1}, but this run's stages "
+                f"({len(self.stages)}) place it in stage {self.stage_of(epoch) + 1}; start the run again"
+            )
+        if stage == 0:
+            return
+        if not isinstance(self.base_space, DartsSpace):
+            raise CheckpointError(f"{path} is of stage {stage + 1}, but this run's space has no stages")
+        try:
+            space = self.base_space.with_candidates(state["candidates"])
+        except (ConfigError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{path}: its candidate sets do not fit this run's space ({exc})") from None
+        self._build_stage(stage, space, previous=None)  # the checkpoint holds the stage's alphas
+
     def run(self) -> SearchResult:
         cfg = self.config
         metrics_path, alphas_path = self.history_files
+        staged = len(self.stages) > 1
         if self.start_epoch >= cfg.epochs:
             self.log(f"run {self.run_dir} already finished ({cfg.epochs} epochs)")
         for epoch in range(self.start_epoch, cfg.epochs):
+            if self.stage_of(epoch) != self.stage:
+                self._next_stage(self.stage_of(epoch))
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+            if staged:
+                row["stage"] = self.stage + 1
+                row["stage_epoch"] = epoch - self.stage_starts[self.stage] + 1
             row["val_loss"], row["val_acc"] = self.evaluate()
             genotype = self.algorithm.derive()
             entropy = self.algorithm.arch_entropy()
@@ -348,6 +472,7 @@ class SearchRunner:
                     # the skip-collapse diagnostic (DDSAS appendix, figure B.3): normal cell / NB201 cell
                     "skip_connect_count": genotype.count_op("skip_connect"),
                     "epoch_time_s": time.perf_counter() - started,
+                    "peak_memory_mb": peak_memory_mb(self.device),
                 }
             )
             if self.table is not None and isinstance(genotype, NB201Arch):
@@ -360,14 +485,17 @@ class SearchRunner:
             table = ""
             if "table" in row:
                 table = f" | NB201 CIFAR-10 test acc {row['table']['c10_test']}"
+            stage = f"stage {self.stage + 1}/{len(self.stages)} " if staged else ""
             self.log(
-                f"epoch {epoch + 1}/{cfg.epochs} | train loss {row['train_loss']:.4f} "
+                f"{stage}epoch {epoch + 1}/{cfg.epochs} | train loss {row['train_loss']:.4f} "
                 f"acc {row['train_acc']:.2f}% "
                 f"| val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}% | lr {row['lr']:.5f} "
                 f"| entropy {ent} | skips {row['skip_connect_count']}{table} | {row['epoch_time_s']:.1f}s"
                 f"\n  genotype = {row['genotype']}"
             )
         genotype = self.algorithm.derive()
+        if staged:
+            self._record_stage(self.stage, genotype=genotype.to_literal())
         genotype.save_json(self.run_dir / "genotype.json")
         atomic_write_text(self.run_dir / "genotype.txt", genotype.to_literal() + "\n")
         self.write_consistency()

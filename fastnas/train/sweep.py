@@ -26,11 +26,18 @@ TABLE_METRICS = ("c10_valid", "c10_test", "c100_test", "in16_test")
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     """``"darts"`` or ``"darts:order=2,init_scale=0.01"`` -> (method name, typed options): each value is
-    converted by the method's declared option type, unknown options are an error."""
+    converted by the method's declared option type, unknown options are an error. A list value takes the
+    commas that follow it: ``pdarts:stage_epochs=1,1,1,keep_ops=5,3,1``."""
     name, _, rest = spec.partition(":")
     method = get_method(name.strip())
+    items: list[str] = []
+    for piece in filter(None, rest.split(",")):
+        if "=" in piece or not items:
+            items.append(piece)
+        else:
+            items[-1] += "," + piece  # the next element of a list value
     texts: dict[str, str] = {}
-    for item in filter(None, rest.split(",")):
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"bad method option {item!r} in {spec!r}; write name:key=value,key=value")
