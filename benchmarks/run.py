@@ -240,6 +240,66 @@ register(
 )
 
 
+# ----------------------------------------------------------------------------- sampled sub-graphs
+def _sparse_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sparse_methods (EDAS and DDSAS against DARTS, issue 12)")
+    group.add_argument("--sparse-methods", nargs="+", default=["darts", "edas", "ddsas"], metavar="METHOD")
+
+
+def _sparse_rows(args: argparse.Namespace) -> Iterator[Row]:
+    """One search step of each method at one shape; the ratios are the method over DARTS (<1: cheaper)."""
+    rows = []
+    for method in args.sparse_methods:
+        case = {"benchmark": "sparse_methods", "method": method, "batch_size": args.batch_sizes[0]}
+        _progress(f"sparse_methods: {case}")
+        rows.append(
+            guarded(
+                case,
+                lambda m=method: measure_search_step(
+                    args.batch_sizes[0],
+                    device=args.device,
+                    precision=args.precision[0],
+                    C=args.C,
+                    layers=args.layers,
+                    image_size=args.image_size,
+                    warmup=args.warmup,
+                    repeats=args.repeats,
+                    seed=args.seed,
+                    method=m,
+                ),
+            )
+        )
+    darts = next((r for r in rows if r.get("method") == "darts" and r["status"] == "ok"), None)
+    for row in rows:
+        if darts is not None and row["status"] == "ok":
+            row["time_vs_darts"] = row["median_ms"] / darts["median_ms"]
+            row["mem_vs_darts"] = row["peak_mem_mb"] / darts["peak_mem_mb"] if darts["peak_mem_mb"] else None
+        yield row
+
+
+register(
+    Section(
+        name="sparse_methods",
+        title="Sampled sub-graphs: one search step of EDAS and DDSAS (L=28) against DARTS",
+        columns=(
+            Column("method", "method"),
+            Column("layers", "cells"),
+            Column("C", "C"),
+            Column("batch_size", "batch"),
+            Column("precision", "precision"),
+            Column("median_ms", "median ms", "{:.2f}"),
+            Column("time_vs_darts", "time / DARTS", "{:.3f}"),
+            Column("peak_mem_mb", "peak MiB", "{:.1f}"),
+            Column("mem_vs_darts", "memory / DARTS", "{:.3f}"),
+            Column("note", "note"),
+        ),
+        rows=_sparse_rows,
+        add_arguments=_sparse_arguments,
+        default=False,  # three supernets: ask for it with --only sparse_methods
+    )
+)
+
+
 # ----------------------------------------------------------------------------- kernels
 def _kernel_rows(args: argparse.Namespace) -> Iterator[Row]:
     from benchmarks.kernel_bench import KERNEL_CASES, kernel_rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import platform
 import resource
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from fastnas.backend import force_reference
+from fastnas.methods import get_method
 from fastnas.search_model import SearchModel
 from fastnas.spaces import DartsSpace
 from fastnas.train.device import autocast, resolve_device
@@ -78,6 +80,8 @@ class SearchStep:
     grad_clip: float
     arch_grad_clip: float | None
     reference_ops: bool = False
+    epoch: int = 0  # the epoch of the method's schedules the iterations belong to
+    step_index: int = 0
 
     def arch_step(self) -> None:
         """The architecture update (first or second order), as ``SearchRunner.arch_step``."""
@@ -85,7 +89,7 @@ class SearchStep:
 
         params = self.model.arch_parameters()
         self.arch_optimizer.zero_grad(set_to_none=True)
-        second_order = self.model.algorithm.order == 2
+        second_order = getattr(self.model.algorithm, "order", 1) == 2
         with autocast(self.device, self.precision):
             if second_order:
                 grads, _ = unrolled_arch_gradients(
@@ -102,6 +106,7 @@ class SearchStep:
             torch.nn.utils.clip_grad_norm_(params, self.arch_grad_clip)
         self.arch_scaler.step(self.arch_optimizer)
         self.arch_scaler.update()
+        self.model.algorithm.after_arch_step()
 
     def weight_step(self) -> None:
         """The weight update, as ``SearchRunner.weight_step``."""
@@ -117,9 +122,12 @@ class SearchStep:
         self.weight_scaler.update()
 
     def __call__(self) -> None:
-        """One search iteration: architecture step, then weight step."""
+        """One search iteration: the method draws its sub-graph (EDAS, DDSAS), architecture step, then
+        weight step."""
         ctx = force_reference() if self.reference_ops else contextlib.nullcontext()
         with ctx:
+            self.model.start_step(self.epoch, self.step_index)
+            self.step_index += 1
             self.arch_step()
             self.weight_step()
 
@@ -176,17 +184,24 @@ def build_search_step(
     if reason:
         raise ValueError(reason)
     torch.manual_seed(seed)
+    takes_order = "order" in {f.name for f in dataclasses.fields(get_method(method).Options)}
+    if order != 1 and not takes_order:
+        raise ValueError(f"{method} has first-order architecture steps only, got order={order}")
+    options = {"order": order} if takes_order else {}
     model = SearchModel.build(
-        method, space=space, C=C, layers=layers, num_classes=10, in_channels=3, executor=executor, order=order
+        method, space=space, C=C, layers=layers, num_classes=10, in_channels=3, executor=executor, **options
     ).to(dev)
     model.train()
     hp = model.algorithm.defaults
+    model.start_epoch(0, hp.epochs)  # the first epoch's schedules, as the search loop sets them
     weight_opt = torch.optim.SGD(
         model.weight_parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
     )
     arch_opt = torch.optim.Adam(
         model.arch_parameters(), lr=hp.arch_lr, betas=tuple(hp.arch_betas), weight_decay=hp.arch_weight_decay
     )
+    for group in arch_opt.param_groups:  # e.g. EDAS' warm-up weight decay
+        group.update(model.algorithm.arch_optimizer_settings(0))
     use_scaler = precision == "fp16"
     return SearchStep(
         model=model,

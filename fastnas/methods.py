@@ -17,6 +17,8 @@ from torch import nn
 
 from fastnas.algorithms import (
     DARTS,
+    DDSAS,
+    EDAS,
     PDARTS,
     EnTranNAS,
     EnTranNASDST,
@@ -84,6 +86,18 @@ METHODS: dict[str, Method] = {
             PDARTS,
             _space_supernet,
             "P-DARTS (Chen et al. 2019): progressive stages, per-edge candidate sets, skip-connect dropout",
+        ),
+        Method(
+            "edas",
+            EDAS,
+            _space_supernet,
+            "EDAS (seed 003): one relaxed edge per step, every other edge runs its argmax op only",
+        ),
+        Method(
+            "ddsas",
+            DDSAS,
+            _space_supernet,
+            "DDSAS (seed 001): a UCB-sampled subspace of L ops; space parameters beta; saliency derivation",
         ),
         Method(
             "entrannas",

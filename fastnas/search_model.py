@@ -75,8 +75,15 @@ class SearchModel(nn.Module):
                 raise ConfigError(f"{self.algorithm.name} sets {name!r}, which the {supernet} does not have")
             setter(value)
 
+    def start_step(self, epoch: int, step: int) -> None:
+        """Before each iteration of ``epoch`` (of its stage): the method draws its active sub-graph."""
+        self.algorithm.on_step(epoch, step)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.supernet(x, self.algorithm.arch_weights())
+        active = self.algorithm.active_set()
+        if active is None:
+            return self.supernet(x, self.algorithm.arch_weights())
+        return self.supernet(x, self.algorithm.arch_weights(), active)
 
     def criterion(self, logits: torch.Tensor, target: torch.Tensor, level: str = "weights") -> torch.Tensor:
         """Cross-entropy, plus the method's regulariser when ``level == "arch"``."""

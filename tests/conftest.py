@@ -9,6 +9,7 @@ set ``FASTNAS_ALLOW_MISSING_SHARED=1`` to skip them instead (a machine without t
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,3 +34,13 @@ def require_shared(path: Path) -> Path:
     if os.environ.get(ALLOW_MISSING_SHARED) == "1":
         pytest.skip(f"{message} ({ALLOW_MISSING_SHARED}=1)")
     pytest.fail(f"{message}; check it out there, or set {ALLOW_MISSING_SHARED}=1 to skip these tests")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for a module of tiny networks (faster, and much faster on a busy machine);
+    use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,6 +7,10 @@ import torch
 
 from fastnas import DartsSpace, Genotype, SearchModel
 from fastnas.algorithms import derive_darts_cell
+from fastnas.algorithms.derivation import arch_cosine_distance
+from fastnas.genotype import get_zoo_genotype
+from fastnas.nb201.arch import NB201Arch
+from fastnas.spaces.nb201 import NB201_OPS
 
 SPACE = DartsSpace()
 OPS = list(SPACE.ops)
@@ -104,3 +108,44 @@ def test_grouping_reaches_the_methods(tmp_path) -> None:  # type: ignore[no-unty
         ).resolved()
     model = SearchModel.build("entrannas", C=4, layers=3, num_classes=3, derive="grouping")
     assert model.supernet.derive_rule == "grouping"  # the Transit-cells derive as the genotype does
+
+
+# ------------------------------------------------------------------ cosine distance (seed 001 B.5)
+
+
+def _one_hot_vector(arch: NB201Arch) -> torch.Tensor:
+    """The flattened ``[edges, ops]`` one-hot matrix of an NB201 cell, built independently."""
+    matrix = torch.zeros(len(arch.ops), len(NB201_OPS))
+    for edge, op in enumerate(arch.ops):
+        matrix[edge, NB201_OPS.index(op)] = 1
+    return matrix.flatten()
+
+
+def test_arch_cosine_distance_follows_appendix_b5() -> None:
+    first = NB201Arch(("nor_conv_3x3",) * 3 + ("skip_connect",) * 3)
+    second = NB201Arch(("nor_conv_3x3",) * 3 + ("avg_pool_3x3",) * 3)
+    # half the edges agree, as in the appendix's two-edge example: 1 - 1 / (sqrt(2) sqrt(2)) = 0.5
+    assert arch_cosine_distance(first, second) == pytest.approx(0.5)
+    assert arch_cosine_distance(first, first) == 0.0
+    assert arch_cosine_distance(first, NB201Arch(("none",) * 6)) == pytest.approx(1.0)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        a, b = (
+            NB201Arch(tuple(NB201_OPS[int(i)] for i in torch.randint(5, (6,), generator=g))) for _ in "ab"
+        )
+        va, vb = _one_hot_vector(a), _one_hot_vector(b)
+        expected = 1 - float(torch.nn.functional.cosine_similarity(va, vb, dim=0))
+        assert arch_cosine_distance(a, b) == pytest.approx(expected, abs=1e-6)
+
+
+def test_arch_cosine_distance_of_genotypes_counts_shared_edge_choices() -> None:
+    v1, v2 = get_zoo_genotype("DARTS_V1"), get_zoo_genotype("DARTS_V2")
+    shared = sum(  # the same op from the same input into the same node of the same cell
+        len(set(n1) & set(n2))
+        for (_, c1), (_, c2) in zip(v1.cells, v2.cells, strict=True)
+        for n1, n2 in zip(c1.nodes, c2.nodes, strict=True)
+    )
+    total = sum(len(c.pairs) for _, c in v1.cells)
+    assert 0 < shared < total  # the two published cells share some but not all choices
+    assert arch_cosine_distance(v1, v2) == pytest.approx(1 - shared / total)
+    assert arch_cosine_distance(v2, v2) == 0.0

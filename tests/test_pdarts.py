@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,7 @@ SPACE = DartsSpace()
 OPS = list(SPACE.ops)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: one thread is faster
 
 
 def random_candidates(seed: int, sizes: tuple[int, ...] = (2, 3, 5)) -> dict[str, list[list[int]]]:

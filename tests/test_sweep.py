@@ -49,3 +49,16 @@ def test_sweep_summarises_two_seeds(tmp_path: Path) -> None:
     again = run_sweep(base, ["darts"], [0, 1], tmp_path)  # finished runs are reused, not redone
     assert [r["genotype"] for r in again["runs"]] == [r["genotype"] for r in runs]
     assert [r["wall_time_s"] for r in again["runs"]] == [r["wall_time_s"] for r in runs]
+
+
+def test_sweep_runs_edas_and_ddsas_and_summarises_the_cosine_distance(tmp_path: Path) -> None:
+    base = SearchConfig(dataset="digits", limit=32, batch_size=16, C=4, layers=3, epochs=2, device="cpu")
+    methods = ["edas:warmup_epochs=1", "ddsas:subspace_ops=20,resample_every=1"]
+    result = run_sweep(base, methods, [0], tmp_path)
+    assert [r["method"] for r in result["runs"]] == methods
+    for run, entry in zip(result["runs"], result["summary"], strict=True):
+        curve = run["arch_cosine_curve"]
+        assert curve[0] is None and all(0.0 <= d <= 1.0 for d in curve[1:]) and len(curve) == 2
+        assert run["arch_cosine_distance"] == pytest.approx(statistics.fmean(curve[1:]))
+        assert entry["arch_cosine_distance"]["mean"] == pytest.approx(run["arch_cosine_distance"])
+    assert "arch_cosine_distance" in (tmp_path / "summary.md").read_text()

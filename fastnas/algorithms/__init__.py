@@ -7,16 +7,22 @@ from __future__ import annotations
 
 from fastnas.algorithms.base import Architecture, SearchAlgorithm, SearchDefaults, StagePlan
 from fastnas.algorithms.darts import DARTS, DARTSOptions
+from fastnas.algorithms.ddsas import DDSAS, DDSASOptions
 from fastnas.algorithms.derivation import derive_darts, derive_darts_cell, derive_nb201, derive_space_rule
+from fastnas.algorithms.edas import EDAS, EDASOptions
 from fastnas.algorithms.entrannas import EnTranNAS, EnTranNASDST, EnTranNASDSTOptions, EnTranNASOptions
 from fastnas.algorithms.options import MethodOptions, OptionSpec, option
 from fastnas.algorithms.pdarts import PDARTS, PDARTSOptions
 
 __all__ = [
     "DARTS",
+    "DDSAS",
+    "EDAS",
     "PDARTS",
     "Architecture",
     "DARTSOptions",
+    "DDSASOptions",
+    "EDASOptions",
     "EnTranNAS",
     "EnTranNASDST",
     "EnTranNASDSTOptions",

@@ -27,6 +27,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class _Algorithm(Protocol):
     def arch_weights(self) -> dict[str, torch.Tensor]: ...
 
+    def active_set(self) -> dict[str, torch.Tensor] | None: ...
+
 
 class BilevelModel(Protocol):
     """What the architecture step needs of a model (:class:`fastnas.SearchModel` is one): the supernet
@@ -72,7 +74,11 @@ def _loss_at(
     buffers: dict[str, torch.Tensor] = {name: b.clone() for name, b in model.supernet.named_buffers()}
     params = dict(zip(names, weights, strict=True))
     x, y = batch
-    logits = functional_call(model.supernet, (params, buffers), (x, model.algorithm.arch_weights()))
+    active = model.algorithm.active_set()  # a sparse step's virtual passes run the same sub-graph
+    args = (
+        (x, model.algorithm.arch_weights()) if active is None else (x, model.algorithm.arch_weights(), active)
+    )
+    logits = functional_call(model.supernet, (params, buffers), args)
     return model.criterion(logits, y, level)
 
 

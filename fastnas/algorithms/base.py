@@ -115,6 +115,34 @@ class SearchAlgorithm(nn.Module, abc.ABC):
         """Per cell type and edge, the op indices the next stage keeps (multi-stage methods only)."""
         raise NotImplementedError(f"{self.name} runs a single stage")
 
+    def on_step(self, epoch: int, step: int) -> None:
+        """Called before each iteration (architecture step, then weight step) of ``epoch``: methods that
+        sample a sub-graph per step (EDAS) or every few steps (DDSAS) draw it here. A custom training
+        loop must call it (through :meth:`fastnas.SearchModel.start_step`) every iteration, or such a
+        method keeps the sub-graph it drew first."""
+
+    def active_set(self) -> dict[str, torch.Tensor] | None:
+        """Host-side bool masks ``{cell_type: [num_edges, num_ops]}`` of the (edge, op) pairs that run this
+        step (inactive ops are never called), or None: every op runs."""
+        return None
+
+    def after_arch_step(self) -> None:
+        """Called after each architecture update (EDAS keeps the unsampled edges' alphas unchanged)."""
+
+    def arch_optimizer_settings(self, epoch: int) -> dict[str, float]:
+        """Architecture-optimiser settings for ``epoch`` of the stage (e.g. EDAS's warm-up weight
+        decay), applied to every parameter group; a setting not returned takes the run's configured
+        value again. None by default."""
+        return {}
+
+    #: JSON-lines files (stems) the method writes through :meth:`drain_records`, e.g. ``("sampling",)``.
+    record_files: ClassVar[tuple[str, ...]] = ()
+
+    def drain_records(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(file stem, row)`` records since the last call (each row holds its ``epoch``); the loop appends
+        them to ``<stem>.jsonl`` after every epoch."""
+        return []
+
     def epoch_settings(self, epoch: int, num_epochs: int) -> dict[str, float]:
         """Supernet settings for ``epoch`` of its stage (e.g. ``{"skip_dropout": 0.1}``), applied by
         :meth:`fastnas.SearchModel.start_epoch`; none by default."""
@@ -142,10 +170,16 @@ class SearchAlgorithm(nn.Module, abc.ABC):
     def derive(self) -> Architecture:
         """The discrete architecture the current parameters select."""
 
+    def recorded_weights(self) -> dict[str, torch.Tensor]:
+        """The edge weights the run's history and entropy report: those the derivation ranks. By default
+        :meth:`arch_weights`; sampling methods (EDAS, DDSAS) whose step weights cover only a sub-graph
+        override it."""
+        return self.arch_weights()
+
     def arch_entropy(self) -> dict[str, float]:
-        """Mean per-edge entropy of the edge weights, per cell type (a convergence diagnostic)."""
+        """Mean per-edge entropy of the recorded edge weights, per cell type (a convergence diagnostic)."""
         out = {}
-        for cell_type, w in self.arch_weights().items():
+        for cell_type, w in self.recorded_weights().items():
             p = w.detach().float().clamp_min(1e-12)
             p = p / p.sum(-1, keepdim=True)
             out[cell_type] = float(-(p * p.log()).sum(-1).mean())
@@ -156,7 +190,7 @@ class SearchAlgorithm(nn.Module, abc.ABC):
         directory's alpha history)."""
         return {
             "parameters": {n: p.detach().float().cpu().tolist() for n, p in self.named_parameters()},
-            "weights": {t: w.detach().float().cpu().tolist() for t, w in self.arch_weights().items()},
+            "weights": {t: w.detach().float().cpu().tolist() for t, w in self.recorded_weights().items()},
         }
 
     def extra_repr(self) -> str:

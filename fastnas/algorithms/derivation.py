@@ -5,6 +5,7 @@
 - :func:`derive_nb201` (section 10): NAS-Bench-201's per-edge argmax over all ops, ``none`` allowed.
 - :func:`grouped_weights` (seed 004 section 3.5): discretisation by grouping, before the DARTS rule.
 - :func:`derive_space_rule`: the rule of the space (DARTS rule on DARTS spaces, argmax on NB201).
+- :func:`arch_cosine_distance` (seed 001 appendix B.5): how far apart two derived architectures are.
 
 Every rule refuses non-finite weights (:class:`~fastnas.errors.NonFiniteError`): a diverged search
 must not write a genotype that looks valid.
@@ -12,6 +13,7 @@ must not write a genotype that looks valid.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Literal
 
@@ -28,6 +30,8 @@ from fastnas.spaces.nb201 import NB201Space
 __all__ = [
     "GROUPS",
     "DerivationRule",
+    "arch_cosine_distance",
+    "arch_one_hot",
     "check_finite",
     "derive_darts",
     "derive_darts_cell",
@@ -157,3 +161,25 @@ def derive_space_rule(
             )
         return derive_nb201(weights, space)
     raise TypeError(f"no derivation rule for the space {space.name!r}")
+
+
+def arch_one_hot(arch: Genotype | NB201Arch) -> frozenset[tuple[object, ...]]:
+    """The positions of the ones in an architecture's one-hot encoding: ``(cell, node, input, op)`` per
+    chosen edge of a genotype, ``(edge, op)`` per edge of an NB201 cell (seed 001 appendix B.5)."""
+    if isinstance(arch, NB201Arch):
+        return frozenset(enumerate(arch.ops))
+    return frozenset(
+        (cell_name, node, source, op)
+        for cell_name, cell in arch.cells
+        for node, pairs in enumerate(cell.nodes)
+        for op, source in pairs
+    )
+
+
+def arch_cosine_distance(first: Genotype | NB201Arch, second: Genotype | NB201Arch) -> float:
+    """``1 - <a, b> / (|a| |b|)`` of the one-hot encodings (seed 001 appendix B.5): 0 for the same
+    architecture, 1 for architectures that share no (edge, op) choice."""
+    a, b = arch_one_hot(first), arch_one_hot(second)
+    if not a or not b:
+        return 1.0
+    return 1.0 - len(a & b) / math.sqrt(len(a) * len(b))

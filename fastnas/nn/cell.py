@@ -40,6 +40,8 @@ class SearchCell(nn.Module):
         columns = space.edge_ops(plan.cell_type, index)
         return MixedEdge(plan.channels, stride, tuple(space.ops[k] for k in columns), columns=columns)
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        states = self.executor(self, self.preprocess0(s0), self.preprocess1(s1), weights)
+    def forward(
+        self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        states = self.executor(self, self.preprocess0(s0), self.preprocess1(s1), weights, active)
         return torch.cat([states[i] for i in self.concat], dim=1)

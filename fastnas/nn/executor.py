@@ -4,6 +4,9 @@ A cell owns its modules; an executor decides how to run them. The reference exec
 loop of the papers (seed 002 Eq. 1: node j = sum over earlier states i of the mixed edge (i, j));
 a fused executor (batched edges, fused weighted sum) plugs in through the same interface and must
 give the same numbers.
+
+``active`` (EDAS, DDSAS): a host-side bool mask ``[num_edges, num_ops]`` of the (edge, op) pairs that run
+this step; inactive ops are never called (see :meth:`fastnas.nn.MixedEdge.forward`). None = every op.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ class CellExecutor(Protocol):
     name: str
 
     def __call__(
-        self, cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor
+        self,
+        cell: SearchCell,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        weights: torch.Tensor,
+        active: torch.Tensor | None = None,
     ) -> list[torch.Tensor]: ...
 
 
@@ -34,14 +42,20 @@ class ReferenceExecutor:
     name = "reference"
 
     def __call__(
-        self, cell: SearchCell, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor
+        self,
+        cell: SearchCell,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        weights: torch.Tensor,
+        active: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         states = [s0, s1]
         offset = 0
         for _node in range(cell.num_nodes):
             node_sum = None
             for source, state in enumerate(states):
-                y = cell.edges[offset + source](state, weights[offset + source])
+                e = offset + source
+                y = cell.edges[e](state, weights[e], None if active is None else active[e])
                 node_sum = y if node_sum is None else node_sum + y
             offset += len(states)
             assert node_sum is not None  # every node reads the two cell inputs

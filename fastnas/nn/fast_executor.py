@@ -98,13 +98,18 @@ def _unbatchable(cell: SearchCell) -> str | None:
 _FALLBACKS_SEEN: set[str] = set()
 
 
+def _say_once(reason: str) -> None:
+    """Warn once per process why cells run the reference loop (a fallback is never silent)."""
+    if reason not in _FALLBACKS_SEEN:
+        _FALLBACKS_SEEN.add(reason)
+        warnings.warn(f"fast executor: a cell runs the reference loop because {reason}", stacklevel=4)
+
+
 def _cell_kinds(cell: SearchCell) -> list[dict[int, str]] | None:
     """Per edge, the kind of every active op; ``None`` if any op cannot run on the fast path."""
     reason = _unbatchable(cell)
     if reason is not None:
-        if reason not in _FALLBACKS_SEEN:  # said once per process, not silently
-            _FALLBACKS_SEEN.add(reason)
-            warnings.warn(f"fast executor: a cell runs the reference loop because {reason}", stacklevel=3)
+        _say_once(reason)
         return None
     kinds: list[dict[int, str]] = []
     for module in cell.edges:
@@ -167,7 +172,12 @@ class FastExecutor:
     def __init__(self) -> None:
         self._reference = ReferenceExecutor()
 
-    def __call__(self, cell: SearchCell, s0: Tensor, s1: Tensor, weights: Tensor) -> list[Tensor]:
+    def __call__(
+        self, cell: SearchCell, s0: Tensor, s1: Tensor, weights: Tensor, active: Tensor | None = None
+    ) -> list[Tensor]:
+        if active is not None:  # sparse steps: the reference loop skips inactive ops before any launch
+            _say_once("a sparse active set (EDAS, DDSAS) is given: inactive ops are skipped, not masked")
+            return self._reference(cell, s0, s1, weights, active)
         kinds = _cell_kinds(cell) if cell.training else None
         if kinds is None:
             return self._reference(cell, s0, s1, weights)

@@ -14,6 +14,17 @@ from fastnas.ops import build_op, get_op_spec
 from fastnas.ops.weighted_sum import weighted_sum
 
 
+def _common_dtype(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Under autocast an identity skip can differ in dtype from conv outputs: promote them to one."""
+    dtypes = {out.dtype for out in outputs}
+    if len(dtypes) == 1:
+        return outputs
+    common = outputs[0].dtype
+    for dtype in dtypes:
+        common = torch.promote_types(common, dtype)
+    return [out.to(common) for out in outputs]
+
+
 class MixedEdge(nn.Module):
     """All candidate ops of one supernet edge.
 
@@ -65,6 +76,8 @@ class MixedEdge(nn.Module):
         if not active:
             raise ValueError(f"an edge needs at least one op other than 'none', got {list(self.op_names)}")
         self.active = tuple(active)
+        zeros = [k for k, name in enumerate(ops) if get_op_spec(name).kind == "zero"]
+        self._zero = zeros[0] if zeros else None
         self.register_buffer(
             "_active_index",
             torch.tensor([self.columns[k] for k in active], dtype=torch.long),
@@ -98,10 +111,34 @@ class MixedEdge(nn.Module):
             return F.dropout(x, self.skip_dropout, training=True)
         return x
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``sum_k w_k * op_k(x)``; with ``active`` (a host bool row over the weight columns) only the
+        active ops are called: one active op runs alone (its weight is 1 by construction), and an edge
+        whose active ops are all ``none`` gives zeros."""
+        if active is not None:
+            return self.forward_active(x, weights, active)
         if self.training and self._foldable and model_uses_kernels(x):
             return self.forward_folded(x, weights)
         return self.forward_reference(x, weights)
+
+    def forward_active(self, x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """The sparse edge: inactive ops are never called (not computed and multiplied by 0)."""
+        flags = active.tolist()  # a CPU tensor: no device synchronisation
+        chosen = [k for k, column in enumerate(self.columns) if flags[column]]
+        computing = [k for k in chosen if k in self.active]
+        if not computing:
+            if self._zero is None:
+                raise ValueError("an active set left this edge without any op to run")
+            return self.ops[self._zero](x)
+        if len(chosen) == 1:  # the edge's weight row is one-hot on this op: no mixture
+            op = self.ops[computing[0]]
+            return self._skip_dropped(x) if is_identity(op) else op(x)
+        outputs = [self._skip_dropped(x) if is_identity(self.ops[k]) else self.ops[k](x) for k in computing]
+        # stacked views of the weight row: no host index tensor is copied to the device per edge
+        chosen_weights = torch.stack([weights[self.columns[k]] for k in computing])
+        return weighted_sum(_common_dtype(outputs), chosen_weights)
 
     def forward_folded(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """The edge with every final BN folded into the weighted sum (batch statistics, training mode)."""
@@ -123,13 +160,7 @@ class MixedEdge(nn.Module):
     def forward_reference(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """``sum_k w_k * op_k(x)`` with every op run as a module (the DARTS loop)."""
         outputs = [self._skip_dropped(x) if is_identity(self.ops[k]) else self.ops[k](x) for k in self.active]
-        dtypes = {out.dtype for out in outputs}
-        if len(dtypes) > 1:  # under autocast an identity skip can differ from conv outputs
-            common = outputs[0].dtype
-            for dtype in dtypes:
-                common = torch.promote_types(common, dtype)
-            outputs = [out.to(common) for out in outputs]
-        return weighted_sum(outputs, weights.index_select(0, self._active_index))
+        return weighted_sum(_common_dtype(outputs), weights.index_select(0, self._active_index))
 
     def forward_op(self, x: torch.Tensor, column: int) -> torch.Tensor:
         """Output of the candidate op in weight column ``column`` alone (methods that run one op per edge)."""

@@ -52,8 +52,12 @@ class NB201SearchCell(nn.Module):
         super().__init__()
         self.edges = nn.ModuleList(NB201MixedEdge(channels, space.ops) for _ in space.edges)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        return _sum_into_nodes(x, lambda k, h: self.edges[k](h, weights[k]))
+    def forward(
+        self, x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return _sum_into_nodes(
+            x, lambda k, h: self.edges[k](h, weights[k], None if active is None else active[k])
+        )
 
 
 class NB201Cell(nn.Module):
@@ -156,7 +160,12 @@ class NB201Supernet(_NB201Skeleton):
             raise ConfigError(f"the NB201 supernet has only the 'reference' executor, got {name!r}")
         self.executor_name = name
 
-    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        weights: Mapping[str, torch.Tensor],
+        active: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         try:
             w = weights["cell"]
         except KeyError:
@@ -164,7 +173,8 @@ class NB201Supernet(_NB201Skeleton):
         expected = (self.space.num_edges, self.space.num_ops)
         if tuple(w.shape) != expected:
             raise ValueError(f"NB201 weights['cell'] must have shape {expected}, got {tuple(w.shape)}")
-        return self._run(x, lambda cell, h: cell(h, w))
+        mask = None if active is None else active["cell"]
+        return self._run(x, lambda cell, h: cell(h, w, mask))
 
 
 class NB201Network(_NB201Skeleton):

@@ -66,5 +66,13 @@ class Supernet(DartsSkeleton):
             for edge in cast(SearchCell, cell).edges:
                 cast(MixedEdge, edge).skip_dropout = float(rate)
 
-    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.forward_cells(x, lambda cell, cell_type, s0, s1: cell(s0, s1, weights[cell_type]))
+    def forward(
+        self,
+        x: torch.Tensor,
+        weights: Mapping[str, torch.Tensor],
+        active: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Logits under ``weights``; with ``active`` (host bool masks per cell type) only active ops run."""
+        if active is None:
+            return self.forward_cells(x, lambda cell, t, s0, s1: cell(s0, s1, weights[t]))
+        return self.forward_cells(x, lambda cell, t, s0, s1: cell(s0, s1, weights[t], active[t]))

@@ -32,10 +32,12 @@ from tqdm.auto import tqdm
 
 from fastnas.algorithms import Architecture, SearchAlgorithm
 from fastnas.algorithms.architect import unrolled_arch_gradients
+from fastnas.algorithms.derivation import arch_cosine_distance
 from fastnas.data import TensorBatchLoader, limit_indices, load_dataset, search_split
 from fastnas.errors import CheckpointError, ConfigError, DataError
 from fastnas.fields import read_json_file
 from fastnas.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from fastnas.genotype import Genotype
 from fastnas.methods import get_method
 from fastnas.nb201 import NB201Arch, NB201Table
 from fastnas.search_model import SearchModel
@@ -170,6 +172,7 @@ class SearchRunner:
             )
         self.monitor = NonFiniteMonitor(self.device, ("architecture", "weights"))
         self.start_epoch = 0
+        self.previous_arch: Architecture | None = None  # the last epoch's genotype (cosine distance)
         self._build_stage(0, self.base_space, previous=None)
 
     def _build_stage(self, index: int, space: SearchSpace, previous: SearchAlgorithm | None) -> None:
@@ -215,6 +218,10 @@ class SearchRunner:
             betas=cfg.arch_betas,
             weight_decay=cfg.arch_weight_decay,
         )
+        # the configured settings of each group, restored every epoch under the method's overrides
+        self.arch_group_settings = [
+            {k: v for k, v in group.items() if k != "params"} for group in self.arch_optimizer.param_groups
+        ]
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.weight_optimizer, T_max=plan.epochs, eta_min=cfg.lr_min
         )
@@ -322,6 +329,7 @@ class SearchRunner:
             torch.nn.utils.clip_grad_norm_(params, self.config.arch_grad_clip)
         self.arch_scaler.step(self.arch_optimizer)
         self.arch_scaler.update()
+        self.algorithm.after_arch_step()
         return loss.detach()
 
     def weight_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -368,6 +376,15 @@ class SearchRunner:
         self.arch_loader.set_epoch(epoch)
         arch_batches = _repeat(self.arch_loader)
         update_arch = self.algorithm.updates_architecture(stage_epoch)
+        overrides = self.algorithm.arch_optimizer_settings(stage_epoch)
+        for group, configured in zip(self.arch_optimizer.param_groups, self.arch_group_settings, strict=True):
+            group.update(configured)  # a checkpoint may hold an earlier epoch's overrides
+            for name, value in overrides.items():
+                if name not in group:
+                    raise ConfigError(
+                        f"{self.algorithm.name} sets arch optimiser setting {name!r}, which Adam lacks"
+                    )
+                group[name] = value
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
@@ -381,6 +398,7 @@ class SearchRunner:
         )
         for step, batch in enumerate(self.weight_loader):
             val_batch = next(arch_batches)
+            self.model.start_step(stage_epoch, step)  # a sampling method draws this step's sub-graph
             if update_arch:
                 self.monitor.observe("architecture", step, self.arch_step(batch, val_batch, lr))
             loss, n_correct = self.weight_step(batch)
@@ -413,8 +431,10 @@ class SearchRunner:
 
     # ----------------------------------------------------------------- run
     @property
-    def history_files(self) -> tuple[Path, Path]:
-        return self.run_dir / "metrics.jsonl", self.run_dir / "alphas.jsonl"
+    def history_files(self) -> tuple[Path, ...]:
+        """The run's per-epoch histories: metrics, alphas, and the method's records (``sampling.jsonl``)."""
+        records = tuple(self.run_dir / f"{stem}.jsonl" for stem in self.algorithm.record_files)
+        return self.run_dir / "metrics.jsonl", self.run_dir / "alphas.jsonl", *records
 
     def resume(self) -> None:
         """Continue from the run's newest good checkpoint, if it has one (validated before any history
@@ -423,6 +443,7 @@ class SearchRunner:
         if loaded is not None:
             self._rebuild_stage_of(loaded.state, loaded.path)
             self.load_state_dict(loaded.state, loaded.path)
+            self.previous_arch = self._architecture_from_json(loaded.state["genotype"], loaded.path)
         # before the run announces itself: a damaged history file stops it here
         trim_histories(self.history_files, self.start_epoch, self.log)
         if loaded is None:
@@ -448,9 +469,25 @@ class SearchRunner:
             raise CheckpointError(f"{path}: its candidate sets do not fit this run's space ({exc})") from None
         self._build_stage(stage, space, previous=None)  # the checkpoint holds the stage's alphas
 
+    def _architecture_from_json(self, data: dict[str, Any], path: Path) -> Architecture:
+        """The genotype a checkpoint recorded (the last epoch's, for the next epoch's cosine distance)."""
+        try:
+            if isinstance(self.base_space, DartsSpace):
+                return Genotype.from_json(data)
+            return NB201Arch.from_json(data)
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: its genotype is malformed ({exc}); start the run again") from None
+
+    def _write_records(self, epoch: int) -> None:
+        """Append the method's records of ``epoch`` (e.g. DDSAS's resamples) to their JSON-lines files."""
+        for stem, record in self.algorithm.drain_records():
+            if stem not in self.algorithm.record_files:
+                raise ConfigError(f"{self.algorithm.name} wrote a {stem!r} record it does not declare")
+            append_jsonl(self.run_dir / f"{stem}.jsonl", {"epoch": epoch, **record})
+
     def run(self) -> SearchResult:
         cfg = self.config
-        metrics_path, alphas_path = self.history_files
+        metrics_path, alphas_path = self.history_files[:2]
         staged = len(self.stages) > 1
         if self.start_epoch >= cfg.epochs:
             self.log(f"run {self.run_dir} already finished ({cfg.epochs} epochs)")
@@ -465,12 +502,17 @@ class SearchRunner:
             row["val_loss"], row["val_acc"] = self.evaluate()
             genotype = self.algorithm.derive()
             entropy = self.algorithm.arch_entropy()
+            previous, self.previous_arch = self.previous_arch, genotype
             row.update(
                 {
                     "alpha_entropy": entropy,
                     "genotype": genotype.to_literal(),
                     # the skip-collapse diagnostic (DDSAS appendix, figure B.3): normal cell / NB201 cell
                     "skip_connect_count": genotype.count_op("skip_connect"),
+                    # exploration vs exploitation (DDSAS appendix B.5); None in the first epoch
+                    "arch_cosine_distance": None
+                    if previous is None
+                    else arch_cosine_distance(previous, genotype),
                     "epoch_time_s": time.perf_counter() - started,
                     "peak_memory_mb": peak_memory_mb(self.device),
                 }
@@ -480,6 +522,7 @@ class SearchRunner:
             # history first: a kill before the checkpoint redoes this epoch and trims its rows on resume
             append_jsonl(metrics_path, row)
             append_jsonl(alphas_path, {"epoch": epoch, **self.algorithm.arch_snapshot()})
+            self._write_records(epoch)
             save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict(epoch, genotype))
             ent = " ".join(f"{k}={v:.3f}" for k, v in entropy.items())
             table = ""

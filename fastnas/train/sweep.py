@@ -1,10 +1,11 @@
 """Multi-seed harness: N seeds of one or more methods on one space and dataset, summarised.
 
 Search quality is measured, not believed: every run records its wall time, its final supernet
-validation accuracy, its skip-connect count (the skip-collapse diagnostic) and, on NAS-Bench-201 with
-a results table, the benchmark accuracy of the derived cell. The summary reports mean and standard
-deviation per method as markdown and JSON. Finished runs are reused and unfinished ones resumed, so an
-interrupted sweep continues where it stopped.
+validation accuracy, its skip-connect count (the skip-collapse diagnostic), the mean cosine distance
+between the architectures of adjacent epochs (exploration vs exploitation, seed 001 appendix B.5) and, on
+NAS-Bench-201 with a results table, the benchmark accuracy of the derived cell. The summary reports
+mean and standard deviation per method as markdown and JSON. Finished runs are reused and unfinished
+ones resumed, so an interrupted sweep continues where it stopped.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ def _run_one(config: SearchConfig, progress: bool) -> dict[str, Any]:
         run_search(config, progress=progress)
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     last = metrics[-1]
+    distances = [m.get("arch_cosine_distance") for m in metrics]
     row: dict[str, Any] = {
         "run_dir": str(run_dir),
         "epochs": len(metrics),
@@ -68,6 +70,10 @@ def _run_one(config: SearchConfig, progress: bool) -> dict[str, Any]:
         "supernet_val_acc": last["val_acc"],
         "skip_connect_count": last["skip_connect_count"],
         "skip_connect_curve": [m["skip_connect_count"] for m in metrics],
+        "arch_cosine_curve": distances,
+        "arch_cosine_distance": statistics.fmean(d for d in distances if d is not None)
+        if any(d is not None for d in distances)
+        else None,
         "genotype": last["genotype"],
     }
     if "table" in last:
@@ -88,7 +94,13 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for method in dict.fromkeys(r["method"] for r in rows):
         group = [r for r in rows if r["method"] == method]
         entry: dict[str, Any] = {"method": method, "runs": len(group), "seeds": [r["seed"] for r in group]}
-        for key in ("supernet_val_acc", "wall_time_s", "skip_connect_count", *TABLE_METRICS):
+        for key in (
+            "supernet_val_acc",
+            "wall_time_s",
+            "skip_connect_count",
+            "arch_cosine_distance",
+            *TABLE_METRICS,
+        ):
             stats = _mean_std([float(r[key]) for r in group if r.get(key) is not None])
             if stats is not None:
                 entry[key] = stats
@@ -106,6 +118,7 @@ def format_summary(summary: list[dict[str, Any]]) -> str:
             "in16_test",
             "supernet_val_acc",
             "skip_connect_count",
+            "arch_cosine_distance",
             "wall_time_s",
         )
         if any(k in s for s in summary)
