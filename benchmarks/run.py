@@ -85,6 +85,23 @@ def guarded(case: Row, measure: Callable[[], Row]) -> Row:
         return {**case, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
 
 
+def _measure(args: argparse.Namespace, **overrides: Any) -> Row:
+    """:func:`measure_search_step` with the report's shared options (device, shape, timing, seed) and
+    the first batch size and precision, ``overrides`` taking precedence."""
+    settings: dict[str, Any] = {
+        "batch_size": args.batch_sizes[0],
+        "device": args.device,
+        "precision": args.precision[0],
+        "C": args.C,
+        "layers": args.layers,
+        "image_size": args.image_size,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "seed": args.seed,
+    }
+    return measure_search_step(**{**settings, **overrides})
+
+
 # ----------------------------------------------------------------------------- search step
 def _search_step_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("search_step (one full bilevel search iteration)")
@@ -127,18 +144,12 @@ def _search_step_rows(args: argparse.Namespace) -> Iterator[Row]:
             continue
         row = guarded(
             case,
-            lambda e=executor, o=order, p=precision, b=batch_size, pl=plain: measure_search_step(
-                b,
-                device=args.device,
+            lambda e=executor, o=order, p=precision, b=batch_size, pl=plain: _measure(
+                args,
+                batch_size=b,
                 precision=p,
-                C=args.C,
-                layers=args.layers,
-                image_size=args.image_size,
                 order=o,
                 executor="reference" if e == "plain" else e,
-                warmup=args.warmup,
-                repeats=args.repeats,
-                seed=args.seed,
                 method=args.method,
                 reference_ops=args.reference_ops or pl,
             ),
@@ -201,18 +212,8 @@ def _pdarts_rows(args: argparse.Namespace) -> Iterator[Row]:
         _progress(f"pdarts_stages: {case}")
         row = guarded(
             case,
-            lambda n=layers, k=ops: measure_search_step(
-                args.batch_sizes[0],
-                device=args.device,
-                precision=args.precision[0],
-                C=args.C,
-                layers=n,
-                image_size=args.image_size,
-                warmup=args.warmup,
-                repeats=args.repeats,
-                seed=args.seed,
-                method="pdarts",
-                space=stage_space(k, args.seed),
+            lambda n=layers, k=ops: _measure(
+                args, layers=n, method="pdarts", space=stage_space(k, args.seed)
             ),
         )
         yield {**row, **case}
@@ -255,18 +256,7 @@ def _sparse_rows(args: argparse.Namespace) -> Iterator[Row]:
         rows.append(
             guarded(
                 case,
-                lambda m=method: measure_search_step(
-                    args.batch_sizes[0],
-                    device=args.device,
-                    precision=args.precision[0],
-                    C=args.C,
-                    layers=args.layers,
-                    image_size=args.image_size,
-                    warmup=args.warmup,
-                    repeats=args.repeats,
-                    seed=args.seed,
-                    method=m,
-                ),
+                lambda m=method: _measure(args, method=m),
             )
         )
     darts = next((r for r in rows if r.get("method") == "darts" and r["status"] == "ok"), None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -44,3 +45,22 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def interrupt_search_at(monkeypatch: pytest.MonkeyPatch, epoch: int, config: Any) -> None:
+    """Run the search ``config`` until epoch ``epoch`` (0-based) starts, where a KeyboardInterrupt stops
+    it as a user's Ctrl-C would: the run directory holds what a killed run leaves behind."""
+    from fastnas import run_search
+    from fastnas.train.search import SearchRunner
+
+    train_epoch = SearchRunner.train_epoch
+
+    def interrupted(self: SearchRunner, current: int) -> Any:
+        if current == epoch:
+            raise KeyboardInterrupt
+        return train_epoch(self, current)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(SearchRunner, "train_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_search(config, progress=False)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import SHARED_DATA, require_shared
+from conftest import SHARED_DATA, interrupt_search_at, require_shared
 
 from fastnas import DartsSpace, SearchConfig, SearchModel, resume_search, run_search
 from fastnas.algorithms import DDSAS, DDSASOptions
@@ -23,7 +23,6 @@ from fastnas.genotype import Genotype
 from fastnas.nb201 import NB201Arch, NB201Table
 from fastnas.nn.fused_edge import is_identity
 from fastnas.spaces import NB201Space
-from fastnas.train.search import SearchRunner
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny networks: one thread is faster
 
@@ -610,17 +609,7 @@ def test_a_short_digits_search_gives_a_valid_genotype_from_the_saliency(
 def test_resume_is_exact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: dict[str, Any], crash_epoch: int
 ) -> None:
-    train_epoch = SearchRunner.train_epoch
-
-    def crashing(self, epoch):  # type: ignore[no-untyped-def]
-        if epoch == crash_epoch:
-            raise KeyboardInterrupt
-        return train_epoch(self, epoch)
-
-    monkeypatch.setattr(SearchRunner, "train_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(ddsas_config(tmp_path), progress=False)
-    monkeypatch.undo()
+    interrupt_search_at(monkeypatch, crash_epoch, ddsas_config(tmp_path))
     rows = read_rows(tmp_path / "run" / "sampling.jsonl")
     assert max(r["epoch"] for r in rows) == crash_epoch - 1
     result = resume_search(tmp_path / "run", progress=False)

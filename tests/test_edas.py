@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import SHARED_DATA, require_shared
+from conftest import SHARED_DATA, interrupt_search_at, require_shared
 
 from fastnas import DartsSpace, SearchConfig, SearchModel, resume_search, run_search
 from fastnas.algorithms import EDAS, EDASOptions
@@ -471,17 +471,7 @@ def test_a_digits_search_gives_the_darts_rule_genotype_and_cosine_distances(
 def test_resume_gives_the_uninterrupted_alphas_and_genotype(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: dict[str, Any], crash_epoch: int
 ) -> None:
-    train_epoch = SearchRunner.train_epoch
-
-    def crashing(self, epoch):  # type: ignore[no-untyped-def]
-        if epoch == crash_epoch:
-            raise KeyboardInterrupt
-        return train_epoch(self, epoch)
-
-    monkeypatch.setattr(SearchRunner, "train_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(edas_config(tmp_path), progress=False)
-    monkeypatch.undo()
+    interrupt_search_at(monkeypatch, crash_epoch, edas_config(tmp_path))
     assert len((tmp_path / "run" / "alphas.jsonl").read_text().splitlines()) == crash_epoch
     result = resume_search(tmp_path / "run", progress=False)
     assert result.genotype == uninterrupted["result"].genotype

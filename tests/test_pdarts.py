@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import interrupt_search_at
 
 from fastnas import DartsSpace, SearchConfig, SearchModel, resume_search, run_search
 from fastnas.algorithms import PDARTS, PDARTSOptions, derive_darts_cell
@@ -281,17 +282,7 @@ def test_a_three_stage_search_deepens_and_narrows_the_supernet(uninterrupted: di
 def test_resume_in_any_stage_gives_the_uninterrupted_genotype(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uninterrupted: dict[str, object], crash_epoch: int
 ) -> None:
-    train_epoch = SearchRunner.train_epoch
-
-    def crashing(self, epoch):  # type: ignore[no-untyped-def]
-        if epoch == crash_epoch:
-            raise KeyboardInterrupt
-        return train_epoch(self, epoch)
-
-    monkeypatch.setattr(SearchRunner, "train_epoch", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        run_search(pdarts_config(tmp_path), progress=False)
-    monkeypatch.undo()
+    interrupt_search_at(monkeypatch, crash_epoch, pdarts_config(tmp_path))
     result = resume_search(tmp_path / "run", progress=False)
     expected = uninterrupted["result"]
     assert result.genotype == expected.genotype  # type: ignore[attr-defined]
