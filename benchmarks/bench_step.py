@@ -140,19 +140,19 @@ def test_run_main_times_each_pdarts_stage(tmp_path: Path, capsys: pytest.Capture
     assert not run.SECTIONS["pdarts_stages"].default  # three big supernets: only with --only
 
 
-def test_run_main_compares_sampling_methods_with_darts(tmp_path: Path) -> None:
-    """The sparse section: EDAS and DDSAS steps beside DARTS, with their ratios to DARTS (opt-in)."""
-    out = tmp_path / "sparse.json"
-    argv = ["--device", "cpu", "--only", "sparse_methods", "--C", "4", "--layers", "3", "--image-size", "8"]
+def test_run_main_compares_methods_with_darts(tmp_path: Path) -> None:
+    """The methods section: PC-DARTS, EDAS and DDSAS steps beside DARTS, with their ratios (opt-in)."""
+    out = tmp_path / "methods.json"
+    argv = ["--device", "cpu", "--only", "methods", "--C", "4", "--layers", "3", "--image-size", "8"]
     argv += ["--batch-sizes", "2", "--warmup", "0", "--repeats", "2", "--json", str(out)]
     assert run.main(argv) == 0
-    rows = json.loads(out.read_text(encoding="utf-8"))["results"]["sparse_methods"]
-    assert [r["method"] for r in rows] == ["darts", "edas", "ddsas"]
+    rows = json.loads(out.read_text(encoding="utf-8"))["results"]["methods"]
+    assert [r["method"] for r in rows] == ["darts", "pc-darts", "edas", "ddsas"]
     assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
     darts = rows[0]
     for r in rows:
         assert r["time_vs_darts"] == pytest.approx(r["median_ms"] / darts["median_ms"])
-    assert not run.SECTIONS["sparse_methods"].default
+    assert not run.SECTIONS["methods"].default
 
 
 def test_a_sampling_step_draws_a_new_subgraph_each_iteration() -> None:

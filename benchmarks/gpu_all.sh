@@ -28,6 +28,6 @@ python -m benchmarks.run --only search_step --device cuda --batch-sizes 64 256 -
 # P-DARTS: one search step per stage (5 / 11 / 17 cells with 8 / 5 / 3 ops per edge), the published batch 96.
 python -m benchmarks.run --only pdarts_stages --device cuda --batch-sizes 96 --precision bf16 \
     --json "$out/bench_pdarts.json" 2>&1 | tee "$out/bench_pdarts.md"
-# EDAS and DDSAS (L=28) against DARTS: one search step each at C=16, 8 cells (issue 12: both must be cheaper).
-python -m benchmarks.run --only sparse_methods --device cuda --batch-sizes 64 --precision bf16 \
-    --json "$out/bench_sparse.json" 2>&1 | tee "$out/bench_sparse.md"
+# PC-DARTS (K=4), EDAS and DDSAS (L=28) against DARTS: one search step each at C=16, 8 cells, batch 64.
+python -m benchmarks.run --only methods --device cuda --batch-sizes 64 --precision bf16 \
+    --json "$out/bench_methods.json" 2>&1 | tee "$out/bench_methods.md"

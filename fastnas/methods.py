@@ -19,6 +19,7 @@ from fastnas.algorithms import (
     DARTS,
     DDSAS,
     EDAS,
+    PCDARTS,
     PDARTS,
     EnTranNAS,
     EnTranNASDST,
@@ -86,6 +87,12 @@ METHODS: dict[str, Method] = {
             PDARTS,
             _space_supernet,
             "P-DARTS (Chen et al. 2019): progressive stages, per-edge candidate sets, skip-connect dropout",
+        ),
+        Method(
+            "pc-darts",
+            PCDARTS,
+            _space_supernet,
+            "PC-DARTS (Xu et al. 2020): partial channel connections (--partial-k) and edge normalisation",
         ),
         Method(
             "edas",

@@ -45,18 +45,22 @@ class SearchModel(nn.Module):
         in_channels: int = 3,
         executor: str = "reference",
         stem: Stem = "cifar",
+        partial_k: int | None = None,
+        partial_bypass: str = "max",
         options: MethodOptions | Mapping[str, Any] | None = None,
         **option_values: Any,
     ) -> SearchModel:
         """Build the supernet and the method: ``SearchModel.build("darts", order=2)``, or with an options
         object (``options=DARTSOptions(order=2)``). Option names are the method's (``fastnas search
-        --method NAME --help`` lists them)."""
+        --method NAME --help`` lists them). ``partial_k``: PC-DARTS' partial channels (None: the method's
+        default, 4 for ``"pc-darts"``, else 1)."""
         spec = get_method(method)
         if options is not None and option_values:
             raise TypeError("give either options= or option values, not both")
         opts = spec.make_options(options if options is not None else option_values)
         space = spec.algorithm.prepare_space(space if space is not None else DartsSpace())
-        shape = SupernetShape(C, layers, num_classes, in_channels, executor, stem)
+        k = spec.defaults.partial_k if partial_k is None else partial_k  # PC-DARTS: 4
+        shape = SupernetShape(C, layers, num_classes, in_channels, executor, stem, k, partial_bypass)
         supernet = spec.build_supernet(space, shape, opts)
         return cls(supernet, spec.algorithm(space, opts))
 

@@ -12,12 +12,14 @@ from fastnas.algorithms.derivation import derive_darts, derive_darts_cell, deriv
 from fastnas.algorithms.edas import EDAS, EDASOptions
 from fastnas.algorithms.entrannas import EnTranNAS, EnTranNASDST, EnTranNASDSTOptions, EnTranNASOptions
 from fastnas.algorithms.options import MethodOptions, OptionSpec, option
+from fastnas.algorithms.pcdarts import PCDARTS, PCDARTSOptions
 from fastnas.algorithms.pdarts import PDARTS, PDARTSOptions
 
 __all__ = [
     "DARTS",
     "DDSAS",
     "EDAS",
+    "PCDARTS",
     "PDARTS",
     "Architecture",
     "DARTSOptions",
@@ -29,6 +31,7 @@ __all__ = [
     "EnTranNASOptions",
     "MethodOptions",
     "OptionSpec",
+    "PCDARTSOptions",
     "PDARTSOptions",
     "SearchAlgorithm",
     "SearchDefaults",

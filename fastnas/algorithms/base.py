@@ -45,6 +45,7 @@ class SearchDefaults:
     arch_weight_decay: float = 1e-3
     arch_grad_clip: float = 0.0
     train_portion: float = 0.5
+    partial_k: int = 1  # PC-DARTS partial channels: 1/K of each edge's channels enter its ops
 
     def updated(self, **overrides: Any) -> SearchDefaults:
         """A copy with the non-None ``overrides`` applied (unknown names are an error)."""
@@ -77,6 +78,8 @@ class SearchAlgorithm(nn.Module, abc.ABC):
     name: ClassVar[str] = "base"
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     defaults: ClassVar[SearchDefaults] = SearchDefaults()
+    #: published hyper-parameters that differ by dataset (e.g. ``{"imagenet": ...}``); else ``defaults``
+    dataset_defaults: ClassVar[Mapping[str, SearchDefaults]] = {}
 
     def __init__(self, space: SearchSpace, options: MethodOptions | None = None, **option_values: Any):
         super().__init__()
@@ -96,6 +99,11 @@ class SearchAlgorithm(nn.Module, abc.ABC):
         """The space this method searches, given the user's (check it, or adapt it: EnTranNAS-DST
         drops ``none``). The supernet is built on the prepared space."""
         return space
+
+    @classmethod
+    def defaults_for(cls, dataset: str) -> SearchDefaults:
+        """The published hyper-parameters of a search on ``dataset``."""
+        return cls.dataset_defaults.get(dataset, cls.defaults)
 
     @classmethod
     def adjust_hyper(cls, hyper: SearchDefaults, options: Any, given: Mapping[str, Any]) -> SearchDefaults:

@@ -15,11 +15,12 @@ of an epoch depend only on ``(seed, epoch)`` (and the number of workers).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "FolderBatchLoader",
+    "class_subsets",
     "imagenet_root",
     "imagenet_transform",
     "load_imagenet_folder",
@@ -134,11 +136,14 @@ def imagenet_root(root: str | os.PathLike[str] | None) -> Path:
 
 
 def load_imagenet_folder(
-    root: str | os.PathLike[str] | None, split: str = "train", train_transform: bool | None = None
+    root: str | os.PathLike[str] | None,
+    split: str = "train",
+    train_transform: bool | None = None,
+    image_size: int = 224,
 ) -> Any:
     """A torchvision ``ImageFolder`` for ``split`` ("train", or "test"/"val" = the ``val`` folder), with the
     train transforms for the train split and the test transforms otherwise (unless ``train_transform``
-    says which)."""
+    says which), cropping to ``image_size`` (test: after resizing to ``image_size * 256 / 224``)."""
     from torchvision.datasets import ImageFolder
 
     if split not in IMAGENET_SPLITS:
@@ -152,7 +157,8 @@ def load_imagenet_folder(
         )
     use_train = (split == "train") if train_transform is None else train_transform
     try:
-        dataset = ImageFolder(str(folder), transform=imagenet_transform(use_train))
+        transform = imagenet_transform(use_train, image_size, round(image_size * 256 / 224))
+        dataset = ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, OSError) as exc:  # e.g. a class folder without images
         raise DataError(f"ImageNet split {split!r} at {folder}: {exc}") from None
     if len(dataset.classes) < 2:
@@ -161,6 +167,32 @@ def load_imagenet_folder(
             "<wnid>/ folder per class"
         )
     return dataset
+
+
+def class_subsets(targets: Sequence[int], fractions: Sequence[float], seed: int) -> list[list[int]]:
+    """Disjoint random subsets of the samples, drawn per class (PC-DARTS' ImageNet protocol: 10% of each
+    class trains the weights, 2.5% the architecture): subset ``s`` takes ``fractions[s]`` of every class's
+    samples in expectation: the cumulative counts are rounded systematically (one uniform draw per class),
+    so a subset takes ``floor`` or ``ceil`` of its share and a class of one image still lands in subset
+    ``s`` with probability ``fractions[s]``; deterministic for ``seed``. Indices come back sorted."""
+    if sum(fractions) > 1 + 1e-9:
+        raise ConfigError(f"the subset fractions {list(fractions)} add up to more than 1")
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[int]] = {}
+    for index, label in enumerate(targets):
+        by_class.setdefault(int(label), []).append(index)
+    subsets: list[list[int]] = [[] for _ in fractions]
+    for label in sorted(by_class):
+        members = by_class[label]
+        order = torch.randperm(len(members), generator=generator).tolist()
+        offset = float(torch.rand((), generator=generator))  # systematic rounding: one draw per class
+        start, share = 0, 0.0
+        for s, fraction in enumerate(fractions):
+            share += fraction
+            end = min(math.floor(share * len(members) + offset), len(members))
+            subsets[s].extend(members[k] for k in order[start:end])
+            start = end
+    return [sorted(s) for s in subsets]
 
 
 def _limited(n: int, limit: int | None) -> torch.Tensor:

@@ -132,6 +132,10 @@ class EpochBatches(abc.ABC):
         n, b = self.num_examples, self.batch_size
         return n // b if self.drop_last else (n + b - 1) // b
 
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The ``(x, y)`` batches of the current epoch, on the loader's device."""
+
 
 class TensorBatchLoader(EpochBatches):
     """Yields ``(x, y)``: x float32 normalised ``[B, C, H, W]``, y int64 ``[B]``, both on ``device``.

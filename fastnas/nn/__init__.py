@@ -15,7 +15,7 @@ from fastnas.nn.eval_network import (
 )
 from fastnas.nn.executor import CellExecutor, ReferenceExecutor, build_executor, register_executor
 from fastnas.nn.fast_executor import FastExecutor
-from fastnas.nn.mixed import MixedEdge
+from fastnas.nn.mixed import MixedEdge, PartialChannels
 from fastnas.nn.nb201 import NB201Network, NB201Supernet
 from fastnas.nn.skeleton import CellPlan, DartsSkeleton, SupernetShape, preprocessors, reduction_layers
 from fastnas.nn.supernet import Supernet
@@ -36,6 +36,7 @@ __all__ = [
     "NB201Supernet",
     "NetworkCIFAR",
     "NetworkImageNet",
+    "PartialChannels",
     "ReferenceExecutor",
     "SearchCell",
     "Supernet",

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fastnas.nn.executor import CellExecutor, ReferenceExecutor
-from fastnas.nn.mixed import MixedEdge
+from fastnas.nn.mixed import MixedEdge, PartialChannels
 from fastnas.nn.skeleton import CellPlan, preprocessors
 from fastnas.spaces import DartsSpace
 
@@ -21,24 +21,36 @@ class SearchCell(nn.Module):
     concatenates the last ``space.multiplier`` states.
     """
 
-    def __init__(self, space: DartsSpace, plan: CellPlan, executor: CellExecutor | None = None):
+    def __init__(
+        self,
+        space: DartsSpace,
+        plan: CellPlan,
+        executor: CellExecutor | None = None,
+        partial: PartialChannels | None = None,
+    ):
         super().__init__()
         self.reduction = plan.reduction
         self.num_nodes = space.num_nodes
         self.concat = space.concat
         self.multiplier = space.multiplier
         self.preprocess0, self.preprocess1 = preprocessors(plan, affine=False)
-        self.edges = nn.ModuleList(self._edge(space, plan, edge.index, edge.source) for edge in space.edges)
+        partial = partial or PartialChannels()
+        self.edges = nn.ModuleList(
+            self._edge(space, plan, edge.index, edge.source, partial) for edge in space.edges
+        )
         self.executor: CellExecutor = executor or ReferenceExecutor()
 
     @staticmethod
-    def _edge(space: DartsSpace, plan: CellPlan, index: int, source: int) -> MixedEdge:
+    def _edge(
+        space: DartsSpace, plan: CellPlan, index: int, source: int, partial: PartialChannels
+    ) -> MixedEdge:
         """The mixed edge over the edge's candidate ops (every op unless the space restricts it)."""
         stride = plan.edge_stride(source)
         if not space.restricted:
-            return MixedEdge(plan.channels, stride, space.ops)
+            return MixedEdge(plan.channels, stride, space.ops, partial=partial)
         columns = space.edge_ops(plan.cell_type, index)
-        return MixedEdge(plan.channels, stride, tuple(space.ops[k] for k in columns), columns=columns)
+        ops = tuple(space.ops[k] for k in columns)
+        return MixedEdge(plan.channels, stride, ops, columns=columns, partial=partial)
 
     def forward(
         self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor, active: torch.Tensor | None = None

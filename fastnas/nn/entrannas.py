@@ -388,6 +388,11 @@ def build_entrannas_supernet(
         raise ConfigError(
             f"EnTranNAS cells run their own sparse loop; --executor {shape.executor} does not apply to them"
         )
+    if shape.partial_k != 1:
+        raise ConfigError(
+            "EnTranNAS cells share features between edges (Eq. 6), which partial channels would split; "
+            "--partial-k is not available for them yet (use 1)"
+        )
     return EnTranNASSupernet(
         space,
         C=shape.C,

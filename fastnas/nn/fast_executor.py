@@ -92,6 +92,8 @@ def _unbatchable(cell: SearchCell) -> str | None:
             return "its edges have different candidate ops (per-edge candidate sets)"
         if edge.skip_dropout > 0:
             return "skip_connect dropout is on"
+        if edge.partial.k > 1:
+            return "its edges use partial channels (PC-DARTS)"
     return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,33 @@ def _common_dtype(outputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [out.to(common) for out in outputs]
 
 
+BYPASS_POOLS = ("max", "avg")
+
+
+@dataclass(frozen=True)
+class PartialChannels:
+    """PC-DARTS' partial channel connections (seed: PC-DARTS, REFERENCE.md section 5): only the first
+    ``1/k`` of an edge's channels enter its mixed op, the rest bypass it; the two parts are concatenated
+    and channel-shuffled (``k`` groups). On a stride-2 edge the bypass is downsampled by a 2x2 ``bypass``
+    pool: the paper does not say how, its public code uses a max pool (the default; ``"avg"`` is the
+    alternative). ``k = 1`` is the plain DARTS edge."""
+
+    k: int = 1
+    bypass: str = "max"
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"partial channels need k >= 1, got {self.k}")
+        if self.bypass not in BYPASS_POOLS:
+            raise ValueError(f"bypass pool must be one of {BYPASS_POOLS}, got {self.bypass!r}")
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle: channel ``g * (C / groups) + i`` moves to ``i * groups + g``."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 class MixedEdge(nn.Module):
     """All candidate ops of one supernet edge.
 
@@ -41,7 +69,9 @@ class MixedEdge(nn.Module):
     ``columns`` (per-edge candidate sets, P-DARTS): the position of each of ``ops`` in the edge-weight row
     the edge receives (the space's column order); by default ``ops`` are the whole row. ``skip_dropout``
     (P-DARTS' search-space regularisation) drops elements of the identity ``skip_connect`` output with that
-    probability in training mode.
+    probability in training mode. ``partial`` (:class:`PartialChannels`): the ops see ``channels / k``
+    channels; the bypass is scaled by the sum of the edge's weight row, which is 1 for a softmax row and the
+    edge's weight under PC-DARTS' edge normalisation (whose code scales the whole edge output by it).
     """
 
     _active_index: torch.Tensor  # buffers, registered in __init__ (bn_index only on a foldable edge)
@@ -54,8 +84,16 @@ class MixedEdge(nn.Module):
         ops: tuple[str, ...],
         pool_bn: bool = True,
         columns: Sequence[int] | None = None,
+        partial: PartialChannels | None = None,
     ):
         super().__init__()
+        self.partial = partial or PartialChannels()
+        if channels % self.partial.k:
+            raise ValueError(
+                f"partial channels k={self.partial.k} must divide the edge's {channels} channels"
+            )
+        self.stride = stride
+        channels //= self.partial.k
         self.op_names = tuple(ops)
         self.columns = tuple(range(len(ops))) if columns is None else tuple(int(c) for c in columns)
         if len(self.columns) != len(self.op_names) or len(set(self.columns)) != len(self.columns):
@@ -117,11 +155,35 @@ class MixedEdge(nn.Module):
         """``sum_k w_k * op_k(x)``; with ``active`` (a host bool row over the weight columns) only the
         active ops are called: one active op runs alone (its weight is 1 by construction), and an edge
         whose active ops are all ``none`` gives zeros."""
+        if self.partial.k == 1:
+            return self._mixture(x, weights, active)
+        head, tail = self._split_channels(x)
+        return self._with_bypass(self._mixture(head, weights, active), tail, weights.sum())
+
+    def _mixture(self, x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
         if active is not None:
             return self.forward_active(x, weights, active)
         if self.training and self._foldable and model_uses_kernels(x):
             return self.forward_folded(x, weights)
         return self.forward_reference(x, weights)
+
+    def _split_channels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Partial channels: the first ``1/k`` of the channels and the rest (views, not copies)."""
+        head = x.shape[1] // self.partial.k
+        first, rest = x.split([head, x.shape[1] - head], 1)
+        return first, rest
+
+    def _with_bypass(
+        self, mixed: torch.Tensor, tail: torch.Tensor, scale: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Partial channels: the bypassed channels (pooled on a stride-2 edge, times ``scale``) after the
+        mixed ones, then the channel shuffle."""
+        if self.stride == 2:
+            pool = F.max_pool2d if self.partial.bypass == "max" else F.avg_pool2d
+            tail = pool(tail, 2, 2, ceil_mode=True)
+        if scale is not None:
+            tail = tail * scale.to(tail.dtype)
+        return channel_shuffle(torch.cat([mixed, tail.to(mixed.dtype)], 1), self.partial.k)
 
     def forward_active(self, x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """The sparse edge: inactive ops are never called (not computed and multiplied by 0)."""
@@ -164,4 +226,8 @@ class MixedEdge(nn.Module):
 
     def forward_op(self, x: torch.Tensor, column: int) -> torch.Tensor:
         """Output of the candidate op in weight column ``column`` alone (methods that run one op per edge)."""
-        return self.ops[self.columns.index(column)](x)
+        op = self.ops[self.columns.index(column)]
+        if self.partial.k == 1:
+            return op(x)
+        head, tail = self._split_channels(x)
+        return self._with_bypass(op(head), tail, None)

@@ -17,7 +17,7 @@ from torch import nn
 
 from fastnas.errors import ConfigError
 from fastnas.nb201.arch import NB201_EDGES, NB201_NUM_NODES, NB201Arch
-from fastnas.nn.mixed import MixedEdge
+from fastnas.nn.mixed import MixedEdge, PartialChannels
 from fastnas.ops import ReLUConvBN, build_op
 from fastnas.spaces.nb201 import NB201Space
 
@@ -25,8 +25,8 @@ from fastnas.spaces.nb201 import NB201Space
 class NB201MixedEdge(MixedEdge):
     """All candidate ops of one NB201 supernet edge: stride 1, BN ``affine=False``, no BN after pooling."""
 
-    def __init__(self, channels: int, ops: tuple[str, ...]):
-        super().__init__(channels, 1, ops, pool_bn=False)
+    def __init__(self, channels: int, ops: tuple[str, ...], partial: PartialChannels | None = None):
+        super().__init__(channels, 1, ops, pool_bn=False, partial=partial)
 
 
 def _sum_into_nodes(
@@ -48,9 +48,9 @@ def _sum_into_nodes(
 class NB201SearchCell(nn.Module):
     """A search cell: a :class:`NB201MixedEdge` on each of the 6 edges; ``forward(x, w[6, K])``."""
 
-    def __init__(self, space: NB201Space, channels: int):
+    def __init__(self, space: NB201Space, channels: int, partial: PartialChannels | None = None):
         super().__init__()
-        self.edges = nn.ModuleList(NB201MixedEdge(channels, space.ops) for _ in space.edges)
+        self.edges = nn.ModuleList(NB201MixedEdge(channels, space.ops, partial) for _ in space.edges)
 
     def forward(
         self, x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor | None = None
@@ -146,9 +146,10 @@ class NB201Supernet(_NB201Skeleton):
         num_classes: int = 10,
         in_channels: int = 3,
         executor: str = "reference",
+        partial: PartialChannels | None = None,
     ):
         space = space or NB201Space()
-        super().__init__(C, N, num_classes, in_channels, lambda width: NB201SearchCell(space, width))
+        super().__init__(C, N, num_classes, in_channels, lambda width: NB201SearchCell(space, width, partial))
         self.space = space
         self.cell_types: list[str] = ["cell"] * len(self.cells)
         self.executor_name = "reference"

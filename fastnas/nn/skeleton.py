@@ -43,7 +43,8 @@ STEMS: tuple[Stem, ...] = ("cifar", "imagenet")
 @dataclass(frozen=True)
 class SupernetShape:
     """The sizes a method's supernet is built with: initial channels, cells (cells per stage on
-    NAS-Bench-201), classes, input channels, the cell executor and the stem."""
+    NAS-Bench-201), classes, input channels, the cell executor, the stem and PC-DARTS' partial channels
+    (:class:`~fastnas.nn.mixed.PartialChannels`)."""
 
     C: int = 16
     layers: int = 8
@@ -51,6 +52,8 @@ class SupernetShape:
     in_channels: int = 3
     executor: str = "reference"
     stem: Stem = "cifar"
+    partial_k: int = 1  # PC-DARTS partial channels (1 = off)
+    partial_bypass: str = "max"
 
 
 def reduction_layers(layers: int) -> tuple[int, int]:

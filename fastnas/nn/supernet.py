@@ -9,7 +9,7 @@ import torch
 
 from fastnas.nn.cell import SearchCell
 from fastnas.nn.executor import build_executor
-from fastnas.nn.mixed import MixedEdge
+from fastnas.nn.mixed import MixedEdge, PartialChannels
 from fastnas.nn.skeleton import DartsSkeleton, Stem
 from fastnas.spaces import DartsSpace
 
@@ -35,6 +35,7 @@ class Supernet(DartsSkeleton):
         stem_multiplier: int = 3,
         executor: str = "reference",
         stem: Stem = "cifar",
+        partial: PartialChannels | None = None,
     ):
         space = space or DartsSpace()
         shared_executor = build_executor(executor)
@@ -43,7 +44,7 @@ class Supernet(DartsSkeleton):
             layers,
             num_classes,
             in_channels,
-            lambda plan: SearchCell(space, plan, shared_executor),
+            lambda plan: SearchCell(space, plan, shared_executor, partial),
             num_normal_types=space.num_normal_types,
             stem=stem,
             stem_multiplier=stem_multiplier,

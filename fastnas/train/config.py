@@ -22,6 +22,7 @@ from fastnas.data import DATASET_NAMES
 from fastnas.errors import ConfigError, MissingPathError
 from fastnas.fields import field_types, load_fields, read_json_file, setting
 from fastnas.methods import METHODS, get_method
+from fastnas.nn.mixed import BYPASS_POOLS
 from fastnas.spaces import SPACE_DEFAULTS, SPACE_NAMES, DartsSpace, NB201Space, build_space
 from fastnas.train.device import PRECISIONS
 
@@ -29,6 +30,15 @@ __all__ = ["EXECUTORS", "ResolvedSearchConfig", "SearchConfig", "check_hyper_par
 
 EXECUTORS: tuple[str, ...] = ("reference", "fast")
 _HYPER = tuple(f.name for f in dataclasses.fields(SearchDefaults))
+
+
+SEARCH_DATASETS: tuple[str, ...] = (*DATASET_NAMES, "imagenet")
+#: PC-DARTS' ImageNet protocol: 10% / 2.5% of each class, 224-pixel crops
+IMAGENET_SEARCH_DEFAULTS: dict[str, float | int] = {
+    "subset_weights": 0.1,
+    "subset_arch": 0.025,
+    "image_size": 224,
+}
 
 
 @dataclass
@@ -53,12 +63,23 @@ class SearchConfig:
         "NAS-Bench-201 results (.csv like nb201.csv, or the official .pth): log each epoch's cell accuracy",
         metavar="PATH",
     )
-    dataset: str = setting("cifar10", "dataset", choices=DATASET_NAMES)
+    dataset: str = setting("cifar10", "dataset", choices=SEARCH_DATASETS)
     data_dir: str | None = setting(
-        None, "CIFAR python-batch folder, image-folder tree, or a .tar(.gz) of such a tree", metavar="PATH"
+        None,
+        "CIFAR python-batch folder, image-folder tree, or a .tar(.gz) of such a tree (ImageNet: a folder or "
+        ".tar holding train/<wnid>/*.JPEG)",
+        metavar="PATH",
     )
     download: bool = setting(False, "let torchvision download the dataset", const=True)
     limit: int | None = setting(None, "use only the first N training images (quick runs)", metavar="N")
+    subset_weights: float | None = setting(
+        None, "ImageNet: share of each class's images that trains the weights (PC-DARTS: 0.1)"
+    )
+    subset_arch: float | None = setting(
+        None, "ImageNet: share of each class's images that trains the architecture (PC-DARTS: 0.025)"
+    )
+    image_size: int | None = setting(None, "ImageNet: crop size of the search images (default 224)")
+    workers: int = setting(4, "ImageNet: data-loading worker processes (JPEG decoding); 0 = in process")
     epochs: int | None = setting(None, "search epochs")
     batch_size: int | None = setting(None, "batch size of each level")
     C: int | None = setting(None, "initial channels", flag="--C", aliases=("--init-channels",))
@@ -75,6 +96,18 @@ class SearchConfig:
     train_portion: float | None = setting(
         None,
         "share of the training set that trains the weights (default 0.5); the rest trains the architecture",
+    )
+    partial_k: int | None = setting(
+        None,
+        "partial channels (PC-DARTS): 1/K of each edge's channels enter its mixed op, the rest bypass it "
+        "(1 = off; default: the method's, 4 for pc-darts)",
+        metavar="K",
+    )
+    partial_bypass: str = setting(
+        "max",
+        "how a stride-2 edge downsamples its bypassed channels with --partial-k: a 2x2 max pool (PC-DARTS' "
+        "code) or avg pool",
+        choices=BYPASS_POOLS,
     )
     seed: int = setting(2, "random seed (data order, augmentation, initialisation)")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
@@ -100,9 +133,18 @@ class SearchConfig:
         if self.space not in SPACE_NAMES:
             raise ConfigError(f"unknown search space {self.space!r}; available: {', '.join(SPACE_NAMES)}")
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        imagenet = self.dataset == "imagenet"
+        for name, default in IMAGENET_SEARCH_DEFAULTS.items():
+            if values[name] is not None and not imagenet:
+                raise ConfigError(
+                    f"--{name.replace('_', '-')} applies to --dataset imagenet only (CIFAR and digits split "
+                    "their training set by --train-portion)"
+                )
+            values[name] = (default if values[name] is None else values[name]) if imagenet else 0
         options = method.make_options(self.method_options, dataset=self.dataset)
         given = {k: values[k] for k in _HYPER}
-        hyper = dataclasses.replace(method.defaults, **SPACE_DEFAULTS[self.space]).updated(**given)
+        published = method.algorithm.defaults_for(self.dataset)
+        hyper = dataclasses.replace(published, **SPACE_DEFAULTS[self.space]).updated(**given)
         hyper = method.algorithm.adjust_hyper(hyper, options, given)
         hyper = dataclasses.replace(hyper, arch_betas=(hyper.arch_betas[0], hyper.arch_betas[1]))
         run_name = self.run_name or (
@@ -135,6 +177,10 @@ class ResolvedSearchConfig:
     data_dir: str | None  # None: the dataset needs no folder (digits) or the default location
     download: bool
     limit: int | None  # None: every training image
+    subset_weights: float  # ImageNet only (0 elsewhere)
+    subset_arch: float
+    image_size: int  # ImageNet crop size (32 for CIFAR, 8 for digits: informational)
+    workers: int
     epochs: int
     batch_size: int
     C: int
@@ -149,6 +195,8 @@ class ResolvedSearchConfig:
     arch_weight_decay: float
     arch_grad_clip: float  # <= 0: off
     train_portion: float
+    partial_k: int  # 1: off
+    partial_bypass: str
     seed: int
     device: str
     precision: str
@@ -180,8 +228,30 @@ class ResolvedSearchConfig:
         """Range checks of every value (:class:`~fastnas.errors.ConfigError` naming the option)."""
         if self.space not in SPACE_NAMES:
             raise ConfigError(f"unknown search space {self.space!r}; available: {', '.join(SPACE_NAMES)}")
-        if self.dataset not in DATASET_NAMES:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; available: {', '.join(DATASET_NAMES)}")
+        if self.dataset not in SEARCH_DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; available: {', '.join(SEARCH_DATASETS)}")
+        if self.dataset == "imagenet":
+            for name in ("subset_weights", "subset_arch"):
+                value = getattr(self, name)
+                if not 0 < value <= 1:
+                    raise ConfigError(
+                        f"--{name.replace('_', '-')} must be a share of each class in (0, 1], got {value}"
+                    )
+            if self.subset_weights + self.subset_arch > 1:
+                raise ConfigError(
+                    f"--subset-weights {self.subset_weights} and --subset-arch {self.subset_arch} add up to "
+                    "more than 1; the two subsets are disjoint"
+                )
+            if self.image_size < 32:
+                raise ConfigError(
+                    f"--image-size must be >= 32 (the stems divide it by 8), got {self.image_size}"
+                )
+            if self.space == "nb201":
+                raise ConfigError(
+                    "the NAS-Bench-201 space is searched on CIFAR-sized images; use --space darts"
+                )
+        if self.workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.executor not in EXECUTORS:
@@ -191,6 +261,18 @@ class ResolvedSearchConfig:
         if self.nb201_table is not None and not Path(self.nb201_table).is_file():
             raise MissingPathError(
                 f"the NAS-Bench-201 table {self.nb201_table} does not exist or is not a file"
+            )
+        if self.partial_k < 1:
+            raise ConfigError(f"--partial-k must be >= 1 (1 = off), got {self.partial_k}")
+        if self.C % self.partial_k:
+            raise ConfigError(
+                f"--partial-k {self.partial_k} does not divide --C {self.C}: each edge splits its channels "
+                f"into K equal parts; choose a K that divides C (e.g. "
+                f"{', '.join(str(k) for k in range(1, self.C + 1) if self.C % k == 0 and k <= 8)})"
+            )
+        if self.partial_bypass not in BYPASS_POOLS:
+            raise ConfigError(
+                f"--partial-bypass must be one of {', '.join(BYPASS_POOLS)}, got {self.partial_bypass!r}"
             )
         if self.space == "nb201" and self.normal_types != 1:
             raise ConfigError(

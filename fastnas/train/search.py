@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from fastnas.algorithms import Architecture, SearchAlgorithm
 from fastnas.algorithms.architect import unrolled_arch_gradients
 from fastnas.algorithms.derivation import arch_cosine_distance
-from fastnas.data import TensorBatchLoader, limit_indices, load_dataset, search_split
+from fastnas.data.loader import EpochBatches
 from fastnas.errors import CheckpointError, ConfigError, DataError
 from fastnas.fields import read_json_file
 from fastnas.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
@@ -54,6 +54,7 @@ from fastnas.train.run_state import (
     prepare_run_dir,
     trim_histories,
 )
+from fastnas.train.search_data import build_search_data
 
 __all__ = ["SearchResult", "SearchRunner", "resume_search", "run_search"]
 
@@ -85,7 +86,7 @@ class SearchResult:
     model: SearchModel
 
 
-def _repeat(loader: TensorBatchLoader) -> Iterator[Batch]:
+def _repeat(loader: EpochBatches) -> Iterator[Batch]:
     while True:
         yield from loader
 
@@ -127,27 +128,8 @@ class SearchRunner:
             torch.backends.cudnn.benchmark = not config.deterministic
         seed_everything(config.seed)
 
-        train_set = load_dataset(config.dataset, config.data_dir, split="train", download=config.download)
-        indices = limit_indices(torch.arange(len(train_set)), config.limit)
-        weight_idx, arch_idx = search_split(len(indices), config.train_portion)
-        weight_idx, arch_idx = indices[weight_idx], indices[arch_idx]
-        if len(weight_idx) == 0 or len(arch_idx) == 0:
-            raise ConfigError("the search split left no images for one of the halves; raise --limit")
-
-        def loader(indices: torch.Tensor, augment: bool, seed: int) -> TensorBatchLoader:
-            return TensorBatchLoader(
-                train_set,
-                indices,
-                batch_size=config.batch_size,
-                augment=augment,
-                shuffle=augment,
-                seed=seed,
-                device=self.device,
-            )
-
-        self.weight_loader = loader(weight_idx, augment=True, seed=config.seed)
-        self.arch_loader = loader(arch_idx, augment=True, seed=config.seed + 1)
-        self.eval_loader = loader(arch_idx, augment=False, seed=config.seed)
+        data = build_search_data(config, self.device)
+        self.weight_loader, self.arch_loader, self.eval_loader = data.weights, data.arch, data.evaluation
 
         self.base_space = config.build_space()
         self.table = NB201Table.load(config.nb201_table) if config.nb201_table else None
@@ -159,7 +141,7 @@ class SearchRunner:
                     f"{len(self.base_space.ops) ** self.base_space.num_edges:,} cells this space can derive "
                     f"(e.g. {missing[0]}); give the full table (15,625 cells, like ../shared/data/nb201.csv)"
                 )
-        self.num_classes, self.in_channels = train_set.num_classes, train_set.in_channels
+        self.num_classes, self.in_channels = data.num_classes, data.in_channels
         self.method = get_method(config.method)
         self.stages = self.method.algorithm.stage_plans(
             config.options, config.C, config.layers, config.epochs
@@ -196,6 +178,9 @@ class SearchRunner:
             num_classes=self.num_classes,
             in_channels=self.in_channels,
             executor=cfg.executor,
+            stem="imagenet" if cfg.dataset == "imagenet" else "cifar",  # 224 -> 28 before the cells
+            partial_k=cfg.partial_k,
+            partial_bypass=cfg.partial_bypass,
             options=cfg.options,
         ).to(self.device)
         self.algorithm = self.model.algorithm
@@ -396,7 +381,21 @@ class SearchRunner:
             leave=False,
             dynamic_ncols=True,
         )
-        for step, batch in enumerate(self.weight_loader):
+        waited = [0.0]  # seconds spent waiting for batches (the data pipeline's share of the epoch)
+
+        def timed(batches: Iterator[Batch]) -> Iterator[Batch]:
+            while True:
+                asked = time.perf_counter()
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    return
+                waited[0] += time.perf_counter() - asked
+                yield batch
+
+        arch_batches = timed(arch_batches)
+        started = time.perf_counter()
+        for step, batch in enumerate(timed(iter(self.weight_loader))):
             val_batch = next(arch_batches)
             self.model.start_step(stage_epoch, step)  # a sampling method draws this step's sub-graph
             if update_arch:
@@ -415,7 +414,14 @@ class SearchRunner:
         bar.close()
         self.monitor.check(epoch)
         self.scheduler.step()
-        return {"train_loss": float(loss_sum) / seen, "train_acc": 100.0 * float(correct) / seen, "lr": lr}
+        elapsed = time.perf_counter() - started
+        return {
+            "train_loss": float(loss_sum) / seen,
+            "train_acc": 100.0 * float(correct) / seen,
+            "lr": lr,
+            "images_per_s": seen / max(elapsed, 1e-9),  # weight-step images per second
+            "data_wait_s": waited[0],
+        }
 
     def write_consistency(self) -> None:
         """Super-net vs child-net validation accuracy (seed 002 Table 1) -> ``consistency.json``."""
@@ -533,7 +539,8 @@ class SearchRunner:
                 f"{stage}epoch {epoch + 1}/{cfg.epochs} | train loss {row['train_loss']:.4f} "
                 f"acc {row['train_acc']:.2f}% "
                 f"| val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}% | lr {row['lr']:.5f} "
-                f"| entropy {ent} | skips {row['skip_connect_count']}{table} | {row['epoch_time_s']:.1f}s"
+                f"| entropy {ent} | skips {row['skip_connect_count']}{table} | {row['epoch_time_s']:.1f}s "
+                f"| {row['images_per_s']:.0f} img/s, {row['data_wait_s']:.1f}s waiting for data"
                 f"\n  genotype = {row['genotype']}"
             )
         genotype = self.algorithm.derive()

@@ -1,0 +1,104 @@
+"""PC-DARTS (Xu et al., ICLR 2020; REFERENCE.md section 5): partial channels and edge normalisation.
+
+- *Partial channel connections*: only ``1/K`` of an edge's channels enter its mixed op (``K = 4``), the
+  rest bypass it; the parts are concatenated and channel-shuffled. This is a supernet setting shared by
+  every method on the DARTS and NAS-Bench-201 spaces (``--partial-k``, :class:`fastnas.nn.PartialChannels`);
+  PC-DARTS only changes its default to 4. A stride-2 edge downsamples its bypass with a 2x2 pool the paper
+  does not specify (``--partial-bypass max``, the public code's choice, or ``avg``).
+- *Edge normalisation*: per-edge parameters ``beta``; node ``j`` weighs each incoming edge ``(i, j)`` by
+  ``softmax_i(beta)`` over its incoming edges, so the weight of op ``k`` on edge ``(i, j)`` is
+  ``softmax(beta_j)_i * softmax(alpha_ij)_k``. That product is what the supernet receives (the bypass of a
+  partial edge is scaled by the row's sum, i.e. by the edge weight, as the public code scales the whole edge
+  output) and what the derivation ranks: the DARTS rule on it multiplies edge weight and op weight.
+- Architecture updates start at epoch 15 of 50 (``arch_start_epoch``, 0-based count of weight-only epochs).
+- Published CIFAR-10 settings (:attr:`PCDARTS.defaults`): batch 256, SGD lr 0.1 cosine (to 0, the public
+  code's ``learning_rate_min``; REFERENCE.md gives no floor), Adam 6e-4 with weight decay 1e-3, 8 cells, C=16.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from fastnas.algorithms.base import SearchDefaults
+from fastnas.algorithms.darts import DARTS, DARTSOptions, masked_softmax
+from fastnas.algorithms.options import option
+from fastnas.spaces.base import SearchSpace
+
+__all__ = ["PCDARTS", "PCDARTSOptions", "edge_weights", "node_membership"]
+
+
+@dataclass(frozen=True)
+class PCDARTSOptions(DARTSOptions):
+    """Options of PC-DARTS (``--partial-k``, ``--partial-bypass``: supernet settings of every method)."""
+
+    edge_norm: bool = option(True, "edge normalisation: weigh each node's incoming edges by softmax(beta)")
+    arch_start_epoch: int = option(
+        15, "weight-only epochs before the architecture is updated (ImageNet: 35)", ge=0
+    )
+
+    @classmethod
+    def dataset_defaults(cls, dataset: str) -> dict[str, Any]:
+        return {"arch_start_epoch": 35} if dataset == "imagenet" else {}
+
+
+def node_membership(nodes: Sequence[int]) -> torch.Tensor:
+    """Bool ``[num_nodes, num_edges]``: row ``n`` marks the edges into the ``n``-th distinct node."""
+    return torch.tensor([[node == target for node in nodes] for target in dict.fromkeys(nodes)])
+
+
+def edge_weights(betas: torch.Tensor, nodes: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    """Per edge ``e`` into node ``nodes[e]``: ``softmax`` of ``betas`` over the edges into that node.
+    ``nodes`` may be given as its :func:`node_membership` (on the device: no host copy per call)."""
+    membership = nodes if isinstance(nodes, torch.Tensor) else node_membership(nodes).to(betas.device)
+    logits = betas.unsqueeze(0).masked_fill(~membership, float("-inf"))
+    return torch.softmax(logits, dim=1).sum(0)  # each edge enters exactly one node
+
+
+class PCDARTS(DARTS):
+    """PC-DARTS: ``PCDARTS(space)``; the supernet is built with ``partial_k`` (default 4)."""
+
+    name = "pc-darts"
+    Options = PCDARTSOptions
+    defaults = SearchDefaults(
+        batch_size=256, lr=0.1, lr_min=0.0, arch_lr=6e-4, arch_weight_decay=1e-3, partial_k=4
+    )  # REFERENCE.md section 5
+    #: the direct ImageNet search (issue 13: batch 1024 on 8 GPUs, lr 0.5, arch lr 6e-3; updates from 35)
+    dataset_defaults: ClassVar[Mapping[str, SearchDefaults]] = {
+        "imagenet": defaults.updated(batch_size=1024, lr=0.5, arch_lr=6e-3)
+    }
+    options: PCDARTSOptions
+    membership: torch.Tensor  # a buffer, registered in __init__
+
+    def __init__(self, space: SearchSpace, options: PCDARTSOptions | None = None, **option_values: Any):
+        super().__init__(space, options, **option_values)
+        self.edge_nodes = [edge.node for edge in self.space.edges]
+        self.register_buffer("membership", node_membership(self.edge_nodes), persistent=False)
+        if self.options.edge_norm:
+            self.betas = nn.ParameterDict(
+                {
+                    t: nn.Parameter(self.options.init_scale * torch.randn(self.space.num_edges))
+                    for t in self.space.cell_types
+                }
+            )
+
+    def updates_architecture(self, epoch: int) -> bool:
+        return epoch >= self.options.arch_start_epoch
+
+    def edge_weights(self) -> dict[str, torch.Tensor] | None:
+        """Edge-normalisation weights per cell type, or None when it is off."""
+        if not self.options.edge_norm:
+            return None
+        return {t: edge_weights(b, self.membership) for t, b in self.betas.items()}
+
+    def arch_weights(self) -> dict[str, torch.Tensor]:
+        """``softmax(beta_j)_i * softmax(alpha_ij)`` per edge (op weights alone without edge norm)."""
+        ops = {t: masked_softmax(alpha, self.mask(t)) for t, alpha in self.alphas.items()}
+        edges = self.edge_weights()
+        if edges is None:
+            return ops
+        return {t: w * edges[t].unsqueeze(-1) for t, w in ops.items()}
