@@ -16,7 +16,7 @@ from conftest import SHARED_DATA, require_shared
 
 from fastnas import DartsSpace, SearchConfig, SearchModel, run_search
 from fastnas.algorithms import DARTS, PCDARTS, PCDARTSOptions, derive_darts_cell
-from fastnas.algorithms.pcdarts import edge_weights
+from fastnas.algorithms.edge_norm import edge_weights
 from fastnas.cli import main
 from fastnas.errors import ConfigError
 from fastnas.genotype import Genotype
@@ -277,17 +277,17 @@ def test_arch_weights_are_op_softmax_times_edge_weight(space: Any) -> None:
     groups = DARTS_NODE_EDGES if isinstance(space, DartsSpace) else NB201_NODE_EDGES
     alg = PCDARTS(space)
     names = {n for n, _ in alg.named_parameters()}
-    assert names == {f"{kind}.{t}" for kind in ("alphas", "betas") for t in space.cell_types}
+    assert names == {f"{kind}.{t}" for kind in ("alphas", "edge_norm.betas") for t in space.cell_types}
     assert {id(p) for p in alg.arch_parameters()} == {id(p) for p in alg.parameters()}
     g = torch.Generator().manual_seed(9)
     with torch.no_grad():
         for t in space.cell_types:
             alg.alphas[t].copy_(torch.randn(alg.alphas[t].shape, generator=g))
-            alg.betas[t].copy_(torch.randn(alg.betas[t].shape, generator=g))
+            alg.edge_norm.betas[t].copy_(torch.randn(alg.edge_norm.betas[t].shape, generator=g))
     with torch.no_grad():
         weights = alg.arch_weights()
     for t in space.cell_types:
-        alphas, betas = alg.alphas[t].tolist(), alg.betas[t].tolist()
+        alphas, betas = alg.alphas[t].tolist(), alg.edge_norm.betas[t].tolist()
         edge = hand_edge_weights(betas, groups)
         expected = [[edge[e] * p for p in softmax_list(alphas[e])] for e in range(space.num_edges)]
         assert weights[t].shape == (space.num_edges, space.num_ops)
@@ -297,13 +297,13 @@ def test_arch_weights_are_op_softmax_times_edge_weight(space: Any) -> None:
             assert float(weights[t][group].sum()) == pytest.approx(1.0, rel=1e-5)
     # gradients reach the betas through the weights
     sum(w[:, 3].sum() for w in alg.arch_weights().values()).backward()
-    assert all(b.grad is not None and float(b.grad.abs().sum()) > 0 for b in alg.betas.values())
+    assert all(b.grad is not None and float(b.grad.abs().sum()) > 0 for b in alg.edge_norm.betas.values())
 
 
 def test_without_edge_normalisation_there_are_no_betas_and_rows_are_a_plain_softmax() -> None:
     alg = PCDARTS(SPACE, edge_norm=False)
     assert {n for n, _ in alg.named_parameters()} == {"alphas.normal", "alphas.reduce"}
-    assert alg.edge_weights() is None
+    assert alg.edge_norm is None
     with torch.no_grad():
         alg.alphas["normal"].copy_(torch.randn(14, 8))
     for t, w in alg.arch_weights().items():
@@ -356,7 +356,7 @@ def test_derivation_ranks_edges_by_edge_weight_times_op_weight() -> None:
     with torch.no_grad():
         for t in SPACE.cell_types:
             pc.alphas[t].copy_(alphas[t])
-            pc.betas[t].copy_(betas[t])
+            pc.edge_norm.betas[t].copy_(betas[t])
             darts.alphas[t].copy_(alphas[t])
     got, on_alphas = pc.derive(), darts.derive()
     assert isinstance(got, Genotype) and isinstance(on_alphas, Genotype)
@@ -438,7 +438,7 @@ def test_architecture_updates_start_at_the_configured_epoch(digits_search: dict[
     rows = [json.loads(line) for line in (run / "alphas.jsonl").read_text().splitlines()]
     starts = digits_search["starts"]
     assert [r["epoch"] for r in rows] == [0, 1, 2] and len(starts) == 3
-    names = {"alphas.normal", "alphas.reduce", "betas.normal", "betas.reduce"}
+    names = {"alphas.normal", "alphas.reduce", "edge_norm.betas.normal", "edge_norm.betas.reduce"}
     for epoch, (row, start) in enumerate(zip(rows, starts, strict=True)):
         assert set(row["parameters"]) == names == set(start)
         for name in names:
@@ -476,7 +476,7 @@ def test_a_digits_search_gives_a_valid_genotype_from_the_product_weights(
     # the genotype is the DARTS rule on softmax(alpha) * softmax(beta) of the final parameters
     last = json.loads((run / "alphas.jsonl").read_text().splitlines()[-1])
     for t in ("normal", "reduce"):
-        alphas, betas = last["parameters"][f"alphas.{t}"], last["parameters"][f"betas.{t}"]
+        alphas, betas = last["parameters"][f"alphas.{t}"], last["parameters"][f"edge_norm.betas.{t}"]
         edge = hand_edge_weights(betas, DARTS_NODE_EDGES)
         product = torch.tensor([[edge[e] * p for p in softmax_list(alphas[e])] for e in range(14)])
         torch.testing.assert_close(torch.tensor(last["weights"][t]), product.float(), rtol=1e-5, atol=1e-7)
@@ -493,7 +493,7 @@ def test_an_nb201_search_gives_a_valid_cell(tmp_path: Path) -> None:
     algorithm = result.model.algorithm
     ops = NB201Space().ops
     alphas = algorithm.alphas["cell"].detach()
-    assert alphas.shape == (6, len(ops)) and algorithm.betas["cell"].shape == (6,)
+    assert alphas.shape == (6, len(ops)) and algorithm.edge_norm.betas["cell"].shape == (6,)
     # a positive edge weight scales a row: the op chosen on each edge is still the argmax of its alphas
     assert list(arch.ops) == [ops[int(i)] for i in alphas.argmax(-1)]
     assert all(edge.partial.k == 4 for cell in result.model.supernet.cells for edge in cell.edges)
@@ -503,7 +503,7 @@ def test_an_nb201_search_gives_a_valid_cell(tmp_path: Path) -> None:
     for r in rows:
         assert r["table"]["c10_test"] == table.lookup(r["genotype"]).c10_test
     history = [json.loads(line) for line in (result.run_dir / "alphas.jsonl").read_text().splitlines()]
-    assert history[1]["parameters"]["betas.cell"] != history[0]["parameters"]["betas.cell"]  # epoch 1 updates
+    assert history[1]["parameters"]["edge_norm.betas.cell"] != history[0]["parameters"]["edge_norm.betas.cell"]  # epoch 1 updates
 
 
 # ------------------------------------------------------------------------------------- config and CLI
@@ -548,7 +548,7 @@ def test_the_cli_partial_k_flag_reaches_the_supernet(
     (runner,) = runners
     edges = [edge for cell in runner.model.supernet.cells for edge in cell.edges]
     assert edges and all(edge.partial == PartialChannels(2, "avg") for edge in edges)
-    assert hasattr(runner.algorithm, "betas") is (method == "pc-darts")
+    assert (runner.algorithm.edge_norm is not None) is (method == "pc-darts")
 
 
 @pytest.mark.parametrize(
@@ -629,3 +629,41 @@ def test_partial_channels_shrink_the_op_parameters() -> None:
     # depthwise convs shrink by k, pointwise ones by k^2: more than k overall, less than k^2
     assert count(darts, edges=True) / k**2 < count(pc, edges=True) < count(darts, edges=True) / k
     assert sum(p.numel() for p in pc.parameters()) < sum(p.numel() for p in darts.parameters())
+
+
+# ------------------------------------------------------------------ edge normalisation as a switch
+
+
+@pytest.mark.parametrize("method", ["darts", "pdarts", "ddsas"])
+def test_edge_norm_is_a_switch_of_other_methods(method: str) -> None:
+    """``--edge-norm`` on DARTS, P-DARTS and DDSAS: each node's incoming edges share weight 1 (the rows of a
+    node sum to 1 in all), and the betas get gradients."""
+    torch.manual_seed(0)
+    model = SearchModel.build(method, C=4, layers=3, edge_norm=True)
+    alg = model.algorithm
+    assert alg.edge_norm is not None and SearchModel.build(method, C=4, layers=3).algorithm.edge_norm is None
+    with torch.no_grad():
+        for b in alg.edge_norm.betas.values():
+            b.copy_(torch.randn(b.shape))
+    model.start_step(0, 0)
+    weights = alg.arch_weights()
+    for t, w in weights.items():
+        for node in range(SPACE.num_nodes):
+            edges = [e.index for e in SPACE.edges if e.node == node]
+            assert float(w[edges].sum()) == pytest.approx(1.0, abs=1e-5), (t, node)
+        assert len({round(float(w[e.index].sum()), 6) for e in SPACE.edges}) > 2  # not all equal
+    model(torch.randn(2, 3, 8, 8)).square().sum().backward()
+    assert all(float(b.grad.abs().sum()) > 0 for b in alg.edge_norm.betas.values())
+
+
+def test_pdarts_carries_the_edge_betas_with_the_alphas() -> None:
+    from fastnas.algorithms import PDARTS
+
+    previous = PDARTS(SPACE, edge_norm=True, carry_alphas=True)
+    following = PDARTS(SPACE, edge_norm=True, carry_alphas=True)
+    following.start_stage(1, previous)
+    for t in SPACE.cell_types:
+        assert torch.equal(following.edge_norm.betas[t], previous.edge_norm.betas[t])
+    fresh = PDARTS(SPACE, edge_norm=True)
+    fresh.start_stage(1, previous)
+    assert not torch.equal(fresh.edge_norm.betas["normal"], previous.edge_norm.betas["normal"])

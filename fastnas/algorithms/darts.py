@@ -6,6 +6,7 @@ architecture gradient is first order, or second order through a virtual weight s
 see :mod:`fastnas.algorithms.architect`). Derivation: the rule of the space (the DARTS rule; on
 NAS-Bench-201 its per-edge argmax). On a space with per-edge candidate sets the softmax runs over each
 edge's candidates only (the alpha matrices keep the space's columns; removed ops weigh exactly 0).
+``edge_norm`` adds PC-DARTS' edge normalisation (:mod:`fastnas.algorithms.edge_norm`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from fastnas.algorithms.base import Architecture, SearchAlgorithm, SearchDefaults
 from fastnas.algorithms.derivation import derive_space_rule
+from fastnas.algorithms.edge_norm import EdgeNormalisation
 from fastnas.algorithms.options import MethodOptions, option
 from fastnas.errors import ConfigError
 from fastnas.spaces import DartsSpace
@@ -35,6 +37,9 @@ class DARTSOptions(MethodOptions):
     init_scale: float = option(1e-3, "alphas start as init_scale * randn", ge=0)
     derive: Literal["darts", "grouping"] = option(
         "darts", "discretisation: the DARTS rule, or grouping by op kind first (seed 004 section 3.5)"
+    )
+    edge_norm: bool = option(
+        False, "edge normalisation (PC-DARTS): weigh each node's incoming edges by softmax(beta)"
     )
 
 
@@ -75,6 +80,9 @@ class DARTS(SearchAlgorithm):
             )
         self.alphas = init_alphas(self.space, self.options.init_scale)
         self._register_masks()
+        self.edge_norm = (
+            EdgeNormalisation(self.space, self.options.init_scale) if self.options.edge_norm else None
+        )
 
     def _register_masks(self) -> None:
         """Per-edge candidate sets become masks (non-persistent buffers, on the model's device)."""
@@ -88,7 +96,9 @@ class DARTS(SearchAlgorithm):
         return getattr(self, f"candidates_{cell_type}") if self.masked else None
 
     def arch_weights(self) -> dict[str, torch.Tensor]:
-        return {t: masked_softmax(alpha, self.mask(t)) for t, alpha in self.alphas.items()}
+        """``softmax(alpha)`` per edge (over its candidates), times the edge weight with ``edge_norm``."""
+        weights = {t: masked_softmax(alpha, self.mask(t)) for t, alpha in self.alphas.items()}
+        return weights if self.edge_norm is None else self.edge_norm.weigh(weights)
 
     def derive(self) -> Architecture:
         with torch.no_grad():

@@ -43,6 +43,7 @@ from torch import nn
 from fastnas.algorithms.base import Architecture, SearchAlgorithm, SearchDefaults
 from fastnas.algorithms.darts import candidate_masks, init_alphas, masked_softmax
 from fastnas.algorithms.derivation import derive_space_rule
+from fastnas.algorithms.edge_norm import EdgeNormalisation
 from fastnas.algorithms.options import MethodOptions, option
 from fastnas.errors import ConfigError
 from fastnas.ops import UnknownOpError, get_op_spec
@@ -109,6 +110,9 @@ class DDSASOptions(MethodOptions):
         flag="--ddsas-schedule",
     )
     init_scale: float = option(1e-3, "alpha and beta start as init_scale * randn", ge=0)
+    edge_norm: bool = option(
+        False, "edge normalisation (PC-DARTS): weigh each node's incoming edges by softmax(beta_edge)"
+    )
 
     def validate(self) -> None:
         parse_schedule(self.schedule)
@@ -160,6 +164,7 @@ class DDSAS(SearchAlgorithm):
             )
         self.alphas = init_alphas(space, opts.init_scale)
         self.betas = init_alphas(space, opts.init_scale)
+        self.edge_norm = EdgeNormalisation(space, opts.init_scale) if opts.edge_norm else None
         self.schedule = parse_schedule(opts.schedule)
         for entry in self.schedule:
             for op in entry.add:
@@ -323,7 +328,7 @@ class DDSAS(SearchAlgorithm):
             active = getattr(self, f"active_{t}")
             w = masked_softmax(alpha, active) * torch.sigmoid(self.betas[t])
             out[t] = w / w.sum(-1, keepdim=True)
-        return out
+        return out if self.edge_norm is None else self.edge_norm.weigh(out)
 
     def recorded_weights(self) -> dict[str, torch.Tensor]:
         """The saliency (what the derivation ranks; step weights cover only the subspace)."""

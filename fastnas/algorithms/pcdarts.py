@@ -5,7 +5,8 @@
   every method on the DARTS and NAS-Bench-201 spaces (``--partial-k``, :class:`fastnas.nn.PartialChannels`);
   PC-DARTS only changes its default to 4. A stride-2 edge downsamples its bypass with a 2x2 pool the paper
   does not specify (``--partial-bypass max``, the public code's choice, or ``avg``).
-- *Edge normalisation*: per-edge parameters ``beta``; node ``j`` weighs each incoming edge ``(i, j)`` by
+- *Edge normalisation* (:mod:`fastnas.algorithms.edge_norm`, a switch of DARTS, P-DARTS and DDSAS too;
+  on here): per-edge parameters ``beta``; node ``j`` weighs each incoming edge ``(i, j)`` by
   ``softmax_i(beta)`` over its incoming edges, so the weight of op ``k`` on edge ``(i, j)`` is
   ``softmax(beta_j)_i * softmax(alpha_ij)_k``. That product is what the supernet receives (the bypass of a
   partial edge is scaled by the row's sum, i.e. by the edge weight, as the public code scales the whole edge
@@ -17,26 +18,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-from torch import nn
-
 from fastnas.algorithms.base import SearchDefaults
-from fastnas.algorithms.darts import DARTS, DARTSOptions, masked_softmax
+from fastnas.algorithms.darts import DARTS, DARTSOptions
 from fastnas.algorithms.options import option
-from fastnas.spaces.base import SearchSpace
 
-__all__ = ["PCDARTS", "PCDARTSOptions", "edge_weights", "node_membership"]
+__all__ = ["PCDARTS", "PCDARTSOptions"]
 
 
 @dataclass(frozen=True)
 class PCDARTSOptions(DARTSOptions):
     """Options of PC-DARTS (``--partial-k``, ``--partial-bypass``: supernet settings of every method)."""
 
-    edge_norm: bool = option(True, "edge normalisation: weigh each node's incoming edges by softmax(beta)")
+    edge_norm: bool = option(  # on for PC-DARTS (DARTSOptions' default is off)
+        True, "edge normalisation: weigh each node's incoming edges by softmax(beta)"
+    )
     arch_start_epoch: int = option(
         15, "weight-only epochs before the architecture is updated (ImageNet: 35)", ge=0
     )
@@ -44,19 +43,6 @@ class PCDARTSOptions(DARTSOptions):
     @classmethod
     def dataset_defaults(cls, dataset: str) -> dict[str, Any]:
         return {"arch_start_epoch": 35} if dataset == "imagenet" else {}
-
-
-def node_membership(nodes: Sequence[int]) -> torch.Tensor:
-    """Bool ``[num_nodes, num_edges]``: row ``n`` marks the edges into the ``n``-th distinct node."""
-    return torch.tensor([[node == target for node in nodes] for target in dict.fromkeys(nodes)])
-
-
-def edge_weights(betas: torch.Tensor, nodes: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Per edge ``e`` into node ``nodes[e]``: ``softmax`` of ``betas`` over the edges into that node.
-    ``nodes`` may be given as its :func:`node_membership` (on the device: no host copy per call)."""
-    membership = nodes if isinstance(nodes, torch.Tensor) else node_membership(nodes).to(betas.device)
-    logits = betas.unsqueeze(0).masked_fill(~membership, float("-inf"))
-    return torch.softmax(logits, dim=1).sum(0)  # each edge enters exactly one node
 
 
 class PCDARTS(DARTS):
@@ -72,33 +58,6 @@ class PCDARTS(DARTS):
         "imagenet": defaults.updated(batch_size=1024, lr=0.5, arch_lr=6e-3)
     }
     options: PCDARTSOptions
-    membership: torch.Tensor  # a buffer, registered in __init__
-
-    def __init__(self, space: SearchSpace, options: PCDARTSOptions | None = None, **option_values: Any):
-        super().__init__(space, options, **option_values)
-        self.edge_nodes = [edge.node for edge in self.space.edges]
-        self.register_buffer("membership", node_membership(self.edge_nodes), persistent=False)
-        if self.options.edge_norm:
-            self.betas = nn.ParameterDict(
-                {
-                    t: nn.Parameter(self.options.init_scale * torch.randn(self.space.num_edges))
-                    for t in self.space.cell_types
-                }
-            )
 
     def updates_architecture(self, epoch: int) -> bool:
         return epoch >= self.options.arch_start_epoch
-
-    def edge_weights(self) -> dict[str, torch.Tensor] | None:
-        """Edge-normalisation weights per cell type, or None when it is off."""
-        if not self.options.edge_norm:
-            return None
-        return {t: edge_weights(b, self.membership) for t, b in self.betas.items()}
-
-    def arch_weights(self) -> dict[str, torch.Tensor]:
-        """``softmax(beta_j)_i * softmax(alpha_ij)`` per edge (op weights alone without edge norm)."""
-        ops = {t: masked_softmax(alpha, self.mask(t)) for t, alpha in self.alphas.items()}
-        edges = self.edge_weights()
-        if edges is None:
-            return ops
-        return {t: w * edges[t].unsqueeze(-1) for t, w in ops.items()}

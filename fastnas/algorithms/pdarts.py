@@ -186,6 +186,9 @@ class PDARTS(DARTS):
             with torch.no_grad():
                 for t, alpha in self.alphas.items():
                     alpha.copy_(previous.alphas[t])
+                if self.edge_norm is not None and previous.edge_norm is not None:  # edges persist
+                    for t, beta in self.edge_norm.betas.items():
+                        beta.copy_(previous.edge_norm.betas[t])
 
     def next_candidates(self) -> dict[str, list[list[int]]]:
         """After this stage, every edge keeps its ``keep_ops[stage]`` best candidates by softmax(alpha)
