@@ -15,7 +15,7 @@ import torch
 from fastnas.kernels._common import kernels_in_cpu_models, triton_supports
 
 from fastnas.backend import force_reference
-from fastnas.nn import MixedEdge, Supernet
+from fastnas.nn import MixedEdge, PartialChannels, Supernet
 from fastnas.nn.fast_executor import FastExecutor, outgoing_edges
 from fastnas.spaces import DartsSpace
 
@@ -30,8 +30,11 @@ def _edge_weights(model: Supernet, seed: int) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     num_edges, num_ops = len(model.space.edges), len(model.space.ops)
     types = sorted(set(model.cell_types))
+    dtype = next(model.parameters()).dtype  # float64 models get float64 weights
     return {
-        t: torch.softmax(torch.randn(num_edges, num_ops, generator=gen), -1).to(DEVICE).requires_grad_(True)
+        t: torch.softmax(torch.randn(num_edges, num_ops, generator=gen), -1)
+        .to(DEVICE, dtype)
+        .requires_grad_(True)
         for t in types
     }
 
@@ -48,10 +51,14 @@ def _step(model: Supernet, x: torch.Tensor, y: torch.Tensor, seed: int = 0):
 
 
 def _pair(
-    layers: int = 3, C: int = 4, seed: int = 0, space: DartsSpace | None = None
+    layers: int = 3,
+    C: int = 4,
+    seed: int = 0,
+    space: DartsSpace | None = None,
+    partial: PartialChannels | None = None,
 ) -> tuple[Supernet, Supernet]:
     torch.manual_seed(seed)
-    reference = Supernet(space or DartsSpace(), C=C, layers=layers, num_classes=5).to(DEVICE)
+    reference = Supernet(space or DartsSpace(), C=C, layers=layers, num_classes=5, partial=partial).to(DEVICE)
     fast = copy.deepcopy(reference)
     fast.set_executor("fast")
     return reference, fast
@@ -124,6 +131,28 @@ def test_fast_executor_matches_reference_with_kernels() -> None:
     space = DartsSpace() if on_gpu else DartsSpace(num_nodes=2, multiplier=2)
     reference, fast = _pair(layers=3, C=4, space=space)
     x, y = _data(n=2 if on_gpu else 1)
+    with force_reference():
+        want = _step(reference, x, y)
+    with kernels_in_cpu_models():
+        got = _step(fast, x, y)
+    _assert_same(got, want, rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.parametrize(("k", "bypass"), [(2, "max"), (4, "avg")])
+def test_fast_executor_runs_partial_channel_edges_batched(k: int, bypass: str) -> None:
+    """PC-DARTS edges (1/K of the channels through the ops, the rest bypassing) on the batched path:
+    same logits, gradients and BN statistics as the reference loop, PyTorch ops and Triton kernels."""
+    partial = PartialChannels(k, bypass)
+    reference, fast = _pair(C=8, partial=partial)
+    x, y = _data(n=2)
+    with force_reference():  # float64: the two paths agree to rounding (float32 amplifies it at ReLU kinks)
+        want = _step(reference.double(), x.double(), y)
+        _assert_same(_step(fast.double(), x.double(), y), want, rtol=1e-9, atol=1e-11)
+    if k != 4:
+        return  # the kernel path below is slow in the Triton interpreter: once is enough
+    space = DartsSpace(num_nodes=1, multiplier=1)  # the interpreter: one node (2 edges), one image
+    reference, fast = _pair(C=8, space=space, partial=partial)
+    x, y = _data(n=1)
     with force_reference():
         want = _step(reference, x, y)
     with kernels_in_cpu_models():

@@ -19,6 +19,10 @@ earlier states ``i`` of the mixed edge ``(i, j)``), in "push" order:
 3. A node is the fused sum of its incoming edges
    (:func:`~fastnas.kernels.masked_aggregate.masked_aggregate`, plan item 4).
 
+Partial-channel edges (PC-DARTS, :class:`~fastnas.nn.mixed.PartialChannels`) run batched too: the edges
+leaving a state share its first ``C/K`` channels, a view the kernels read with its strides (no copy), and
+each edge then appends its bypass and shuffles (:meth:`~fastnas.nn.MixedEdge.with_bypass`).
+
 Every kernel dispatches on its own (Triton for CUDA tensors, the PyTorch reference otherwise, and
 everywhere under :func:`fastnas.backend.force_reference`), so on a CPU this executor computes the same
 batched math with PyTorch ops. In evaluation mode (running statistics) and for cells holding an op it
@@ -92,8 +96,6 @@ def _unbatchable(cell: SearchCell) -> str | None:
             return "its edges have different candidate ops (per-edge candidate sets)"
         if edge.skip_dropout > 0:
             return "skip_connect dropout is on"
-        if edge.partial.k > 1:
-            return "its edges use partial channels (PC-DARTS)"
     return None
 
 
@@ -197,9 +199,15 @@ class FastExecutor:
         for source, leaving in enumerate(outgoing_edges(cell.num_nodes)):
             x = states[source]
             edges = [e for e, _ in leaving]
-            pre_bn = self._pre_bn_outputs(cell, x, edges, kinds[edges[0]])
+            first = cast("MixedEdge", cell.edges[edges[0]])
+            # partial channels (PC-DARTS): every edge leaving x reads the same first C/K channels, a view
+            head, tail = first.split_channels(x) if first.partial.k > 1 else (x, None)
+            pre_bn = self._pre_bn_outputs(cell, head, edges, kinds[edges[0]])
             for slot, (e, node) in enumerate(leaving):
-                incoming[node].append(self._edge(cell, e, x, weights[e], kinds[e], pre_bn, slot))
+                out = self._edge(cell, e, head, weights[e], kinds[e], pre_bn, slot)
+                if tail is not None:
+                    out = cast("MixedEdge", cell.edges[e]).with_bypass(out, tail, weights[e].sum())
+                incoming[node].append(out)
             # node `source - 1` has received its last edge (the one from state `source`)
             if source >= 1:
                 states.append(masked_aggregate(incoming[source - 1]))

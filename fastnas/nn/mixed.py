@@ -157,8 +157,8 @@ class MixedEdge(nn.Module):
         whose active ops are all ``none`` gives zeros."""
         if self.partial.k == 1:
             return self._mixture(x, weights, active)
-        head, tail = self._split_channels(x)
-        return self._with_bypass(self._mixture(head, weights, active), tail, weights.sum())
+        head, tail = self.split_channels(x)
+        return self.with_bypass(self._mixture(head, weights, active), tail, weights.sum())
 
     def _mixture(self, x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
         if active is not None:
@@ -167,13 +167,13 @@ class MixedEdge(nn.Module):
             return self.forward_folded(x, weights)
         return self.forward_reference(x, weights)
 
-    def _split_channels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split_channels(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Partial channels: the first ``1/k`` of the channels and the rest (views, not copies)."""
         head = x.shape[1] // self.partial.k
         first, rest = x.split([head, x.shape[1] - head], 1)
         return first, rest
 
-    def _with_bypass(
+    def with_bypass(
         self, mixed: torch.Tensor, tail: torch.Tensor, scale: torch.Tensor | None
     ) -> torch.Tensor:
         """Partial channels: the bypassed channels (pooled on a stride-2 edge, times ``scale``) after the
@@ -229,5 +229,5 @@ class MixedEdge(nn.Module):
         op = self.ops[self.columns.index(column)]
         if self.partial.k == 1:
             return op(x)
-        head, tail = self._split_channels(x)
-        return self._with_bypass(op(head), tail, None)
+        head, tail = self.split_channels(x)
+        return self.with_bypass(op(head), tail, None)
