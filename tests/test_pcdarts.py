@@ -639,10 +639,10 @@ def test_partial_channels_shrink_the_op_parameters() -> None:
 # ------------------------------------------------------------------ edge normalisation as a switch
 
 
-@pytest.mark.parametrize("method", ["darts", "pdarts", "ddsas"])
+@pytest.mark.parametrize("method", ["darts", "pdarts", "ddsas", "entrannas"])
 def test_edge_norm_is_a_switch_of_other_methods(method: str) -> None:
-    """``--edge-norm`` on DARTS, P-DARTS and DDSAS: each node's incoming edges share weight 1 (the rows of a
-    node sum to 1 in all), and the betas get gradients."""
+    """``--edge-norm`` on DARTS, P-DARTS, DDSAS and EnTranNAS: each node's incoming edges share weight 1
+    (the rows of a node sum to 1 in all), and the betas get gradients."""
     torch.manual_seed(0)
     model = SearchModel.build(method, C=4, layers=3, edge_norm=True)
     alg = model.algorithm
@@ -672,3 +672,8 @@ def test_pdarts_carries_the_edge_betas_with_the_alphas() -> None:
     fresh = PDARTS(SPACE, edge_norm=True)
     fresh.start_stage(1, previous)
     assert not torch.equal(fresh.edge_norm.betas["normal"], previous.edge_norm.betas["normal"])
+
+
+def test_entrannas_dst_refuses_edge_norm() -> None:
+    with pytest.raises(ConfigError, match="edge_norm .* does not apply to entrannas-dst"):
+        SearchModel.build("entrannas-dst", C=4, layers=3, edge_norm=True)

@@ -46,6 +46,7 @@ from torch import nn
 from fastnas.algorithms.base import SearchAlgorithm, SearchDefaults
 from fastnas.algorithms.darts import init_alphas
 from fastnas.algorithms.derivation import check_finite, derive_darts
+from fastnas.algorithms.edge_norm import EdgeNormalisation
 from fastnas.algorithms.options import MethodOptions, option
 from fastnas.errors import ConfigError
 from fastnas.genotype import CellGenotype, Genotype
@@ -121,6 +122,11 @@ class EnTranNASOptions(MethodOptions):
         "discretisation of the genotype and of the Transit-cells: the DARTS rule, or grouping by op kind "
         "first (seed 004 section 3.5)",
     )
+    edge_norm: bool = option(
+        False,
+        "edge normalisation (PC-DARTS): weigh each node's incoming edges by softmax(beta); the Engine-cells "
+        "and the Transit-cells' derivation see edge weight x op weight",
+    )
 
     def validate(self) -> None:
         spec = self.engine_cells.strip()
@@ -162,6 +168,11 @@ class EnTranNASDSTOptions(EnTranNASOptions):
 
     def validate(self) -> None:
         super().validate()
+        if self.edge_norm:
+            raise ConfigError(
+                "option edge_norm (--edge-norm) does not apply to entrannas-dst: its thresholds (Eq. 8) "
+                "already normalise each node's connections"
+            )
         if self.derive != "darts":
             raise ConfigError(
                 "option derive (--derive) does not apply to entrannas-dst: its cells are the pairs its "
@@ -195,6 +206,9 @@ class EnTranNAS(SearchAlgorithm):
         self.tau0, self.tau_decay = self.options.tau0, self.options.tau_decay
         self.register_buffer("tau", torch.tensor(self.tau0))
         self.alphas = init_alphas(self.space, self.options.init_scale)
+        self.edge_norm = (
+            EdgeNormalisation(self.space, self.options.init_scale) if self.options.edge_norm else None
+        )
 
     @classmethod
     def prepare_space(cls, space: SearchSpace) -> DartsSpace:
@@ -208,7 +222,9 @@ class EnTranNAS(SearchAlgorithm):
         return {t: torch.softmax(a / self.tau, dim=-1) for t, a in self.alphas.items()}
 
     def arch_weights(self) -> dict[str, torch.Tensor]:
-        return self.probabilities()
+        """Eq. 5's ``p``, times the edge weight with ``edge_norm``."""
+        p = self.probabilities()
+        return p if self.edge_norm is None else self.edge_norm.weigh(p)
 
     def derive(self) -> Genotype:
         with torch.no_grad():
