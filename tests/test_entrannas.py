@@ -716,3 +716,54 @@ def test_ablation_options_reach_the_supernet_from_the_cli(tmp_path) -> None:  # 
     default = SearchModel.build("entrannas", C=4, layers=3)
     assert [c.engine for c in default.supernet.cells] == [True, True, False]
     assert all(c.feature_sharing and c.bottleneck == 4 for c in default.supernet.cells)
+
+
+# ------------------------------------------------------------------------- partial channels (PC-DARTS)
+
+
+@pytest.mark.parametrize("reduction", [False, True])
+@pytest.mark.parametrize(("k", "bypass"), [(2, "max"), (4, "avg")])
+def test_an_unshared_engine_cell_with_partial_channels_is_the_darts_partial_cell(
+    reduction: bool, k: int, bypass: str
+) -> None:
+    """Without sharing and bottleneck, an Engine-cell computes the DARTS search cell; with partial
+    channels too (same ops on the first C/K channels, same bypass, same shuffle), outputs and gradients."""
+    from fastnas.nn import PartialChannels
+    from fastnas.nn.cell import SearchCell
+
+    partial = PartialChannels(k, bypass)
+    plan = CellPlan.standalone(16, 16, 16, reduction, False)
+    torch.manual_seed(0)
+    engine = EnTranCell(SPACE, plan, engine=True, feature_sharing=False, bottleneck=0, partial=partial)
+    darts = SearchCell(SPACE, plan, partial=partial)
+    _randomise(engine)
+    state = {}
+    for name, value in engine.state_dict().items():
+        parts = name.split(".")
+        if parts[0] == "ops":  # ops.<edge>.<op>.* -> edges.<edge>.ops.<op>.*
+            name = ".".join(["edges", parts[1], "ops", *parts[2:]])
+        state[name] = value
+    darts.load_state_dict(state)
+    weights = torch.rand(SPACE.num_edges, SPACE.num_ops).requires_grad_()
+    s0, s1 = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
+    outs, grads = [], []
+    for cell in (engine, darts):
+        out = cell(s0, s1, weights)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append(weights.grad.clone())
+        weights.grad = None
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+
+
+def test_partial_channels_reach_the_entrannas_supernet_and_bad_sizes_are_clear_errors(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    model = SearchModel.build("entrannas", C=16, layers=3, partial_k=2)
+    cells = list(model.supernet.cells)
+    assert all(c.partial.k == 2 and c.head_channels == c.op_channels // 2 for c in cells)
+    model(torch.randn(2, 3, 16, 16)).sum().backward()  # Engine and Transit cells both run
+    assert main(["search", "--method", "entrannas", "--partial-k", "4", "--C", "16", "--no-progress",
+                 "--dataset", "digits", "--epochs", "1"]) == 2  # fmt: skip
+    assert "must split into 4 parts of an even size" in capsys.readouterr().err

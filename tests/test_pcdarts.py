@@ -563,7 +563,7 @@ def test_the_cli_partial_k_flag_reaches_the_supernet(
         (["--method", "darts", "--partial-k", "16"], "--partial-k 16 does not divide --C 8"),
         (["--method", "pc-darts", "--partial-k", "0"], "--partial-k must be >= 1"),
         (["--method", "pc-darts", "--partial-k", "-2"], "--partial-k must be >= 1"),
-        (["--method", "entrannas", "--partial-k", "2"], "--partial-k is not available"),
+        (["--method", "entrannas", "--partial-k", "2"], "must split into 2 parts of an even size"),
     ],
 )
 def test_bad_partial_channels_are_clear_errors(
@@ -585,7 +585,7 @@ def test_bad_bypass_pools_and_channel_counts_are_refused(capsys: pytest.CaptureF
         SearchConfig(method="pc-darts", partial_k=3).resolved()
     with pytest.raises(ConfigError, match="--partial-k 4 does not divide the initial channels --C 6"):
         SearchModel.build("pc-darts", C=6, layers=3)
-    with pytest.raises(ConfigError, match="--partial-k is not available"):
+    with pytest.raises(ConfigError, match="see 2 channels after the bottleneck"):
         SearchModel.build("entrannas", C=8, layers=3, partial_k=2)
     with pytest.raises(ValueError, match="must divide the edge's 6 channels"):
         MixedEdge(6, 1, OPS, partial=PartialChannels(4))

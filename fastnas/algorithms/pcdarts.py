@@ -2,11 +2,12 @@
 
 - *Partial channel connections*: only ``1/K`` of an edge's channels enter its mixed op (``K = 4``), the
   rest bypass it; the parts are concatenated and channel-shuffled. This is a supernet setting shared by
-  every method on the DARTS and NAS-Bench-201 spaces (``--partial-k``, :class:`fastnas.nn.PartialChannels`);
-  PC-DARTS only changes its default to 4. A stride-2 edge downsamples its bypass with a 2x2 pool the paper
-  does not specify (``--partial-bypass max``, the public code's choice, or ``avg``).
-- *Edge normalisation* (:mod:`fastnas.algorithms.edge_norm`, a switch of DARTS, P-DARTS and DDSAS too;
-  on here): per-edge parameters ``beta``; node ``j`` weighs each incoming edge ``(i, j)`` by
+  every method on the DARTS and NAS-Bench-201 spaces, EnTranNAS included (``--partial-k``,
+  :class:`fastnas.nn.PartialChannels`); PC-DARTS only changes its default to 4. A stride-2 edge
+  downsamples its bypass with a 2x2 pool the paper does not specify (``--partial-bypass max``, the public
+  code's choice, or ``avg``).
+- *Edge normalisation* (:mod:`fastnas.algorithms.edge_norm`, a switch of DARTS, P-DARTS, DDSAS and
+  EnTranNAS too; on here): per-edge parameters ``beta``; node ``j`` weighs each incoming edge ``(i, j)`` by
   ``softmax_i(beta)`` over its incoming edges, so the weight of op ``k`` on edge ``(i, j)`` is
   ``softmax(beta_j)_i * softmax(alpha_ij)_k``. That product is what the supernet receives (the bypass of a
   partial edge is scaled by the row's sum, i.e. by the edge weight, as the public code scales the whole edge

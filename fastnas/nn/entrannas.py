@@ -12,6 +12,10 @@ sections 2.2, 2.3 and 2.5; REFERENCE.md section 6).
   intermediate node but the last).
 - **Bottleneck** (section 2.5): a 1x1 conv reduces each source state from ``C`` to ``C / ratio``
   channels before the candidate ops; a 1x1 conv per intermediate node restores ``C`` channels.
+- **Partial channels** (PC-DARTS, ``--partial-k``; a combination neither paper defines): the shared op
+  outputs of a source are computed on the first ``1/K`` of its (reduced) channels; every edge then appends
+  the source's other channels as its bypass, scaled by the edge's weight-row sum in an Engine-cell (as a
+  :class:`~fastnas.nn.MixedEdge` does), and shuffles; the node sums its edges.
 
 Derivation happens at every forward pass: the architecture weights of each cell type are read on the
 host once per forward (one synchronisation; the Transit-cells' Python control flow needs the
@@ -34,6 +38,7 @@ from fastnas.algorithms.entrannas import ENGINE_CELL_KEYWORDS, EnTranNASOptions,
 from fastnas.errors import ConfigError
 from fastnas.kernels._common import model_uses_kernels
 from fastnas.kernels.masked_aggregate import masked_aggregate, masked_aggregate_reference
+from fastnas.nn.mixed import PartialChannels, join_partial
 from fastnas.nn.skeleton import CellPlan, DartsSkeleton, Stem, SupernetShape, cell_types_of, preprocessors
 from fastnas.ops import build_op, get_op_spec
 from fastnas.spaces import DartsSpace
@@ -120,6 +125,7 @@ class EnTranCell(nn.Module):
         bottleneck: int = 4,
         affine: bool = False,
         pool_bn: bool = True,
+        partial: PartialChannels | None = None,
     ):
         super().__init__()
         if bottleneck < 0:
@@ -137,15 +143,29 @@ class EnTranCell(nn.Module):
         num_sources = self.num_nodes + 1  # the last intermediate node feeds no op in the cell
         c_op = bottleneck_channels(channels, self.bottleneck) if self.bottleneck else channels
         self.op_channels = c_op
+        self.partial = partial or PartialChannels()
+        k = self.partial.k
+        if k > 1 and (c_op % k or (c_op // k) % 2):
+            raise ConfigError(
+                f"--partial-k {k}: the ops of a {channels}-channel EnTranNAS cell see {c_op} channels"
+                f"{' after the bottleneck' if self.bottleneck else ''}, which must split into {k} parts "
+                "of an even size (the stride-2 skip_connect needs one); choose a smaller K, a larger --C, "
+                "or --bottleneck 0"
+            )
+        self.head_channels = c_op // k  # what the candidate ops see (all of c_op without partial channels)
         if self.bottleneck:
             self.reduce = nn.ModuleList(_conv_bn(channels, c_op, affine) for _ in range(num_sources))
             self.restore = nn.ModuleList(_conv_bn(c_op, channels, affine) for _ in range(self.num_nodes))
         # Units: source states (sharing) or edges; the stride depends only on the source.
         sources = list(range(num_sources)) if feature_sharing else [e.source for e in space.edges]
         self.ops = nn.ModuleList(
-            nn.ModuleList(_search_op(op, c_op, plan.edge_stride(source), affine, pool_bn) for op in space.ops)
+            nn.ModuleList(
+                _search_op(op, self.head_channels, plan.edge_stride(source), affine, pool_bn)
+                for op in space.ops
+            )
             for source in sources
         )
+        self._strides = [plan.edge_stride(source) for source in range(num_sources)]
         self._edge_index = {(e.node, e.source): e.index for e in space.edges}
         self._weight_index: dict[tuple, torch.Tensor] = {}
         self._all_pairs: Selection = [
@@ -194,11 +214,37 @@ class EnTranCell(nn.Module):
                     raise ValueError(f"node {node} cannot read state {source}")
                 edge = self._edge_index[(node, source)]
                 terms.append(self._feature(states, inputs, shared, source, edge, k))
-            total = self._aggregate(node, node_pairs, terms, weights)
+            if self.partial.k > 1:
+                total = self._partial_node(node, node_pairs, terms, weights, inputs)
+            else:
+                total = self._aggregate(node, node_pairs, terms, weights)
             if self.bottleneck:
                 total = self.restore[node](total)
             states.append(total)
         return torch.cat([states[i] for i in self.concat], dim=1)
+
+    def _partial_node(
+        self,
+        node: int,
+        node_pairs: list[tuple[int, int]],
+        terms: list[torch.Tensor],
+        weights: torch.Tensor | None,
+        inputs: dict[int, torch.Tensor],
+    ) -> torch.Tensor:
+        """Partial channels (PC-DARTS): per incoming edge, its op terms on the first ``C/K`` channels,
+        then the bypassed rest scaled by the edge's weight-row sum (1 in a Transit-cell), shuffled; the
+        node sums its edges."""
+        total: torch.Tensor | None = None
+        for source in dict.fromkeys(i for i, _ in node_pairs):
+            picked = [n for n, (i, _) in enumerate(node_pairs) if i == source]
+            pairs = [node_pairs[n] for n in picked]
+            mixed = self._aggregate(node, pairs, [terms[n] for n in picked], weights)
+            scale = None if weights is None else weights[self._edge_index[(node, source)]].sum()
+            tail = inputs[source][:, self.head_channels :]
+            out = join_partial(mixed, tail, self.partial, self._strides[source], scale)
+            total = out if total is None else total + out
+        assert total is not None  # every node has an input (checked by the caller)
+        return total
 
     def _aggregate(
         self,
@@ -238,11 +284,12 @@ class EnTranCell(nn.Module):
         if source not in inputs:
             x = states[source]
             inputs[source] = self.reduce[source](x) if self.bottleneck else x
+        x = inputs[source] if self.partial.k == 1 else inputs[source][:, : self.head_channels]
         if not self.feature_sharing:
-            return cast(nn.ModuleList, self.ops[edge])[k](inputs[source])
+            return cast(nn.ModuleList, self.ops[edge])[k](x)
         key = (source, k)
         if key not in shared:
-            shared[key] = cast(nn.ModuleList, self.ops[source])[k](inputs[source])
+            shared[key] = cast(nn.ModuleList, self.ops[source])[k](x)
         return shared[key]
 
 
@@ -317,6 +364,7 @@ class EnTranNASSupernet(DartsSkeleton):
         transit_rule: TransitRule = "top2",
         stem: Stem = "cifar",
         derive: DerivationRule = "darts",
+        partial: PartialChannels | None = None,
     ):
         space = space or DartsSpace()
         if not isinstance(space, DartsSpace):
@@ -341,6 +389,7 @@ class EnTranNASSupernet(DartsSkeleton):
                 engine=plan.index in engines,
                 feature_sharing=feature_sharing,
                 bottleneck=bottleneck,
+                partial=partial,
             ),
             num_normal_types=space.num_normal_types,
             stem=stem,
@@ -388,11 +437,6 @@ def build_entrannas_supernet(
         raise ConfigError(
             f"EnTranNAS cells run their own sparse loop; --executor {shape.executor} does not apply to them"
         )
-    if shape.partial_k != 1:
-        raise ConfigError(
-            "EnTranNAS cells share features between edges (Eq. 6), which partial channels would split; "
-            "--partial-k is not available for them yet (use 1)"
-        )
     return EnTranNASSupernet(
         space,
         C=shape.C,
@@ -405,4 +449,5 @@ def build_entrannas_supernet(
         transit_rule=transit_rule,
         stem=shape.stem,
         derive=options.derive,
+        partial=PartialChannels(shape.partial_k, shape.partial_bypass),
     )

@@ -53,6 +53,23 @@ def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+def join_partial(
+    mixed: torch.Tensor,
+    tail: torch.Tensor,
+    partial: PartialChannels,
+    stride: int,
+    scale: torch.Tensor | None,
+) -> torch.Tensor:
+    """An edge's output under partial channels: its ``mixed`` op channels, then its bypassed ``tail``
+    (pooled 2x2 on a stride-2 edge, times ``scale``), channel-shuffled in ``partial.k`` groups."""
+    if stride == 2:
+        pool = F.max_pool2d if partial.bypass == "max" else F.avg_pool2d
+        tail = pool(tail, 2, 2, ceil_mode=True)
+    if scale is not None:
+        tail = tail * scale.to(tail.dtype)
+    return channel_shuffle(torch.cat([mixed, tail.to(mixed.dtype)], 1), partial.k)
+
+
 class MixedEdge(nn.Module):
     """All candidate ops of one supernet edge.
 
@@ -178,12 +195,7 @@ class MixedEdge(nn.Module):
     ) -> torch.Tensor:
         """Partial channels: the bypassed channels (pooled on a stride-2 edge, times ``scale``) after the
         mixed ones, then the channel shuffle."""
-        if self.stride == 2:
-            pool = F.max_pool2d if self.partial.bypass == "max" else F.avg_pool2d
-            tail = pool(tail, 2, 2, ceil_mode=True)
-        if scale is not None:
-            tail = tail * scale.to(tail.dtype)
-        return channel_shuffle(torch.cat([mixed, tail.to(mixed.dtype)], 1), self.partial.k)
+        return join_partial(mixed, tail, self.partial, self.stride, scale)
 
     def forward_active(self, x: torch.Tensor, weights: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """The sparse edge: inactive ops are never called (not computed and multiplied by 0)."""
