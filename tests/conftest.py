@@ -64,3 +64,25 @@ def interrupt_search_at(monkeypatch: pytest.MonkeyPatch, epoch: int, config: Any
         patch.setattr(SearchRunner, "train_epoch", interrupted)
         with pytest.raises(KeyboardInterrupt):
             run_search(config, progress=False)
+
+
+def tiny_search(tmp_path: Path, method: str, **overrides: Any) -> Any:
+    """A search small enough for a test (digits, 32 images, batch 16, C=4, 3 cells, 2 epochs, CPU) into
+    ``tmp_path / "run"``; ``overrides`` replace any field (None restores the method's default)."""
+    from fastnas import SearchConfig
+
+    values: dict[str, Any] = {
+        "method": method,
+        "dataset": "digits",
+        "limit": 32,
+        "batch_size": 16,
+        "C": 4,
+        "layers": 3,
+        "epochs": 2,
+        "seed": 0,
+        "device": "cpu",
+        "out_dir": str(tmp_path),
+        "run_name": "run",
+    }
+    values.update(overrides)
+    return SearchConfig(**values)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import SHARED_DATA, interrupt_search_at, require_shared
+from conftest import SHARED_DATA, interrupt_search_at, require_shared, tiny_search
 
 from fastnas import DartsSpace, SearchConfig, SearchModel, resume_search, run_search
 from fastnas.algorithms import DDSAS, DDSASOptions
@@ -533,22 +533,8 @@ RESUME_OPTIONS: dict[str, Any] = {
 
 
 def ddsas_config(tmp_path: Path, **overrides: object) -> SearchConfig:
-    values: dict[str, object] = {
-        "method": "ddsas",
-        "method_options": RESUME_OPTIONS,
-        "dataset": "digits",
-        "limit": 32,
-        "batch_size": 8,
-        "C": 4,
-        "layers": 3,
-        "epochs": 3,
-        "seed": 5,
-        "device": "cpu",
-        "out_dir": str(tmp_path),
-        "run_name": "run",
-    }
-    values.update(overrides)
-    return SearchConfig(**values)  # type: ignore[arg-type]
+    values = {"method_options": RESUME_OPTIONS, "batch_size": 8, "epochs": 3, "seed": 5, **overrides}
+    return tiny_search(tmp_path, "ddsas", **values)  # type: ignore[no-any-return]
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

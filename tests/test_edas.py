@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import SHARED_DATA, interrupt_search_at, require_shared
+from conftest import SHARED_DATA, interrupt_search_at, require_shared, tiny_search
 
 from fastnas import DartsSpace, SearchConfig, SearchModel, resume_search, run_search
 from fastnas.algorithms import EDAS, EDASOptions
@@ -352,23 +352,15 @@ def test_unsampled_edges_call_only_their_argmax_op(epoch: int) -> None:
 
 
 def edas_config(tmp_path: Path, **overrides: object) -> SearchConfig:
-    values: dict[str, object] = {
-        "method": "edas",
+    values = {
         "method_options": {"warmup_epochs": 2},  # epochs 1-2 inverted, epoch 3 not
         "arch_weight_decay": 0.25,  # not the default: the loop must restore it after the warm-up
-        "dataset": "digits",
-        "limit": 32,
         "batch_size": 8,  # two steps per epoch
-        "C": 4,
-        "layers": 3,
         "epochs": 3,
         "seed": 4,
-        "device": "cpu",
-        "out_dir": str(tmp_path),
-        "run_name": "run",
+        **overrides,
     }
-    values.update(overrides)
-    return SearchConfig(**values)  # type: ignore[arg-type]
+    return tiny_search(tmp_path, "edas", **values)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

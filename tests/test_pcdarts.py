@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import SHARED_DATA, require_shared
+from conftest import SHARED_DATA, require_shared, tiny_search
 
-from fastnas import DartsSpace, SearchConfig, SearchModel, run_search
+from fastnas import DARTS_OPS, DartsSpace, SearchConfig, SearchModel, run_search
 from fastnas.algorithms import DARTS, PCDARTS, PCDARTSOptions, derive_darts_cell
 from fastnas.algorithms.edge_norm import edge_weights
 from fastnas.cli import main
@@ -29,16 +29,7 @@ from fastnas.train.search import SearchRunner
 SPACE = DartsSpace()
 OPS = tuple(SPACE.ops)
 NONE, MAX, AVG, SKIP, SEP3, SEP5, DIL3, DIL5 = range(8)  # the DARTS column order
-assert OPS == (
-    "none",
-    "max_pool_3x3",
-    "avg_pool_3x3",
-    "skip_connect",
-    "sep_conv_3x3",
-    "sep_conv_5x5",
-    "dil_conv_3x3",
-    "dil_conv_5x5",
-)
+assert OPS == DARTS_OPS  # the column order the names above assume (tests/test_ops.py checks it)
 # the incoming edges of each intermediate node of a DARTS cell (node j: j + 2 edges, from states 0..j+1)
 DARTS_NODE_EDGES = [[0, 1], [2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12, 13]]
 # NAS-Bench-201: edges 0 (0->1), 1 (0->2), 2 (1->2), 3 (0->3), 4 (1->3), 5 (2->3)
@@ -399,22 +390,8 @@ def test_derivation_ranks_edges_by_edge_weight_times_op_weight() -> None:
 
 
 def pcdarts_config(tmp_path: Path, **overrides: Any) -> SearchConfig:
-    values: dict[str, Any] = {
-        "method": "pc-darts",
-        "dataset": "digits",
-        "limit": 32,
-        "batch_size": 16,
-        "C": 8,
-        "layers": 3,
-        "epochs": 2,
-        "seed": 4,
-        "device": "cpu",
-        "out_dir": str(tmp_path),
-        "run_name": "run",
-        "method_options": {"arch_start_epoch": 1},
-    }
-    values.update(overrides)
-    return SearchConfig(**values)
+    values = {"C": 8, "seed": 4, "method_options": {"arch_start_epoch": 1}, **overrides}
+    return tiny_search(tmp_path, "pc-darts", **values)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import interrupt_search_at
+from conftest import interrupt_search_at, tiny_search
 
 from fastnas import DartsSpace, SearchConfig, SearchModel, resume_search, run_search
 from fastnas.algorithms import PDARTS, PDARTSOptions, derive_darts_cell
@@ -211,20 +211,9 @@ def test_next_candidates_keep_the_best_ops_of_every_edge() -> None:
 
 
 def pdarts_config(tmp_path: Path, **overrides: object) -> SearchConfig:
-    values: dict[str, object] = {
-        "method": "pdarts",
-        "method_options": {"stage_epochs": (1, 1, 1), "stage_layers": (3, 4, 5), "warmup_epochs": 0},
-        "dataset": "digits",
-        "limit": 32,
-        "batch_size": 16,
-        "C": 4,
-        "seed": 3,
-        "device": "cpu",
-        "out_dir": str(tmp_path),
-        "run_name": "run",
-    }
-    values.update(overrides)
-    return SearchConfig(**values)  # type: ignore[arg-type]
+    options = {"stage_epochs": (1, 1, 1), "stage_layers": (3, 4, 5), "warmup_epochs": 0}
+    values = {"method_options": options, "layers": None, "epochs": None, "seed": 3, **overrides}
+    return tiny_search(tmp_path, "pdarts", **values)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")
