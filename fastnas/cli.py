@@ -21,6 +21,7 @@ from fastnas.errors import ConfigError, FastnasError
 from fastnas.fields import field_types, parse_text
 from fastnas.methods import METHODS, Method
 from fastnas.train.config import SearchConfig
+from fastnas.train.distributed import is_main_process
 from fastnas.train.train_config import TRAIN_DATASETS, TrainConfig
 
 __all__ = ["build_parser", "config_from_args", "main"]
@@ -315,6 +316,8 @@ def _run_search(args: argparse.Namespace) -> int:
             result = run_search(config, progress=progress, overwrite=args.overwrite)
     except KeyboardInterrupt:
         return _interrupted("search")
+    if not is_main_process():  # torchrun: rank 0 reports the run
+        return 0
     print(f"\nrun directory: {result.run_dir}")
     print(f"genotype = {result.genotype.to_literal()}")
     return 0
@@ -369,6 +372,8 @@ def _run_train(args: argparse.Namespace) -> int:
             )
     except KeyboardInterrupt:
         return _interrupted("train")
+    if not is_main_process():
+        return 0
     r = outcome.result
     print(f"\nrun directory: {outcome.run_dir}")
     print(

@@ -84,10 +84,15 @@ class SearchModel(nn.Module):
         self.algorithm.on_step(epoch, step)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with(self.supernet, x)
+
+    def forward_with(self, supernet: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``supernet`` - this model's supernet or a wrapper of it, e.g. its
+        ``DistributedDataParallel`` - under the algorithm's edge weights and active sub-graph."""
         active = self.algorithm.active_set()
         if active is None:
-            return self.supernet(x, self.algorithm.arch_weights())
-        return self.supernet(x, self.algorithm.arch_weights(), active)
+            return supernet(x, self.algorithm.arch_weights())
+        return supernet(x, self.algorithm.arch_weights(), active)
 
     def criterion(self, logits: torch.Tensor, target: torch.Tensor, level: str = "weights") -> torch.Tensor:
         """Cross-entropy, plus the method's regulariser when ``level == "arch"``."""

@@ -12,7 +12,7 @@ real steps update the running statistics.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 import torch
@@ -89,10 +89,15 @@ def unrolled_arch_gradients(
     lr: float,
     weight_optimizer: torch.optim.Optimizer,
     fd_scale: float = 0.01,
+    average: Callable[[Sequence[torch.Tensor | None]], None] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """DARTS second-order architecture gradients (one per arch parameter) and the validation loss.
 
     ``fd_scale`` sets the finite-difference step ``eps = fd_scale / ||v||`` (0.01 in DARTS).
+    ``average`` (many processes: the in-place mean over the ranks) is applied to the weight gradient of
+    the virtual step and to ``v``, so every rank steps to the same ``w'`` and takes the same ``eps`` as
+    one process with the whole batch; the returned gradients are still per rank (linear in the batch:
+    averaging them gives the whole batch's).
     """
     names = [n for n, _ in model.supernet.named_parameters()]
     weights = [p for _, p in model.supernet.named_parameters()]
@@ -101,6 +106,8 @@ def unrolled_arch_gradients(
     train_loss = _loss_at(model, names, weights, train_batch, "weights")
     raw_grads = torch.autograd.grad(train_loss, weights, allow_unused=True)
     grads = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, raw_grads, strict=True)]
+    if average is not None:
+        average(grads)
     with torch.no_grad():
         stepped = _sgd_virtual_step(weights, grads, weight_optimizer, lr)
     stepped = [w.detach().requires_grad_(True) for w in stepped]
@@ -111,6 +118,8 @@ def unrolled_arch_gradients(
     v = [
         torch.zeros_like(w) if g is None else g for w, g in zip(stepped, grad_all[len(alphas) :], strict=True)
     ]
+    if average is not None:
+        average(v)
 
     norm = torch.sqrt(cast(torch.Tensor, sum((g.double() ** 2).sum() for g in v)))  # a Tensor: v is not empty
     eps = fd_scale / float(norm) if float(norm) > 0 else 0.0

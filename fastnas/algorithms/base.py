@@ -145,6 +145,9 @@ class SearchAlgorithm(nn.Module, abc.ABC):
 
     #: JSON-lines files (stems) the method writes through :meth:`drain_records`, e.g. ``("sampling",)``.
     record_files: ClassVar[tuple[str, ...]] = ()
+    #: True when a step may leave supernet weights out of its graph (a sampled sub-graph, EnTranNAS'
+    #: Engine-cells): DistributedDataParallel must then look for unused parameters every step.
+    leaves_weights_unused: ClassVar[bool] = False
 
     def drain_records(self) -> list[tuple[str, dict[str, Any]]]:
         """``(file stem, row)`` records since the last call (each row holds its ``epoch``); the loop appends

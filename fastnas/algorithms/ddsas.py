@@ -149,6 +149,7 @@ class DDSAS(SearchAlgorithm):
     """DDSAS: ``DDSAS(space, subspace_ops=28, resample_every=30)``."""
 
     name = "ddsas"
+    leaves_weights_unused = True  # a step runs a sub-graph: DDP finds the unused weights
     Options = DDSASOptions
     defaults = SearchDefaults(epochs=50, batch_size=64, arch_lr=3e-4, arch_weight_decay=1e-3)
     options: DDSASOptions

@@ -89,6 +89,7 @@ class EDAS(SearchAlgorithm):
     """EDAS: ``EDAS(space)``; the loop calls :meth:`on_step` before every iteration."""
 
     name = "edas"
+    leaves_weights_unused = True  # a step runs a sub-graph: DDP finds the unused weights
     Options = EDASOptions
     defaults = SearchDefaults(
         epochs=25, batch_size=64, layers=20, arch_lr=0.025, arch_weight_decay=0.0

@@ -192,6 +192,7 @@ class EnTranNAS(SearchAlgorithm):
     """EnTranNAS (seed 002 sections 2.2-2.3): tempered softmax weights, DARTS-rule derivation."""
 
     name = "entrannas"
+    leaves_weights_unused = True  # a step runs a sub-graph: DDP finds the unused weights
     Options = EnTranNASOptions
     defaults = CIFAR_DEFAULTS
     dataset_defaults: ClassVar[Mapping[str, SearchDefaults]] = {"imagenet": IMAGENET_DEFAULTS}

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from fastnas.data.archives import check_tar_end, damaged_archive
 from fastnas.data.datasets import cache_dir
-from fastnas.data.loader import EpochBatches, epoch_generator
+from fastnas.data.loader import EpochBatches, check_shard, epoch_generator, shard_positions
 from fastnas.errors import ConfigError, DataError, MissingPathError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -266,9 +266,11 @@ class FolderBatchLoader(EpochBatches):
         workers: int = 0,
         limit: int | None = None,
         drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size <= 0:
             raise ConfigError(f"batch_size must be positive, got {batch_size}")
+        self.shard = check_shard(shard)
         classes = getattr(dataset, "classes", None)
         self.classes: list[str] = list(classes) if classes is not None else []
         total = len(dataset)  # type: ignore[arg-type]
@@ -284,7 +286,11 @@ class FolderBatchLoader(EpochBatches):
 
     @property
     def num_examples(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
+        return len(self._positions())
+
+    def _positions(self) -> torch.Tensor:
+        """This shard's positions in the epoch's order (an even share when training: ``shuffle``)."""
+        return shard_positions(len(self.dataset), self.shard, even=self.shuffle)  # type: ignore[arg-type]
 
     @property
     def num_classes(self) -> int:
@@ -292,9 +298,12 @@ class FolderBatchLoader(EpochBatches):
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = epoch_generator(self.seed, self._epoch)
-        n = self.num_examples
+        n = len(self.dataset)  # type: ignore[arg-type]
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         seeds = torch.randint(0, 2**62, (n,), generator=generator)
+        if self.shard[1] > 1:  # this rank's share; the draws above are those of the whole epoch
+            mine = self._positions()
+            order, seeds = order[mine], seeds[mine]
         loader = DataLoader(
             _SeededSamples(self.dataset),
             batch_size=self.batch_size,

@@ -105,10 +105,31 @@ def random_crop_flip(
     return crop_flip(pad_images(images, padding), sample, offsets, flips, images.shape[2], images.shape[3])
 
 
+def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    """``(rank, world_size)`` with ``0 <= rank < world_size``."""
+    rank, world = (int(v) for v in shard)
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
+    return rank, world
+
+
+def shard_positions(total: int, shard: tuple[int, int], even: bool) -> torch.Tensor:
+    """The positions of an epoch's order that process ``rank`` of ``world_size`` takes: ``rank,
+    rank + world, ...`` (a distributed sampler's interleaving, so the ranks' k-th batches together are
+    the k-th batch of one process with a ``world`` times larger batch). ``even`` drops the last
+    ``total % world`` positions (a different tail each shuffled epoch) so that every rank takes the same
+    number of steps; otherwise (evaluation) every example is visited once over the ranks."""
+    rank, world = shard
+    end = total - total % world if even else total
+    return torch.arange(rank, end, world, dtype=torch.int64)
+
+
 class EpochBatches(abc.ABC):
     """Epoch bookkeeping shared by the batch loaders: ``set_epoch`` selects the epoch whose shuffle and
     augmentation the next iteration produces; ``len`` is the number of batches. Subclasses provide
-    ``num_examples``, ``batch_size`` and ``drop_last``."""
+    ``num_examples``, ``batch_size`` and ``drop_last``. A loader built with ``shard=(rank, world)``
+    yields only that process's share of each epoch (:func:`shard_positions`): the global order and the
+    per-example random draws are those of the whole epoch, so they do not depend on the world size."""
 
     _epoch: int = 0
     batch_size: int
@@ -160,6 +181,7 @@ class TensorBatchLoader(EpochBatches):
         device: torch.device | str = "cpu",
         drop_last: bool = False,
         cutout: int = 0,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -182,6 +204,7 @@ class TensorBatchLoader(EpochBatches):
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
         self.seed = int(seed)
+        self.shard = check_shard(shard)
         self.padding = dataset.crop_padding if augment else 0
         self.hflip = bool(augment and dataset.hflip)
         self.cutout = int(cutout) if augment else 0
@@ -198,10 +221,14 @@ class TensorBatchLoader(EpochBatches):
 
     @property
     def num_examples(self) -> int:
-        return int(self._labels.shape[0])
+        return len(self._positions())
+
+    def _positions(self) -> torch.Tensor:
+        """This shard's positions in the epoch's order (an even share when training: ``shuffle``)."""
+        return shard_positions(int(self._labels.shape[0]), self.shard, even=self.shuffle)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = self.num_examples
+        n = int(self._labels.shape[0])
         generator = epoch_generator(self.seed, self._epoch)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         offsets = flips = None
@@ -214,6 +241,13 @@ class TensorBatchLoader(EpochBatches):
             rows = torch.randint(0, self.height, (n, 1), generator=generator)
             cols = torch.randint(0, self.width, (n, 1), generator=generator)
             centers = torch.cat([rows, cols], dim=1).to(self.device)
+        if self.shard[1] > 1:  # this rank's share; the draws above are those of the whole epoch
+            mine = self._positions()
+            order = order[mine]
+            offsets = None if offsets is None else offsets[mine.to(self.device)]
+            flips = None if flips is None else flips[mine.to(self.device)]
+            centers = None if centers is None else centers[mine.to(self.device)]
+            n = len(mine)
         order = order.to(self.device)
         for b in range(len(self)):
             sl = slice(b * self.batch_size, min((b + 1) * self.batch_size, n))

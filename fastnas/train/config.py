@@ -25,11 +25,23 @@ from fastnas.methods import METHODS, get_method
 from fastnas.nn.mixed import BYPASS_POOLS
 from fastnas.spaces import SPACE_DEFAULTS, SPACE_NAMES, DartsSpace, NB201Space, build_space
 from fastnas.train.device import PRECISIONS
+from fastnas.train.distributed import env_world_size
+from fastnas.train.scaling import (
+    check_scaling_choices,
+    dist_backend_setting,
+    global_batch_setting,
+    loader_setting,
+    lr_scaling_setting,
+    per_rank_batch,
+    scaled_lr,
+)
 
 __all__ = ["EXECUTORS", "ResolvedSearchConfig", "SearchConfig", "check_hyper_parameters"]
 
 EXECUTORS: tuple[str, ...] = ("reference", "fast")
 _HYPER = tuple(f.name for f in dataclasses.fields(SearchDefaults))
+#: asked-for settings that the resolved config records in another form
+_NOT_RESOLVED = ("method", "method_options", "run_name", "global_batch_size")
 
 
 SEARCH_DATASETS: tuple[str, ...] = (*DATASET_NAMES, "imagenet")
@@ -80,8 +92,14 @@ class SearchConfig:
     )
     image_size: int | None = setting(None, "ImageNet: crop size of the search images (default 224)")
     workers: int = setting(4, "ImageNet: data-loading worker processes (JPEG decoding); 0 = in process")
+    loader: str = loader_setting()
     epochs: int | None = setting(None, "search epochs")
-    batch_size: int | None = setting(None, "batch size of each level")
+    batch_size: int | None = setting(
+        None, "batch size of each level, per process (the effective batch is this x the world size)"
+    )
+    global_batch_size: int | None = global_batch_setting()
+    lr_scaling: str = lr_scaling_setting()
+    dist_backend: str = dist_backend_setting()
     C: int | None = setting(None, "initial channels", flag="--C", aliases=("--init-channels",))
     layers: int | None = setting(None, "number of cells (darts), cells per stage (nb201)")
     lr: float | None = setting(None, "weight learning rate (SGD)")
@@ -142,20 +160,28 @@ class SearchConfig:
                 )
             values[name] = (default if values[name] is None else values[name]) if imagenet else 0
         options = method.make_options(self.method_options, dataset=self.dataset)
+        world_size = env_world_size()
+        values["batch_size"] = per_rank_batch(self.batch_size, self.global_batch_size, world_size)
         given = {k: values[k] for k in _HYPER}
         published = method.algorithm.defaults_for(self.dataset)
         hyper = dataclasses.replace(published, **SPACE_DEFAULTS[self.space]).updated(**given)
         hyper = method.algorithm.adjust_hyper(hyper, options, given)
-        hyper = dataclasses.replace(hyper, arch_betas=(hyper.arch_betas[0], hyper.arch_betas[1]))
+        hyper = dataclasses.replace(
+            hyper,
+            arch_betas=(hyper.arch_betas[0], hyper.arch_betas[1]),
+            lr=scaled_lr(hyper.lr, world_size, self.lr_scaling),
+            lr_min=scaled_lr(hyper.lr_min, world_size, self.lr_scaling),
+        )
         run_name = self.run_name or (
             f"{method.name}-{self.dataset}-s{self.seed}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         )
         resolved = ResolvedSearchConfig(
             method=method.name,
             options=options,
-            **{k: v for k, v in values.items() if k not in (*_HYPER, "method", "method_options", "run_name")},
+            **{k: v for k, v in values.items() if k not in (*_HYPER, *_NOT_RESOLVED)},
             **dataclasses.asdict(hyper),
             run_name=run_name,
+            world_size=world_size,
         )
         resolved.validate()
         return resolved
@@ -195,6 +221,10 @@ class ResolvedSearchConfig:
     arch_weight_decay: float
     arch_grad_clip: float  # <= 0: off
     train_portion: float
+    loader: str
+    lr_scaling: str  # lr and lr_min above are already scaled
+    dist_backend: str
+    world_size: int  # processes of the run (torchrun); batch_size is per process
     partial_k: int  # 1: off
     partial_bypass: str
     seed: int
@@ -252,6 +282,7 @@ class ResolvedSearchConfig:
                 )
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        check_scaling_choices(self)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if self.executor not in EXECUTORS:

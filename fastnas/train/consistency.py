@@ -11,7 +11,7 @@ cell and the Transit-cells derive the same cell from the one-hot weights. BN use
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -23,6 +23,13 @@ from fastnas.spaces import DartsSpace
 from fastnas.train.device import autocast
 
 __all__ = ["child_weights", "evaluate_weights", "measure_consistency"]
+
+#: sums a list of numbers over the processes of a run (:meth:`fastnas.train.distributed.Distributed.sum`)
+SumOver = Callable[[Sequence[float | int | torch.Tensor], torch.device], list[float]]
+
+
+def _local_sum(values: Sequence[float | int | torch.Tensor], device: torch.device) -> list[float]:
+    return [float(v) for v in values]
 
 
 def child_weights(model: SearchModel, genotype: Any | None = None) -> dict[str, torch.Tensor]:
@@ -57,8 +64,10 @@ def evaluate_weights(
     weights: Mapping[str, torch.Tensor],
     device: torch.device,
     precision: str = "fp32",
+    sum_over: SumOver = _local_sum,
 ) -> tuple[float, float]:
-    """Loss and accuracy (%) of ``model.supernet`` under fixed edge ``weights`` (evaluation mode)."""
+    """Loss and accuracy (%) of ``model.supernet`` under fixed edge ``weights`` (evaluation mode);
+    ``sum_over`` adds up the totals of every process when each one evaluates a shard."""
     was_training = model.training
     model.eval()
     total_loss = torch.zeros((), device=device, dtype=torch.float64)
@@ -73,9 +82,10 @@ def evaluate_weights(
             count += len(y)
     finally:
         model.train(was_training)
-    if count == 0:
+    loss_sum, n_correct, n = sum_over([total_loss, correct, count], device)
+    if n == 0:
         raise ValueError("no validation batches to measure consistency on")
-    return float(total_loss) / count, 100.0 * float(correct) / count
+    return loss_sum / n, 100.0 * n_correct / n
 
 
 def measure_consistency(
@@ -83,6 +93,7 @@ def measure_consistency(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device,
     precision: str = "fp32",
+    sum_over: SumOver = _local_sum,
 ) -> dict[str, Any]:
     """Table 1 for one search: super-net and child-net validation accuracy and their drop.
 
@@ -91,9 +102,9 @@ def measure_consistency(
     with torch.no_grad():
         super_weights = {t: w.detach() for t, w in model.arch_weights().items()}
     genotype = model.genotype()
-    super_loss, super_acc = evaluate_weights(model, batches, super_weights, device, precision)
+    super_loss, super_acc = evaluate_weights(model, batches, super_weights, device, precision, sum_over)
     child = {t: w.to(device) for t, w in child_weights(model, genotype).items()}
-    child_loss, child_acc = evaluate_weights(model, batches, child, device, precision)
+    child_loss, child_acc = evaluate_weights(model, batches, child, device, precision, sum_over)
     return {
         "super_acc": super_acc,
         "child_acc": child_acc,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from fastnas.nn.counting import count_flops, count_parameters, count_parameters_
 from fastnas.nn.eval_network import NetworkCIFAR, NetworkImageNet, build_eval_network
 from fastnas.train.checkpoint import CHECKPOINT_NAME, check_state, load_checkpoint, save_checkpoint
 from fastnas.train.device import autocast, resolve_device, seed_everything
+from fastnas.train.distributed import Distributed, check_world_size, distributed_session
 from fastnas.train.run_state import (
     NonFiniteMonitor,
     RunLog,
@@ -70,6 +72,10 @@ class TrainResult:
     model: torch.nn.Module
 
 
+def _silent(line: str) -> None:
+    """The log of ranks other than 0 (rank 0 alone prints and writes ``log.txt``)."""
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> bf16 on CUDA, fp32 elsewhere; other values pass through."""
     if precision == "auto":
@@ -100,13 +106,35 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 
 
 def build_loaders(
-    config: ResolvedTrainConfig, device: torch.device, train: bool = True
+    config: ResolvedTrainConfig, device: torch.device, train: bool = True, shard: tuple[int, int] = (0, 1)
 ) -> tuple[Loader | None, Loader, int, int]:
-    """``(train_loader or None, test_loader, num_classes, in_channels)`` for a resolved config."""
+    """``(train_loader or None, test_loader, num_classes, in_channels)`` for a resolved config;
+    ``shard=(rank, world_size)`` loads that process's share of each epoch (torchrun)."""
+    if config.loader == "dali":
+        from fastnas.data.dali import require_dali
+
+        require_dali()
     if config.dataset == "imagenet":
         from fastnas.data.imagenet import FolderBatchLoader, load_imagenet_folder
 
-        def folder_loader(data: Any, shuffle: bool, limit: int | None) -> FolderBatchLoader:
+        def folder_loader(data: Any, shuffle: bool, limit: int | None) -> Loader:
+            if config.loader == "dali":
+                from fastnas.data.dali import DaliFolderLoader, folder_file_list
+
+                files, labels = folder_file_list(
+                    FolderBatchLoader(data, 1, shuffle=False, seed=0, limit=limit).dataset
+                )
+                return DaliFolderLoader(
+                    files,
+                    labels,
+                    config.batch_size,
+                    train=shuffle,
+                    shuffle=shuffle,
+                    seed=config.seed,
+                    device=device,
+                    workers=max(config.workers, 1),
+                    shard=shard,
+                )
             return FolderBatchLoader(
                 data,
                 batch_size=config.batch_size,
@@ -115,6 +143,7 @@ def build_loaders(
                 shuffle=shuffle,
                 seed=config.seed,
                 limit=limit,
+                shard=shard,
             )
 
         test_set = load_imagenet_folder(config.data_dir, "test")
@@ -138,11 +167,13 @@ def build_loaders(
         shuffle=False,
         seed=config.seed,
         device=device,
+        shard=shard,
     )
     train_loader = None
     if train:
         train_data = load_dataset(config.dataset, config.data_dir, split="train", download=config.download)
         indices = limit_indices(torch.arange(len(train_data)), config.limit)
+        per_shard = len(indices) // shard[1]
         train_loader = TensorBatchLoader(
             train_data,
             indices,
@@ -152,8 +183,9 @@ def build_loaders(
             seed=config.seed,
             device=device,
             # a last batch of one image would break BatchNorm in training mode
-            drop_last=len(indices) % config.batch_size == 1,
+            drop_last=per_shard % config.batch_size == 1,
             cutout=config.cutout,
+            shard=shard,
         )
     return train_loader, test_loader, test_data.num_classes, test_data.in_channels
 
@@ -177,8 +209,10 @@ def evaluate_model(
     precision: str = "fp32",
     channels_last: bool = False,
     progress: bool = False,
+    sum_over: Callable[[Sequence[float | int | torch.Tensor], torch.device], list[float]] | None = None,
 ) -> dict[str, Any]:
-    """Test loss and top-1 / top-5 accuracy (%) of ``model`` in eval mode over ``loader``."""
+    """Test loss and top-1 / top-5 accuracy (%) of ``model`` in eval mode over ``loader``; ``sum_over``
+    adds up the totals of every process when each one tests a shard."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -199,13 +233,15 @@ def evaluate_model(
         top5 += hits.any(dim=1).sum()
         count += len(y)
     model.train(was_training)
-    if count == 0:
+    totals: list[float | int | torch.Tensor] = [loss_sum, top1, top5, count]
+    total_loss, n_top1, n_top5, n = sum_over(totals, device) if sum_over else [float(t) for t in totals]
+    if n == 0:
         raise DataError("the test set is empty; check --data-dir and --test-limit")
     return {
-        "test_loss": float(loss_sum) / count,
-        "test_top1": 100.0 * float(top1) / count,
-        "test_top5": 100.0 * float(top5) / count,
-        "num_test_images": count,
+        "test_loss": total_loss / n,
+        "test_top1": 100.0 * n_top1 / n,
+        "test_top5": 100.0 * n_top5 / n,
+        "num_test_images": int(n),
     }
 
 
@@ -257,13 +293,20 @@ class TrainRunner:
         run_dir: Path,
         progress: bool = True,
         device: str | None = None,
+        dist: Distributed | None = None,
     ) -> None:
         self.config = config
         self.genotype = genotype
         self.run_dir = run_dir
-        self.progress = progress
-        self.log = RunLog(run_dir, progress)
-        self.device = resolve_device(device or config.device)
+        self.dist = dist or Distributed()
+        check_world_size(config.world_size, self.dist)
+        self.progress = progress and self.dist.is_main
+        self.log: Callable[[str], None] = RunLog(run_dir, self.progress) if self.dist.is_main else _silent
+        self.device = resolve_device(self.dist.device_for(device or config.device))
+        if config.sync_bn and self.dist.enabled and self.device.type != "cuda":
+            raise ConfigError(
+                "--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation); drop it on CPU"
+            )
         self.precision = resolve_precision(config.precision, self.device)
         self.channels_last = _toggle_on(config.channels_last, self.device.type == "cuda")
         deterministic = _toggle_on(config.deterministic, self.device.type == "cpu")
@@ -273,7 +316,7 @@ class TrainRunner:
             torch.backends.cudnn.benchmark = not deterministic
             torch.backends.cudnn.deterministic = deterministic
         self.train_loader, self.test_loader, self.num_classes, self.in_channels = build_loaders(
-            config, self.device
+            config, self.device, shard=self.dist.shard
         )
         if self.train_loader is not None and len(self.train_loader) == 0:
             raise ConfigError(
@@ -287,6 +330,9 @@ class TrainRunner:
         self.model = model.to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if config.sync_bn and self.dist.enabled:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.net = self.dist.wrap(self.model, self.device)  # DDP under torchrun: the training forward
         self.optimizer = _make_optimizer(self.model, config, self.device)
         self.scheduler = _make_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
@@ -324,11 +370,15 @@ class TrainRunner:
     def resume(self) -> None:
         """Continue from the run's newest good checkpoint, if any (validated before any history file
         is touched)."""
-        loaded = open_checkpoint(self.run_dir, CHECKPOINT_SCHEMA, self.config.epochs, self.device, self.log)
+        cfg, main = self.config, self.dist.is_main
+        loaded = open_checkpoint(
+            self.run_dir, CHECKPOINT_SCHEMA, cfg.epochs, self.device, self.log, clean=main
+        )
         if loaded is not None:
             self.load_state_dict(loaded.state, loaded.path)
         # before the run announces itself: a damaged history file stops it here
-        trim_histories([self.run_dir / "metrics.jsonl"], self.start_epoch, self.log)
+        if main:
+            trim_histories([self.run_dir / "metrics.jsonl"], self.start_epoch, self.log)
         if loaded is None:
             self.log(f"{self.run_dir} has no checkpoint yet; starting it from epoch 1")
         else:
@@ -342,7 +392,7 @@ class TrainRunner:
             x = x.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.precision):
-            logits, logits_aux = self.model(x)
+            logits, logits_aux = self.net(x)
             loss = training_loss(logits, logits_aux, y, cfg.auxiliary_weight, cfg.label_smoothing)
         self.scaler.scale(loss).backward()
         if cfg.grad_clip > 0:
@@ -387,21 +437,28 @@ class TrainRunner:
                 bar.set_postfix(loss=f"{loss_now:.3f}", acc=f"{acc_now:.1f}")
         bar.close()
         self.monitor.check(epoch)
-        train_loss, train_acc = float(loss_sum) / max(seen, 1), 100.0 * float(correct) / max(seen, 1)
-        elapsed = time.perf_counter() - started  # after the float() sync above
+        total_loss, total_correct, total_seen = self.dist.sum([loss_sum, correct, seen], self.device)
+        train_loss, train_acc = total_loss / max(total_seen, 1), 100.0 * total_correct / max(total_seen, 1)
+        elapsed = time.perf_counter() - started  # after the sum's sync above
         self.scheduler.step()
         return {
             "train_loss": train_loss,
             "train_top1": train_acc,
             "lr": lr,
             "drop_path_prob": drop_prob,
-            "images_per_s": seen / elapsed if elapsed > 0 else 0.0,
+            "images_per_s": total_seen / elapsed if elapsed > 0 else 0.0,  # all processes
             "train_time_s": elapsed,
         }
 
     def evaluate(self) -> dict[str, Any]:
         result = evaluate_model(
-            self.model, self.test_loader, self.device, self.precision, self.channels_last, self.progress
+            self.model,
+            self.test_loader,
+            self.device,
+            self.precision,
+            self.channels_last,
+            self.progress,
+            sum_over=self.dist.sum,
         )
         if not math.isfinite(result["test_loss"]):
             raise NonFiniteError(
@@ -429,8 +486,9 @@ class TrainRunner:
                 row.update(final)
             row["epoch_time_s"] = time.perf_counter() - started
             # history first: a kill before the checkpoint redoes this epoch and trims its row on resume
-            append_jsonl(metrics_path, row)
-            save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict(epoch))
+            if self.dist.is_main:  # rank 0 alone writes the run directory
+                append_jsonl(metrics_path, row)
+                save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict(epoch))
             test = ""
             if "test_top1" in row:
                 test = (
@@ -444,15 +502,18 @@ class TrainRunner:
             )
         if final is None:
             final = self.evaluate()
+        self.dist.barrier()  # rank 0 has written every epoch's row
         metrics = read_jsonl(metrics_path)
         result = self._result(final, metrics)
-        atomic_write_json(self.run_dir / "result.json", result)
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / "result.json", result)
         self.log(
             f"test top-1 {result['test_top1']:.2f}% top-5 {result['test_top5']:.2f}% "
             f"({result['num_test_images']} images) | {result['parameters'] / 1e6:.3f} M parameters "
             f"(+{(result['parameters_with_aux'] - result['parameters']) / 1e6:.3f} M auxiliary head) | "
             f"{result['flops_per_image'] / 2e6:.1f} M multiply-adds"
         )
+        self.dist.barrier()
         return TrainResult(self.run_dir, metrics, result, self.model)
 
     def _result(self, final: dict[str, Any], metrics: list[dict[str, Any]]) -> dict[str, Any]:
@@ -475,6 +536,7 @@ class TrainRunner:
             "train_time_s": sum(r.get("train_time_s", 0.0) for r in metrics),
             "device": str(self.device),
             "precision": self.precision,
+            "world_size": self.dist.world_size,
         }
 
 
@@ -488,22 +550,28 @@ def _toggle_on(value: str, auto: bool) -> bool:
 def run_train(config: TrainConfig, progress: bool = True, overwrite: bool = False) -> TrainResult:
     """Retrain ``config.genotype`` from scratch; returns the run directory, metrics and test result. An
     existing, non-empty run directory is refused unless ``overwrite``."""
-    resolved = config.resolved()
-    genotype = resolved.load_genotype()
-    run_dir = resolved.run_dir
-    check_run_dir_free(run_dir, overwrite, "train")
-    runner = TrainRunner(resolved, genotype, run_dir, progress=progress)  # data and device errors come first
-    prepare_run_dir(run_dir, overwrite)
-    # the genotype first, the config last: a directory with a config.json always has its genotype
-    genotype.save_json(run_dir / "genotype.json")
-    atomic_write_text(run_dir / "genotype.txt", genotype.to_literal() + "\n")
-    atomic_write_json(run_dir / "config.json", resolved.to_json())
-    runner.log(
-        f"fastnas train: {genotype_label(resolved.genotype)} on {resolved.dataset}, C={resolved.C}, "
-        f"{resolved.layers} layers, {runner.parameters / 1e6:.3f} M parameters, {runner.device} "
-        f"{runner.precision}, run directory {run_dir}"
-    )
-    return runner.run()
+    with distributed_session(config.device, config.dist_backend) as dist:
+        resolved = config.resolved()
+        resolved = resolved.replace(run_name=dist.broadcast(resolved.run_name))
+        genotype = resolved.load_genotype()
+        run_dir = resolved.run_dir
+        check_run_dir_free(run_dir, overwrite, "train")
+        dist.barrier()  # every rank has checked the folder before rank 0 writes into it
+        # data and device errors come first
+        runner = TrainRunner(resolved, genotype, run_dir, progress=progress, dist=dist)
+        if dist.is_main:
+            prepare_run_dir(run_dir, overwrite)
+            # the genotype first, the config last: a directory with a config.json always has its genotype
+            genotype.save_json(run_dir / "genotype.json")
+            atomic_write_text(run_dir / "genotype.txt", genotype.to_literal() + "\n")
+            atomic_write_json(run_dir / "config.json", resolved.to_json())
+        where = f" x {dist.world_size} processes" if dist.enabled else ""
+        runner.log(
+            f"fastnas train: {genotype_label(resolved.genotype)} on {resolved.dataset}, C={resolved.C}, "
+            f"{resolved.layers} layers, {runner.parameters / 1e6:.3f} M parameters, {runner.device} "
+            f"{runner.precision}{where}, run directory {run_dir}"
+        )
+        return runner.run()
 
 
 def resume_train(run_dir: str | Path, progress: bool = True, device: str | None = None) -> TrainResult:
@@ -518,9 +586,10 @@ def resume_train(run_dir: str | Path, progress: bool = True, device: str | None 
         )
     config = ResolvedTrainConfig.from_json(data, str(config_path))
     genotype = load_genotype(run_dir)  # the genotype.json saved at the start, not the original source
-    runner = TrainRunner(config, genotype, run_dir, progress=progress, device=device)
-    runner.resume()
-    return runner.run()
+    with distributed_session(device or config.device, config.dist_backend) as dist:
+        runner = TrainRunner(config, genotype, run_dir, progress=progress, device=device, dist=dist)
+        runner.resume()
+        return runner.run()
 
 
 def evaluate_checkpoint(

@@ -148,12 +148,15 @@ def open_checkpoint(
     epochs: int,
     map_location: torch.device,
     log: Callable[[str], None],
+    clean: bool = True,
 ) -> LoadedCheckpoint | None:
     """The run's newest good checkpoint, verified and checked against ``schema`` and ``epochs`` (its
-    ``epoch`` must lie in [0, epochs)), or None when the run has none yet. Stale temporary files that a
-    kill left behind are removed first."""
-    for tmp in remove_stale_temporaries(run_dir, names=(*RUN_FILES, *_CHECKPOINT_FILES)):
-        log(f"removed {tmp.name}, a temporary file left by an interrupted write")
+    ``epoch`` must lie in [0, epochs)), or None when the run has none yet. With ``clean`` (the process
+    that writes the run: rank 0 under torchrun) stale temporary files that a kill left behind are removed
+    first."""
+    if clean:
+        for tmp in remove_stale_temporaries(run_dir, names=(*RUN_FILES, *_CHECKPOINT_FILES)):
+            log(f"removed {tmp.name}, a temporary file left by an interrupted write")
     path = run_dir / CHECKPOINT_NAME
     if not has_checkpoint(path):
         return None

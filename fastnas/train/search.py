@@ -22,7 +22,7 @@ import hashlib
 import random
 import resource
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,7 @@ from fastnas.spaces.base import SearchSpace
 from fastnas.train.checkpoint import CHECKPOINT_NAME, numpy_rng_state, save_checkpoint, set_numpy_rng_state
 from fastnas.train.config import ResolvedSearchConfig, SearchConfig
 from fastnas.train.device import autocast, resolve_device, seed_everything
+from fastnas.train.distributed import Distributed, check_world_size, distributed_session
 from fastnas.train.run_state import (
     NonFiniteMonitor,
     RunLog,
@@ -86,6 +87,10 @@ class SearchResult:
     model: SearchModel
 
 
+def _silent(line: str) -> None:
+    """The log of ranks other than 0 (rank 0 alone prints and writes ``log.txt``)."""
+
+
 def _repeat(loader: EpochBatches) -> Iterator[Batch]:
     while True:
         yield from loader
@@ -115,20 +120,27 @@ class SearchRunner:
     """Builds data, model and optimisers from a resolved config and runs the epochs."""
 
     def __init__(
-        self, config: ResolvedSearchConfig, run_dir: Path, progress: bool = True, device: str | None = None
+        self,
+        config: ResolvedSearchConfig,
+        run_dir: Path,
+        progress: bool = True,
+        device: str | None = None,
+        dist: Distributed | None = None,
     ):
         self.config = config
         self.run_dir = run_dir
-        self.progress = progress
-        self.log = RunLog(run_dir, progress)
-        self.device = resolve_device(device or config.device)
+        self.dist = dist or Distributed()
+        check_world_size(config.world_size, self.dist)
+        self.progress = progress and self.dist.is_main
+        self.log: Callable[[str], None] = RunLog(run_dir, self.progress) if self.dist.is_main else _silent
+        self.device = resolve_device(self.dist.device_for(device or config.device))
         if config.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = not config.deterministic
         seed_everything(config.seed)
 
-        data = build_search_data(config, self.device)
+        data = build_search_data(config, self.device, self.dist.shard)
         self.weight_loader, self.arch_loader, self.eval_loader = data.weights, data.arch, data.evaluation
 
         self.base_space = config.build_space()
@@ -161,7 +173,7 @@ class SearchRunner:
         """The supernet, the method and the optimisers of stage ``index`` (fresh weights, a new cosine
         schedule over the stage's epochs); the last stage's model is dropped first."""
         cfg, plan = self.config, self.stages[index]
-        for name in ("model", "algorithm", "weight_optimizer", "arch_optimizer", "scheduler"):
+        for name in ("model", "weight_net", "algorithm", "weight_optimizer", "arch_optimizer", "scheduler"):
             self.__dict__.pop(name, None)  # no stage holds the last one's supernet
         gc.collect()
         if self.device.type == "cuda":
@@ -184,6 +196,9 @@ class SearchRunner:
             options=cfg.options,
         ).to(self.device)
         self.algorithm = self.model.algorithm
+        # the weight step runs through DDP under torchrun (gradients averaged in backward); the
+        # architecture step calls the supernet itself and averages its own gradients
+        self.weight_net = self.dist.wrap(self.model.supernet, self.device)
         self.algorithm.start_stage(index, previous)
         if cfg.executor == "fast" and isinstance(space, DartsSpace) and space.restricted:
             self.log(
@@ -232,7 +247,9 @@ class SearchRunner:
         self._build_stage(index, space, previous=self.algorithm)
 
     def _record_stage(self, index: int, **extra: Any) -> None:
-        """Write (or rewrite) stage ``index``'s entry of ``stages.json``."""
+        """Write (or rewrite) stage ``index``'s entry of ``stages.json`` (rank 0)."""
+        if not self.dist.is_main:
+            return
         plan, space = self.stages[index], self.model.space
         start = self.stage_starts[index]
         entry = {
@@ -301,7 +318,7 @@ class SearchRunner:
         with autocast(self.device, self.config.precision):
             if self.algorithm.order == 2:
                 grads, loss = unrolled_arch_gradients(
-                    self.model, train_batch, val_batch, lr, self.weight_optimizer
+                    self.model, train_batch, val_batch, lr, self.weight_optimizer, average=self.dist.average_
                 )
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g.to(p.dtype)
@@ -309,6 +326,7 @@ class SearchRunner:
                 loss = self.model.loss(*val_batch, level="arch")
         if self.algorithm.order != 2:
             self.arch_scaler.scale(loss).backward(inputs=params)
+        self.dist.average_([p.grad for p in params])  # identical alphas on every rank
         if self.config.arch_grad_clip > 0:
             self.arch_scaler.unscale_(self.arch_optimizer)
             torch.nn.utils.clip_grad_norm_(params, self.config.arch_grad_clip)
@@ -323,7 +341,7 @@ class SearchRunner:
         params = self.model.weight_parameters()
         self.weight_optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, self.config.precision):
-            logits = self.model(x)
+            logits = self.model.forward_with(self.weight_net, x)
             loss = self.model.criterion(logits, y, "weights")
         self.weight_scaler.scale(loss).backward(inputs=params)
         if self.config.grad_clip > 0:
@@ -348,7 +366,8 @@ class SearchRunner:
             correct += (logits.argmax(1) == y).sum()
             count += len(y)
         self.model.train()
-        return float(total_loss) / count, 100.0 * float(correct) / count
+        loss_sum, n_correct, n = self.dist.sum([total_loss, correct, count], self.device)  # over the shards
+        return loss_sum / n, 100.0 * n_correct / n
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch (``epoch`` counts over the whole run; schedules see the epoch within its stage)."""
@@ -415,11 +434,12 @@ class SearchRunner:
         self.monitor.check(epoch)
         self.scheduler.step()
         elapsed = time.perf_counter() - started
+        total_loss, total_correct, total_seen = self.dist.sum([loss_sum, correct, seen], self.device)
         return {
-            "train_loss": float(loss_sum) / seen,
-            "train_acc": 100.0 * float(correct) / seen,
+            "train_loss": total_loss / total_seen,
+            "train_acc": 100.0 * total_correct / total_seen,
             "lr": lr,
-            "images_per_s": seen / max(elapsed, 1e-9),  # weight-step images per second
+            "images_per_s": total_seen / max(elapsed, 1e-9),  # weight-step images per second, all ranks
             "data_wait_s": waited[0],
         }
 
@@ -428,8 +448,11 @@ class SearchRunner:
         from fastnas.train.consistency import measure_consistency
 
         self.eval_loader.set_epoch(0)
-        result = measure_consistency(self.model, self.eval_loader, self.device, self.config.precision)
-        atomic_write_json(self.run_dir / "consistency.json", result)
+        result = measure_consistency(
+            self.model, self.eval_loader, self.device, self.config.precision, sum_over=self.dist.sum
+        )
+        if self.dist.is_main:
+            atomic_write_json(self.run_dir / "consistency.json", result)
         self.log(
             f"consistency: super-net acc {result['super_acc']:.2f}% | child-net acc "
             f"{result['child_acc']:.2f}% | drop {result['drop']:.2f}"
@@ -445,13 +468,21 @@ class SearchRunner:
     def resume(self) -> None:
         """Continue from the run's newest good checkpoint, if it has one (validated before any history
         file is touched)."""
-        loaded = open_checkpoint(self.run_dir, CHECKPOINT_SCHEMA, self.config.epochs, self.device, self.log)
+        loaded = open_checkpoint(
+            self.run_dir,
+            CHECKPOINT_SCHEMA,
+            self.config.epochs,
+            self.device,
+            self.log,
+            clean=self.dist.is_main,
+        )
         if loaded is not None:
             self._rebuild_stage_of(loaded.state, loaded.path)
             self.load_state_dict(loaded.state, loaded.path)
             self.previous_arch = self._architecture_from_json(loaded.state["genotype"], loaded.path)
         # before the run announces itself: a damaged history file stops it here
-        trim_histories(self.history_files, self.start_epoch, self.log)
+        if self.dist.is_main:
+            trim_histories(self.history_files, self.start_epoch, self.log)
         if loaded is None:
             self.log(f"{self.run_dir} has no checkpoint yet; starting it from epoch 1")
         else:
@@ -489,7 +520,8 @@ class SearchRunner:
         for stem, record in self.algorithm.drain_records():
             if stem not in self.algorithm.record_files:
                 raise ConfigError(f"{self.algorithm.name} wrote a {stem!r} record it does not declare")
-            append_jsonl(self.run_dir / f"{stem}.jsonl", {"epoch": epoch, **record})
+            if self.dist.is_main:
+                append_jsonl(self.run_dir / f"{stem}.jsonl", {"epoch": epoch, **record})
 
     def run(self) -> SearchResult:
         cfg = self.config
@@ -525,11 +557,16 @@ class SearchRunner:
             )
             if self.table is not None and isinstance(genotype, NB201Arch):
                 row["table"] = dataclasses.asdict(self.table.lookup(genotype))
+            self.dist.check_identical(
+                self.model.arch_parameters(), f"the architecture after epoch {epoch + 1}"
+            )
             # history first: a kill before the checkpoint redoes this epoch and trims its rows on resume
-            append_jsonl(metrics_path, row)
-            append_jsonl(alphas_path, {"epoch": epoch, **self.algorithm.arch_snapshot()})
+            if self.dist.is_main:  # rank 0 alone writes the run directory
+                append_jsonl(metrics_path, row)
+                append_jsonl(alphas_path, {"epoch": epoch, **self.algorithm.arch_snapshot()})
             self._write_records(epoch)
-            save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict(epoch, genotype))
+            if self.dist.is_main:
+                save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict(epoch, genotype))
             ent = " ".join(f"{k}={v:.3f}" for k, v in entropy.items())
             table = ""
             if "table" in row:
@@ -546,23 +583,32 @@ class SearchRunner:
         genotype = self.algorithm.derive()
         if staged:
             self._record_stage(self.stage, genotype=genotype.to_literal())
-        genotype.save_json(self.run_dir / "genotype.json")
-        atomic_write_text(self.run_dir / "genotype.txt", genotype.to_literal() + "\n")
+        if self.dist.is_main:
+            genotype.save_json(self.run_dir / "genotype.json")
+            atomic_write_text(self.run_dir / "genotype.txt", genotype.to_literal() + "\n")
         self.write_consistency()
+        self.dist.barrier()  # every rank returns once rank 0 has written the run's last files
         return SearchResult(self.run_dir, genotype, read_jsonl(metrics_path), self.model)
 
 
 def run_search(config: SearchConfig, progress: bool = True, overwrite: bool = False) -> SearchResult:
     """Run a search from scratch; returns the final genotype and the run directory. An existing,
-    non-empty run directory is refused unless ``overwrite``."""
-    resolved = config.resolved()
-    run_dir = resolved.run_dir
-    check_run_dir_free(run_dir, overwrite, "search")
-    runner = SearchRunner(resolved, run_dir, progress=progress)  # data and device errors come first
-    prepare_run_dir(run_dir, overwrite)
-    atomic_write_json(run_dir / "config.json", resolved.to_json())
-    runner.log(f"fastnas search: {resolved.method} on {resolved.dataset}, run directory {run_dir}")
-    return runner.run()
+    non-empty run directory is refused unless ``overwrite``. Under torchrun every process calls this; they
+    share rank 0's run name and rank 0 alone writes the run directory."""
+    with distributed_session(config.device, config.dist_backend) as dist:
+        resolved = config.resolved()
+        resolved = dataclasses.replace(resolved, run_name=dist.broadcast(resolved.run_name))
+        run_dir = resolved.run_dir
+        check_run_dir_free(run_dir, overwrite, "search")
+        dist.barrier()  # every rank has checked the folder before rank 0 writes into it
+        # data and device errors come first
+        runner = SearchRunner(resolved, run_dir, progress=progress, dist=dist)
+        if dist.is_main:
+            prepare_run_dir(run_dir, overwrite)
+            atomic_write_json(run_dir / "config.json", resolved.to_json())
+        where = f" on {dist.world_size} processes ({dist.backend})" if dist.enabled else ""
+        runner.log(f"fastnas search: {resolved.method} on {resolved.dataset}{where}, run directory {run_dir}")
+        return runner.run()
 
 
 def resume_search(run_dir: str | Path, progress: bool = True, device: str | None = None) -> SearchResult:
@@ -578,6 +624,7 @@ def resume_search(run_dir: str | Path, progress: bool = True, device: str | None
             f"--resume {run_dir}`"
         )
     config = ResolvedSearchConfig.from_json(data, str(config_path))
-    runner = SearchRunner(config, run_dir, progress=progress, device=device)
-    runner.resume()
-    return runner.run()
+    with distributed_session(device or config.device, config.dist_backend) as dist:
+        runner = SearchRunner(config, run_dir, progress=progress, device=device, dist=dist)
+        runner.resume()
+        return runner.run()

@@ -39,10 +39,18 @@ class SearchData:
     in_channels: int
 
 
-def build_search_data(config: ResolvedSearchConfig, device: torch.device) -> SearchData:
-    """The loaders for ``config`` on ``device``."""
+def build_search_data(
+    config: ResolvedSearchConfig, device: torch.device, shard: tuple[int, int] = (0, 1)
+) -> SearchData:
+    """The loaders for ``config`` on ``device``; ``shard=(rank, world_size)`` loads that process's share
+    of every epoch (torchrun). ``config.loader == "dali"`` builds NVIDIA DALI pipelines instead
+    (:mod:`fastnas.data.dali`)."""
+    if config.loader == "dali":
+        from fastnas.data.dali import require_dali
+
+        require_dali()  # a clear message before any data is read
     if config.dataset == "imagenet":
-        return _imagenet_data(config, device)
+        return _imagenet_data(config, device, shard)
     train_set = load_dataset(config.dataset, config.data_dir, split="train", download=config.download)
     indices = limit_indices(torch.arange(len(train_set)), config.limit)
     weight_idx, arch_idx = search_split(len(indices), config.train_portion)
@@ -50,7 +58,20 @@ def build_search_data(config: ResolvedSearchConfig, device: torch.device) -> Sea
     if len(weight_idx) == 0 or len(arch_idx) == 0:
         raise ConfigError("the search split left no images for one of the halves; raise --limit")
 
-    def loader(part: torch.Tensor, augment: bool, seed: int) -> TensorBatchLoader:
+    def loader(part: torch.Tensor, augment: bool, seed: int) -> EpochBatches:
+        if config.loader == "dali":
+            from fastnas.data.dali import DaliTensorLoader
+
+            return DaliTensorLoader(
+                train_set,
+                part,
+                config.batch_size,
+                augment=augment,
+                shuffle=augment,
+                seed=seed,
+                device=device,
+                shard=shard,
+            )
         return TensorBatchLoader(
             train_set,
             part,
@@ -59,6 +80,7 @@ def build_search_data(config: ResolvedSearchConfig, device: torch.device) -> Sea
             shuffle=augment,
             seed=seed,
             device=device,
+            shard=shard,
         )
 
     return SearchData(
@@ -70,7 +92,7 @@ def build_search_data(config: ResolvedSearchConfig, device: torch.device) -> Sea
     )
 
 
-def _imagenet_data(config: ResolvedSearchConfig, device: torch.device) -> SearchData:
+def _imagenet_data(config: ResolvedSearchConfig, device: torch.device, shard: tuple[int, int]) -> SearchData:
     augmented = load_imagenet_folder(config.data_dir, "train", image_size=config.image_size)
     plain = copy.copy(augmented)  # the same file list (scanned once), the test-time transforms
     plain.transform = imagenet_transform(False, config.image_size, round(config.image_size * 256 / 224))
@@ -90,7 +112,24 @@ def _imagenet_data(config: ResolvedSearchConfig, device: torch.device) -> Search
             f"{len(arch_idx)} for the architecture; raise --subset-weights / --subset-arch (or --limit)"
         )
 
-    def loader(dataset: Any, indices: list[int], shuffle: bool, seed: int) -> FolderBatchLoader:
+    def loader(dataset: Any, indices: list[int], shuffle: bool, seed: int) -> EpochBatches:
+        if config.loader == "dali":
+            from fastnas.data.dali import DaliFolderLoader, folder_file_list
+
+            files, labels = folder_file_list(Subset(dataset, indices))
+            return DaliFolderLoader(
+                files,
+                labels,
+                config.batch_size,
+                train=shuffle,
+                shuffle=shuffle,
+                seed=seed,
+                device=device,
+                image_size=config.image_size,
+                resize=round(config.image_size * 256 / 224),
+                workers=max(config.workers, 1),
+                shard=shard,
+            )
         return FolderBatchLoader(
             Subset(dataset, indices),
             config.batch_size,
@@ -98,6 +137,7 @@ def _imagenet_data(config: ResolvedSearchConfig, device: torch.device) -> Search
             seed=seed,
             device=device,
             workers=config.workers,
+            shard=shard,
         )
 
     return SearchData(

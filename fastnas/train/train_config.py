@@ -21,6 +21,16 @@ from fastnas.fields import field_types, load_fields, read_json_file, setting
 from fastnas.genotype import Genotype, load_genotype
 from fastnas.genotype_zoo import resolve_zoo_name
 from fastnas.train.device import PRECISIONS
+from fastnas.train.distributed import env_world_size
+from fastnas.train.scaling import (
+    check_scaling_choices,
+    dist_backend_setting,
+    global_batch_setting,
+    loader_setting,
+    lr_scaling_setting,
+    per_rank_batch,
+    scaled_lr,
+)
 
 TRAIN_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "imagenet", "digits")
 SCHEDULES: tuple[str, ...] = ("cosine", "step")
@@ -166,7 +176,16 @@ class TrainConfig:
     )
     test_limit: int | None = setting(None, "use only the first N test images (default: --limit)", metavar="N")
     epochs: int | None = setting(None, "training epochs")
-    batch_size: int | None = setting(None, "batch size")
+    batch_size: int | None = setting(
+        None, "batch size per process (the effective batch is this x the world size)"
+    )
+    global_batch_size: int | None = global_batch_setting()
+    lr_scaling: str = lr_scaling_setting()
+    dist_backend: str = dist_backend_setting()
+    sync_bn: bool = setting(
+        False, "torchrun on GPUs: SyncBatchNorm (batch statistics over all processes)", const=True
+    )
+    loader: str = loader_setting()
     C: int | None = setting(None, "initial channels", flag="--C", aliases=("--init-channels",))
     layers: int | None = setting(None, "number of cells")
     auxiliary: bool = setting(True, "no auxiliary head", flag="--no-auxiliary", const=False)
@@ -209,9 +228,14 @@ class TrainConfig:
         dataset = normalise_dataset(self.dataset)
         recipe = RECIPES[dataset]
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        world_size = env_world_size()
+        values["batch_size"] = per_rank_batch(self.batch_size, self.global_batch_size, world_size)
         for name in _RECIPE_FIELDS:
             if values[name] is None:
                 values[name] = getattr(recipe, name)
+        for name in ("lr", "lr_min"):  # the recipe's (or the given) single-process rates
+            values[name] = scaled_lr(values[name], world_size, self.lr_scaling)
+        del values["global_batch_size"]
         genotype = self.genotype
         if not isinstance(genotype, str):
             genotype = load_genotype(genotype).to_literal()
@@ -226,7 +250,7 @@ class TrainConfig:
             run_name=self.run_name
             or f"train-{genotype_label(self.genotype)}-{dataset}-s{self.seed}-{_timestamp()}",
         )
-        resolved = ResolvedTrainConfig(**values)
+        resolved = ResolvedTrainConfig(**values, world_size=world_size)
         resolved.validate()
         return resolved
 
@@ -242,7 +266,12 @@ class ResolvedTrainConfig:
     limit: int | None  # None: every training image
     test_limit: int | None  # None: every test image
     epochs: int
-    batch_size: int
+    batch_size: int  # per process
+    lr_scaling: str  # lr and lr_min below are already scaled
+    dist_backend: str
+    sync_bn: bool
+    loader: str
+    world_size: int  # processes of the run (torchrun)
     C: int
     layers: int
     auxiliary: bool
@@ -339,6 +368,7 @@ class ResolvedTrainConfig:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.eval_every < 0:
             raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
+        check_scaling_choices(self)
         if not self.run_name or Path(self.run_name).name != self.run_name or self.run_name in (".", ".."):
             raise ConfigError(f"--run-name must be a plain folder name, got {self.run_name!r}")
 
