@@ -622,10 +622,10 @@ def test_short_search_writes_genotype_and_consistency(
 
     def recording(
         model: SearchModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-        precision: str = "fp32",
+        precision: str = "fp32", **sums: Any,
     ) -> dict[str, Any]:  # fmt: skip
         seen["batches"] = [(x.clone(), y.clone()) for x, y in batches]
-        return original(model, seen["batches"], device, precision)
+        return original(model, seen["batches"], device, precision, **sums)
 
     monkeypatch.setattr(consistency, "measure_consistency", recording)
     config = SearchConfig(
