@@ -287,6 +287,28 @@ def _add_rank_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
 
 
+def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="pictures of a search run (PNG files in RUN_DIR/plots; needs matplotlib)",
+        description="Loss and accuracy curves, edge-weight heatmaps and per-op curves, skip count (and "
+        "NAS-Bench-201 accuracy), DDSAS sampling counts, P-DARTS stages and the derived cells as DAGs.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory of `fastnas search`")
+    p.add_argument("--epochs", type=int, nargs="+", default=None, help="heatmap epochs (1-based; default: "
+                   "first, middle, last)")  # fmt: skip
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from fastnas.plots import plot_run
+
+    written = plot_run(args.run_dir, args.epochs)
+    for path in written.values():
+        print(path)
+    return 0
+
+
 def _run_rank(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -318,6 +340,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _add_train_parser(sub)
     _add_info_parser(sub, method)
     _add_rank_parser(sub)
+    _add_plot_parser(sub)
     for action in sub.choices.values():
         action.method_name = method.name
     return parser
@@ -372,6 +395,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     result = run_sweep(base, args.methods, args.seeds, args.out_dir, progress=not args.no_progress)
     print(f"\nsweep directory: {args.out_dir}\n")
     print(format_summary(result["summary"]))
+    print(f"\ncurves: {result['plot']}" if result["plot"] else f"\nno curves: {result['plot_skipped']}")
     return 0
 
 
@@ -488,6 +512,7 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "train": _run_train,
     "info": _run_info,
     "rank": _run_rank,
+    "plot": _run_plot,
 }
 
 

@@ -311,3 +311,23 @@ def test_sync_batch_norm_on_cpu_processes_is_refused(tmp_path: Path, monkeypatch
     ).resolved()
     with pytest.raises(ConfigError, match="--sync-bn needs CUDA"):
         TrainRunner(config, config.load_genotype(), tmp_path / "r", dist=Distributed(rank=0, world_size=2))
+
+
+def test_config_json_of_an_earlier_version_still_loads(tmp_path: Path) -> None:
+    """Runs written before --loader / --lr-scaling / --tensorboard existed resume with the values they
+    ran with (one process, the torch loader, no events)."""
+    from fastnas.train.config import ResolvedSearchConfig
+    from fastnas.train.scaling import ADDED_KEYS
+    from fastnas.train.train_config import ResolvedTrainConfig
+
+    search = SearchConfig(dataset="digits").resolved().to_json()
+    train = TrainConfig(dataset="digits").resolved().to_json()
+    for data in (search, train):
+        for key in ADDED_KEYS:
+            data.pop(key, None)
+    old = ResolvedSearchConfig.from_json(search)
+    assert (old.world_size, old.loader, old.tensorboard) == (1, "torch", False)
+    assert ResolvedTrainConfig.from_json(train).sync_bn is False
+    del search["lr"]  # a key that was always there is still required
+    with pytest.raises(ConfigError, match="lacks the key"):
+        ResolvedSearchConfig.from_json(search)

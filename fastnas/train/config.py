@@ -34,6 +34,7 @@ from fastnas.train.scaling import (
     lr_scaling_setting,
     per_rank_batch,
     scaled_lr,
+    with_added_keys,
 )
 
 __all__ = ["EXECUTORS", "ResolvedSearchConfig", "SearchConfig", "check_hyper_parameters"]
@@ -142,6 +143,7 @@ class SearchConfig:
         flag="--nondeterministic",
         const=False,
     )
+    tensorboard: bool = setting(False, "write TensorBoard events to RUN_DIR/tensorboard", const=True)
     out_dir: str = setting("runs", "parent folder of run directories")
     run_name: str | None = setting(None, "run directory name (default: method-dataset-seed-time)")
 
@@ -232,6 +234,7 @@ class ResolvedSearchConfig:
     precision: str
     executor: str
     deterministic: bool
+    tensorboard: bool
     out_dir: str
     run_name: str
 
@@ -339,7 +342,7 @@ class ResolvedSearchConfig:
         """Read a ``config.json`` back: every key known, every value of the right type and in range."""
         if not isinstance(data, dict):
             raise ConfigError(f"{where} must be a JSON object of settings, got {type(data).__name__}")
-        data = dict(data)
+        data = with_added_keys(dict(data), field_types(cls))
         options = data.pop("method_options", {})
         method_name = data.get("method")
         if not isinstance(method_name, str):

@@ -45,6 +45,7 @@ from fastnas.train.run_state import (
     prepare_run_dir,
     trim_histories,
 )
+from fastnas.train.tensorboard import TensorBoardLog
 from fastnas.train.train_config import DATASET_SHAPES, ResolvedTrainConfig, TrainConfig, genotype_label
 
 __all__ = [
@@ -478,6 +479,9 @@ class TrainRunner:
         if self.start_epoch >= cfg.epochs:
             self.log(f"run {self.run_dir} already trained ({cfg.epochs} epochs); evaluating its checkpoint")
         final: dict[str, Any] | None = None
+        board = (
+            TensorBoardLog(self.run_dir, self.start_epoch) if cfg.tensorboard and self.dist.is_main else None
+        )
         for epoch in range(self.start_epoch, cfg.epochs):
             started = time.perf_counter()
             row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
@@ -489,6 +493,8 @@ class TrainRunner:
             if self.dist.is_main:  # rank 0 alone writes the run directory
                 append_jsonl(metrics_path, row)
                 save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict(epoch))
+            if board is not None:
+                board.epoch(epoch, row)
             test = ""
             if "test_top1" in row:
                 test = (
@@ -500,6 +506,8 @@ class TrainRunner:
                 f"top-1 {row['train_top1']:.2f}%{test} | lr {row['lr']:.5f} | drop path "
                 f"{row['drop_path_prob']:.3f} | {row['images_per_s']:.0f} img/s | {row['epoch_time_s']:.1f}s"
             )
+        if board is not None:
+            board.close()
         if final is None:
             final = self.evaluate()
         self.dist.barrier()  # rank 0 has written every epoch's row

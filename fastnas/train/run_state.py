@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -52,17 +53,22 @@ RUN_FILES = (
     "consistency.json",
     "result.json",
     "eval.json",
+    "rank.json",
 )
 """Files fastnas writes into a run directory (besides the checkpoints and their temporaries)."""
 
 
 _CHECKPOINT_FILES = (CHECKPOINT_NAME, previous_checkpoint_path(CHECKPOINT_NAME).name)
+#: Folders fastnas writes into a run directory (``--tensorboard`` events, ``fastnas plot`` pictures).
+RUN_FOLDERS = ("tensorboard", "plots")
 
 
 def _fastnas_file(path: Path) -> bool:
     """A file fastnas writes into a run directory: a run file, a checkpoint, or the temporary file
     (``.NAME.*.tmp``) of an interrupted write of one of them."""
     name = path.name
+    if name in RUN_FOLDERS and path.is_dir():
+        return True
     if name.startswith(".") and name.endswith(".tmp"):
         name = name[1:].removesuffix(".tmp").rsplit(".", 1)[0]  # .checkpoint.pt.k2j4x9.tmp -> checkpoint.pt
     return path.is_file() and (name in RUN_FILES or name in _CHECKPOINT_FILES)
@@ -125,7 +131,7 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:
     if run_dir.is_dir() and (overwrite or not (run_dir / "config.json").exists()):
         for path in run_dir.iterdir():
             if _fastnas_file(path):
-                path.unlink()
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 

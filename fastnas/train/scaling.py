@@ -11,6 +11,7 @@ from fastnas.errors import ConfigError
 from fastnas.fields import setting
 
 __all__ = [
+    "ADDED_KEYS",
     "BACKENDS",
     "LOADERS",
     "LR_SCALINGS",
@@ -21,9 +22,19 @@ __all__ = [
     "lr_scaling_setting",
     "per_rank_batch",
     "scaled_lr",
+    "with_added_keys",
 ]
 
 LOADERS: tuple[str, ...] = ("torch", "dali")
+#: keys that config.json files of earlier versions lack, with the value those runs used
+ADDED_KEYS: dict[str, object] = {
+    "loader": "torch",
+    "lr_scaling": "linear",
+    "dist_backend": "auto",
+    "world_size": 1,
+    "sync_bn": False,
+    "tensorboard": False,
+}
 LR_SCALINGS: tuple[str, ...] = ("linear", "none")
 BACKENDS: tuple[str, ...] = ("auto", "nccl", "gloo")
 
@@ -86,6 +97,12 @@ def scaled_lr(lr: float, world_size: int, scaling: str) -> float:
     if scaling not in LR_SCALINGS:
         raise ConfigError(f"--lr-scaling must be one of {', '.join(LR_SCALINGS)}, got {scaling!r}")
     return lr * world_size if scaling == "linear" else lr
+
+
+def with_added_keys(data: dict[str, object], keys: object) -> dict[str, object]:
+    """``data`` (a config.json) with the :data:`ADDED_KEYS` among ``keys`` filled in where absent, so
+    runs of earlier versions still resume."""
+    return {**{k: v for k, v in ADDED_KEYS.items() if k in keys}, **data}  # type: ignore[operator]
 
 
 def check_scaling_choices(config: Any) -> None:

@@ -56,6 +56,7 @@ from fastnas.train.run_state import (
     trim_histories,
 )
 from fastnas.train.search_data import build_search_data
+from fastnas.train.tensorboard import TensorBoardLog
 
 __all__ = ["SearchResult", "SearchRunner", "resume_search", "run_search"]
 
@@ -529,6 +530,9 @@ class SearchRunner:
         staged = len(self.stages) > 1
         if self.start_epoch >= cfg.epochs:
             self.log(f"run {self.run_dir} already finished ({cfg.epochs} epochs)")
+        board = (
+            TensorBoardLog(self.run_dir, self.start_epoch) if cfg.tensorboard and self.dist.is_main else None
+        )
         for epoch in range(self.start_epoch, cfg.epochs):
             if self.stage_of(epoch) != self.stage:
                 self._next_stage(self.stage_of(epoch))
@@ -567,6 +571,8 @@ class SearchRunner:
             self._write_records(epoch)
             if self.dist.is_main:
                 save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict(epoch, genotype))
+            if board is not None:
+                board.epoch(epoch, row, self.algorithm.recorded_weights())
             ent = " ".join(f"{k}={v:.3f}" for k, v in entropy.items())
             table = ""
             if "table" in row:
@@ -580,6 +586,8 @@ class SearchRunner:
                 f"| {row['images_per_s']:.0f} img/s, {row['data_wait_s']:.1f}s waiting for data"
                 f"\n  genotype = {row['genotype']}"
             )
+        if board is not None:
+            board.close()
         genotype = self.algorithm.derive()
         if staged:
             self._record_stage(self.stage, genotype=genotype.to_literal())

@@ -159,7 +159,14 @@ def run_sweep(
             )
             rows.append({"method": spec, "seed": seed, **_run_one(config, progress)})
     summary = summarise(rows)
-    result = {"space": base.space, "dataset": base.dataset, "runs": rows, "summary": summary}
+    result: dict[str, Any] = {"space": base.space, "dataset": base.dataset, "runs": rows, "summary": summary}
+    try:  # every run's validation curves on one figure
+        from fastnas.plots import plot_sweep
+
+        result["plot"] = str(plot_sweep(out_dir, [r["run_dir"] for r in rows]))
+    except ConfigError as exc:  # matplotlib is an optional extra: say so instead of a picture
+        result["plot"] = None
+        result["plot_skipped"] = str(exc)
     atomic_write_json(out_dir / "summary.json", result)
     atomic_write_text(out_dir / "summary.md", format_summary(summary))
     return result

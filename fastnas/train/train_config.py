@@ -30,6 +30,7 @@ from fastnas.train.scaling import (
     lr_scaling_setting,
     per_rank_batch,
     scaled_lr,
+    with_added_keys,
 )
 
 TRAIN_DATASETS: tuple[str, ...] = ("cifar10", "cifar100", "imagenet", "digits")
@@ -214,6 +215,7 @@ class TrainConfig:
         flag="--nondeterministic",
         const=False,
     )
+    tensorboard: bool = setting(False, "write TensorBoard events to RUN_DIR/tensorboard", const=True)
     out_dir: str = setting("runs", "parent folder of run directories")
     run_name: str | None = setting(
         None, "run directory name (default: train-<genotype>-<dataset>-s<seed>-<time>)"
@@ -293,6 +295,7 @@ class ResolvedTrainConfig:
     precision: str
     channels_last: Toggle
     deterministic: Toggle
+    tensorboard: bool
     out_dir: str
     run_name: str
 
@@ -381,6 +384,8 @@ class ResolvedTrainConfig:
     @classmethod
     def from_json(cls, data: Any, where: str = "config.json") -> ResolvedTrainConfig:
         """Read a ``config.json`` back: every key known, every value of the right type and in range."""
+        if isinstance(data, dict):
+            data = with_added_keys(data, field_types(cls))
         values = load_fields(cls, data, where)
         absent = [name for name in field_types(cls) if name not in values]
         if absent:
