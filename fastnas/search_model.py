@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -110,6 +110,27 @@ class SearchModel(nn.Module):
     def loss(self, x: torch.Tensor, target: torch.Tensor, level: str = "weights") -> torch.Tensor:
         """Training loss of a batch (``level="arch"`` for the architecture step)."""
         return self.criterion(self(x), target, level)
+
+    # DARTS convention: parameters() are the weights, arch_parameters() the architecture ---------------
+    def named_parameters(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        """The supernet's weights only, as in DARTS (whose alphas are not module parameters): a
+        DARTS-era ``SGD(model.parameters())`` trains and clips the weights, not the alphas. Names keep
+        the ``supernet.`` prefix of :meth:`state_dict`, which still holds the alphas too;
+        :meth:`named_parameters_with_alphas` is the plain ``nn.Module`` listing."""
+        inner = f"{prefix}.supernet" if prefix else "supernet"
+        yield from self.supernet.named_parameters(inner, recurse, remove_duplicate)
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_parameters_with_alphas(
+        self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+    ) -> Iterator[tuple[str, nn.Parameter]]:
+        """Every parameter, the weights and the architecture's (``algorithm.*``)."""
+        yield from super().named_parameters(prefix, recurse, remove_duplicate)
 
     def weight_parameters(self) -> list[nn.Parameter]:
         return list(self.supernet.parameters())

@@ -33,7 +33,8 @@ def test_readme_api_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_readme_fastnas_commands_parse() -> None:
     text = README.read_text()
     bash = "\n".join(re.findall(r"```bash\n(.*?)```", text, re.S)).replace("\\\n", " ")  # continuations
-    pattern = r"(?:^|&& |torchrun [^\n]*-m )fastnas ((?:search|info|train|rank|plot)[^\n]*)"  # torchrun: its -m
+    # plain commands, chained ones, and torchrun's `-m fastnas ...`
+    pattern = r"(?:^|&& |torchrun [^\n]*-m )fastnas ((?:search|info|train|rank|plot)[^\n]*)"
     commands = [m.group(1) for m in re.finditer(pattern, bash, re.M)]
     assert any(c.startswith("search") for c in commands) and any(c.startswith("info") for c in commands)
     for command in commands:

@@ -101,10 +101,10 @@ def test_finite_difference_step_is_0_01_over_the_norm_of_v(monkeypatch: pytest.M
     original = architect._loss_at
 
     def recording(
-        model_: SearchModel, names_: list[str], ws: list[torch.Tensor], batch: object, level: str
+        model_: SearchModel, names_: list[str], ws: list[torch.Tensor], batch: object, level: str, *bn: bool
     ) -> torch.Tensor:
         calls.append(([w.detach().clone() for w in ws], batch, level))
-        return original(model_, names_, ws, batch, level)
+        return original(model_, names_, ws, batch, level, *bn)
 
     monkeypatch.setattr(architect, "_loss_at", recording)
     fd_scale = 0.01  # the DARTS value (the default)

@@ -6,8 +6,8 @@ would take), and the architecture gradient is
 ``grad_a L_val(w', a) - xi * grad^2_{a,w} L_train(w, a) . v`` with ``v = grad_{w'} L_val(w', a)``; the
 Hessian-vector product is the central finite difference
 ``(grad_a L_train(w+, a) - grad_a L_train(w-, a)) / (2 eps)``, ``w+- = w +- eps v``, ``eps = 0.01 / ||v||``.
-Virtual forward passes run through ``torch.func.functional_call`` on copies of the BN buffers, so only the
-real steps update the running statistics.
+Virtual forward passes run through ``torch.func.functional_call``; by default the passes at ``w``, ``w+`` and
+``w-`` update the BN running statistics as the DARTS code's do (``--arch-step-bn frozen``: none does).
 """
 
 from __future__ import annotations
@@ -69,16 +69,24 @@ def _sgd_virtual_step(
 
 
 def _loss_at(
-    model: BilevelModel, names: list[str], weights: Sequence[torch.Tensor], batch: Batch, level: str
+    model: BilevelModel,
+    names: list[str],
+    weights: Sequence[torch.Tensor],
+    batch: Batch,
+    level: str,
+    update_bn: bool = False,
 ) -> torch.Tensor:
-    buffers: dict[str, torch.Tensor] = {name: b.clone() for name, b in model.supernet.named_buffers()}
-    params = dict(zip(names, weights, strict=True))
+    """The loss at ``weights``; BN running statistics update in place with ``update_bn``, else the
+    pass runs on copies of the buffers."""
+    params: dict[str, torch.Tensor] = dict(zip(names, weights, strict=True))
+    if not update_bn:
+        params.update({name: b.clone() for name, b in model.supernet.named_buffers()})
     x, y = batch
     active = model.algorithm.active_set()  # a sparse step's virtual passes run the same sub-graph
     args = (
         (x, model.algorithm.arch_weights()) if active is None else (x, model.algorithm.arch_weights(), active)
     )
-    logits = functional_call(model.supernet, (params, buffers), args)
+    logits = functional_call(model.supernet, params, args)
     return model.criterion(logits, y, level)
 
 
@@ -90,6 +98,7 @@ def unrolled_arch_gradients(
     weight_optimizer: torch.optim.Optimizer,
     fd_scale: float = 0.01,
     average: Callable[[Sequence[torch.Tensor | None]], None] | None = None,
+    update_bn: bool = True,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """DARTS second-order architecture gradients (one per arch parameter) and the validation loss.
 
@@ -98,12 +107,16 @@ def unrolled_arch_gradients(
     the virtual step and to ``v``, so every rank steps to the same ``w'`` and takes the same ``eps`` as
     one process with the whole batch; the returned gradients are still per rank (linear in the batch:
     averaging them gives the whole batch's).
+    ``update_bn`` (default, as the DARTS code): the training-mode passes at ``w`` (for the virtual step),
+    ``w+`` and ``w-`` update the BN running statistics, as the DARTS architect's forwards of the model
+    itself do; the pass at ``w'`` runs on copies (DARTS runs it on a new model). Without it, no pass of
+    the architecture step touches them (``--arch-step-bn frozen``). Gradients are the same either way.
     """
     names = [n for n, _ in model.supernet.named_parameters()]
     weights = [p for _, p in model.supernet.named_parameters()]
     alphas = model.arch_parameters()
 
-    train_loss = _loss_at(model, names, weights, train_batch, "weights")
+    train_loss = _loss_at(model, names, weights, train_batch, "weights", update_bn)
     raw_grads = torch.autograd.grad(train_loss, weights, allow_unused=True)
     grads = [torch.zeros_like(w) if g is None else g for w, g in zip(weights, raw_grads, strict=True)]
     if average is not None:
@@ -129,10 +142,10 @@ def unrolled_arch_gradients(
         w_plus = [w + eps * g for w, g in zip(weights, v, strict=True)]
         w_minus = [w - eps * g for w, g in zip(weights, v, strict=True)]
     g_plus = torch.autograd.grad(
-        _loss_at(model, names, w_plus, train_batch, "weights"), alphas, allow_unused=True
+        _loss_at(model, names, w_plus, train_batch, "weights", update_bn), alphas, allow_unused=True
     )
     g_minus = torch.autograd.grad(
-        _loss_at(model, names, w_minus, train_batch, "weights"), alphas, allow_unused=True
+        _loss_at(model, names, w_minus, train_batch, "weights", update_bn), alphas, allow_unused=True
     )
     result = []
     for d, gp, gm in zip(d_alpha, g_plus, g_minus, strict=True):

@@ -93,6 +93,8 @@ class SearchAlgorithm(nn.Module, abc.ABC):
         self.space = self.prepare_space(space)
         #: 1 = first-order architecture gradient, 2 = DARTS second order (unrolled).
         self.order = 1
+        #: the second-order step's BN rule: "update" (the DARTS code) or "frozen" (SecondOrderOptions)
+        self.arch_step_bn = "update"
 
     @classmethod
     def prepare_space(cls, space: SearchSpace) -> SearchSpace:

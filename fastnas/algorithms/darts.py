@@ -20,7 +20,7 @@ from torch import nn
 from fastnas.algorithms.base import Architecture, SearchAlgorithm, SearchDefaults
 from fastnas.algorithms.derivation import derive_space_rule
 from fastnas.algorithms.edge_norm import EdgeNormalisation
-from fastnas.algorithms.options import MethodOptions, option
+from fastnas.algorithms.options import SecondOrderOptions, check_arch_step_bn, option
 from fastnas.errors import ConfigError
 from fastnas.spaces import DartsSpace
 from fastnas.spaces.base import SearchSpace
@@ -29,7 +29,7 @@ __all__ = ["DARTS", "DARTSOptions", "candidate_masks", "init_alphas", "masked_so
 
 
 @dataclass(frozen=True)
-class DARTSOptions(MethodOptions):
+class DARTSOptions(SecondOrderOptions):
     """Options of DARTS. ``order=1`` is the DARTS code's default (``--unrolled`` off); the published
     best cell (DARTS_V2) came from ``order=2``."""
 
@@ -74,6 +74,8 @@ class DARTS(SearchAlgorithm):
     def __init__(self, space: SearchSpace, options: DARTSOptions | None = None, **option_values: Any):
         super().__init__(space, options, **option_values)
         self.order = self.options.order
+        self.arch_step_bn = self.options.arch_step_bn
+        check_arch_step_bn(self.order, self.arch_step_bn)
         if self.options.derive != "darts" and not isinstance(self.space, DartsSpace):
             raise ConfigError(
                 f"option derive (--derive) {self.options.derive!r} applies to DARTS spaces only"

@@ -47,7 +47,7 @@ from fastnas.algorithms.base import SearchAlgorithm, SearchDefaults
 from fastnas.algorithms.darts import init_alphas
 from fastnas.algorithms.derivation import check_finite, derive_darts
 from fastnas.algorithms.edge_norm import EdgeNormalisation
-from fastnas.algorithms.options import MethodOptions, option
+from fastnas.algorithms.options import SecondOrderOptions, check_arch_step_bn, option
 from fastnas.errors import ConfigError
 from fastnas.genotype import CellGenotype, Genotype
 from fastnas.ops import get_op_spec
@@ -99,7 +99,7 @@ def temperature(epoch: int, tau0: float, decay: float) -> float:
 
 
 @dataclass(frozen=True)
-class EnTranNASOptions(MethodOptions):
+class EnTranNASOptions(SecondOrderOptions):
     """Options of EnTranNAS: the Eq. 5 temperature schedule and the supernet's Table 3 switches."""
 
     tau0: float = option(5.0, "initial softmax temperature (Eq. 5)", gt=0)
@@ -204,6 +204,8 @@ class EnTranNAS(SearchAlgorithm):
     def __init__(self, space: SearchSpace, options: EnTranNASOptions | None = None, **option_values: Any):
         super().__init__(space, options, **option_values)
         self.order = self.options.order
+        self.arch_step_bn = self.options.arch_step_bn
+        check_arch_step_bn(self.order, self.arch_step_bn)
         self.tau0, self.tau_decay = self.options.tau0, self.options.tau_decay
         self.register_buffer("tau", torch.tensor(self.tau0))
         self.alphas = init_alphas(self.space, self.options.init_scale)

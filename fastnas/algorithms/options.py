@@ -16,7 +16,7 @@ import dataclasses
 import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from fastnas.errors import ConfigError
 from fastnas.fields import check_value, describe_type, field_types, parse_text
@@ -148,3 +148,20 @@ class MethodOptions:
     def changed(self) -> dict[str, Any]:
         """The options whose value differs from the default."""
         return {s.name: getattr(self, s.name) for s in self.specs() if getattr(self, s.name) != s.default}
+
+
+@dataclass(frozen=True)
+class SecondOrderOptions(MethodOptions):
+    """The option of methods that offer DARTS' second-order step (``order=2``)."""
+
+    arch_step_bn: Literal["update", "frozen"] = option(
+        "update",
+        "order 2: BatchNorm running statistics in the architecture step: update (the DARTS code: the "
+        "training-mode forwards at w, w+ and w- each update them) or frozen (only real steps do)",
+    )
+
+
+def check_arch_step_bn(order: int, arch_step_bn: str) -> None:
+    """``arch_step_bn`` is a choice of the second-order step only."""
+    if arch_step_bn != "update" and order != 2:
+        raise ConfigError(f"option arch_step_bn (--arch-step-bn) {arch_step_bn!r} applies to --order 2 only")

@@ -319,7 +319,13 @@ class SearchRunner:
         with autocast(self.device, self.config.precision):
             if self.algorithm.order == 2:
                 grads, loss = unrolled_arch_gradients(
-                    self.model, train_batch, val_batch, lr, self.weight_optimizer, average=self.dist.average_
+                    self.model,
+                    train_batch,
+                    val_batch,
+                    lr,
+                    self.weight_optimizer,
+                    average=self.dist.average_,
+                    update_bn=self.algorithm.arch_step_bn == "update",
                 )
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g.to(p.dtype)
