@@ -31,3 +31,9 @@ python -m benchmarks.run --only pdarts_stages --device cuda --batch-sizes 96 --p
 # PC-DARTS (K=4), EDAS and DDSAS (L=28) against DARTS: one search step each at C=16, 8 cells, batch 64.
 python -m benchmarks.run --only methods --device cuda --batch-sizes 64 --precision bf16 \
     --json "$out/bench_methods.json" 2>&1 | tee "$out/bench_methods.md"
+# Input pipelines (issue 14): DaliFolderLoader (nvJPEG + GPU augmentation) and torchvision's FolderBatchLoader
+# over the shared ImageNet sample, against the images/s the ImageNet supernet (C=16, 8 cells, bf16) consumes.
+sample=../shared/data/imagenet_sample100.tar
+[ -f "$sample" ] || sample=.data/imagenet_sample100.tar
+python -m benchmarks.run --only loaders --device cuda --loader-batch 64 --loader-workers 8 --precision bf16 \
+    --warmup 2 --repeats 5 --loader-data "$sample" --json "$out/bench_loaders.json" 2>&1 | tee "$out/bench_loaders.md"

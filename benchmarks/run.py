@@ -292,6 +292,179 @@ register(
 )
 
 
+# ----------------------------------------------------------------------------- input pipelines
+#: The shared 100-image ImageNet sample beside the repository (see ../shared/data/README.md).
+IMAGENET_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet_sample100.tar"
+
+
+def _loaders_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("loaders (ImageNet input pipelines against the supernet's consumption)")
+    group.add_argument("--loader-data", type=Path, default=IMAGENET_SAMPLE, help="ImageNet folder or .tar")
+    group.add_argument("--loader-batch", type=int, default=32, metavar="N")
+    group.add_argument("--loader-epochs", type=int, default=2, help="timed epochs (after one warm-up epoch)")
+    group.add_argument("--loader-repeat", type=int, default=3, help="passes over the images per epoch")
+    group.add_argument("--loader-workers", type=int, default=2, help="DataLoader workers / DALI threads")
+    group.add_argument("--loader-image-size", type=int, default=224)
+    group.add_argument("--loaders", nargs="+", default=["torch", "dali"], choices=("torch", "dali"))
+
+
+def _imagenet_search_step(args: argparse.Namespace, device: torch.device, batch: int, size: int) -> Any:
+    """:class:`benchmarks.step.SearchStep` of the ImageNet DARTS supernet (ImageNet stem, 100 classes,
+    ``--C``/``--layers``) on random ``size`` x ``size`` batches, with DARTS' published optimisers."""
+    from benchmarks.step import SearchStep, random_batch
+    from fastnas.search_model import SearchModel
+
+    torch.manual_seed(args.seed)
+    model = SearchModel.build("darts", C=args.C, layers=args.layers, num_classes=100, stem="imagenet")
+    model = model.to(device).train()
+    hp = model.algorithm.defaults
+    model.start_epoch(0, hp.epochs)
+    weights = torch.optim.SGD(
+        model.weight_parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+    )
+    arch = torch.optim.Adam(
+        model.arch_parameters(), lr=hp.arch_lr, betas=tuple(hp.arch_betas), weight_decay=hp.arch_weight_decay
+    )
+    precision = args.precision[0]
+    return SearchStep(
+        model=model,
+        weight_optimizer=weights,
+        arch_optimizer=arch,
+        weight_scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        arch_scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        train_batch=random_batch(batch, size, 100, device),
+        val_batch=random_batch(batch, size, 100, device),
+        device=device,
+        precision=precision,
+        lr=hp.lr,
+        grad_clip=hp.grad_clip,
+        arch_grad_clip=hp.arch_grad_clip,
+    )
+
+
+def _supernet_row(args: argparse.Namespace, device: torch.device, case: Row) -> Row:
+    from benchmarks.step import CpuMemoryProbe, CudaMemoryProbe, run_timed, summarize
+
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    probe = CudaMemoryProbe(device) if device.type == "cuda" else CpuMemoryProbe()
+    step = _imagenet_search_step(args, device, args.loader_batch, args.loader_image_size)
+    times = run_timed(step, device, args.warmup, args.repeats, probe)
+    stats = summarize(times)
+    seconds = stats["median_ms"] / 1e3
+    # one search step reads a weight batch and an architecture batch: 2 x batch images
+    return {**case, **stats, "images": 2 * args.loader_batch, "seconds": seconds,
+            "images_per_s": 2 * args.loader_batch / seconds, "precision": args.precision[0]}  # fmt: skip
+
+
+def _loader_row(args: argparse.Namespace, device: torch.device, case: Row, folder: Any) -> Row:
+    """Images/s of one pipeline over ``--loader-epochs`` epochs (each a new shuffle and, for DALI, a new
+    pipeline; a warm-up epoch first), batches delivered on ``device``."""
+    import time
+
+    from torch.utils.data import Subset
+
+    from fastnas.data.imagenet import FolderBatchLoader
+
+    indices = list(range(len(folder))) * args.loader_repeat
+    common = {"shuffle": True, "seed": args.seed, "device": device, "workers": args.loader_workers}
+    if case["pipeline"] == "dali":
+        from fastnas.data.dali import DaliFolderLoader, folder_file_list
+
+        files, labels = folder_file_list(Subset(folder, indices))
+        size = args.loader_image_size
+        loader: Any = DaliFolderLoader(
+            files, labels, args.loader_batch, train=True, image_size=size, **common
+        )
+    else:
+        loader = FolderBatchLoader(Subset(folder, indices), args.loader_batch, **common)
+    images, elapsed = 0, 0.0
+    for epoch in range(args.loader_epochs + 1):
+        loader.set_epoch(epoch)
+        started = time.perf_counter()
+        count = 0
+        for x, _ in loader:
+            count += x.shape[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if epoch > 0:  # epoch 0 warms up (worker processes, DALI libraries, file cache)
+            images, elapsed = images + count, elapsed + time.perf_counter() - started
+    return {**case, "images": images, "seconds": elapsed, "images_per_s": images / elapsed}
+
+
+def _loaders_rows(args: argparse.Namespace) -> Iterator[Row]:
+    """The supernet's consumption first, then each pipeline with its ratio to it (>= 1.5 is the goal)."""
+    from fastnas.data.dali import dali_available
+    from fastnas.data.imagenet import imagenet_transform, load_imagenet_folder
+
+    device = resolve_device(args.device)
+    base = {"benchmark": "loaders", "device": str(device), "batch_size": args.loader_batch,
+            "image_size": args.loader_image_size}  # fmt: skip
+    case = {**base, "pipeline": "supernet", "workers": None}
+    _progress(f"loaders: {case}")
+    supernet = guarded(case, lambda: _supernet_row(args, device, case))
+    supernet["note"] = supernet["note"] or f"DARTS C={args.C} {args.layers} cells, ImageNet stem"
+    yield supernet
+    folder = None
+    if args.loader_data.exists():
+        folder = load_imagenet_folder(args.loader_data, "train")
+        folder.transform = imagenet_transform(True, args.loader_image_size)
+    for name in args.loaders:
+        case = {**base, "pipeline": name, "workers": args.loader_workers}
+        _progress(f"loaders: {case}")
+        if folder is None:
+            yield {**case, "status": "skipped", "note": f"no ImageNet data at {args.loader_data}"}
+            continue
+        if name == "dali" and not dali_available():
+            yield {**case, "status": "skipped", "note": "NVIDIA DALI is not installed"}
+            continue
+        row = guarded(case, lambda c=case: _loader_row(args, device, c, folder))
+        if row["status"] == "ok" and supernet["status"] == "ok":
+            row["vs_supernet"] = row["images_per_s"] / supernet["images_per_s"]
+        yield row
+
+
+def _loaders_footer(rows: list[Row]) -> list[str]:
+    ok = [r for r in rows if r.get("status") == "ok" and r["pipeline"] != "supernet"]
+    lines = [
+        "Pipelines: the train transforms (RandomResizedCrop, flip, colour jitter, normalise) over the "
+        "ImageNet sample (`--loader-data`), shuffled per epoch, batches delivered on the device; "
+        "`torch` = FolderBatchLoader (PIL, DataLoader workers), `dali` = DaliFolderLoader "
+        "(nvJPEG + GPU ops on CUDA, DALI CPU ops otherwise); img/s over the timed epochs after a warm-up "
+        "epoch, epoch start-up included.",
+        "Supernet: one DARTS search step (architecture + weight step) on random batches; it reads two "
+        "batches per step, so its img/s is 2 x batch / median step time. `x supernet` = pipeline img/s "
+        "over that (goal >= 1.5).",
+    ]
+    if ok and ok[0]["device"] == "cpu":
+        lines.append("On a CPU device the pipelines and the supernet share the same cores.")
+    return lines
+
+
+register(
+    Section(
+        name="loaders",
+        title="ImageNet input pipelines (train transforms) against the supernet's consumption",
+        columns=(
+            Column("pipeline", "pipeline"),
+            Column("device", "device"),
+            Column("batch_size", "batch"),
+            Column("image_size", "size"),
+            Column("workers", "workers"),
+            Column("images", "images"),
+            Column("seconds", "seconds", "{:.2f}"),
+            Column("images_per_s", "img/s", "{:.1f}"),
+            Column("vs_supernet", "x supernet", "{:.2f}"),
+            Column("note", "note"),
+        ),
+        rows=_loaders_rows,
+        add_arguments=_loaders_arguments,
+        footer=_loaders_footer,
+        default=False,  # decodes the ImageNet sample several times: ask for it with --only loaders
+    )
+)
+
+
 # ----------------------------------------------------------------------------- kernels
 def _kernel_rows(args: argparse.Namespace) -> Iterator[Row]:
     from benchmarks.kernel_bench import KERNEL_CASES, kernel_rows

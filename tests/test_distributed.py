@@ -331,3 +331,14 @@ def test_config_json_of_an_earlier_version_still_loads(tmp_path: Path) -> None:
     del search["lr"]  # a key that was always there is still required
     with pytest.raises(ConfigError, match="lacks the key"):
         ResolvedSearchConfig.from_json(search)
+
+
+def test_a_dali_search_ends_where_the_torch_loader_search_does(tmp_path: Path) -> None:
+    """DALI's CIFAR pipeline replays the torch loader's draws (order, crops, flips), so the same search on
+    either loader ends with the same architecture (float32 rounding of the normalisation aside)."""
+    pytest.importorskip("nvidia.dali", reason="the [dali] extra is not installed")
+    torch_run = run_search(tiny_search(tmp_path / "t", "darts"), progress=False)
+    dali_run = run_search(tiny_search(tmp_path / "d", "darts", loader="dali"), progress=False)
+    for a, b in zip(torch_run.model.arch_parameters(), dali_run.model.arch_parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    assert torch_run.genotype == dali_run.genotype

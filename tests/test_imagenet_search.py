@@ -179,3 +179,27 @@ def test_an_imagenet_folder_without_class_folders_is_a_clear_error(tmp_path: Pat
     with pytest.raises(DataError, match="class"):
         run_search(imagenet_search(tree, tmp_path / "out"), progress=False)
     assert not (tmp_path / "out" / "run" / "checkpoint.pt").exists()
+
+
+def test_dali_loader_feeds_the_imagenet_search_and_retraining(imagenet_tree: Path, tmp_path: Path) -> None:
+    """``--loader dali``: the same search and retraining run on DALI pipelines (CPU here)."""
+    pytest.importorskip("nvidia.dali", reason="the [dali] extra is not installed")
+    from fastnas.data.dali import DaliFolderLoader
+    from fastnas.train.search import SearchRunner
+
+    config = imagenet_search(imagenet_tree, tmp_path, loader="dali", workers=1)
+    runner = SearchRunner(config.resolved(), tmp_path / "unused", progress=False)
+    assert isinstance(runner.weight_loader, DaliFolderLoader)
+    assert isinstance(runner.eval_loader, DaliFolderLoader)
+    result = run_search(config, progress=False)
+    assert result.metrics[0]["images_per_s"] > 0
+    from fastnas.train.retrain import run_train
+    from fastnas.train.train_config import TrainConfig
+
+    train = TrainConfig(
+        genotype=str(tmp_path / "run"), dataset="imagenet", data_dir=str(imagenet_tree), limit=16,
+        test_limit=8, epochs=1, batch_size=8, C=4, layers=3, workers=1, device="cpu", loader="dali",
+        out_dir=str(tmp_path), run_name="train",
+    )  # fmt: skip
+    outcome = run_train(train, progress=False)
+    assert outcome.result["num_test_images"] == 8

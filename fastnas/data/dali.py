@@ -112,10 +112,10 @@ def _to_torch(output: Any, pipe: Any) -> torch.Tensor:
     DLPack on the CPU with the dynamic executor (its outputs stay valid after later runs), else copied
     (on the GPU on torch's current stream)."""
     from nvidia.dali.plugin.pytorch.torch_utils import to_torch_tensor
+    from nvidia.dali.tensors import TensorGPU
 
     tensor = output.as_tensor()
-    on_cpu = not hasattr(tensor, "device_id")
-    if on_cpu and getattr(pipe, "exec_dynamic", False):
+    if not isinstance(tensor, TensorGPU) and getattr(pipe, "exec_dynamic", False):
         return torch.from_dlpack(tensor)
     return to_torch_tensor(tensor, copy=True)
 
@@ -255,8 +255,10 @@ class DaliFolderLoader(EpochBatches):
                 name="Reader",
             )
             decoder = "mixed" if self._device_id is not None else "cpu"
+            # like PIL in ImageFolder: EXIF orientation ignored; nvJPEG with libjpeg-turbo's chroma upsampling
+            fancy = {"jpeg_fancy_upsampling": True} if decoder == "mixed" else {}
             images = fn.decoders.image(
-                encoded, device=decoder, output_type=types.RGB, adjust_orientation=False
+                encoded, device=decoder, output_type=types.RGB, adjust_orientation=False, **fancy
             )
             geometry: dict[str, Any] = {}
             if self.train:
@@ -337,7 +339,8 @@ class DaliFolderLoader(EpochBatches):
             x, y = x[:take], y.reshape(-1)[:take]
             if self.channels_last:
                 x = x.permute(0, 3, 1, 2)  # NHWC storage = NCHW in channels-last memory format
-            yield x.to(self.device), y.to(self.device, torch.int64, non_blocking=True)
+            # labels: copied out of DALI's buffer on the host first, so no transfer reads it late
+            yield x.to(self.device), y.to(torch.int64, copy=True).to(self.device, non_blocking=True)
 
 
 class DaliTensorLoader(EpochBatches):
