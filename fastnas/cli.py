@@ -301,7 +301,7 @@ def _add_plot_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_plot(args: argparse.Namespace) -> int:
-    from fastnas.plots import plot_run
+    from fastnas.train.plots import plot_run
 
     written = plot_run(args.run_dir, args.epochs)
     for path in written.values():

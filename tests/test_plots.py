@@ -14,7 +14,7 @@ from PIL import Image
 from fastnas import run_search
 from fastnas.cli import main
 from fastnas.errors import ConfigError, DataError
-from fastnas.plots import DPI, plot_run
+from fastnas.train.plots import DPI, plot_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TABLE = SHARED_DATA / "nb201.csv"

@@ -67,8 +67,10 @@ def _fastnas_file(path: Path) -> bool:
     """A file fastnas writes into a run directory: a run file, a checkpoint, or the temporary file
     (``.NAME.*.tmp``) of an interrupted write of one of them."""
     name = path.name
-    if name in RUN_FOLDERS and path.is_dir():
-        return True
+    if name in RUN_FOLDERS and path.is_dir():  # ours only while it holds nothing but our files
+        ours = ".png" if name == "plots" else "events.out.tfevents"
+        entries = list(path.iterdir())
+        return bool(entries) and all(p.is_file() and (ours in p.name) for p in entries)
     if name.startswith(".") and name.endswith(".tmp"):
         name = name[1:].removesuffix(".tmp").rsplit(".", 1)[0]  # .checkpoint.pt.k2j4x9.tmp -> checkpoint.pt
     return path.is_file() and (name in RUN_FILES or name in _CHECKPOINT_FILES)

@@ -161,7 +161,7 @@ def run_sweep(
     summary = summarise(rows)
     result: dict[str, Any] = {"space": base.space, "dataset": base.dataset, "runs": rows, "summary": summary}
     try:  # every run's validation curves on one figure
-        from fastnas.plots import plot_sweep
+        from fastnas.train.plots import plot_sweep
 
         result["plot"] = str(plot_sweep(out_dir, [r["run_dir"] for r in rows]))
     except ConfigError as exc:  # matplotlib is an optional extra: say so instead of a picture
