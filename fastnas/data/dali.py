@@ -32,7 +32,14 @@ from torch.utils.data import Subset
 
 from fastnas.data.datasets import ImageDataset
 from fastnas.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
-from fastnas.data.loader import EpochBatches, check_shard, epoch_generator, pad_images, shard_positions
+from fastnas.data.loader import (
+    EpochBatches,
+    check_shard,
+    checked_indices,
+    epoch_generator,
+    pad_images,
+    shard_positions,
+)
 from fastnas.errors import ConfigError, DataError
 
 __all__ = [
@@ -177,6 +184,27 @@ class DaliFolderLoader(EpochBatches):
     padding samples are cut off) unless ``drop_last``. ``workers`` is DALI's ``num_threads`` (at least 1).
     ``channels_last`` yields x in the channels-last memory format (DALI writes HWC; no extra copy).
     """
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Any,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int,
+        device: torch.device | str,
+        workers: int,
+        shard: tuple[int, int],
+        image_size: int = 224,
+    ) -> DaliFolderLoader:
+        """The loader of an ImageFolder (or a Subset of one) as the search and the retraining use it:
+        training = random transforms and a shuffled order; the test resize is ``image_size * 256 / 224``."""
+        files, labels = folder_file_list(dataset)
+        return cls(
+            files, labels, batch_size, train=train, shuffle=train, seed=seed, device=device,
+            image_size=image_size, resize=round(image_size * 256 / 224), workers=max(workers, 1), shard=shard,
+        )  # fmt: skip
 
     def __init__(
         self,
@@ -372,18 +400,7 @@ class DaliTensorLoader(EpochBatches):
         require_dali()
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        total = len(dataset)
-        if indices is None:
-            idx = torch.arange(total, dtype=torch.int64)
-        else:
-            idx = torch.as_tensor(indices).to(device="cpu", dtype=torch.int64)
-            if idx.dim() != 1:
-                raise ValueError(f"indices must be a 1-D tensor, got shape {tuple(idx.shape)}")
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= total):
-                raise IndexError(
-                    f"indices must lie in [0, {total}) for dataset {dataset.name!r}, got "
-                    f"[{int(idx.min())}, {int(idx.max())}]"
-                )
+        idx = checked_indices(dataset, indices)
         self.device, self._device_id = _resolve_device(device)
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)

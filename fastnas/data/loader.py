@@ -105,6 +105,22 @@ def random_crop_flip(
     return crop_flip(pad_images(images, padding), sample, offsets, flips, images.shape[2], images.shape[3])
 
 
+def checked_indices(dataset: ImageDataset, indices: torch.Tensor | None) -> torch.Tensor:
+    """``indices`` as a 1-D CPU int64 tensor inside ``dataset`` (None: every example)."""
+    total = len(dataset)
+    if indices is None:
+        return torch.arange(total, dtype=torch.int64)
+    idx = torch.as_tensor(indices).to(device="cpu", dtype=torch.int64)
+    if idx.dim() != 1:
+        raise ValueError(f"indices must be a 1-D tensor, got shape {tuple(idx.shape)}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= total):
+        raise IndexError(
+            f"indices must lie in [0, {total}) for dataset {dataset.name!r}, got "
+            f"[{int(idx.min())}, {int(idx.max())}]"
+        )
+    return idx
+
+
 def check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     """``(rank, world_size)`` with ``0 <= rank < world_size``."""
     rank, world = (int(v) for v in shard)
@@ -187,18 +203,7 @@ class TensorBatchLoader(EpochBatches):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if cutout < 0:
             raise ValueError(f"cutout must be >= 0 (0 = off), got {cutout}")
-        total = len(dataset)
-        if indices is None:
-            idx = torch.arange(total, dtype=torch.int64)
-        else:
-            idx = torch.as_tensor(indices).to(device="cpu", dtype=torch.int64)
-            if idx.dim() != 1:
-                raise ValueError(f"indices must be a 1-D tensor, got shape {tuple(idx.shape)}")
-            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= total):
-                raise IndexError(
-                    f"indices must lie in [0, {total}) for dataset {dataset.name!r}, got "
-                    f"[{int(idx.min())}, {int(idx.max())}]"
-                )
+        idx = checked_indices(dataset, indices)
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)

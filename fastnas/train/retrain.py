@@ -120,22 +120,15 @@ def build_loaders(
 
         def folder_loader(data: Any, shuffle: bool, limit: int | None) -> Loader:
             if config.loader == "dali":
-                from fastnas.data.dali import DaliFolderLoader, folder_file_list
+                from fastnas.data.dali import DaliFolderLoader
 
-                files, labels = folder_file_list(
-                    FolderBatchLoader(data, 1, shuffle=False, seed=0, limit=limit).dataset
-                )
-                return DaliFolderLoader(
-                    files,
-                    labels,
-                    config.batch_size,
-                    train=shuffle,
-                    shuffle=shuffle,
-                    seed=config.seed,
-                    device=device,
-                    workers=max(config.workers, 1),
-                    shard=shard,
-                )
+                kept = FolderBatchLoader(
+                    data, 1, shuffle=False, seed=0, limit=limit
+                ).dataset  # --limit's subset
+                return DaliFolderLoader.from_dataset(
+                    kept, config.batch_size, train=shuffle, seed=config.seed, device=device,
+                    workers=config.workers, shard=shard,
+                )  # fmt: skip
             return FolderBatchLoader(
                 data,
                 batch_size=config.batch_size,

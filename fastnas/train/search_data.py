@@ -114,22 +114,12 @@ def _imagenet_data(config: ResolvedSearchConfig, device: torch.device, shard: tu
 
     def loader(dataset: Any, indices: list[int], shuffle: bool, seed: int) -> EpochBatches:
         if config.loader == "dali":
-            from fastnas.data.dali import DaliFolderLoader, folder_file_list
+            from fastnas.data.dali import DaliFolderLoader
 
-            files, labels = folder_file_list(Subset(dataset, indices))
-            return DaliFolderLoader(
-                files,
-                labels,
-                config.batch_size,
-                train=shuffle,
-                shuffle=shuffle,
-                seed=seed,
-                device=device,
-                image_size=config.image_size,
-                resize=round(config.image_size * 256 / 224),
-                workers=max(config.workers, 1),
-                shard=shard,
-            )
+            return DaliFolderLoader.from_dataset(
+                Subset(dataset, indices), config.batch_size, train=shuffle, seed=seed, device=device,
+                workers=config.workers, shard=shard, image_size=config.image_size,
+            )  # fmt: skip
         return FolderBatchLoader(
             Subset(dataset, indices),
             config.batch_size,
