@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.kernel_resources import kernel_resources_section
+from benchmarks.launches import launches_section
 from benchmarks.step import environment, measure_search_step, stage_space, unsupported_reason
 from fastnas.train.device import PRECISIONS, resolve_device
 
@@ -499,6 +501,10 @@ register(
         add_arguments=_kernel_arguments,
     )
 )
+
+# Counted and compiled without a GPU (issue 15): launches and bytes of a search step, kernel resources.
+register(launches_section(Section, Column))
+register(kernel_resources_section(Section, Column))
 
 
 # ----------------------------------------------------------------------------- report

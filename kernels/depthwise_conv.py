@@ -76,6 +76,7 @@ _TILE = 2048  # elements of the [pixels, channels] tile of the forward and input
 _TILE3 = 4096  # elements of the [taps, pixels, channels] tile of the weight-gradient kernel
 _MAX_BLOCK_C = 32  # channel block for channels-last inputs (32 fp32 = one 128-byte line)
 _MAX_BLOCK_P = 128  # pixel block for NCHW inputs
+_NUM_WARPS = 4  # forward / input-gradient programs (with rolled tap loops: no spills on sm_80 / sm_90)
 _TARGET_PROGRAMS = 1024  # weight-gradient programs wanted to fill a GPU
 _MAX_SPLITS = 128
 _INT32_SPAN = 2**31
@@ -340,10 +341,10 @@ if HAS_TRITON:
             acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
         else:
             acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
-        for th in tl.static_range(KSIZE):
+        for th in range(KSIZE):  # rolled loops: unrolled KSIZE^2 taps hoist their loads and spill
             ih = ih0 + th * DIL
             hmask = pmask & (ih >= 0) & (ih < H)
-            for tw in tl.static_range(KSIZE):
+            for tw in range(KSIZE):
                 iw = iw0 + tw * DIL
                 m = _outer_and(hmask & (iw >= 0) & (iw < W), cmask, PC)
                 pix = ih * sx_h + iw * sx_w
@@ -428,13 +429,13 @@ if HAS_TRITON:
             e = q + j
             g_c = g_ptr + e * sg_e + n * sg_n + _chan(cs * sg_c, PC)
             w_c = w_ptr + e * sw_e + cs * sw_c
-            for th in tl.static_range(KSIZE):
+            for th in range(KSIZE):  # rolled loops, as in the forward
                 hnum = ih + PAD - th * DIL
                 oh = hnum // STRIDE
                 hmask = pmask & (hnum >= 0) & (oh < HO)
                 if STRIDE > 1:
                     hmask = hmask & (oh * STRIDE == hnum)
-                for tw in tl.static_range(KSIZE):
+                for tw in range(KSIZE):
                     wnum = iw + PAD - tw * DIL
                     ow = wnum // STRIDE
                     pm = hmask & (wnum >= 0) & (ow < WO)
@@ -617,6 +618,7 @@ def _launch_forward(
         *_strides5(x), *weight.stride(), *out.stride(),
         n_pblk, n_cblk,
         KSIZE=k, STRIDE=stride, DIL=dilation, RELU=relu, PC=cl, OFF64=off64, BLOCK_P=bp, BLOCK_C=bc,
+        num_warps=_NUM_WARPS,
     )  # fmt: skip
     return out
 
@@ -644,6 +646,7 @@ def _launch_backward(
         *sg, *_strides5(x), *weight.stride(), *_strides5(grad_x),
         n_pblk, n_cblk,
         KSIZE=k, STRIDE=stride, DIL=dilation, RELU=relu, PC=cl, OFF64=off64, BLOCK_P=bp, BLOCK_C=bc,
+        num_warps=_NUM_WARPS,
     )  # fmt: skip
 
     # Weight gradient: split reduction over the N*Ho*Wo output pixels into float32 partials.

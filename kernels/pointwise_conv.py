@@ -5,15 +5,19 @@ For ``x`` [N, C_in, H, W] shared by all edges (or [E, N, C_in, H, W], one per ed
 [E, C_out, C_in]::
 
     out[e, n, :, h, w] = weight[e] @ x_e[n, :, h, w]          (fp32 accumulation, stored in x's dtype)
-    total[e, c]        = sum_{n, h, w} out[e, n, c, h, w]     (of the stored, rounded values)
-    total_sq[e, c]     = sum_{n, h, w} out[e, n, c, h, w]^2
+    shift[e, c]        ~ out[e, 0, c, 0, 0]                   (a value of the channel; not differentiable)
+    total[e, c]        = sum_{n, h, w} (out[e, n, c, h, w] - shift[e, c])     (of the stored values)
+    total_sq[e, c]     = sum_{n, h, w} (out[e, n, c, h, w] - shift[e, c])^2
 
-All three outputs are differentiable; with ``g = grad_out + grad_total[e, c] + 2 * out *
-grad_total_sq[e, c]``, ``grad x_e = weight[e]^T @ g[e]`` (summed over e for a shared ``x``) and
-``grad weight[e] = sum_{n, h, w} g[e] x_e^T``. :func:`batch_norm_from_stats` turns ``(out, total,
-total_sq)`` into BN(affine=False, training) of each edge, so autograd through both gives the gradient of
-``F.batch_norm``. The one-pass variance ``total_sq / count - mean^2`` loses precision when |mean| >> std
-(use the reference if conv outputs are far from centred).
+The sums are shifted by a value of the channel so that the variance ``total_sq / count - (total /
+count)^2`` keeps its precision when |mean| >> std (the one-pass ``E[z^2] - E[z]^2`` of unshifted sums
+loses all of it in float32 once mean^2 / var exceeds ~1e7; the shifted form depends only on how far the
+shift is from the mean, here one sample's spread). ``shift`` is treated as a constant (the mean and
+variance do not depend on it), so ``total``, ``total_sq`` and ``out`` are differentiable: with ``g =
+grad_out + grad_total[e, c] + 2 * (out - shift) * grad_total_sq[e, c]``, ``grad x_e = weight[e]^T @ g[e]``
+(summed over e for a shared ``x``) and ``grad weight[e] = sum_{n, h, w} g[e] x_e^T``.
+:func:`batch_norm_from_stats` turns ``(out, total, total_sq, shift)`` into BN(affine=False, training) of
+each edge, so autograd through both gives the gradient of ``F.batch_norm``.
 
 Layouts: ``x`` is read through its strides (no copy). ``out`` is channels-last per edge (memory
 [E, N, H, W, C_out]) when ``x``'s channel stride is 1 (C_in > 1, H*W > 1), else contiguous; ``grad x``
@@ -27,14 +31,17 @@ the tensors, else the same math in PyTorch (float64 always). The backward operat
 x's dtype, fp32 accumulation by the BLAS), never expanding a shared ``x``. Both have fake implementations
 for ``torch.compile(fullgraph=True)``; no double backward.
 
-Dtypes: float32, bfloat16, float16 on the kernel; ``total``/``total_sq`` are float32 (float64 for float64).
+Dtypes: float32, bfloat16, float16 on the kernel; ``total``/``total_sq``/``shift`` are float32 (float64 for
+float64).
 
 Kernel: ``_pointwise_conv_stats_kernel``, one program per [BLOCK_CO x BLOCK_P] tile of one (e, n), the
 output-channel block fastest, then the edge (so programs reading the same x tile run together). It loops
 over C_in with ``tl.dot`` into an fp32 accumulator, stores the tile rounded to the output dtype and adds
-its per-channel sum and sum of squares to zero-initialised fp32 [E, C_out] buffers with ``tl.atomic_add``
-(no separate statistics pass, no host synchronisation; the sums' last bits depend on the order programs
-finish). Offsets are int64 wherever a product can exceed 2**31.
+its per-channel shifted sum and sum of squares to zero-initialised fp32 [E, C_out] buffers with
+``tl.atomic_add`` (no separate statistics pass, no host synchronisation; the sums' last bits depend on the
+order programs finish). The shift (the conv at sample 0's first pixel, fp32, summed over C_in in the
+same loop) is computed by every program alike, so all programs subtract the same value. Offsets are int64
+wherever a product can exceed 2**31.
 """
 
 from __future__ import annotations
@@ -158,10 +165,12 @@ def _out_shape(x: Tensor, weight: Tensor) -> tuple[int, int, int, int, int]:
 def pointwise_conv_stats_reference(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Plain PyTorch reference: per edge the 1x1 conv as an einsum in the accumulation dtype (float32,
     float64 for float64 inputs; IEEE precision on every device), rounded to ``x``'s dtype, and the
-    per-channel sums of the rounded values. Autograd through it gives the reference gradients.
+    per-channel sums of the rounded values shifted by ``shift = out[:, 0, :, 0, 0]`` (detached; the
+    kernel's shift is the same conv value before rounding). Autograd through it gives the reference
+    gradients.
 
     Returns:
-        ``(out, total, total_sq)`` as :func:`pointwise_conv_stats`.
+        ``(out, total, total_sq, shift)`` as :func:`pointwise_conv_stats`.
     """
     _check_args(x, weight)
     acc = _acc_dtype(x.dtype)
@@ -169,34 +178,39 @@ def pointwise_conv_stats_reference(x: Tensor, weight: Tensor) -> tuple[Tensor, T
     y = torch.einsum("eoi,nihw->enohw" if x.dim() == 4 else "eoi,enihw->enohw", wf, xf)
     out = _relayout(y.to(x.dtype), _channels_last(x))
     of = out.to(acc)
-    return out, of.sum(dim=(1, 3, 4)), (of * of).sum(dim=(1, 3, 4))
+    shift = of[:, 0, :, 0, 0].detach().clone()
+    d = of - shift[:, None, :, None, None]
+    return out, d.sum(dim=(1, 3, 4)), (d * d).sum(dim=(1, 3, 4)), shift
 
 
 def batch_norm_from_stats(
-    z: Tensor, total: Tensor, total_sq: Tensor, eps: float = 1e-5
+    z: Tensor, total: Tensor, total_sq: Tensor, shift: Tensor, eps: float = 1e-5
 ) -> tuple[Tensor, Tensor, Tensor]:
     """BN(affine=False) in training mode of each edge's conv output from the sums of
     :func:`pointwise_conv_stats` (the middle BN of the DARTS SepConv). Plain PyTorch, differentiable
-    through ``z``, ``total`` and ``total_sq``, so that ``batch_norm_from_stats(*pointwise_conv_stats(x, w))``
-    matches ``F.batch_norm`` of each edge's conv output in value and gradient.
+    through ``z``, ``total`` and ``total_sq`` (``shift`` is a constant), so that
+    ``batch_norm_from_stats(*pointwise_conv_stats(x, w))`` matches ``F.batch_norm`` of each edge's conv output
+    in value and gradient.
 
     Args:
         z: [E, N, C, H, W] (the ``out`` of :func:`pointwise_conv_stats`).
-        total, total_sq: [E, C] per-channel sum and sum of squares of ``z`` over (N, H, W).
+        total, total_sq: [E, C] per-channel sum and sum of squares of ``z - shift`` over (N, H, W).
+        shift: [E, C] the value the sums were shifted by (any value near the channel's mean; 0 gives the
+            one-pass formula).
         eps: BN epsilon.
 
     Returns:
         ``(zhat, mean, var)``: ``zhat = (z - mean) * rsqrt(var + eps)`` in ``z``'s dtype (fp32 math, float64
-        for float64), ``mean = total / count`` and the biased ``var = total_sq / count - mean^2`` (clamped
-        at 0), [E, C], detached (for :func:`fastnas.kernels.mixed_bn_sum.update_running_stats`);
-        ``count = N*H*W``.
+        for float64), ``mean = shift + d`` with ``d = total / count`` and the biased ``var = total_sq / count
+        - d^2`` (clamped at 0), [E, C], detached (for
+        :func:`fastnas.kernels.mixed_bn_sum.update_running_stats`); ``count = N*H*W``.
     """
     name = "batch_norm_from_stats"
     if not isinstance(z, Tensor) or z.dim() != 5:
         shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
         raise ValueError(f"{name}: `z` must be [E, N, C, H, W], got {shape}.")
     e, n, c, h, w = z.shape
-    for arg, t in (("total", total), ("total_sq", total_sq)):
+    for arg, t in (("total", total), ("total_sq", total_sq), ("shift", shift)):
         if not isinstance(t, Tensor) or tuple(t.shape) != (e, c):
             shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
             raise ValueError(
@@ -206,8 +220,9 @@ def batch_norm_from_stats(
     if count < 1:
         raise ValueError(f"{name}: `z` {tuple(z.shape)} has no values per channel (N*H*W = 0).")
     acc = _acc_dtype(z.dtype)
-    mean = total.to(acc) / count
-    var = (total_sq.to(acc) / count - mean * mean).clamp_min(0.0)
+    d = total.to(acc) / count
+    var = (total_sq.to(acc) / count - d * d).clamp_min(0.0)
+    mean = shift.detach().to(acc) + d
     rstd = (var + eps).rsqrt()
     zhat = (z.to(acc) - mean[:, None, :, None, None]) * rstd[:, None, :, None, None]
     return zhat.to(z.dtype), mean.detach(), var.detach()
@@ -218,10 +233,9 @@ def batch_norm_from_stats(
 # --------------------------------------------------------------------------------------------------
 
 
-def _torch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _torch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     with torch.no_grad():
-        out, total, total_sq = pointwise_conv_stats_reference(x, weight)
-    return out, total, total_sq
+        return pointwise_conv_stats_reference(x, weight)
 
 
 def _grad_of_out(
@@ -229,18 +243,32 @@ def _grad_of_out(
     grad_total: Tensor | None,
     grad_total_sq: Tensor | None,
     out: Tensor,
+    shift: Tensor,
     acc: torch.dtype,
 ) -> Tensor:
-    """``g = grad_out + grad_total[e, c] + 2 * out * grad_total_sq[e, c]`` in ``acc``, in ``out``'s layout:
-    one new tensor updated in place (missing terms are 0)."""
+    """``g = grad_out + grad_total[e, c] + 2 * (out - shift[e, c]) * grad_total_sq[e, c]`` in ``acc``, in
+    ``out``'s layout (missing terms are 0), as ``grad_out + out * scale + offset`` with the per-channel
+    ``scale = 2 * grad_total_sq`` and ``offset = grad_total - scale * shift``: at most two passes over the
+    full-size tensors (one ``addcmul`` into a new tensor, one in-place broadcast add)."""
+
+    def per_channel(t: Tensor) -> Tensor:
+        return t[:, None, :, None, None]
+
+    offset = grad_total.to(acc) if grad_total is not None else None
+    g = torch.empty_like(out, dtype=acc)
     if grad_total_sq is not None:
-        g = torch.mul(out, (2.0 * grad_total_sq.to(acc))[:, None, :, None, None]).to(acc)
+        scale = 2.0 * grad_total_sq.to(acc)
+        offset = -scale * shift.to(acc) if offset is None else offset - scale * shift.to(acc)
+        if grad_out is not None:
+            torch.addcmul(grad_out, out, per_channel(scale), out=g)
+        else:
+            torch.mul(out, per_channel(scale), out=g)
+    elif grad_out is not None:
+        g.copy_(grad_out)
     else:
-        g = torch.zeros_like(out, dtype=acc)
-    if grad_total is not None:
-        g.add_(grad_total.to(acc)[:, None, :, None, None])
-    if grad_out is not None:
-        g.add_(grad_out)
+        g.zero_()
+    if offset is not None:
+        g.add_(per_channel(offset))
     return g
 
 
@@ -257,6 +285,7 @@ if HAS_TRITON:
         out_ptr,
         total_ptr,
         total_sq_ptr,
+        shift_ptr,
         E,
         C_IN,
         C_OUT,
@@ -281,7 +310,11 @@ if HAS_TRITON:
         BLOCK_K: tl.constexpr,
     ):
         """Program ((n*P_BLKS + p_blk)*E + e)*CO_BLKS + co_blk: out tile [BLOCK_CO, BLOCK_P] of (e, n),
-        stored, and its per-channel sum / sum of squares added to total / total_sq."""
+        stored, and its per-channel shifted sum / sum of squares added to total / total_sq.
+
+        The shift of channel (e, co) is the conv output at the first pixel of sample 0, computed by every
+        program with the same instructions on the same data (so bit-identical everywhere, no
+        synchronisation) and stored by the programs of sample 0's first pixel block."""
         pid = tl.program_id(0)
         co_blk = pid % CO_BLKS
         rest = pid // CO_BLKS
@@ -300,10 +333,12 @@ if HAS_TRITON:
         else:  # any other strides (sliced views)
             ph = p64 // WIDTH
             x_pix = ph * sx_h + (p64 - ph * WIDTH) * sx_w
-        x_base = x_ptr + e.to(tl.int64) * sx_e + n.to(tl.int64) * sx_n
+        x_edge = x_ptr + e.to(tl.int64) * sx_e  # sample 0, pixel (0, 0) of this edge's input
+        x_base = x_edge + n.to(tl.int64) * sx_n
         w_rows = w_ptr + e.to(tl.int64) * C_OUT * C_IN + co[:, None] * C_IN
 
         acc = tl.zeros([BLOCK_CO, BLOCK_P], dtype=tl.float32)
+        shift = tl.zeros([BLOCK_CO], dtype=tl.float32)
         for k0 in range(0, C_IN, BLOCK_K):
             k = k0 + tl.arange(0, BLOCK_K)
             k_mask = k < C_IN
@@ -313,6 +348,8 @@ if HAS_TRITON:
                 mask=k_mask[:, None] & p_mask[None, :],
                 other=0.0,
             )
+            x0 = tl.load(x_edge + k.to(tl.int64) * sx_c, mask=k_mask, other=0.0).to(tl.float32)
+            shift += tl.sum(wt.to(tl.float32) * x0[None, :], axis=1)
             if UPCAST:  # the interpreter's bf16 dot is wrong; fp32 operands are exact there
                 wt = wt.to(tl.float32)
                 xt = xt.to(tl.float32)
@@ -331,8 +368,10 @@ if HAS_TRITON:
             + (p64 * so_p)[None, :]
         )
         tl.store(out_ptr + o_off, val, mask=mask)
-        r = tl.where(mask, val.to(tl.float32), 0.0)
+        r = tl.where(mask, val.to(tl.float32) - shift[:, None], 0.0)
         s_off = e * C_OUT + co
+        if n == 0 and p_blk == 0:
+            tl.store(shift_ptr + s_off, shift, mask=co_mask)
         tl.atomic_add(total_ptr + s_off, tl.sum(r, axis=1), mask=co_mask, sem="relaxed")
         tl.atomic_add(total_sq_ptr + s_off, tl.sum(r * r, axis=1), mask=co_mask, sem="relaxed")
 
@@ -341,8 +380,9 @@ def _block(extent: int, cap: int) -> int:
     return max(_MIN_BLOCK, min(cap, triton.next_power_of_2(max(extent, 1))))
 
 
-def _launch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Triton forward: ``x`` with any strides, ``weight`` contiguous; returns ``(out, total, total_sq)``."""
+def _launch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Triton forward: ``x`` with any strides, ``weight`` contiguous; returns ``(out, total, total_sq,
+    shift)``."""
     e, c_out, c_in = weight.shape
     x5 = x if x.dim() == 5 else x.unsqueeze(0).expand(e, *x.shape)  # stride 0 over edges: no copy
     _, n, _, h, w = x5.shape
@@ -350,8 +390,9 @@ def _launch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     out = _empty_out((e, n, c_out, h, w), _channels_last(x), x.device, x.dtype)
     total = torch.zeros((e, c_out), device=x.device, dtype=torch.float32)
     total_sq = torch.zeros((e, c_out), device=x.device, dtype=torch.float32)
+    shift = _empty((e, c_out), x.device, torch.float32)  # every (e, c) written by sample 0's first block
     if out.numel() == 0:
-        return out, total, total_sq
+        return out, total, total_sq, shift.zero_()
     block_co, block_p, block_k = (
         _block(c_out, _MAX_BLOCK_CO),
         _block(hw, _MAX_BLOCK_P),
@@ -371,6 +412,7 @@ def _launch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         out,
         total,
         total_sq,
+        shift,
         e,
         c_in,
         c_out,
@@ -394,7 +436,7 @@ def _launch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         BLOCK_P=block_p,
         BLOCK_K=block_k,
     )
-    return out, total, total_sq
+    return out, total, total_sq, shift
 
 
 # --------------------------------------------------------------------------------------------------
@@ -403,8 +445,8 @@ def _launch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 @torch.library.custom_op("fastnas::pointwise_conv_stats", mutates_args=())
-def _pointwise_conv_stats_op(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(out, total, total_sq)`` of the module docstring; Triton where :func:`triton_supports`, else
+def _pointwise_conv_stats_op(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(out, total, total_sq, shift)`` of the module docstring; Triton where :func:`triton_supports`, else
     PyTorch."""
     _check_args(x, weight)
     weight = weight.contiguous()
@@ -414,14 +456,14 @@ def _pointwise_conv_stats_op(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor,
 
 
 @_pointwise_conv_stats_op.register_fake
-def _pointwise_conv_stats_fake(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _pointwise_conv_stats_fake(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     e, n, c_out, h, w = _out_shape(x, weight)
     if _channels_last(x):
         out = x.new_empty((e, n, h, w, c_out)).permute(0, 1, 4, 2, 3)
     else:
         out = x.new_empty((e, n, c_out, h, w))
     sd = _acc_dtype(x.dtype)
-    return out, x.new_empty((e, c_out), dtype=sd), x.new_empty((e, c_out), dtype=sd)
+    return out, *(x.new_empty((e, c_out), dtype=sd) for _ in range(3))
 
 
 @torch.library.custom_op("fastnas::pointwise_conv_stats_backward", mutates_args=())
@@ -432,13 +474,14 @@ def _pointwise_conv_stats_backward_op(
     x: Tensor,
     weight: Tensor,
     out: Tensor,
+    shift: Tensor,
     needs_grad_x: bool,
     needs_grad_weight: bool,
 ) -> tuple[Tensor, Tensor]:
     """``(grad_x, grad_weight)``; an empty tensor for a gradient that is not needed."""
     acc = _acc_dtype(x.dtype)
     # GEMMs in x's dtype (tensor cores for bf16/fp16; the BLAS accumulates in fp32).
-    g = _grad_of_out(grad_out, grad_total, grad_total_sq, out, acc).to(x.dtype)
+    g = _grad_of_out(grad_out, grad_total, grad_total_sq, out, shift, acc).to(x.dtype)
     weight = weight.to(x.dtype)
     shared = x.dim() == 4
     if needs_grad_x:
@@ -462,6 +505,7 @@ def _pointwise_conv_stats_backward_fake(
     x: Tensor,
     weight: Tensor,
     out: Tensor,
+    shift: Tensor,
     needs_grad_x: bool,
     needs_grad_weight: bool,
 ) -> tuple[Tensor, Tensor]:
@@ -479,17 +523,18 @@ def _pointwise_conv_stats_backward_fake(
 
 def _setup_context(ctx, inputs, output) -> None:
     x, weight = inputs
-    out, _, _ = output
-    ctx.save_for_backward(x, weight, out)
+    out, _, _, shift = output
+    ctx.mark_non_differentiable(shift)
+    ctx.save_for_backward(x, weight, out, shift)
 
 
-def _backward(ctx, grad_out, grad_total, grad_total_sq):
-    x, weight, out = ctx.saved_tensors
+def _backward(ctx, grad_out, grad_total, grad_total_sq, _grad_shift):
+    x, weight, out, shift = ctx.saved_tensors
     needs_x, needs_w = bool(ctx.needs_input_grad[0]), bool(ctx.needs_input_grad[1])
     if not (needs_x or needs_w):
         return None, None
     grad_x, grad_weight = torch.ops.fastnas.pointwise_conv_stats_backward(
-        grad_out, grad_total, grad_total_sq, x, weight, out, needs_x, needs_w
+        grad_out, grad_total, grad_total_sq, x, weight, out, shift, needs_x, needs_w
     )
     return (grad_x if needs_x else None, grad_weight if needs_w else None)
 
@@ -497,7 +542,7 @@ def _backward(ctx, grad_out, grad_total, grad_total_sq):
 _pointwise_conv_stats_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def pointwise_conv_stats(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def pointwise_conv_stats(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """1x1 convolutions of the E edges leaving one node, with the per-channel sums the following BN needs
     computed in the epilogue (the pointwise conv and BN of DARTS SepConv/DilConv).
 
@@ -507,10 +552,11 @@ def pointwise_conv_stats(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Ten
         weight: [E, C_out, C_in], one 1x1 kernel per edge, same dtype and device as ``x``.
 
     Returns:
-        ``(out, total, total_sq)``: ``out`` [E, N, C_out, H, W] in ``x``'s dtype (channels-last per edge
-        when ``x`` is channels-last, else contiguous); ``total``/``total_sq`` [E, C_out], the sum and sum
-        of squares over (N, H, W) of the stored ``out``, float32 (float64 for float64 inputs). All three
-        are differentiable; pass them to :func:`batch_norm_from_stats` for the BN.
+        ``(out, total, total_sq, shift)``: ``out`` [E, N, C_out, H, W] in ``x``'s dtype (channels-last per
+        edge when ``x`` is channels-last, else contiguous); ``total``/``total_sq`` [E, C_out], the sum and
+        sum of squares over (N, H, W) of the stored ``out`` minus ``shift`` [E, C_out] (the conv output at
+        sample 0's first pixel; not differentiable), float32 (float64 for float64 inputs). ``out``,
+        ``total`` and ``total_sq`` are differentiable; pass all four to :func:`batch_norm_from_stats`.
 
     Uses the Triton operator when :func:`fastnas.kernels._common.use_kernels` accepts ``x``, else
     :func:`pointwise_conv_stats_reference`.

@@ -3,11 +3,13 @@ DARTS code calls (``_loss``, ``new``, ``arch_parameters``, ``state_dict`` / ``na
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from fastnas.algorithms.architect import unrolled_arch_gradients
 from fastnas.compat.darts import Network
+from fastnas.errors import ConfigError
 from fastnas.genotype import Genotype
 from fastnas.ops import DARTS_OPS
 
@@ -160,3 +162,11 @@ def test_method_and_executor_are_keyword_arguments() -> None:
     torch.testing.assert_close(fast(x), reference(x), rtol=1e-9, atol=1e-10)
     second = tiny(order=2)
     assert second.search.algorithm.order == 2
+
+
+def test_pdarts_own_network_arguments_get_a_clear_error() -> None:
+    """P-DARTS' ``Network(..., switches_normal, switches_reduce, p)`` is not covered: say so and where to
+    go instead, rather than fail inside the supernet build."""
+    switches = [[True] * 8 for _ in range(14)]
+    with pytest.raises(ConfigError, match=r"switches_normal, switches_reduce.*--method pdarts"):
+        Network(4, 10, 2, nn.CrossEntropyLoss(), switches_normal=switches, switches_reduce=switches)

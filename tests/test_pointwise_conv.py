@@ -4,9 +4,10 @@ its reference.
 The reference (einsum + sums) is checked against float64 ``F.conv2d`` per edge and by gradcheck; the
 operator's own backward (PyTorch math for float64) by gradcheck; the kernel path (Triton; on a CPU-only
 machine in the interpreter, TRITON_INTERPRET=1 set by conftest.py) against the reference for ``out``,
-``total``, ``total_sq`` and the gradients of ``x`` and ``weight``, for NCHW and channels-last, shared and
-per-edge inputs, channel counts that are not multiples of 16 and odd spatial sizes. Shapes are tiny:
-every interpreted launch costs milliseconds.
+``total``, ``total_sq``, ``shift``, the BN mean and variance they give, and the gradients of ``x`` and
+``weight``, for NCHW and channels-last, shared and per-edge inputs, channel counts that are not multiples
+of 16 and odd spatial sizes; and the shifted sums against the one-pass formula on conv outputs with a large
+mean and a small spread (issue 17). Shapes are tiny: every interpreted launch costs milliseconds.
 """
 
 from __future__ import annotations
@@ -73,6 +74,28 @@ def make(
     return x, weight, grads
 
 
+def shifted_sums(out, shift):
+    """float64 sum and sum of squares of ``out - shift`` over (N, H, W): the kernel's definition."""
+    d = out.double().cpu() - shift.double().cpu()[:, None, :, None, None]
+    return d.sum(dim=(1, 3, 4)), (d * d).sum(dim=(1, 3, 4))
+
+
+def moments(out, total, total_sq, shift):
+    """Per-channel (mean, biased variance) from the shifted sums, float64 (as batch_norm_from_stats)."""
+    count = out.shape[1] * out.shape[3] * out.shape[4]
+    d = total.double().cpu() / count
+    return shift.double().cpu() + d, total_sq.double().cpu() / count - d * d
+
+
+def invariants(out, total, total_sq, shift):
+    """``(out, mean, var)`` as differentiable functions of the outputs that do not depend on the shift
+    (``total`` and ``total_sq`` alone do, through a value of ``out`` the gradient treats as a constant), for
+    gradcheck: ``mean = shift + total / count``, ``var = total_sq / count - (total / count)^2``."""
+    count = out.shape[1] * out.shape[3] * out.shape[4]
+    d = total / count
+    return out, shift + d, total_sq / count - d * d
+
+
 def truth(x, weight):
     """Independent float64 formula on the CPU: ``F.conv2d`` with a 1x1 kernel per edge."""
     xd, wd = x.detach().double().cpu(), weight.detach().double().cpu()
@@ -81,10 +104,11 @@ def truth(x, weight):
 
 
 def run(fn, x, weight, grads):
-    """Forward and backward of ``fn``; returns (out, total, total_sq) and the gradients of x and weight."""
+    """Forward and backward of ``fn``; returns (out, total, total_sq, shift) and the gradients of x and
+    weight (``shift`` is not differentiable: ``grads`` has three entries)."""
     x, weight = fresh_leaves(x, weight)
     outs = fn(x, weight)
-    torch.autograd.backward(outs, [g.to(o.dtype) for o, g in zip(outs, grads)])
+    torch.autograd.backward(outs[: len(grads)], [g.to(o.dtype) for o, g in zip(outs, grads)])
     return tuple(o.detach() for o in outs), (x.grad, weight.grad)
 
 
@@ -96,21 +120,28 @@ def run(fn, x, weight, grads):
 @pytest.mark.parametrize("shared,cl", [(True, False), (False, True)])
 def test_reference_matches_float64_conv(shared, cl):
     x, weight, _ = make(shared=shared, cl=cl, device="cpu")
-    out, total, total_sq = pointwise_conv_stats_reference(x, weight)
+    out, total, total_sq, shift = pointwise_conv_stats_reference(x, weight)
     t_out = truth(x, weight)
     assert out.shape == (3, 2, 24, 5, 7) and out.dtype == torch.float32
-    assert total.shape == total_sq.shape == (3, 24) and total.dtype == torch.float32
+    assert total.shape == total_sq.shape == shift.shape == (3, 24) and total.dtype == torch.float32
     assert per_edge_is_channels_last(out) == cl and out.is_contiguous() == (not cl)
+    assert not shift.requires_grad
     close(out, t_out, **F32)
-    close(total, t_out.sum(dim=(1, 3, 4)), **STATS)
-    close(total_sq, (t_out**2).sum(dim=(1, 3, 4)), **STATS)
+    close(shift, t_out[:, 0, :, 0, 0], **F32)
+    t_total, t_total_sq = shifted_sums(t_out, shift)
+    close(total, t_total, **STATS)
+    close(total_sq, t_total_sq, **STATS)
+    mean, var = moments(out, total, total_sq, shift)
+    close(mean, t_out.mean(dim=(1, 3, 4)), **STATS)
+    close(var, t_out.var(dim=(1, 3, 4), correction=0), **STATS)
 
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_reference_gradcheck_float64(shared):
     x, weight, _ = make(e=2, n=2, c_in=3, c_out=2, h=2, w=3, shared=shared, dtype=torch.float64, device="cpu")
     assert torch.autograd.gradcheck(
-        pointwise_conv_stats_reference, (x.requires_grad_(), weight.requires_grad_())
+        lambda *a: invariants(*pointwise_conv_stats_reference(*a)),
+        (x.requires_grad_(), weight.requires_grad_()),
     )
 
 
@@ -120,16 +151,20 @@ def test_operator_torch_math_gradcheck_float64(shared, cl):
     own backward operator (the formula for g, the einsums, the sum over edges of a shared x)."""
     x, weight, _ = make(e=2, n=2, c_in=3, c_out=2, h=2, w=3, shared=shared, cl=cl, dtype=torch.float64)
     x, weight = x.cpu().requires_grad_(), weight.cpu().requires_grad_()
-    assert torch.autograd.gradcheck(torch.ops.fastnas.pointwise_conv_stats, (x, weight))
+    assert torch.autograd.gradcheck(
+        lambda *a: invariants(*torch.ops.fastnas.pointwise_conv_stats(*a)), (x, weight)
+    )
 
 
 def test_batch_norm_from_stats_gradcheck_float64():
     gen = torch.Generator().manual_seed(3)
     z = torch.randn(2, 2, 3, 2, 3, dtype=torch.float64, generator=gen) + 0.5
-    total = z.sum(dim=(1, 3, 4)) + 0.1 * torch.randn(2, 3, dtype=torch.float64, generator=gen)
-    total_sq = (z * z).sum(dim=(1, 3, 4)) + 0.1 * torch.rand(2, 3, dtype=torch.float64, generator=gen)
+    shift = z[:, 0, :, 0, 0] + 0.1
+    d = z - shift[:, None, :, None, None]
+    total = d.sum(dim=(1, 3, 4)) + 0.1 * torch.randn(2, 3, dtype=torch.float64, generator=gen)
+    total_sq = (d * d).sum(dim=(1, 3, 4)) + 0.1 * torch.rand(2, 3, dtype=torch.float64, generator=gen)
     leaves = tuple(t.detach().requires_grad_(True) for t in (z, total, total_sq))
-    assert torch.autograd.gradcheck(lambda *a: batch_norm_from_stats(*a)[0], leaves)
+    assert torch.autograd.gradcheck(lambda *a: batch_norm_from_stats(*a, shift.detach())[0], leaves)
 
 
 def test_batch_norm_from_stats_matches_batch_norm_cpu_reference():
@@ -182,9 +217,17 @@ def test_argument_errors():
     with pytest.raises(TypeError, match="float32, float64, bfloat16 or float16"):
         pointwise_conv_stats(x.int(), weight)
     with pytest.raises(ValueError, match=r"`total` must be \[E, C\]"):
-        batch_norm_from_stats(torch.zeros(3, 2, 4, 5, 5), torch.zeros(3, 5), torch.zeros(3, 4))
+        batch_norm_from_stats(
+            torch.zeros(3, 2, 4, 5, 5), torch.zeros(3, 5), torch.zeros(3, 4), torch.zeros(3, 4)
+        )
+    with pytest.raises(ValueError, match=r"`shift` must be \[E, C\]"):
+        batch_norm_from_stats(
+            torch.zeros(3, 2, 4, 5, 5), torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(4)
+        )
     with pytest.raises(ValueError, match=r"`z` must be \[E, N, C, H, W\]"):
-        batch_norm_from_stats(torch.zeros(2, 4, 5, 5), torch.zeros(2, 4), torch.zeros(2, 4))
+        batch_norm_from_stats(
+            torch.zeros(2, 4, 5, 5), torch.zeros(2, 4), torch.zeros(2, 4), torch.zeros(2, 4)
+        )
 
 
 def test_fake_shapes_dtypes_and_layouts():
@@ -193,18 +236,21 @@ def test_fake_shapes_dtypes_and_layouts():
     with FakeTensorMode():
         x = torch.empty(2, 16, 5, 7, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
         weight = torch.empty(3, 24, 16, dtype=torch.bfloat16)
-        out, total, total_sq = torch.ops.fastnas.pointwise_conv_stats(x, weight)
+        out, total, total_sq, shift = torch.ops.fastnas.pointwise_conv_stats(x, weight)
         assert out.shape == (3, 2, 24, 5, 7) and out.dtype == torch.bfloat16
         assert per_edge_is_channels_last(out)
-        assert total.shape == total_sq.shape == (3, 24) and total.dtype == torch.float32
-        gx, gw = torch.ops.fastnas.pointwise_conv_stats_backward(out, total, None, x, weight, out, True, True)
+        assert total.shape == total_sq.shape == shift.shape == (3, 24)
+        assert total.dtype == total_sq.dtype == shift.dtype == torch.float32
+        gx, gw = torch.ops.fastnas.pointwise_conv_stats_backward(
+            out, total, None, x, weight, out, shift, True, True
+        )
         assert gx.shape == x.shape and gx.is_contiguous(memory_format=torch.channels_last)
         assert gw.shape == weight.shape and gw.dtype == torch.bfloat16
         x5 = torch.empty(3, 2, 16, 5, 7)
-        out, total, _ = torch.ops.fastnas.pointwise_conv_stats(x5, weight.float())
+        out, total, _, shift = torch.ops.fastnas.pointwise_conv_stats(x5, weight.float())
         assert out.shape == (3, 2, 24, 5, 7) and out.is_contiguous()
         gx, gw = torch.ops.fastnas.pointwise_conv_stats_backward(
-            None, total, None, x5, weight, out, True, False
+            None, total, None, x5, weight, out, shift, True, False
         )
         assert gx.shape == x5.shape and gw.numel() == 0
 
@@ -225,28 +271,34 @@ CASES = [
 
 
 def _check_against_reference(got, ref, x, dtype):
-    (out, total, total_sq), (gx, gw) = got
-    (r_out, r_total, r_total_sq), (r_gx, r_gw) = ref
+    (out, total, total_sq, shift), (gx, gw) = got
+    (r_out, r_total, r_total_sq, r_shift), (r_gx, r_gw) = ref
     assert out.dtype == dtype and out.shape == r_out.shape and out.stride() == r_out.stride()
-    assert total.dtype == total_sq.dtype == torch.float32
+    assert total.dtype == total_sq.dtype == shift.dtype == torch.float32
     assert gx.dtype == dtype and gx.shape == x.shape and gx.stride() == r_gx.stride()
     assert gw.dtype == dtype and gw.shape == r_gw.shape
-    # The statistics are those of the stored (rounded) out.
-    of = out.float()
-    close(total, of.sum(dim=(1, 3, 4)), **STATS)
-    close(total_sq, (of * of).sum(dim=(1, 3, 4)), **STATS)
+    # The statistics are those of the stored (rounded) out, shifted by the kernel's own shift: the conv at
+    # sample 0's first pixel (fp32, before rounding), so within an ulp of the stored out there.
+    t_total, t_total_sq = shifted_sums(out, shift)
+    close(total, t_total, **STATS)
+    close(total_sq, t_total_sq, **STATS)
+    mean, var = moments(out, total, total_sq, shift)
+    r_mean, r_var = moments(r_out, r_total, r_total_sq, r_shift)
     if dtype == torch.float32:
         close(out, r_out, **F32)
-        close(total, r_total, **STATS)
-        close(total_sq, r_total_sq, **STATS)
+        close(shift, r_shift, **F32)
+        close(mean, r_mean, **STATS)
+        close(var, r_var, **STATS)
         close(gx, r_gx, **F32)
         close(gw, r_gw, **STATS)
     else:
         # bf16: both round fp32 accumulations of the same products once (the interpreter truncates), so out
-        # differs by at most an ulp; the sums of 1-ulp differences by a fraction of sum|out| * 2^-7.
+        # differs by at most an ulp; the moments of 1-ulp differences by a fraction of the scale * 2^-7.
         close(out, r_out, **BF16)
-        close(total, r_total, rtol=0.0, atol=2**-7 * float(of.abs().sum(dim=(1, 3, 4)).max()))
-        close(total_sq, r_total_sq, rtol=2**-6, atol=2**-6 * float((of * of).sum(dim=(1, 3, 4)).max()))
+        close(shift, out[:, 0, :, 0, 0], **BF16)
+        scale = float(out.float().abs().max())
+        close(mean, r_mean, rtol=0.0, atol=2**-7 * scale)
+        close(var, r_var, rtol=2**-6, atol=2**-6 * scale * scale)
         close_scaled(gx, r_gx, 2e-2)
         close_scaled(gw, r_gw, 2e-2)
 
@@ -294,6 +346,40 @@ def test_kernel_partial_output_gradients():
     close(grads[0], grads[1], **STATS)
 
 
+def _far_from_centred():
+    """Conv outputs with a large mean (~1000) and a small spread (std ~0.025) per channel: mean^2 / var
+    ~ 1.6e9, beyond float32's 2^24 (issue 17)."""
+    gen = torch.Generator().manual_seed(31)
+    x = 100.0 + 0.01 * torch.randn(2, 16, 5, 7, generator=gen)
+    weight = 0.625 + 0.01 * torch.randn(3, 8, 16, generator=gen)
+    return x.to(DEVICE), weight.to(DEVICE)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        pytest.param(pointwise_conv_stats, marks=needs_kernels, id="kernel"),
+        pytest.param(pointwise_conv_stats_reference, id="reference"),
+    ],
+)
+def test_variance_of_outputs_far_from_centred(conv):
+    """The shifted sums give the variance of the stored outputs to float32 precision where the one-pass
+    ``E[z^2] - E[z]^2`` of the same outputs' float32 sums is off by more than the variance itself."""
+    x, weight = _far_from_centred()
+    out, total, total_sq, shift = conv(x, weight)
+    od = out.double().cpu()
+    t_mean, t_var = od.mean(dim=(1, 3, 4)), od.var(dim=(1, 3, 4), correction=0)
+    assert float(t_mean.min()) > 900.0 and float(t_var.min()) > 1e-4 and float(t_var.max()) < 1e-2
+    _, mean, var = batch_norm_from_stats(out, total, total_sq, shift)
+    rel_var = ((var.double().cpu() - t_var).abs() / t_var).max()
+    assert rel_var < 1e-3, f"variance off by {float(rel_var):.2e} relative"
+    close(mean, t_mean, rtol=1e-6, atol=0.0)
+    count = out.shape[1] * out.shape[3] * out.shape[4]
+    of = out.float()
+    one_pass = (of * of).sum(dim=(1, 3, 4)) / count - (of.sum(dim=(1, 3, 4)) / count) ** 2
+    assert ((one_pass.double().cpu() - t_var).abs() / t_var).max() > 1.0  # the data defeats the old formula
+
+
 poisoned = poisoned_fixture(pc)  # every buffer the launcher allocates with _empty starts as NaN
 
 
@@ -330,9 +416,10 @@ def test_kernel_strided_views(poisoned):
     _check_against_reference(got, ref, x, torch.float32)
     assert got[1][0][:, :, 0].abs().sum() == 0 and got[1][0][:, :, 1:, 1:].abs().min() > 0
     xe = x.expand(3, *x.shape)
-    out, total, total_sq = pointwise_conv_stats(xe, weight)
-    r_out, r_total, r_total_sq = pointwise_conv_stats_reference(xe, weight)
+    out, total, total_sq, shift = pointwise_conv_stats(xe, weight)
+    r_out, r_total, r_total_sq, r_shift = pointwise_conv_stats_reference(xe, weight)
     close(out, r_out, **F32)
+    close(shift, r_shift, **F32)
     close(total, r_total, **STATS)
     close(total_sq, r_total_sq, **STATS)
 
@@ -341,13 +428,13 @@ def test_backward_operator_sums_over_edges_of_a_shared_input():
     """The backward operator returns grad x in x's shape for a shared x (not E per-edge gradients left for
     autograd to sum) and in x's layout."""
     x, weight, (g, gt, gts) = make(c_in=3, c_out=16, cl=True, device="cpu")
-    out = pointwise_conv_stats_reference(x, weight)[0]
-    gx, gw = torch.ops.fastnas.pointwise_conv_stats_backward(g, gt, gts, x, weight, out, True, True)
+    out, _, _, shift = pointwise_conv_stats_reference(x, weight)
+    gx, gw = torch.ops.fastnas.pointwise_conv_stats_backward(g, gt, gts, x, weight, out, shift, True, True)
     assert gx.shape == x.shape and gx.is_contiguous(memory_format=torch.channels_last)
     assert gw.shape == weight.shape and gw.is_contiguous()
     xs = torch.stack([x] * 3).requires_grad_(True)
     ws = weight.detach().clone().requires_grad_(True)
-    torch.autograd.backward(pointwise_conv_stats_reference(xs, ws), [g, gt, gts])
+    torch.autograd.backward(pointwise_conv_stats_reference(xs, ws)[:3], [g, gt, gts])
     close(gx, xs.grad.sum(0), **F32)
     close(gw, ws.grad, **STATS)
 

@@ -15,9 +15,12 @@ the names ``named_parameters()`` gives (``stem.*``, ``cells.*``, ``classifier.*`
 (``state_dict()`` updated with ``named_parameters()`` keys, then ``load_state_dict``) works unchanged.
 Parameter names below ``cells.N`` are fastnas's (``edges.E.ops.K``), not DARTS's ``_ops.E._ops.K``.
 
-P-DARTS' and PC-DARTS' ``Network`` take the same constructor and interface (PC-DARTS adds
-``betas_normal`` / ``betas_reduce`` for edge normalisation): ``Network(..., method="pc-darts")`` gives
-them, with ``betas_*`` among the arch parameters. The method, the executor, partial channels and the
+PC-DARTS' ``Network`` takes the same constructor and interface (it adds ``betas_normal`` /
+``betas_reduce`` for edge normalisation): ``Network(..., method="pc-darts")`` gives it, with ``betas_*``
+among the arch parameters; ``method="pdarts"`` gives one P-DARTS stage's supernet. Not covered (a clear
+error): P-DARTS' ``switches_normal`` / ``switches_reduce`` / ``p`` arguments (its alphas are ``[14, k]``
+over the switched-on ops; fastnas masks dropped ops in ``[14, 8]``) and EnTranNAS-style scripts; those
+methods run through ``fastnas search``. The method, the executor, partial channels and the
 method's options are keyword arguments (``Network(16, 10, 8, criterion, executor="fast")``).
 """
 
@@ -29,6 +32,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from fastnas.errors import ConfigError
 from fastnas.genotype import Genotype
 from fastnas.search_model import SearchModel
 from fastnas.spaces import DartsSpace
@@ -59,6 +63,13 @@ class Network(nn.Module):
         **options: Any,
     ) -> None:
         super().__init__()
+        pdarts_only = sorted({"switches_normal", "switches_reduce", "p"} & set(options))
+        if pdarts_only:
+            raise ConfigError(
+                f"Network(..., {', '.join(pdarts_only)}=...): P-DARTS' own Network arguments are not "
+                "covered by fastnas.compat.darts (its [14, k] alphas over switched-on ops differ from "
+                "fastnas's masked [14, 8]); run P-DARTS with `fastnas search --method pdarts`"
+            )
         if multiplier != steps:
             raise ValueError(
                 f"multiplier {multiplier} != steps {steps}: fastnas cells concatenate all their nodes "

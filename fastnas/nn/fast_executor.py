@@ -46,7 +46,7 @@ from fastnas.kernels.depthwise_conv import relu_depthwise_conv
 from fastnas.kernels.masked_aggregate import masked_aggregate
 from fastnas.kernels.pointwise_conv import batch_norm_from_stats, pointwise_conv_stats
 from fastnas.nn.executor import ReferenceExecutor, register_executor
-from fastnas.nn.fused_edge import edge_from_pre_bn, foldable_bn, split_final_bn, update_bn_running_stats
+from fastnas.nn.fused_edge import edge_from_pre_bn, foldable_bn, split_final_bn, update_bns_running_stats
 from fastnas.ops.darts_ops import DilConv, FactorizedReduce, Identity, SepConv, autocast_dtype
 
 if TYPE_CHECKING:
@@ -130,9 +130,9 @@ def _cell_kinds(cell: SearchCell) -> list[dict[int, str]] | None:
     return kinds
 
 
-def _dil_stage(x: Tensor, blocks: Sequence[DilConv]) -> tuple[Tensor, Tensor, Tensor]:
+def _dil_stage(x: Tensor, blocks: Sequence[DilConv]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``ReLU -> depthwise -> pointwise`` of every edge's ``DilConv`` block at once, before its BN:
-    returns ``(z [E, N, C, H, W], sum, sum of squares [E, C])``."""
+    returns ``(z [E, N, C, H, W], shifted sum, shifted sum of squares, shift [E, C])``."""
     depthwise = [cast(nn.Conv2d, b[1]) for b in blocks]
     pointwise = [cast(nn.Conv2d, b[2]) for b in blocks]
     first = depthwise[0]
@@ -147,12 +147,10 @@ def _sep_conv(x: Tensor, ops: Sequence[SepConv]) -> Tensor:
     """Every edge's ``SepConv`` before its final BN: two ``DilConv`` stages, the middle BN normalised from
     the statistics the first pointwise convolution summed (its running statistics updated)."""
     firsts = [cast(DilConv, op[0]) for op in ops]
-    z, total, total_sq = _dil_stage(x, firsts)
+    z, total, total_sq, shift = _dil_stage(x, firsts)
     middle_bns = [cast(nn.BatchNorm2d, block[3]) for block in firsts]
-    y, mean, var = batch_norm_from_stats(z, total, total_sq, middle_bns[0].eps)
-    count = z.shape[1] * z.shape[3] * z.shape[4]
-    for e, bn in enumerate(middle_bns):
-        update_bn_running_stats(bn, mean[e], var[e], count)
+    y, mean, var = batch_norm_from_stats(z, total, total_sq, shift, middle_bns[0].eps)
+    update_bns_running_stats(middle_bns, mean, var, z.shape[1] * z.shape[3] * z.shape[4])
     return _dil_stage(y, [cast(DilConv, op[1]) for op in ops])[0]
 
 
