@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from benchmarks import run
 from benchmarks.step import RESULT_KEYS, build_search_step, measure_search_step
@@ -165,3 +166,17 @@ def test_a_sampling_step_draws_a_new_subgraph_each_iteration() -> None:
     assert step.step_index == 3 and all(a is not None for a in drawn)
     with pytest.raises(ValueError, match="first-order"):
         build_search_step(TINY_BATCH, "cpu", "fp32", method="ddsas", order=2, **TINY)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the rows of a machine without CUDA")
+def test_run_main_reports_cuda_graph_rows_unsupported_on_cpu(tmp_path: Path) -> None:
+    """``--mode graph`` rows on a CPU are skipped with the reason ``--cuda-graph`` gives, not a crash."""
+    out = tmp_path / "modes.json"
+    argv = ["--device", "cpu", "--C", "4", "--layers", "3", "--image-size", "8", "--batch-sizes", "2"]
+    argv += ["--mode", "eager", "graph", "--warmup", "0", "--repeats", "1", "--json", str(out)]
+    assert run.main([*argv, "--only", "search_step"]) == 0
+    rows = json.loads(out.read_text(encoding="utf-8"))["results"]["search_step"]
+    assert [(r["mode"], r["status"]) for r in rows] == [("eager", "ok"), ("graph", "skipped")]
+    assert "--cuda-graph needs a CUDA device" in rows[1]["note"]
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        build_search_step(TINY_BATCH, "cpu", "fp32", mode="graph", **TINY)

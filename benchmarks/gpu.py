@@ -130,6 +130,10 @@ def plan(out: Path, quick: bool, device: str = "cuda", shared: Path | None = Non
         epoch += ["--limit", "10000"]
     name = "CIFAR-10 search epoch" + (" (10k images)" if quick else "")
     pieces.append(Piece(name, epoch, 60.0 if quick else 120.0))
+    if not quick:
+        compiled = f"--only search_step {common} --batch-sizes 64 256 --precision bf16 --order 1"
+        compiled += " --executor reference fast --mode compile"
+        pieces.append(_bench("search step (torch.compile)", out, 120.0, compiled))
     if not quick:  # the other methods and P-DARTS' stages, where the budget still allows
         pieces.append(
             _bench("methods", out, 60.0, f"--only methods {common} --batch-sizes 64 --precision bf16")
@@ -140,8 +144,10 @@ def plan(out: Path, quick: bool, device: str = "cuda", shared: Path | None = Non
 
 
 def step_modes(quick: bool) -> str:
-    """``search_step`` arguments for the compiled and CUDA-graph rows, where the section has them."""
-    return ""
+    """``search_step`` modes of the first-order grid: eager and CUDA-graph replay (``--cuda-graph``). The
+    ``torch.compile`` rows (``--compile``) are a piece of their own, later and smaller: every grid point
+    compiles anew, and a piece cut by its time limit loses all its rows."""
+    return "--mode eager graph"
 
 
 def run_piece(piece: Piece, limit_s: float, log_dir: Path) -> Outcome:

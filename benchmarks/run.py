@@ -25,7 +25,14 @@ import torch
 
 from benchmarks.kernel_resources import kernel_resources_section
 from benchmarks.launches import launches_section
-from benchmarks.step import environment, measure_search_step, stage_space, unsupported_reason
+from benchmarks.step import (
+    MODES,
+    environment,
+    measure_search_step,
+    mode_unsupported_reason,
+    stage_space,
+    unsupported_reason,
+)
 from fastnas.train.device import PRECISIONS, resolve_device
 
 Row = dict[str, Any]
@@ -117,6 +124,15 @@ def _search_step_arguments(parser: argparse.ArgumentParser) -> None:
         help="cell executors to compare: reference, fast, or plain (the reference executor with every op "
         "forced to its PyTorch reference: the baseline of issue 5)",
     )
+    group.add_argument(
+        "--mode",
+        nargs="+",
+        default=["eager"],
+        choices=MODES,
+        help="how each iteration runs: eager; compile (both levels through torch.compile, as fastnas search "
+        "--compile; the warm-up iterations compile); graph (the first-order iteration replayed from a CUDA "
+        "graph, as --cuda-graph; CUDA only, other devices report the row unsupported with the reason)",
+    )
     group.add_argument("--method", default="darts")
     group.add_argument("--C", type=int, default=16, help="initial channels")
     group.add_argument("--layers", type=int, default=8, help="cells in the supernet")
@@ -129,10 +145,12 @@ def _search_step_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _search_step_rows(args: argparse.Namespace) -> Iterator[Row]:
-    grid = itertools.product(args.executor, args.order, args.precision, args.batch_sizes)
-    for executor, order, precision, batch_size in grid:
+    grid = itertools.product(args.mode, args.executor, args.order, args.precision, args.batch_sizes)
+    device = resolve_device(args.device)
+    for mode, executor, order, precision, batch_size in grid:
         case = {
             "benchmark": "search_step",
+            "mode": mode,
             "executor": executor,
             "order": order,
             "precision": precision,
@@ -140,13 +158,15 @@ def _search_step_rows(args: argparse.Namespace) -> Iterator[Row]:
         }
         _progress(f"search_step: {case}")
         plain = executor == "plain"
-        reason = unsupported_reason(precision, order)
+        reason = unsupported_reason(precision, order) or mode_unsupported_reason(
+            mode, device, args.method, order, precision
+        )
         if reason:
             yield {**case, "status": "skipped", "note": reason}
             continue
         row = guarded(
             case,
-            lambda e=executor, o=order, p=precision, b=batch_size, pl=plain: _measure(
+            lambda e=executor, o=order, p=precision, b=batch_size, pl=plain, m=mode: _measure(
                 args,
                 batch_size=b,
                 precision=p,
@@ -154,6 +174,7 @@ def _search_step_rows(args: argparse.Namespace) -> Iterator[Row]:
                 executor="reference" if e == "plain" else e,
                 method=args.method,
                 reference_ops=args.reference_ops or pl,
+                mode=m,
             ),
         )
         if plain and row.get("status") == "ok":
@@ -181,6 +202,7 @@ register(
         name="search_step",
         title="Search step (architecture step + weight step)",
         columns=(
+            Column("mode", "mode"),
             Column("executor", "executor"),
             Column("order", "order"),
             Column("precision", "precision"),

@@ -6,6 +6,11 @@ DARTS unrolled gradients), with Adam; then the weights (SGD with momentum and we
 into the weights only, gradient-norm clipping). Hyper-parameters are the method's published defaults.
 Data are random (``torch.randn`` images, ``torch.randint`` labels) resident on the device, so the
 numbers measure the model and the optimisers, never a data pipeline.
+
+``mode`` runs the iteration as the search loop's options do: ``eager`` (default), ``compile`` (both
+levels through ``torch.compile``, :mod:`fastnas.train.compiled`; the warm-up iterations compile) or
+``graph`` (the whole first-order iteration captured in a CUDA graph and replayed,
+:mod:`fastnas.train.cuda_graph`; CUDA only - :func:`mode_unsupported_reason` says why elsewhere).
 """
 
 from __future__ import annotations
@@ -26,12 +31,18 @@ import numpy as np
 import torch
 
 from fastnas.backend import force_reference
+from fastnas.errors import ConfigError
 from fastnas.methods import get_method
 from fastnas.search_model import SearchModel
 from fastnas.spaces import DartsSpace
+from fastnas.train.compiled import CompiledLevels, check_compilable
+from fastnas.train.cuda_graph import GraphedStep, check_cuda_graph, graph_optimizer_options
 from fastnas.train.device import autocast, resolve_device
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+
+#: How an iteration runs: eagerly, with both levels compiled, or replayed from a CUDA graph.
+MODES = ("eager", "compile", "graph")
 
 #: Keys every result of :func:`measure_search_step` has.
 RESULT_KEYS = (
@@ -44,6 +55,7 @@ RESULT_KEYS = (
     "layers",
     "image_size",
     "executor",
+    "mode",
     "reference_ops",
     "warmup",
     "repeats",
@@ -82,23 +94,33 @@ class SearchStep:
     reference_ops: bool = False
     epoch: int = 0  # the epoch of the method's schedules the iterations belong to
     step_index: int = 0
+    mode: str = "eager"
+    compiled: CompiledLevels | None = None  # mode "compile"
+    graphed: GraphedStep | None = None  # mode "graph"
 
-    def arch_step(self) -> None:
+    def _autocast(self) -> Any:
+        return autocast(self.device, self.precision, cache_enabled=self.graphed is None)
+
+    def arch_step(self, train_batch: Batch | None = None, val_batch: Batch | None = None) -> torch.Tensor:
         """The architecture update (first or second order), as ``SearchRunner.arch_step``."""
         from fastnas.algorithms.architect import unrolled_arch_gradients
 
+        train_batch = train_batch or self.train_batch
+        val_batch = val_batch or self.val_batch
         params = self.model.arch_parameters()
         self.arch_optimizer.zero_grad(set_to_none=True)
         second_order = getattr(self.model.algorithm, "order", 1) == 2
-        with autocast(self.device, self.precision):
+        with self._autocast():
             if second_order:
-                grads, _ = unrolled_arch_gradients(
-                    self.model, self.train_batch, self.val_batch, self.lr, self.weight_optimizer
+                grads, loss = unrolled_arch_gradients(
+                    self.model, train_batch, val_batch, self.lr, self.weight_optimizer
                 )
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g.to(p.dtype)
+            elif self.compiled is not None:
+                loss = self.compiled.arch_loss(*val_batch)
             else:
-                loss = self.model.loss(*self.val_batch, level="arch")
+                loss = self.model.loss(*val_batch, level="arch")
         if not second_order:
             self.arch_scaler.scale(loss).backward(inputs=params)
         if self.arch_grad_clip:
@@ -107,19 +129,32 @@ class SearchStep:
         self.arch_scaler.step(self.arch_optimizer)
         self.arch_scaler.update()
         self.model.algorithm.after_arch_step()
+        return loss.detach()
 
-    def weight_step(self) -> None:
+    def weight_step(self, train_batch: Batch | None = None) -> torch.Tensor:
         """The weight update, as ``SearchRunner.weight_step``."""
-        x, y = self.train_batch
+        x, y = train_batch or self.train_batch
         params = self.model.weight_parameters()
         self.weight_optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.precision):
-            loss = self.model.criterion(self.model(x), y, "weights")
+        with self._autocast():
+            if self.compiled is not None:
+                loss, _ = self.compiled.weight_loss(x, y)
+            else:
+                loss = self.model.criterion(self.model(x), y, "weights")
         self.weight_scaler.scale(loss).backward(inputs=params)
         self.weight_scaler.unscale_(self.weight_optimizer)
         torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
         self.weight_scaler.step(self.weight_optimizer)
         self.weight_scaler.update()
+        return loss.detach()
+
+    def bilevel(
+        self, train: Batch, val: Batch | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The iteration as mode ``graph`` captures it (the ``GraphedStep`` step function)."""
+        arch_loss = None if val is None else self.arch_step(train, val)
+        loss = self.weight_step(train)
+        return arch_loss, loss, loss
 
     def __call__(self) -> None:
         """One search iteration: the method draws its sub-graph (EDAS, DDSAS), architecture step, then
@@ -128,8 +163,11 @@ class SearchStep:
         with ctx:
             self.model.start_step(self.epoch, self.step_index)
             self.step_index += 1
-            self.arch_step()
-            self.weight_step()
+            if self.graphed is not None:
+                self.graphed(self.train_batch, self.val_batch, None)
+            else:
+                self.arch_step()
+                self.weight_step()
 
 
 def stage_space(ops_per_edge: int, seed: int = 0) -> DartsSpace:
@@ -163,6 +201,24 @@ def unsupported_reason(precision: str, order: int) -> str | None:
     return None
 
 
+def mode_unsupported_reason(
+    mode: str, device: torch.device, method: str = "darts", order: int = 1, precision: str = "fp32"
+) -> str | None:
+    """Why the search loop refuses ``mode`` here (the error ``--compile`` / ``--cuda-graph`` would
+    give), or None when it runs."""
+    if mode not in MODES:
+        return f"unknown mode {mode!r}; use one of {', '.join(MODES)}"
+    algorithm = get_method(method).algorithm
+    try:
+        if mode == "compile":
+            check_compilable(algorithm)
+        elif mode == "graph":
+            check_cuda_graph(device, algorithm, order, precision)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
 def build_search_step(
     batch_size: int,
     device: str | torch.device = "auto",
@@ -176,11 +232,15 @@ def build_search_step(
     reference_ops: bool = False,
     seed: int = 0,
     space: DartsSpace | None = None,
+    mode: str = "eager",
 ) -> SearchStep:
     """Build the supernet, optimisers (the method's published settings) and two random batches;
-    ``space`` (e.g. one with per-edge candidate sets) replaces the default DARTS space."""
+    ``space`` (e.g. one with per-edge candidate sets) replaces the default DARTS space; ``mode``: see
+    the module docstring."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
-    reason = unsupported_reason(precision, order)
+    reason = unsupported_reason(precision, order) or mode_unsupported_reason(
+        mode, dev, method, order, precision
+    )
     if reason:
         raise ValueError(reason)
     torch.manual_seed(seed)
@@ -194,16 +254,25 @@ def build_search_step(
     model.train()
     hp = model.algorithm.defaults
     model.start_epoch(0, hp.epochs)  # the first epoch's schedules, as the search loop sets them
+    weight_extra, arch_extra = (
+        graph_optimizer_options(dev, hp.lr, hp.arch_lr) if mode == "graph" else ({}, {})
+    )
     weight_opt = torch.optim.SGD(
-        model.weight_parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+        model.weight_parameters(),
+        **{"lr": hp.lr, **weight_extra},
+        momentum=hp.momentum,
+        weight_decay=hp.weight_decay,
     )
     arch_opt = torch.optim.Adam(
-        model.arch_parameters(), lr=hp.arch_lr, betas=tuple(hp.arch_betas), weight_decay=hp.arch_weight_decay
+        model.arch_parameters(),
+        **{"lr": hp.arch_lr, **arch_extra},
+        betas=tuple(hp.arch_betas),
+        weight_decay=hp.arch_weight_decay,
     )
     for group in arch_opt.param_groups:  # e.g. EDAS' warm-up weight decay
         group.update(model.algorithm.arch_optimizer_settings(0))
     use_scaler = precision == "fp16"
-    return SearchStep(
+    step = SearchStep(
         model=model,
         weight_optimizer=weight_opt,
         arch_optimizer=arch_opt,
@@ -217,7 +286,13 @@ def build_search_step(
         grad_clip=hp.grad_clip,
         arch_grad_clip=hp.arch_grad_clip,
         reference_ops=reference_ops,
+        mode=mode,
     )
+    if mode == "compile":
+        step.compiled = CompiledLevels(model, model.supernet)
+    elif mode == "graph":
+        step.graphed = GraphedStep(step.bilevel, dev)
+    return step
 
 
 # ----------------------------------------------------------------------------- timing
@@ -442,6 +517,7 @@ def measure_search_step(
     method: str = "darts",
     reference_ops: bool = False,
     space: DartsSpace | None = None,
+    mode: str = "eager",
 ) -> dict[str, Any]:
     """Time one full search iteration (both levels); see the module docstring and README.md."""
     if warmup < 0 or repeats < 1:
@@ -463,6 +539,7 @@ def measure_search_step(
         reference_ops=reference_ops,
         seed=seed,
         space=space,
+        mode=mode,
     )
     times = run_timed(step, dev, warmup, repeats, probe)
     del step  # the probe's end-of-run baseline must not hold the model
@@ -478,6 +555,7 @@ def measure_search_step(
         "layers": layers,
         "image_size": image_size,
         "executor": executor,
+        "mode": mode,
         "reference_ops": reference_ops,
         "warmup": warmup,
         "repeats": repeats,

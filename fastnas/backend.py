@@ -32,7 +32,13 @@ def reference_forced() -> bool:
 
 @contextlib.contextmanager
 def force_reference(enabled: bool = True) -> Iterator[None]:
-    """Use the PyTorch reference implementations (``enabled=True``) or the fused ones inside the block."""
+    """Use the PyTorch reference implementations (``enabled=True``) or the fused ones inside the block.
+
+    A block that asks for the setting already in force sets nothing (so code traced by ``torch.compile``
+    inside an outer ``force_reference()`` does not break its graph on the context variable)."""
+    if _forced.get() is bool(enabled):
+        yield
+        return
     token = _forced.set(bool(enabled))
     try:
         yield

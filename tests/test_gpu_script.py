@@ -26,11 +26,16 @@ def test_every_planned_command_parses(tmp_path: Path, quick: bool) -> None:
     for wanted in ("build extension", "kernel tests", "kernels", "search step (first order)", "CIFAR-10"):
         assert wanted in names, names
     assert ("search step (second order)" in names) == (not quick)
+    assert ("search step (torch.compile)" in names) == (not quick)
     for piece in pieces:
         command = piece.command
         if command[1:3] == ["-m", "benchmarks.run"]:
             args = bench_run.build_parser().parse_args(command[3:])
             assert args.device == "cuda" and args.json == piece.json_path
+            if "search step (first order)" in piece.name:
+                assert set(args.mode) == {"eager", "graph"}
+            if "torch.compile" in piece.name:
+                assert args.mode == ["compile"] and not quick
         elif command[1:3] == ["-m", "fastnas"]:
             argv = command[3:]
             fastnas_parser(argv).parse_args(argv)

@@ -150,6 +150,10 @@ class SearchAlgorithm(nn.Module, abc.ABC):
     #: True when a step may leave supernet weights out of its graph (a sampled sub-graph, EnTranNAS'
     #: Engine-cells): DistributedDataParallel must then look for unused parameters every step.
     leaves_weights_unused: ClassVar[bool] = False
+    #: True when the ops a step runs are chosen on the host every step (EDAS and DDSAS draw them in
+    #: :meth:`on_step`; EnTranNAS' Transit-cells read the current weights): the step's graph changes from
+    #: step to step, so ``--compile`` and ``--cuda-graph`` refuse the method.
+    samples_subgraphs: ClassVar[bool] = False
 
     def drain_records(self) -> list[tuple[str, dict[str, Any]]]:
         """``(file stem, row)`` records since the last call (each row holds its ``epoch``); the loop appends

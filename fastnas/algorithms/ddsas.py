@@ -150,6 +150,7 @@ class DDSAS(SearchAlgorithm):
 
     name = "ddsas"
     leaves_weights_unused = True  # a step runs a sub-graph: DDP finds the unused weights
+    samples_subgraphs = True  # drawn on the host in on_step: no compiled or captured step
     Options = DDSASOptions
     defaults = SearchDefaults(epochs=50, batch_size=64, arch_lr=3e-4, arch_weight_decay=1e-3)
     options: DDSASOptions

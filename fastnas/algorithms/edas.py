@@ -90,6 +90,7 @@ class EDAS(SearchAlgorithm):
 
     name = "edas"
     leaves_weights_unused = True  # a step runs a sub-graph: DDP finds the unused weights
+    samples_subgraphs = True  # drawn on the host in on_step: no compiled or captured step
     Options = EDASOptions
     defaults = SearchDefaults(
         epochs=25, batch_size=64, layers=20, arch_lr=0.025, arch_weight_decay=0.0

@@ -193,6 +193,7 @@ class EnTranNAS(SearchAlgorithm):
 
     name = "entrannas"
     leaves_weights_unused = True  # a step runs a sub-graph: DDP finds the unused weights
+    samples_subgraphs = True  # Transit-cells pick their inputs from the weights on the host every step
     Options = EnTranNASOptions
     defaults = CIFAR_DEFAULTS
     dataset_defaults: ClassVar[Mapping[str, SearchDefaults]] = {"imagenet": IMAGENET_DEFAULTS}

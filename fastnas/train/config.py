@@ -144,6 +144,18 @@ class SearchConfig:
         const=False,
     )
     tensorboard: bool = setting(False, "write TensorBoard events to RUN_DIR/tensorboard", const=True)
+    compile: bool = setting(
+        False,
+        "torch.compile the forward and backward of both levels of the search step (the first step of "
+        "each level compiles; architecture weights stay tensors, so later steps never recompile)",
+        const=True,
+    )
+    cuda_graph: bool = setting(
+        False,
+        "capture the first-order bilevel step (both levels, both optimisers) in a CUDA graph and replay "
+        "it every iteration (CUDA, one process, fp32 or bf16, first order; not for EDAS, DDSAS, EnTranNAS)",
+        const=True,
+    )
     out_dir: str = setting("runs", "parent folder of run directories")
     run_name: str | None = setting(None, "run directory name (default: method-dataset-seed-time)")
 
@@ -235,6 +247,8 @@ class ResolvedSearchConfig:
     executor: str
     deterministic: bool
     tensorboard: bool
+    compile: bool
+    cuda_graph: bool
     out_dir: str
     run_name: str
 
@@ -329,6 +343,11 @@ class ResolvedSearchConfig:
         if not self.run_name or Path(self.run_name).name != self.run_name or self.run_name in (".", ".."):
             raise ConfigError(f"--run-name must be a plain folder name, got {self.run_name!r}")
         check_hyper_parameters(self.hyper_parameters, space=self.space)
+        if self.cuda_graph and self.precision == "fp16":
+            raise ConfigError(
+                "--cuda-graph cannot capture fp16 loss scaling (GradScaler syncs with the host every "
+                "step); use --precision bf16 or fp32 with --cuda-graph"
+            )
 
     def to_json(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

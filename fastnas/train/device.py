@@ -39,12 +39,15 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """An autocast context for ``precision`` (a no-op for fp32)."""
+def autocast(
+    device: torch.device, precision: str, cache_enabled: bool = True
+) -> contextlib.AbstractContextManager:
+    """An autocast context for ``precision`` (a no-op for fp32); ``cache_enabled=False`` inside a CUDA
+    graph capture (its cast weights must not outlive the capture)."""
     dtype = autocast_dtype(precision)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 def seed_everything(seed: int) -> None:

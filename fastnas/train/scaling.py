@@ -34,6 +34,8 @@ ADDED_KEYS: dict[str, object] = {
     "world_size": 1,
     "sync_bn": False,
     "tensorboard": False,
+    "compile": False,
+    "cuda_graph": False,
 }
 LR_SCALINGS: tuple[str, ...] = ("linear", "none")
 BACKENDS: tuple[str, ...] = ("auto", "nccl", "gloo")

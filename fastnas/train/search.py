@@ -44,7 +44,15 @@ from fastnas.search_model import SearchModel
 from fastnas.spaces import DartsSpace
 from fastnas.spaces.base import SearchSpace
 from fastnas.train.checkpoint import CHECKPOINT_NAME, numpy_rng_state, save_checkpoint, set_numpy_rng_state
+from fastnas.train.compiled import CompiledLevels, check_compilable
 from fastnas.train.config import ResolvedSearchConfig, SearchConfig
+from fastnas.train.cuda_graph import (
+    GraphedStep,
+    check_cuda_graph,
+    graph_optimizer_options,
+    host_settings,
+    tensor_lrs,
+)
 from fastnas.train.device import autocast, resolve_device, seed_everything
 from fastnas.train.distributed import Distributed, check_world_size, distributed_session
 from fastnas.train.run_state import (
@@ -135,6 +143,12 @@ class SearchRunner:
         self.progress = progress and self.dist.is_main
         self.log: Callable[[str], None] = RunLog(run_dir, self.progress) if self.dist.is_main else _silent
         self.device = resolve_device(self.dist.device_for(device or config.device))
+        algorithm = get_method(config.method).algorithm
+        if config.compile:  # before any data is read: what is wrong and how to run instead
+            check_compilable(algorithm)
+        if config.cuda_graph:
+            order = int(getattr(config.options, "order", 1))
+            check_cuda_graph(self.device, algorithm, order, config.precision, self.dist.world_size)
         if config.deterministic and self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         if self.device.type == "cuda":
@@ -174,7 +188,16 @@ class SearchRunner:
         """The supernet, the method and the optimisers of stage ``index`` (fresh weights, a new cosine
         schedule over the stage's epochs); the last stage's model is dropped first."""
         cfg, plan = self.config, self.stages[index]
-        for name in ("model", "weight_net", "algorithm", "weight_optimizer", "arch_optimizer", "scheduler"):
+        for name in (
+            "model",
+            "weight_net",
+            "algorithm",
+            "weight_optimizer",
+            "arch_optimizer",
+            "scheduler",
+            "compiled",
+            "graphed",
+        ):
             self.__dict__.pop(name, None)  # no stage holds the last one's supernet
         gc.collect()
         if self.device.type == "cuda":
@@ -210,12 +233,19 @@ class SearchRunner:
                 "second-order search does not support fp16 (no loss scaling through the "
                 "virtual step); use --precision bf16 or fp32"
             )
+        # --cuda-graph: capturable optimisers with their learning rates in device tensors
+        weight_extra, arch_extra = (
+            graph_optimizer_options(self.device, cfg.lr, cfg.arch_lr) if cfg.cuda_graph else ({}, {})
+        )
         self.weight_optimizer = torch.optim.SGD(
-            self.model.weight_parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            self.model.weight_parameters(),
+            **{"lr": cfg.lr, **weight_extra},
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
         )
         self.arch_optimizer = torch.optim.Adam(
             self.model.arch_parameters(),
-            lr=cfg.arch_lr,
+            **{"lr": cfg.arch_lr, **arch_extra},
             betas=cfg.arch_betas,
             weight_decay=cfg.arch_weight_decay,
         )
@@ -229,6 +259,10 @@ class SearchRunner:
         use_scaler = cfg.precision == "fp16"
         self.weight_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.arch_scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        #: --compile: the compiled forward + loss of each level (None: eager)
+        self.compiled = CompiledLevels(self.model, self.weight_net) if cfg.compile else None
+        #: --cuda-graph: the captured bilevel step of this stage (None: eager)
+        self.graphed = GraphedStep(self._bilevel_step, self.device) if cfg.cuda_graph else None
 
     def stage_of(self, epoch: int) -> int:
         """The stage of ``epoch`` (0-based over the whole run)."""
@@ -300,6 +334,9 @@ class SearchRunner:
             self.scheduler.load_state_dict(state["scheduler"])
             self.weight_scaler.load_state_dict(state["weight_scaler"])
             self.arch_scaler.load_state_dict(state["arch_scaler"])
+            if self.config.cuda_graph:  # the captured steps read their learning rates from the device
+                tensor_lrs(self.weight_optimizer, self.device)
+                tensor_lrs(self.arch_optimizer, self.device)
             rng = state["rng"]
             torch.set_rng_state(rng["torch"])
             set_numpy_rng_state(rng["numpy"])
@@ -312,11 +349,25 @@ class SearchRunner:
         self.start_epoch = state["epoch"] + 1
 
     # ----------------------------------------------------------------- steps
+    def _autocast(self) -> Any:
+        """The step's autocast context (no weight-cast cache under --cuda-graph: nothing may outlive a
+        capture)."""
+        return autocast(self.device, self.config.precision, cache_enabled=not self.config.cuda_graph)
+
+    def _bilevel_step(
+        self, batch: Batch, val_batch: Batch | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """One first-order iteration as --cuda-graph captures it: the architecture step (none when
+        ``val_batch`` is None), then the weight step."""
+        arch_loss = None if val_batch is None else self.arch_step(batch, val_batch, self.config.lr)
+        loss, n_correct = self.weight_step(batch)
+        return arch_loss, loss, n_correct
+
     def arch_step(self, train_batch: Batch, val_batch: Batch, lr: float) -> torch.Tensor:
         """One architecture update (first or second order); returns the (detached) upper-level loss."""
         params = self.model.arch_parameters()
         self.arch_optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.config.precision):
+        with self._autocast():
             if self.algorithm.order == 2:
                 grads, loss = unrolled_arch_gradients(
                     self.model,
@@ -329,6 +380,8 @@ class SearchRunner:
                 )
                 for p, g in zip(params, grads, strict=True):
                     p.grad = g.to(p.dtype)
+            elif self.compiled is not None:
+                loss = self.compiled.arch_loss(*val_batch)
             else:
                 loss = self.model.loss(*val_batch, level="arch")
         if self.algorithm.order != 2:
@@ -347,16 +400,20 @@ class SearchRunner:
         x, y = batch
         params = self.model.weight_parameters()
         self.weight_optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.config.precision):
-            logits = self.model.forward_with(self.weight_net, x)
-            loss = self.model.criterion(logits, y, "weights")
+        with self._autocast():
+            if self.compiled is not None:
+                loss, n_correct = self.compiled.weight_loss(x, y)
+            else:
+                logits = self.model.forward_with(self.weight_net, x)
+                loss = self.model.criterion(logits, y, "weights")
+                n_correct = (logits.argmax(1) == y).sum()
         self.weight_scaler.scale(loss).backward(inputs=params)
         if self.config.grad_clip > 0:
             self.weight_scaler.unscale_(self.weight_optimizer)
             torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         self.weight_scaler.step(self.weight_optimizer)
         self.weight_scaler.update()
-        return loss.detach(), (logits.argmax(1) == y).sum()
+        return loss.detach(), n_correct
 
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
@@ -420,13 +477,29 @@ class SearchRunner:
                 yield batch
 
         arch_batches = timed(arch_batches)
+        # --cuda-graph: what the captured step bakes in from the host (a change captures it again)
+        capture_key = (
+            host_settings(
+                update_arch,
+                self.algorithm.epoch_settings(stage_epoch, stage_epochs),
+                (self.weight_optimizer, self.arch_optimizer),
+            )
+            if self.graphed is not None
+            else None
+        )
         started = time.perf_counter()
         for step, batch in enumerate(timed(iter(self.weight_loader))):
             val_batch = next(arch_batches)
             self.model.start_step(stage_epoch, step)  # a sampling method draws this step's sub-graph
-            if update_arch:
-                self.monitor.observe("architecture", step, self.arch_step(batch, val_batch, lr))
-            loss, n_correct = self.weight_step(batch)
+            if self.graphed is not None:
+                arch_batch = val_batch if update_arch else None
+                arch_loss, loss, n_correct = self.graphed(batch, arch_batch, capture_key)
+                if arch_loss is not None:
+                    self.monitor.observe("architecture", step, arch_loss)
+            else:
+                if update_arch:
+                    self.monitor.observe("architecture", step, self.arch_step(batch, val_batch, lr))
+                loss, n_correct = self.weight_step(batch)
             self.monitor.observe("weights", step, loss)
             loss_sum += loss.double() * len(batch[1])
             correct += n_correct
