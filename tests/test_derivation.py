@@ -1,4 +1,8 @@
-"""The DARTS derivation rule on hand-set edge weights (REFERENCE.md section 1)."""
+"""Derivation rules on hand-set edge weights: the DARTS rule (Liu, Simonyan & Yang, "DARTS: Differentiable
+Architecture Search", ICLR 2019, section 2.4), discretisation by grouping (Paganucci, "Efficient ConvNet
+Architectures: Differentiable Neural Architecture Search", semester thesis, ETH Zurich, 2020, section 3.5)
+and the cosine distance of DDSAS (Yang et al., "DDSAS: Dynamic and Differentiable Space-Architecture
+Search", ACML 2021, appendix B.5)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ import torch
 
 from fastnas import DartsSpace, Genotype, SearchModel
 from fastnas.algorithms import derive_darts_cell
-from fastnas.algorithms.derivation import arch_cosine_distance
+from fastnas.algorithms.derivation import arch_cosine_distance, grouped_weights
 from fastnas.genotype import get_zoo_genotype
 from fastnas.nb201.arch import NB201Arch
 from fastnas.spaces.nb201 import NB201_OPS
@@ -78,8 +82,8 @@ def test_model_genotype_uses_softmax_of_alphas() -> None:
 
 
 def test_grouping_discretisation_on_hand_set_weights() -> None:
-    """Seed 004 section 3.5: per edge the group (none / skip / pool / conv) with the highest summed weight
-    wins and its best op takes that sum; then the DARTS rule. Expected cells worked out by hand."""
+    """Paganucci 2020, section 3.5: per edge the group (none / skip / pool / conv) with the highest summed
+    weight wins and its best op takes that sum; then the DARTS rule. Expected cells worked out by hand."""
     w = torch.full((14, 8), 0.01)
     #            none  max   avg   skip  sep3  sep5  dil3  dil5
     w[0] = torch.tensor([0.0, 0.35, 0.0, 0.10, 0.20, 0.20, 0.15, 0.0])  # conv group 0.55 beats max 0.35
@@ -110,7 +114,59 @@ def test_grouping_reaches_the_methods(tmp_path) -> None:  # type: ignore[no-unty
     assert model.supernet.derive_rule == "grouping"  # the Transit-cells derive as the genotype does
 
 
-# ------------------------------------------------------------------ cosine distance (seed 001 B.5)
+def _grouped_by_name(weights: torch.Tensor, space: DartsSpace) -> list[dict[str, float]]:
+    """Per edge, ``{op name: grouped weight}`` of the non-zero entries (independent of column order)."""
+    out = grouped_weights(weights, space)
+    return [{space.ops[k]: float(v) for k, v in enumerate(row) if v != 0} for row in out]
+
+
+#                       none  max   avg   skip  sep3  sep5  dil3  dil5
+TIES = torch.tensor(
+    [
+        [0.0, 0.35, 0.25, 0.0, 0.1, 0.2, 0.3, 0.0],  # pool 0.6 == conv 0.6 (exactly): pool, max_pool
+        [0.0, 0.0, 0.0, 0.4, 0.2, 0.0, 0.0, 0.2],  # skip 0.4 == conv 0.4: skip
+        [0.5, 0.25, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0],  # none 0.5 == pool 0.5: none
+        [0.0, 0.1, 0.0, 0.0, 0.25, 0.25, 0.25, 0.0],  # conv 0.75 wins; its ops tie: sep_conv_3x3
+    ],
+    dtype=torch.float64,
+)
+TIES_EXPECTED = [  # worked out by hand from the documented tie rules of grouped_weights
+    {"max_pool_3x3": 0.6},
+    {"skip_connect": 0.4},
+    {"none": 0.5},
+    {"sep_conv_3x3": 0.75},
+]
+
+
+def test_grouping_breaks_exact_ties_by_the_documented_rules() -> None:
+    """Paganucci 2020, section 3.5 leaves ties open; fastnas fixes them: exact-rounded group sums, equal
+    sums -> the group first in (none, skip, pool, conv), equal op weights in the group -> lowest index."""
+    w = torch.zeros(14, 8, dtype=torch.float64)
+    w[: len(TIES)] = TIES
+    w[len(TIES) :, OPS.index("sep_conv_5x5")] = 1.0
+    got = _grouped_by_name(w, SPACE)
+    assert got[: len(TIES)] == TIES_EXPECTED
+    assert got == _grouped_by_name(w, SPACE)  # stable across calls
+    # the conv sum 0.1 + 0.2 + 0.3 rounds above 0.6 when added left to right, exactly 0.6 when added
+    # right to left: whichever column holds which value, the group sum ties with pool's 0.6
+    for conv in ([0.1, 0.2, 0.3, 0.0], [0.3, 0.2, 0.1, 0.0], [0.0, 0.2, 0.1, 0.3], [0.1, 0.0, 0.3, 0.2]):
+        w[0, 4:] = torch.tensor(conv, dtype=torch.float64)
+        assert _grouped_by_name(w, SPACE)[0] == {"max_pool_3x3": 0.6}, conv
+
+
+def test_grouping_does_not_depend_on_the_order_the_ops_are_listed() -> None:
+    """The same weights under the reversed op list give the same grouped weights per op name (no op ties
+    inside a winning group here: those go to the lowest column, by design)."""
+    w = torch.zeros(14, 8, dtype=torch.float64)
+    w[:3] = TIES[:3]
+    w[3:, OPS.index("dil_conv_3x3")] = 0.7
+    w[3:, OPS.index("skip_connect")] = 0.3
+    reversed_space = DartsSpace(ops=tuple(reversed(SPACE.ops)))
+    assert _grouped_by_name(w.flip(1), reversed_space) == _grouped_by_name(w, SPACE)
+    assert _grouped_by_name(w, SPACE)[:3] == TIES_EXPECTED[:3]
+
+
+# ------------------------------------------------------------------ cosine distance (DDSAS, appendix B.5)
 
 
 def _one_hot_vector(arch: NB201Arch) -> torch.Tensor:

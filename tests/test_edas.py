@@ -1,5 +1,6 @@
-"""EDAS (REFERENCE.md section 7; seed 003): edge sampling, the inversion warm-up, one relaxed edge per step,
-sparse execution, exact resume and short searches on the DARTS and NAS-Bench-201 spaces."""
+"""EDAS (Hong, Ahn & Kim, "EDAS: Efficient and Differentiable Architecture Search", arXiv 2019): edge
+sampling, the inversion warm-up, one relaxed edge per step, sparse execution, exact resume and short
+searches on the DARTS and NAS-Bench-201 spaces."""
 
 from __future__ import annotations
 
@@ -151,7 +152,7 @@ def test_the_inversion_schedule(period: int, warmup: int) -> None:
 
 def test_arch_weight_decay_is_1e_3_in_the_warmup_and_the_configured_value_after() -> None:
     configured = SearchConfig(method="edas", dataset="digits").resolved().arch_weight_decay
-    assert configured == 0.0  # REFERENCE.md section 7: no alpha weight decay outside warm-up
+    assert configured == 0.0  # Hong et al. 2019, section 4.1: no alpha weight decay outside warm-up
     alg = EDAS(SPACE)
     for epoch in range(10):
         assert alg.arch_optimizer_settings(epoch) == {"weight_decay": pytest.approx(1e-3)}
@@ -240,16 +241,17 @@ def test_candidate_sets_restrict_the_mixture_and_the_argmax() -> None:
 
 
 def _arch_steps(
-    epoch: int, freeze: bool, steps: int = 3
+    epoch: int, freeze: bool, steps: int = 3, sample: str = "per-cell-type", weight_decay: float = 0.0
 ) -> list[tuple[dict[str, int | None], Any, Any, Any]]:
-    """``steps`` architecture updates as the search loop does them: (sample, grads, before, after)."""
+    """``steps`` architecture updates as the search loop does them: (sample, grads, before, after);
+    ``weight_decay`` is the run's configured alpha decay (the warm-up overrides it)."""
     torch.manual_seed(4)
-    model = SearchModel.build("edas", C=4, layers=3, num_classes=3, freeze_unsampled=freeze)
+    model = SearchModel.build("edas", C=4, layers=3, num_classes=3, freeze_unsampled=freeze, sample=sample)
     alg = model.algorithm
     assert isinstance(alg, EDAS)
     randomised(alg, seed=5, scale=0.5)
     params = model.arch_parameters()
-    optimizer = torch.optim.Adam(params, lr=0.025, betas=(0.5, 0.999), weight_decay=0.0)
+    optimizer = torch.optim.Adam(params, lr=0.025, betas=(0.5, 0.999), weight_decay=weight_decay)
     for group in optimizer.param_groups:
         group.update(alg.arch_optimizer_settings(epoch))
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 1])
@@ -269,9 +271,11 @@ def _arch_steps(
     return out
 
 
-@pytest.mark.parametrize("epoch", [0, 10], ids=["warm-up", "after-warm-up"])
-def test_an_arch_step_moves_only_the_sampled_edges_alphas(epoch: int) -> None:
-    for edges, grads, before, after in _arch_steps(epoch, freeze=True):
+@pytest.mark.parametrize("weight_decay", [0.0, 0.25], ids=["no-decay", "decay"])
+def test_after_the_warmup_an_arch_step_moves_only_the_sampled_edges_alphas(weight_decay: float) -> None:
+    """Hong et al. 2019, section 4.1: after the warm-up nothing moves an unsampled edge - not Adam's
+    moments of the earlier steps, not a configured weight decay: its alphas stay bit-identical."""
+    for edges, grads, before, after in _arch_steps(10, freeze=True, weight_decay=weight_decay):
         for t in TYPES:
             edge = edges[t]
             assert edge is not None
@@ -283,14 +287,36 @@ def test_an_arch_step_moves_only_the_sampled_edges_alphas(epoch: int) -> None:
             assert bool((after[t][edge] != before[t][edge]).all())  # Adam moves every entry of the row
 
 
-def test_without_the_freeze_the_warmup_weight_decay_would_move_unsampled_alphas() -> None:
-    """The control of the test above: Adam with weight decay moves rows that have no gradient."""
-    moved = 0
-    for edges, _, before, after in _arch_steps(0, freeze=False, steps=1):
+def _adam_l2_first_step(alpha: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Adam's first update with L2 weight decay, by hand (Kingma & Ba 2015, Algorithm 1, on the gradient
+    ``grad + wd * alpha``): the warm-up's published settings typed in (Hong et al. 2019, section 4.1)."""
+    lr, beta1, beta2, eps, wd = 0.025, 0.5, 0.999, 1e-8, 1e-3
+    a = alpha.double()
+    g = grad.double() + wd * a
+    m_hat = (1 - beta1) * g / (1 - beta1)
+    v_hat = (1 - beta2) * g * g / (1 - beta2)
+    return a - lr * m_hat / (v_hat.sqrt() + eps)
+
+
+@pytest.mark.parametrize("sample", ["per-cell-type", "all"])
+def test_the_warmup_weight_decay_moves_every_unsampled_alpha_as_adam_with_l2_predicts(sample: str) -> None:
+    """Hong et al. 2019, section 4.1: during the warm-up the alpha weight decay 1e-3 acts on every edge,
+    sampled or not. An unsampled edge has gradient 0, so its first Adam step is driven by ``1e-3 * alpha``
+    alone (with ``sample="all"`` a whole cell type has no sampled edge: it decays too)."""
+    for edges, grads, before, after in _arch_steps(0, freeze=True, steps=1, sample=sample):
         for t in TYPES:
             others = [e for e in range(EDGES) if e != edges[t]]
-            moved += int((after[t][others] != before[t][others]).any(dim=1).sum())
-    assert moved == 2 * (EDGES - 1)
+            grad = grads[t]
+            assert grad is not None  # a zero gradient, not None: Adam skips a parameter without one
+            assert float(grad[others].abs().max()) == 0.0
+            expected = _adam_l2_first_step(before[t][others], torch.zeros_like(before[t][others]))
+            torch.testing.assert_close(after[t][others].double(), expected, rtol=1e-6, atol=1e-7)
+            # |1e-3 * alpha| >> eps: each entry moves by about lr toward 0, far from a no-op
+            assert bool(((after[t][others] - before[t][others]).abs() > 0.02).all())
+            edge = edges[t]
+            if edge is not None:  # the sampled edge: its gradient plus the decay
+                expected_edge = _adam_l2_first_step(before[t][edge], grad[edge])
+                torch.testing.assert_close(after[t][edge].double(), expected_edge, rtol=1e-6, atol=1e-7)
 
 
 # --------------------------------------------------------------------------------- sparse execution
@@ -404,7 +430,11 @@ def test_the_search_loop_follows_the_warmup_and_updates_only_sampled_edges(
         assert s["edges"] == sampled_edges(s["seed"], epoch, step, TYPES, EDGES, "per-cell-type")
         for t in TYPES:
             others = [e for e in range(EDGES) if e != s["edges"][t]]
-            assert torch.equal(s["after"][t][others], s["before"][t][others])
+            moved = (s["after"][t][others] != s["before"][t][others]).any(dim=1)
+            if epoch < 2:  # warm-up: the decay moves every unsampled edge (Hong et al. 2019, 4.1)
+                assert bool(moved.all())
+            else:  # after it nothing does
+                assert not bool(moved.any())
             assert not torch.equal(s["after"][t][s["edges"][t]], s["before"][t][s["edges"][t]])
 
 

@@ -1,4 +1,6 @@
-"""Per-edge candidate sets and P-DARTS (REFERENCE.md section 4; seed 004)."""
+"""Per-edge candidate sets and P-DARTS (Chen, Xie, Wu & Tian, "Progressive Differentiable Architecture
+Search: Bridging the Depth Gap between Search and Evaluation", ICCV 2019; Paganucci, "Efficient ConvNet
+Architectures: Differentiable Neural Architecture Search", semester thesis, ETH Zurich, 2020)."""
 
 from __future__ import annotations
 
@@ -138,7 +140,7 @@ def test_derivation_only_picks_candidates() -> None:
 
 
 def test_skip_dropout_schedule_is_the_reference_formula() -> None:
-    # REFERENCE.md section 4: rate * (E - e - 1) / E while weights only, then rate * exp(-(e - 10) * 0.2)
+    # P-DARTS' schedule: rate * (E - e - 1) / E while weights only, then rate * exp(-(e - 10) * 0.2)
     assert skip_dropout_rate(0.4, 0, 25, 10) == pytest.approx(0.4 * 24 / 25)
     assert skip_dropout_rate(0.4, 9, 25, 10) == pytest.approx(0.4 * 15 / 25)
     assert skip_dropout_rate(0.4, 10, 25, 10) == pytest.approx(0.4)
@@ -168,7 +170,7 @@ def test_skip_dropout_drops_the_identity_output_in_training_only() -> None:
 
 def test_the_final_normal_cell_keeps_at_most_max_skip_skip_connects() -> None:
     """Hand-set weights: every node's two best edges are skip_connect; the weakest skips are replaced by
-    their edge's next best op until two are left (REFERENCE.md section 4)."""
+    their edge's next best op until two are left (Chen et al. 2019, "Search Space Regularization")."""
     alg = PDARTS(SPACE, max_skip=2)
     skip, sep, dil = OPS.index("skip_connect"), OPS.index("sep_conv_3x3"), OPS.index("dil_conv_3x3")
     logits = torch.full((14, 8), -5.0)
@@ -191,6 +193,44 @@ def test_the_final_normal_cell_keeps_at_most_max_skip_skip_connects() -> None:
     with torch.no_grad():
         unlimited.alphas["normal"].copy_(logits)
     assert unlimited.derive().cell("normal").count_op("skip_connect") == 8
+
+
+def test_every_one_of_three_normal_cell_types_keeps_at_most_max_skip_skip_connects() -> None:
+    """Paganucci 2020, section 3.3.2 (three normal-cell types) with the P-DARTS skip limit (Chen et al.
+    2019; thesis section 3.2.2): each normal-cell type is limited on its own. In every type skip_connect is
+    every edge's best op (8 skips by the DARTS rule); a different pair of edges per type holds the
+    strongest skips and keeps them, every other chosen edge takes its next best op, sep_conv_3x3."""
+    space = DartsSpace(num_normal_types=3)
+    assert space.normal_types == ("normal", "normal_2", "normal_3")
+    alg = PDARTS(space, max_skip=2)
+    skip, sep = OPS.index("skip_connect"), OPS.index("sep_conv_3x3")
+    edge_of = {(e.node, e.source): e.index for e in space.edges}
+    kept = {  # per type: the node and the two sources whose skips are the strongest
+        "normal": (0, {0, 1}),
+        "normal_2": (2, {2, 3}),
+        "normal_3": (3, {2, 4}),
+    }
+    with torch.no_grad():
+        for t, (node, sources) in kept.items():
+            logits = torch.full((14, 8), -5.0)
+            for e in range(14):
+                logits[e, skip] = 3.0 - 0.05 * e
+                logits[e, sep] = 1.0 + 0.01 * e
+            for source in sources:
+                logits[edge_of[(node, source)], skip] = 4.0
+            alg.alphas[t].copy_(logits)
+            unlimited = derive_darts_cell(masked_softmax(logits, None), space, cell_type=t)
+            assert unlimited.count_op("skip_connect") == 8  # above max_skip before the limit
+        alg.alphas["reduce"].copy_(torch.full((14, 8), -5.0).index_fill_(1, torch.tensor([skip]), 4.0))
+    genotype = alg.derive()
+    assert genotype.num_normal_types == 3
+    for stage, (t, (node, sources)) in enumerate(kept.items()):
+        cell = genotype.cell("normal", stage)
+        assert cell.count_op("skip_connect") == 2, t
+        assert {(op, i) for op, i in cell.nodes[node]} == {("skip_connect", i) for i in sources}, t
+        others = [op for n, pairs in enumerate(cell.nodes) if n != node for op, _ in pairs]
+        assert others == ["sep_conv_3x3"] * 6, t
+    assert genotype.cell("reduce").count_op("skip_connect") == 8  # the reduction cell is not limited
 
 
 def test_next_candidates_keep_the_best_ops_of_every_edge() -> None:
@@ -281,7 +321,7 @@ def test_resume_in_any_stage_gives_the_uninterrupted_genotype(
 
 
 def test_dataset_presets_and_options_reach_the_run(tmp_path: Path) -> None:
-    assert pdarts_config(tmp_path, dataset="cifar100").resolved().options.skip_dropout == (0.0, 0.3, 0.6)
+    assert pdarts_config(tmp_path, dataset="cifar100").resolved().options.skip_dropout == (0.1, 0.2, 0.3)
     resolved = pdarts_config(tmp_path).resolved()
     assert resolved.arch_grad_clip == 5.0 and resolved.batch_size == 16 and resolved.lr_min == 0.0
     assert resolved.layers == 5 and resolved.epochs == 3
@@ -313,7 +353,8 @@ def test_bad_pdarts_options_are_clear_errors(
 
 
 def test_pdarts_with_three_nodes_and_three_normal_cell_types_retrains(tmp_path: Path) -> None:
-    """Seed 004's variants: 3 intermediate nodes, one normal-cell type per stage; the genotype retrains."""
+    """Paganucci 2020's variants (sections 3.3.1, 3.3.2): 3 intermediate nodes, one normal-cell type per
+    stage; the genotype retrains."""
     options = {"stage_epochs": (1, 1), "stage_layers": (5, 5), "keep_ops": (4, 1), "skip_dropout": (0.1, 0.4)}
     options["warmup_epochs"] = 0
     config = pdarts_config(tmp_path, nodes=3, normal_types=3, method_options=options)
@@ -371,3 +412,37 @@ def test_the_fast_executor_says_once_that_it_falls_back(monkeypatch: pytest.Monk
     assert len([w for w in caught if "reference loop" in str(w.message)]) == 1  # once, not per cell
     model.supernet.set_executor("reference")
     torch.testing.assert_close(fast, model(x))
+
+
+# ---------------------------------------------------------------------------------- published presets
+
+
+def test_the_published_pdarts_hyper_parameters_resolve_from_the_config() -> None:
+    """Chen et al. 2019 (search settings): batch 96, SGD lr 0.025 cosine to 0, architecture Adam lr 6e-4
+    with weight decay 1e-3 and gradients clipped to 5, three stages of 25 epochs on 5, 11, 17 cells of
+    C=16 - the numbers typed in, not read from the code."""
+    resolved = SearchConfig(method="pdarts").resolved()
+    assert resolved.batch_size == 96
+    assert resolved.lr == 0.025 and resolved.lr_min == 0.0
+    assert resolved.arch_lr == 6e-4 and resolved.arch_weight_decay == 1e-3
+    assert resolved.arch_grad_clip == 5.0
+    assert resolved.epochs == 75 and resolved.layers == 17 and resolved.C == 16
+    options = resolved.options
+    assert isinstance(options, PDARTSOptions)
+    assert options.stage_epochs == (25, 25, 25) and options.stage_layers == (5, 11, 17)
+    assert options.max_skip == 2 and options.warmup_epochs == 10
+
+
+@pytest.mark.parametrize(
+    ("dataset", "rates"),
+    [
+        ("cifar10", (0.1, 0.4, 0.7)),  # the authors' public search command (chenxin061/pdarts README)
+        ("cifar100", (0.1, 0.2, 0.3)),  # the paper's text (Chen et al. 2019)
+    ],
+)
+def test_the_skip_dropout_preset_of_each_dataset_has_its_published_rates(
+    dataset: str, rates: tuple[float, ...]
+) -> None:
+    resolved = SearchConfig(method="pdarts", dataset=dataset).resolved()
+    assert isinstance(resolved.options, PDARTSOptions)
+    assert resolved.options.skip_dropout == rates

@@ -1,11 +1,16 @@
 """Derivation rules: from continuous edge weights to a discrete architecture.
 
-- :func:`derive_darts` (REFERENCE.md section 1): per node the top-2 incoming edges by their strongest
-  op other than ``none``, that op on each.
-- :func:`derive_nb201` (section 10): NAS-Bench-201's per-edge argmax over all ops, ``none`` allowed.
-- :func:`grouped_weights` (seed 004 section 3.5): discretisation by grouping, before the DARTS rule.
+- :func:`derive_darts` (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019,
+  section 2.4): per node the top-2 incoming edges by their strongest op other than ``none``, that op on
+  each.
+- :func:`derive_nb201` (Dong & Yang, "NAS-Bench-201: Extending the Scope of Reproducible Neural
+  Architecture Search", ICLR 2020): the per-edge argmax over all ops, ``none`` allowed.
+- :func:`grouped_weights` (Paganucci, "Efficient ConvNet Architectures: Differentiable Neural
+  Architecture Search", semester thesis, ETH Zurich, 2020, section 3.5): discretisation by grouping,
+  before the DARTS rule.
 - :func:`derive_space_rule`: the rule of the space (DARTS rule on DARTS spaces, argmax on NB201).
-- :func:`arch_cosine_distance` (seed 001 appendix B.5): how far apart two derived architectures are.
+- :func:`arch_cosine_distance` (Yang et al., "DDSAS: Dynamic and Differentiable Space-Architecture
+  Search", ACML 2021, appendix B.5): how far apart two derived architectures are.
 
 Every rule refuses non-finite weights (:class:`~fastnas.errors.NonFiniteError`): a diverged search
 must not write a genotype that looks valid.
@@ -54,26 +59,36 @@ def check_finite(weights: torch.Tensor, cell_type: str) -> None:
 
 
 DerivationRule = Literal["darts", "grouping"]
-"""``darts``: the DARTS rule; ``grouping``: discretisation by grouping (seed 004 section 3.5), then the
-DARTS rule."""
+"""``darts``: the DARTS rule; ``grouping``: discretisation by grouping (Paganucci 2020, section 3.5), then
+the DARTS rule."""
 
 GROUPS = ("zero", "skip", "pool", "conv")
-"""The op groups of discretisation by grouping (seed 004: none / skip / pool / conv): the op kinds of the
+"""The op groups of discretisation by grouping (Paganucci 2020, section 3.5: none / skip / pool / conv),
+in the thesis' order, which is also the tie order of :func:`grouped_weights`: the op kinds of the
 registry."""
 
 
 def grouped_weights(weights: torch.Tensor, space: DartsSpace, cell_type: str = "cell") -> torch.Tensor:
-    """Seed 004 section 3.5, per edge: the group (none / skip / pool / conv) with the highest summed
+    """Paganucci 2020, section 3.5, per edge: the group (none / skip / pool / conv) with the highest summed
     weight over the edge's candidates wins, its best op gets that summed weight, every other op 0.
 
-    The seed writes the sum over alpha; fastnas sums the normalised edge weights (softmax(alpha)), the
-    quantity the DARTS rule ranks (the derivation never sees raw alphas)."""
+    The thesis writes the sum over alpha; fastnas sums the normalised edge weights (softmax(alpha)), the
+    quantity the DARTS rule ranks (the derivation never sees raw alphas).
+
+    Ties (the thesis leaves them open; fastnas fixes them, so the result is deterministic):
+
+    - a group's sum is exact-rounded (:func:`math.fsum`), so it does not depend on the order the ops are
+      listed in the space;
+    - equal group sums: the group first in :data:`GROUPS` (none, skip, pool, conv) wins, as an argmax
+      over the groups in the thesis' order;
+    - equal op weights inside the winning group: the lowest op index (column) wins, as in the DARTS rule.
+    """
     w = weights.detach().double().cpu()
     out = torch.zeros_like(w)
     kinds = [get_op_spec(op).kind for op in space.ops]
     for e in range(space.num_edges):
         allowed = _allowed(space, cell_type, e)
-        scores = {g: sum(float(w[e, k]) for k in allowed if kinds[k] == g) for g in GROUPS}
+        scores = {g: math.fsum(float(w[e, k]) for k in allowed if kinds[k] == g) for g in GROUPS}
         present = [g for g in GROUPS if any(kinds[k] == g for k in allowed)]
         group = max(present, key=lambda g: (scores[g], -GROUPS.index(g)))
         members = [k for k in allowed if kinds[k] == group]
@@ -93,7 +108,7 @@ def derive_darts_cell(
     cell_type: str = "cell",
     rule: DerivationRule = "darts",
 ) -> CellGenotype:
-    """DARTS rule (REFERENCE.md section 1): per node, rank the incoming edges by their largest weight
+    """DARTS rule (Liu et al. 2019, section 2.4): per node, rank the incoming edges by their largest weight
     among ops other than ``none``, keep the top ``inputs_per_node``, and on each kept edge take the op with
     the largest weight other than ``none``. Ties keep the lower index (as the DARTS code's stable sort).
 
@@ -165,7 +180,8 @@ def derive_space_rule(
 
 def arch_one_hot(arch: Genotype | NB201Arch) -> frozenset[tuple[object, ...]]:
     """The positions of the ones in an architecture's one-hot encoding: ``(cell, node, input, op)`` per
-    chosen edge of a genotype, ``(edge, op)`` per edge of an NB201 cell (seed 001 appendix B.5)."""
+    chosen edge of a genotype, ``(edge, op)`` per edge of an NB201 cell (Yang et al. 2021, DDSAS,
+    appendix B.5)."""
     if isinstance(arch, NB201Arch):
         return frozenset(enumerate(arch.ops))
     return frozenset(
@@ -177,7 +193,7 @@ def arch_one_hot(arch: Genotype | NB201Arch) -> frozenset[tuple[object, ...]]:
 
 
 def arch_cosine_distance(first: Genotype | NB201Arch, second: Genotype | NB201Arch) -> float:
-    """``1 - <a, b> / (|a| |b|)`` of the one-hot encodings (seed 001 appendix B.5): 0 for the same
+    """``1 - <a, b> / (|a| |b|)`` of the one-hot encodings (DDSAS, appendix B.5): 0 for the same
     architecture, 1 for architectures that share no (edge, op) choice."""
     a, b = arch_one_hot(first), arch_one_hot(second)
     if not a or not b:

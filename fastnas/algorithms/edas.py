@@ -1,31 +1,38 @@
-"""EDAS (seed 003; REFERENCE.md section 7): one relaxed edge per iteration, every other edge discrete.
+"""EDAS (Hong, Ahn & Kim, "EDAS: Efficient and Differentiable Architecture Search", arXiv 2019): one
+relaxed edge per iteration, every other edge discrete.
 
-Every iteration samples one edge; that edge runs the softmax mixture of its ops (seed 003 Eq. 2, first
-case), every other edge runs only the op of its largest alpha (Eq. 2, ``o_m``), and only the sampled edge's
-alphas are updated. The supernet runs under an active set (:meth:`EDAS.active_set`): the ops an
-unsampled edge does not run are never called, so a step costs about one discrete network plus one mixed
-edge. Which edge is sampled is a pure function of (the run's sampling seed, epoch, step), so a resumed run
-samples exactly what an uninterrupted one does.
+Every iteration samples one edge; that edge runs the softmax mixture of its ops (Hong et al. 2019, Eq. 2,
+first case), every other edge runs only the op of its largest alpha (Eq. 2, ``o_m``), and only the sampled
+edge's alphas are updated by the gradient. The supernet runs under an active set (:meth:`EDAS.active_set`):
+the ops an unsampled edge does not run are never called, so a step costs about one discrete network plus
+one mixed edge. Which edge is sampled is a pure function of (the run's sampling seed, epoch, step), so a
+resumed run samples exactly what an uninterrupted one does.
 
 Warm-up ("EDAS-inv", Eq. 3): during the first ``warmup_epochs`` (10) epochs the signs of all
 alphas are inverted (the mixture is ``softmax(-alpha)`` and the discrete edges take the op of the largest
-``-alpha``), and the alphas have weight decay 1e-3 (0 afterwards, section 4.1). *The seed is ambiguous on
+``-alpha``), and the alphas have weight decay 1e-3 (0 afterwards, section 4.1). *The paper is ambiguous on
 how often*: section 3.2 says the parameters are inverted "alternately" / "periodically", sections 4.1
 and 5.3 "for every iteration" / "for each iteration" of the first epochs. ``inversion_period = 0`` (the
 default) inverts on every warm-up iteration (sections 4.1, 5.3, where the published numbers come from);
 ``P > 0`` alternates blocks of ``P`` iterations, inverted first (iterations ``s`` of an epoch with
 ``(s // P)`` even are inverted).
 
-*Only the sampled edge is updated*: the discrete edges' weights are one-hot constants, so their alphas get
-no gradient, but Adam's moments (and the warm-up weight decay) would still move them;
-``freeze_unsampled`` (default on, REFERENCE.md: "only the sampled edge's alpha is updated") restores them
-after each step. ``sample``: the seed numbers the edges of both cells 1-28 (Figure 5) without saying
-whether one edge is sampled per cell type or one among all: ``per-cell-type`` (default) samples one edge in
-each cell type, ``all`` one edge among all.
+*Weight decay and the unsampled edges* (section 4.1: the decay is removed after the warm-up so that
+the unselected edges' alphas are not updated by it; during the warm-up it is 1e-3, as in DARTS): during
+the warm-up the decay acts on *every* edge's alpha, sampled or not. The discrete edges' weights are
+one-hot constants, so their alphas get a zero gradient (:meth:`EDAS.extra_arch_loss` keeps every alpha
+tensor in the graph, so the gradient is a zero tensor, never None); the architecture Adam's L2
+``weight_decay`` adds ``wd * alpha`` to that gradient, and the update moves the alpha. Nothing is restored
+during the warm-up. After the warm-up nothing moves an unsampled edge: ``freeze_unsampled`` (default on)
+restores the unsampled edges' alphas after each update (Adam's moments alone would still move them).
+``sample``: the paper numbers the edges of both cells 1-28 (Figure 5) without saying whether one edge is
+sampled per cell type or one among all: ``per-cell-type`` (default) samples one edge in each cell type,
+``all`` one edge among all.
 
 In evaluation mode every edge runs its argmax op (the derived network inside the supernet). Published
-settings (:attr:`EDAS.defaults`): one-shot network of 20 cells, batch 64, 25 epochs, SGD 0.025 cosine to
-0.001, Adam lr 0.025 betas (0.5, 0.999). Derivation: the DARTS rule (NAS-Bench-201: its argmax).
+settings (:attr:`EDAS.defaults`, section 4.1): one-shot network of 20 cells, batch 64, 25 epochs, SGD
+0.025 cosine to 0.001, Adam lr 0.025 betas (0.5, 0.999). Derivation: the DARTS rule (Liu, Simonyan &
+Yang, "DARTS: Differentiable Architecture Search", ICLR 2019, section 2.4; NAS-Bench-201: its argmax).
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ __all__ = ["EDAS", "EDASOptions", "EdgeSample", "sampled_edges"]
 
 @dataclass(frozen=True)
 class EDASOptions(MethodOptions):
-    """Options of EDAS (the ambiguous points of the seed are options; see the module docstring)."""
+    """Options of EDAS (the points Hong et al. 2019 leave open are options; see the module docstring)."""
 
     sample: Literal["per-cell-type", "all"] = option(
         "per-cell-type",
@@ -61,16 +68,20 @@ class EDASOptions(MethodOptions):
         0, "0: invert on every warm-up iteration; P > 0: alternate blocks of P iterations", ge=0
     )
     warmup_arch_weight_decay: float = option(1e-3, "alpha weight decay during the warm-up (0 after)", ge=0)
-    freeze_unsampled: bool = option(True, "restore the alphas of unsampled edges after each update")
+    freeze_unsampled: bool = option(
+        True, "after the warm-up, restore the alphas of unsampled edges after each update"
+    )
     init_scale: float = option(1e-3, "alphas start as init_scale * randn", ge=0)
 
 
 @dataclass(frozen=True)
 class EdgeSample:
-    """One step's draw: the relaxed edge of each cell type (None: none in that type) and the sign."""
+    """One step's draw: the relaxed edge of each cell type (None: none in that type), the sign, and
+    whether the step is in the warm-up (every alpha decays, none is restored; Hong et al. 2019, 4.1)."""
 
     edges: dict[str, int | None]
     inverted: bool
+    warmup: bool = False
 
 
 def sampled_edges(
@@ -94,7 +105,7 @@ class EDAS(SearchAlgorithm):
     Options = EDASOptions
     defaults = SearchDefaults(
         epochs=25, batch_size=64, layers=20, arch_lr=0.025, arch_weight_decay=0.0
-    )  # REFERENCE.md section 7; seed 003 section 4.1
+    )  # Hong et al. 2019, section 4.1
     options: EDASOptions
 
     def __init__(self, space: SearchSpace, options: EDASOptions | None = None, **option_values: Any):
@@ -110,7 +121,7 @@ class EDAS(SearchAlgorithm):
         self.sample: EdgeSample | None = None
         self._choice: dict[str, torch.Tensor] = {}  # argmax op per edge (device), fixed for the step
         self._active: dict[str, torch.Tensor] = {}  # host masks of the step
-        self._before: dict[str, torch.Tensor] = {}  # alphas before the update (freeze_unsampled)
+        self._before: dict[str, torch.Tensor] = {}  # alphas before a post-warm-up update (freeze)
         self._epoch = 0
         self._eval_key: tuple[int, ...] | None = None  # alphas' versions and storage
 
@@ -136,7 +147,7 @@ class EDAS(SearchAlgorithm):
         self._epoch = epoch
 
     def arch_optimizer_settings(self, epoch: int) -> dict[str, float]:
-        """Alpha weight decay 1e-3 during the warm-up (seed 003 section 4.1); after it the run's
+        """Alpha weight decay 1e-3 during the warm-up (Hong et al. 2019, section 4.1); after it the run's
         ``arch_weight_decay`` (EDAS default 0)."""
         if epoch < self.options.warmup_epochs:
             return {"weight_decay": self.options.warmup_arch_weight_decay}
@@ -155,7 +166,7 @@ class EDAS(SearchAlgorithm):
         edges = sampled_edges(
             self.sample_seed, epoch, step, self.space.cell_types, self.space.num_edges, self.options.sample
         )
-        self._draw(EdgeSample(edges, self.inverted(epoch, step)))
+        self._draw(EdgeSample(edges, self.inverted(epoch, step), epoch < self.options.warmup_epochs))
 
     def _signed(self, cell_type: str, sign: float) -> torch.Tensor:
         alpha = self.alphas[cell_type].detach() * sign
@@ -174,16 +185,23 @@ class EDAS(SearchAlgorithm):
                 rows[edge] = self._host_masks[t][edge] if self.masked else True
             active[t] = rows
         self.sample, self._choice, self._active = sample, choice, active
-        if self.options.freeze_unsampled:
-            self._before = {t: a.detach().clone() for t, a in self.alphas.items()}
+        self._before = (
+            {t: a.detach().clone() for t, a in self.alphas.items()} if self._freezes(sample) else {}
+        )
+
+    def _freezes(self, sample: EdgeSample) -> bool:
+        """Whether the unsampled edges' alphas are restored after this step's update: after the warm-up
+        only (during it the weight decay acts on every alpha; Hong et al. 2019, section 4.1)."""
+        return self.options.freeze_unsampled and not sample.warmup
 
     def _ensure_sample(self) -> None:
         if self.sample is None:  # a user loop that never calls model.start_step
             self.on_step(self._epoch, 0)
 
     def after_arch_step(self) -> None:
-        """Keep the unsampled edges' alphas as they were (``freeze_unsampled``)."""
-        if not self.options.freeze_unsampled or self.sample is None or not self._before:
+        """After the warm-up, keep the unsampled edges' alphas as they were (``freeze_unsampled``); during
+        the warm-up leave the update (the weight decay of every alpha) in place."""
+        if self.sample is None or not self._freezes(self.sample) or not self._before:
             return
         with torch.no_grad():
             for t, alpha in self.alphas.items():
@@ -233,6 +251,13 @@ class EDAS(SearchAlgorithm):
                 weights = torch.where(row, relaxed.unsqueeze(0), weights)
             out[t] = weights
         return out
+
+    def extra_arch_loss(self) -> torch.Tensor | None:
+        """``0 * sum(alpha)``: a zero term that keeps every alpha tensor in the upper-level graph. An
+        unsampled edge's op runs alone (its weight never enters the graph), so without it a cell type
+        with no sampled edge (``sample="all"``) would get no gradient, and Adam skips a parameter without
+        one: its warm-up weight decay would not act (Hong et al. 2019, section 4.1)."""
+        return 0.0 * torch.stack([a.sum() for a in self.alphas.values()]).sum()
 
     def recorded_weights(self) -> dict[str, torch.Tensor]:
         """``softmax(alpha)`` of every edge (what the derivation ranks; step weights are mostly one-hot)."""

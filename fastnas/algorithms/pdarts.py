@@ -1,19 +1,28 @@
-"""P-DARTS (Chen et al., ICCV 2019; REFERENCE.md section 4; thesis seed 004 section 3.2): progressive
+"""P-DARTS (Chen, Xie, Wu & Tian, "Progressive Differentiable Architecture Search: Bridging the Depth Gap
+between Search and Evaluation", ICCV 2019; described in Paganucci, "Efficient ConvNet Architectures:
+Differentiable Neural Architecture Search", semester thesis, ETH Zurich, 2020, section 3.2): progressive
 DARTS in stages.
 
 The search runs in stages (default 3 x 25 epochs) on ever deeper supernets (5, 11, 17 cells at C=16).
 Each stage builds a new supernet with fresh weights over the candidate sets the previous stage left:
-after a stage every edge keeps its best ops by softmax(alpha) (8 -> 5 -> 3), and the genotype takes the
-best one (``none`` excluded) with the DARTS rule. The first ``warmup_epochs`` (10) epochs of a stage
-train the weights only. Search-space regularisation: dropout on the identity ``skip_connect`` output at
-rate ``r`` per stage (CIFAR-10: 0.1, 0.4, 0.7; CIFAR-100: 0.0, 0.3, 0.6), decayed within a stage of
-``E`` epochs as ``r * (E - e - 1) / E`` during the weight-only epochs and ``r * exp(-0.2 (e - warmup))``
-afterwards (``E`` is the stage's epoch count, as in the P-DARTS schedule). The final normal cell keeps at
-most ``max_skip`` (2) skip-connects: while it has more, the weakest selected skip's weight is set to 0 and
-the cell is derived again, so that edge takes its next best op (or yields to a stronger edge).
+after a stage every edge keeps its best ops by softmax(alpha) (8 -> 5 -> 3; Chen et al. 2019, "Search
+Space Approximation"), and the genotype takes the best one (``none`` excluded) with the DARTS rule. The
+first ``warmup_epochs`` (10) epochs of a stage train the weights only. Search-space regularisation (Chen et
+al. 2019, "Search Space Regularization"): dropout on the identity ``skip_connect`` output at rate ``r``
+per stage, decayed within a stage of ``E`` epochs as ``r * (E - e - 1) / E`` during the weight-only epochs
+and ``r * exp(-0.2 (e - warmup))`` afterwards (``E`` is the stage's epoch count, as in the P-DARTS
+schedule). Rates by dataset (:data:`SKIP_DROPOUT_PRESETS`): CIFAR-10 0.1, 0.4, 0.7 - the authors' public
+search command (github.com/chenxin061/pdarts, README; the paper's text gives 0.0, 0.4, 0.7); CIFAR-100
+0.1, 0.2, 0.3 - the paper's text (Chen et al. 2019, its architecture-search experiments on CIFAR100).
+The final normal cells keep at most ``max_skip`` (2) skip-connects (Chen et al. 2019, "Search Space
+Regularization"; Paganucci 2020, section 3.2.2), each normal-cell type on its own (with the thesis' three
+normal-cell types, section 3.3.2, every one is limited): while a cell has more, the weakest selected
+skip's weight is set below every real weight and the cell is derived again, so that edge takes its next
+best non-skip op (or yields to a stronger edge).
 
-Hyper-parameters (:attr:`PDARTS.defaults`): batch 96, SGD lr 0.025 cosine to 0 (restarted every stage),
-Adam 6e-4 with wd 1e-3 for the architecture, architecture gradients norm-clipped to 5.
+Hyper-parameters (:attr:`PDARTS.defaults`, Chen et al. 2019): batch 96, SGD lr 0.025 cosine to 0
+(restarted every stage), Adam 6e-4 with wd 1e-3 for the architecture, architecture gradients norm-clipped
+to 5.
 """
 
 from __future__ import annotations
@@ -37,10 +46,14 @@ from fastnas.spaces.base import SearchSpace
 __all__ = ["PDARTS", "SKIP_DROPOUT_PRESETS", "PDARTSOptions", "skip_dropout_rate"]
 
 SKIP_DROPOUT_PRESETS: dict[str, tuple[float, ...]] = {
-    "cifar10": (0.1, 0.4, 0.7),
-    "cifar100": (0.0, 0.3, 0.6),
+    "cifar10": (0.1, 0.4, 0.7),  # the authors' public search command (chenxin061/pdarts README)
+    "cifar100": (0.1, 0.2, 0.3),  # the paper's text (Chen et al. 2019, experiments on CIFAR100)
 }
-"""Per-stage skip-connect dropout rates of P-DARTS by dataset (other datasets: the CIFAR-10 rates)."""
+"""Per-stage skip-connect dropout rates of P-DARTS by dataset (other datasets: the CIFAR-10 rates).
+
+CIFAR-10: 0.1, 0.4, 0.7, the search command of the authors' public code (github.com/chenxin061/pdarts,
+README), which produced the published cells (the paper's text says 0.0, 0.4, 0.7). CIFAR-100: 0.1, 0.2,
+0.3, the paper's text (Chen, Xie, Wu & Tian, ICCV 2019, experiments)."""
 
 
 def skip_dropout_rate(rate: float, epoch: int, stage_epochs: int, warmup_epochs: int) -> float:
@@ -64,7 +77,7 @@ class PDARTSOptions(DARTSOptions):
     )
     skip_dropout: tuple[float, ...] = option(
         SKIP_DROPOUT_PRESETS["cifar10"],
-        "skip_connect dropout rate of each stage (by dataset: cifar10 0.1,0.4,0.7; cifar100 0,0.3,0.6)",
+        "skip_connect dropout rate of each stage (by dataset: cifar10 0.1,0.4,0.7; cifar100 0.1,0.2,0.3)",
     )
     max_skip: int = option(2, "most skip_connects the final normal cell may keep", ge=0)
     warmup_epochs: int = option(10, "weight-only epochs at the start of each stage", ge=0)
@@ -230,7 +243,8 @@ class PDARTS(DARTS):
     # ------------------------------------------------------------------------------------ derivation
     def derive(self) -> Genotype:
         """The DARTS rule (or grouping) on the candidates, then at most ``max_skip`` skip-connects in each
-        normal cell (REFERENCE.md section 4)."""
+        normal-cell type separately (Chen et al. 2019, "Search Space Regularization"; every one of the
+        thesis' normal-cell types, Paganucci 2020, section 3.3.2); the reduction cell is not limited."""
         with torch.no_grad():
             weights = {t: w.detach().double().cpu().clone() for t, w in self.arch_weights().items()}
         rule: DerivationRule = self.options.derive
