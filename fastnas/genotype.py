@@ -1,22 +1,59 @@
-"""Genotypes: the discrete architecture a search derives (REFERENCE.md sections 1, 3, 6, 9).
+"""Genotypes: the discrete architecture a search derives.
 
-A :class:`Genotype` holds one or more normal-cell types (thesis seed 004: one per stage,
-REFERENCE.md section 9) and one reduction cell. Each cell is a :class:`CellGenotype`: for every
-intermediate node the ``(op_name, input_index)`` pairs feeding it (any number >= 1 of them, as
-EnTranNAS-DST derives, section 6) and the indices of the states concatenated into the cell output.
+A :class:`Genotype` holds one or more normal-cell types (one per stage: Paganucci, "Efficient ConvNet
+Architectures: Differentiable Neural Architecture Search", semester thesis, ETH Zurich, 2020, section
+3.3.2) and one reduction cell. Each cell is a :class:`CellGenotype`: for every intermediate node the
+``(op_name, input_index)`` pairs feeding it (any number >= 1 of them, as EnTranNAS-DST derives: Yang,
+You, Li, Wang, Qian & Lin, "Towards Improving the Consistency, Efficiency, and Flexibility of
+Differentiable Neural Architecture Search", CVPR 2021, Eq. 10) and the indices of the states
+concatenated into the cell output.
 
-Input indices follow DARTS (section 1): 0 = output of cell k-2, 1 = output of cell k-1, j >= 2 =
+Input indices follow DARTS (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019,
+and its public code): 0 = output of cell k-2, 1 = output of cell k-1, j >= 2 =
 intermediate node j-2; intermediate node n (0-based) may only read indices < n + 2.
 
 The class is a drop-in for the DARTS ``Genotype`` namedtuple: ``Genotype(normal=[...],
 normal_concat=range(2, 6), reduce=[...], reduce_concat=[2, 3, 4, 5])`` works, ``.normal`` and
 friends return the flat DARTS lists, and ``str(genotype)`` prints the DARTS literal, which
 :meth:`Genotype.parse` reads back (safely, with :mod:`ast`; nothing is evaluated).
+
+A genotype builds exactly what it says, so a :class:`Genotype` refuses cells whose wiring would build
+something else than the reader sees (:class:`GenotypeError`, one line naming the cell, the nodes and the
+fix). Edges through the zero op ``none`` carry nothing, so they count as no edge:
+
+- a cell whose ops are all ``none`` (it outputs zeros whatever its inputs) is always refused;
+- a *dangling* intermediate node, one whose output reaches the cell output neither through the concat
+  nor through a later node that does (e.g. ``normal_concat=[5]`` or ``[2]`` when no other node reads
+  the rest, or ``[0, 1]``, which concatenates only the two cell inputs), is refused: its ops would be
+  built, counted and trained, and their output thrown away;
+- so is a node *cut off from the cell inputs* (all its pairs are ``none``, or it reads only such nodes):
+  it outputs a constant.
+
+The DARTS concat is every intermediate node, ``range(2, 2 + nodes)``, and passes trivially. A custom
+concat is accepted when every intermediate node still reaches it through other nodes (e.g. ``[5]`` for
+a chain of states 2 -> 3 -> 4 -> 5, or ``[3, 4]`` when state 3 or 4 reads state 2); it may then also
+list a cell input (0 or 1) of a normal cell, which passes that input into the cell output unchanged, as
+written (the evaluation network refuses it in a reduction cell, whose inputs have the wrong spatial
+size). The last
+two rules are waived when asked for explicitly: ``allow_dangling=True`` on :class:`Genotype`,
+:meth:`Genotype.parse`, :meth:`Genotype.from_json`, :meth:`Genotype.load_json` and
+:func:`load_genotype`, or inside the genotype itself, as the literal keyword ``allow_dangling=True`` or the
+JSON key ``"allow_dangling": true`` (how ``fastnas train --genotype`` takes it). A genotype that keeps such
+nodes remembers it (:attr:`Genotype.allow_dangling`) and writes the opt-in into its literal and JSON, so
+it reads back (a resumed run, a checkpoint) without being asked again. A cell whose output does not
+depend on its inputs at all is refused even then.
+
+Genotype JSON is read strictly: a key that is not in the schema (a misspelling such as ``"Concat"``,
+which would otherwise fall back to the default concat) and a key given twice in one object (JSON would
+keep the last) are errors. In a literal the same holds for keywords (an unknown keyword, or one given
+twice).
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
+import difflib
 import json
 import os
 import re
@@ -32,7 +69,7 @@ from typing import Any, Literal
 from fastnas.errors import FastnasError, MissingPathError
 from fastnas.fileio import atomic_write_text
 from fastnas.genotype_zoo import ZOO_ALIASES, ZOO_LITERALS, ZOO_NAMES, resolve_zoo_name
-from fastnas.ops import available_ops, is_registered
+from fastnas.ops import available_ops, get_op_spec, is_registered
 
 __all__ = [
     "GENOTYPE_JSON_FORMAT",
@@ -68,6 +105,13 @@ MAX_GENOTYPE_FILE_BYTES = 1_000_000
 
 _EXTRA_NORMAL = re.compile(r"^normal_(\d+)(_concat)?$")
 _DARTS_FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat")
+_OPT_IN = "allow_dangling"
+_JSON_KEYS = ("format", "normal_cells", "reduce_cell", _OPT_IN)
+_JSON_CELL_KEYS = ("nodes", "concat")
+_OPT_IN_HINT = (
+    'opt in with allow_dangling=True (a keyword of the literal, "allow_dangling": true in the JSON, or the '
+    "parameter of Genotype.parse / load_genotype)"
+)
 _BOM = "\ufeff"
 
 
@@ -91,6 +135,21 @@ def _short(value: Any) -> str:
 
 def _known_ops() -> str:
     return ", ".join(available_ops())
+
+
+def _did_you_mean(key: str, accepted: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the accepted name closest to ``key`` (case-insensitive), or ``""``."""
+    names = list(accepted)
+    by_lower = {name.lower(): name for name in names}
+    if key.lower() in by_lower:
+        return f" (did you mean {by_lower[key.lower()]!r}?)"
+    close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.75)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
+
+
+def _is_zero(op: str) -> bool:
+    """True for an op that outputs zeros (``none``): an edge through it connects nothing."""
+    return get_op_spec(op).kind == "zero"
 
 
 def _range_len(value: range) -> int:
@@ -266,6 +325,16 @@ class CellGenotype:
         """True when every node has exactly two inputs (printable as a flat DARTS list)."""
         return all(len(node) == 2 for node in self.nodes)
 
+    def dangling_nodes(self) -> tuple[int, ...]:
+        """Intermediate nodes (0-based) on no path from the cell inputs to the cell output.
+
+        Edges through ``none`` count as no edge. A :class:`Genotype` refuses a cell with such nodes
+        unless ``allow_dangling=True`` (see the module docstring); the DARTS concat of every node, with
+        no ``none`` op, has none.
+        """
+        fed, used = _reach(self)
+        return tuple(k for k in range(self.num_nodes) if k + 2 not in fed or k + 2 not in used)
+
     def ops_used(self) -> list[str]:
         """Distinct op names in this cell, sorted."""
         return sorted({op for node in self.nodes for op, _ in node})
@@ -290,6 +359,84 @@ def _fmt_pairs(pairs: Iterable[Pair]) -> str:
     return "[" + ", ".join(f"({op!r}, {idx})" for op, idx in pairs) + "]"
 
 
+# ------------------------------------------------------------------------------------------ wiring
+
+
+def _reach(cell: CellGenotype) -> tuple[set[int], set[int]]:
+    """``(fed, used)``: the states with a path from a cell input (0, 1), and those with a path to the
+    concat, both through ops other than ``none``."""
+    fed = {0, 1}
+    for k, node in enumerate(cell.nodes):
+        if any(j in fed and not _is_zero(op) for op, j in node):
+            fed.add(k + 2)
+    used = set(cell.concat)
+    for k in reversed(range(cell.num_nodes)):
+        if k + 2 in used:
+            used.update(j for op, j in cell.nodes[k] if not _is_zero(op))
+    return fed, used
+
+
+def _nodes_text(nodes: Sequence[int]) -> str:
+    """``node 1 (state 3)`` or ``nodes 1, 2 (states 3, 4)``."""
+    if len(nodes) == 1:
+        return f"node {nodes[0]} (state {nodes[0] + 2})"
+    return f"nodes {', '.join(map(str, nodes))} (states {', '.join(str(k + 2) for k in nodes)})"
+
+
+def _check_wiring(cell: CellGenotype, where: str, key: str, allow_dangling: bool) -> bool:
+    """Refuse a cell that builds something else than written (module docstring); ``key`` is the cell's
+    keyword (``normal``, ``normal_2``, ``reduce``). Returns whether the cell keeps dangling nodes (only
+    possible with ``allow_dangling``)."""
+    if all(_is_zero(op) for op, _ in cell.pairs):
+        raise GenotypeError(
+            f"{where}: every op is 'none', so the cell outputs zeros whatever its inputs; give at least "
+            "one (op, input) pair a real op, e.g. ('skip_connect', 0)"
+        )
+    fed, used = _reach(cell)
+    concat = list(cell.concat)
+    unused = [k for k in range(cell.num_nodes) if k + 2 not in used]
+    cut_off = [k for k in range(cell.num_nodes) if k + 2 in used and k + 2 not in fed]
+    if allow_dangling:
+        # without the opt-in a dangling or cut-off node is reported first; with none, some concatenated
+        # state is fed
+        if not any(i in fed for i in concat):
+            raise GenotypeError(
+                f"{where}: no path through ops other than 'none' leads from the cell inputs to the concat "
+                f"{concat}, so the cell output does not depend on its inputs; connect a concatenated node "
+                "to an input"
+            )
+        return bool(unused or cut_off)
+    default = f"{key}_concat={list(range(2, cell.num_nodes + 2))}"
+    if unused:
+        one = len(unused) == 1
+        it, verb = ("it", "is") if one else ("them", "are")
+        read_by_none = {
+            j for n, node in enumerate(cell.nodes) if n + 2 in used for op, j in node if _is_zero(op)
+        }
+        via_none = any(k + 2 in read_by_none for k in unused)
+        notes = " (a 'none' op reading it adds only zeros)" if via_none else ""
+        if any(i < 2 for i in concat):
+            notes += " (0 and 1 in a concat are the cell inputs, not intermediate nodes)"
+        raise GenotypeError(
+            f"{where}: intermediate {_nodes_text(unused)} {verb} dangling: not in the concat {concat} "
+            f"and read by no node on the way to it{notes}, so {'its' if one else 'their'} ops would be built "
+            f"and trained but never reach the cell output; concatenate {it} (the DARTS concat is every "
+            f"node: {default}), feed {it} to a concatenated node, or {_OPT_IN_HINT} to build {it} anyway"
+        )
+    if cut_off:
+        # with no unused node, the first cut-off node has only zero ops (any other op would read a fed
+        # state); the later ones read only from cut-off nodes or through zero ops
+        first = cut_off[0]
+        rest = " (the others read only from cut-off nodes or through 'none')" if len(cut_off) > 1 else ""
+        raise GenotypeError(
+            f"{where}: intermediate {_nodes_text(cut_off)} {'is' if len(cut_off) == 1 else 'are'} cut off "
+            f"from the cell inputs: node {first} has only 'none' pairs, so it outputs zeros{rest}; give "
+            f"node {first} a real op on an input, e.g. ('skip_connect', 0), or {_OPT_IN_HINT} to build "
+            f"{'it' if len(cut_off) == 1 else 'them'} anyway"
+        )
+    return False
+
+
 # ----------------------------------------------------------------------------------------- genotype
 
 
@@ -306,10 +453,16 @@ class Genotype:
     (flat pair lists, or nested per-node lists for other input counts; a missing concat means all
     intermediate nodes), with extra normal-cell types as ``normal_2=..., normal_2_concat=...``; or
     from cells with :meth:`from_cells`. Frozen, hashable, compared by structure.
+
+    Every cell's wiring is checked (module docstring): a cell of only ``none`` ops is refused, and so are
+    dangling nodes and nodes cut off from the cell inputs unless ``allow_dangling=True``.
+    :attr:`allow_dangling` is True only for a genotype that was allowed to keep such nodes and does; it
+    is not part of the structure (equality, hash) but is written to the literal and the JSON.
     """
 
     normal_cells: tuple[CellGenotype, ...]
     reduce_cell: CellGenotype
+    allow_dangling: bool = dataclasses.field(default=False, compare=False)
 
     def __init__(
         self,
@@ -317,8 +470,14 @@ class Genotype:
         normal_concat: Any = None,
         reduce: Any = None,
         reduce_concat: Any = None,
+        *,
+        allow_dangling: bool = False,
         **extra_normals: Any,
     ) -> None:
+        if not isinstance(allow_dangling, bool):
+            raise GenotypeError(
+                f"Genotype: allow_dangling must be True or False, got {_short(allow_dangling)}"
+            )
         if normal is None:
             raise GenotypeError("Genotype needs normal=[...]: the (op, input) pairs of the normal cell")
         if reduce is None:
@@ -327,9 +486,11 @@ class Genotype:
         for key, value in extra_normals.items():
             match = _EXTRA_NORMAL.match(key)
             if match is None or int(match.group(1)) < 2:
+                hint = _did_you_mean(key, (*_DARTS_FIELDS, "normal_2", "normal_2_concat", _OPT_IN))
                 raise GenotypeError(
-                    f"Genotype got an unexpected keyword {key!r}; accepted: normal, normal_concat, reduce, "
-                    "reduce_concat, and normal_2, normal_2_concat, normal_3, ... for extra normal-cell types"
+                    f"Genotype got an unexpected keyword {key!r}{hint}; accepted: normal, normal_concat, "
+                    "reduce, reduce_concat, normal_2, normal_2_concat, normal_3, ... for extra normal-cell "
+                    "types, and allow_dangling"
                 )
             number, part = int(match.group(1)), "concat" if match.group(2) else "pairs"
             canonical = f"normal_{number}{match.group(2) or ''}"
@@ -353,12 +514,24 @@ class Genotype:
             cell_name = f"{_normal_key(number - 1)} cell"
             normals.append(CellGenotype.from_pairs(parts["pairs"], parts.get("concat"), name=cell_name))
         reduce_cell = CellGenotype.from_pairs(reduce, reduce_concat, name="reduce cell")
+        named = [*((_normal_key(s), c) for s, c in enumerate(normals)), ("reduce", reduce_cell)]
+        kept = [_check_wiring(c, f"{key} cell", key, allow_dangling) for key, c in named]
         object.__setattr__(self, "normal_cells", tuple(normals))
         object.__setattr__(self, "reduce_cell", reduce_cell)
+        object.__setattr__(self, "allow_dangling", any(kept))
 
     @classmethod
-    def from_cells(cls, normals: CellGenotype | Sequence[CellGenotype], reduce: CellGenotype) -> Genotype:
-        """Build from structured cells: one normal cell or a sequence of them, and the reduction cell."""
+    def from_cells(
+        cls,
+        normals: CellGenotype | Sequence[CellGenotype],
+        reduce: CellGenotype,
+        *,
+        allow_dangling: bool = False,
+    ) -> Genotype:
+        """Build from structured cells: one normal cell or a sequence of them, and the reduction cell.
+
+        The wiring is checked as by the constructor (``allow_dangling`` as there).
+        """
         normal_list = [normals] if isinstance(normals, CellGenotype) else list(normals)
         if not normal_list:
             raise GenotypeError("Genotype.from_cells: give at least one normal cell")
@@ -371,7 +544,12 @@ class Genotype:
             key = _normal_key(stage)
             kwargs[key] = [list(node) for node in cell.nodes]
             kwargs[f"{key}_concat"] = cell.concat
-        return cls(**kwargs, reduce=[list(node) for node in reduce.nodes], reduce_concat=reduce.concat)
+        return cls(
+            **kwargs,
+            reduce=[list(node) for node in reduce.nodes],
+            reduce_concat=reduce.concat,
+            allow_dangling=allow_dangling,
+        )
 
     # DARTS views ---------------------------------------------------------------------------------
 
@@ -467,12 +645,15 @@ class Genotype:
         """The DARTS literal ``Genotype(normal=[('sep_conv_3x3', 0), ...], normal_concat=[2, 3, 4, 5], ...)``.
 
         Cells whose nodes all have two inputs print flat; others print one list per node. Extra
-        normal-cell types follow as ``normal_2=..., normal_2_concat=...``.
+        normal-cell types follow as ``normal_2=..., normal_2_concat=...``, and ``allow_dangling=True``
+        last when the genotype keeps dangling nodes (:attr:`allow_dangling`; not a DARTS field).
         """
         parts = []
         for name, c in (self.cells[0], self.cells[-1], *self.cells[1:-1]):
             parts.append(f"{name}={c.literal_nodes()}")
             parts.append(f"{name}_concat={list(c.concat)}")
+        if self.allow_dangling:
+            parts.append(f"{_OPT_IN}=True")
         return "Genotype(" + ", ".join(parts) + ")"
 
     def __str__(self) -> str:
@@ -482,26 +663,39 @@ class Genotype:
         return self.to_literal()
 
     @classmethod
-    def parse(cls, text: str) -> Genotype:
-        """Parse a DARTS literal (``[NAME = ]Genotype(normal=..., ...)``) without evaluating anything."""
-        return _parse_literal(text)[1]
+    def parse(cls, text: str, *, allow_dangling: bool = False) -> Genotype:
+        """Parse a DARTS literal (``[NAME = ]Genotype(normal=..., ...)``) without evaluating anything.
+
+        ``allow_dangling=True`` (or the keyword ``allow_dangling=True`` in the literal) keeps dangling
+        nodes (module docstring).
+        """
+        return _parse_literal(text, allow_dangling)[1]
 
     # JSON ------------------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict: ``{"format", "normal_cells": [{"nodes", "concat"}, ...], "reduce_cell"}``.
 
-        ``nodes`` is one list per intermediate node of ``[op_name, input_index]`` pairs.
+        ``nodes`` is one list per intermediate node of ``[op_name, input_index]`` pairs; a genotype that
+        keeps dangling nodes (:attr:`allow_dangling`) adds ``"allow_dangling": true``.
         """
-        return {
+        data: dict[str, Any] = {
             "format": GENOTYPE_JSON_FORMAT,
             "normal_cells": [c.to_json() for c in self.normal_cells],
             "reduce_cell": self.reduce_cell.to_json(),
         }
+        if self.allow_dangling:
+            data[_OPT_IN] = True
+        return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any] | str) -> Genotype:
-        """Inverse of :meth:`to_json` (also accepts the JSON text)."""
+    def from_json(cls, data: Mapping[str, Any] | str, *, allow_dangling: bool = False) -> Genotype:
+        """Inverse of :meth:`to_json` (also accepts the JSON text).
+
+        Read strictly: an unknown key (in the genotype or a cell object) and, in JSON text, a key given
+        twice in one object are errors. ``allow_dangling=True`` (or ``"allow_dangling": true`` in the
+        data) keeps dangling nodes (module docstring).
+        """
         if isinstance(data, str):
             data = _json_loads(data)
         if not isinstance(data, Mapping):
@@ -511,9 +705,13 @@ class Genotype:
             raise GenotypeError(
                 f"genotype JSON has format {fmt!r}; expected {GENOTYPE_JSON_FORMAT!r} (as written by to_json)"
             )
+        _check_json_keys(data, _JSON_KEYS, "the genotype object")
         missing = [k for k in ("normal_cells", "reduce_cell") if k not in data]
         if missing:
             raise GenotypeError(f"genotype JSON is missing key(s) {missing}")
+        opt_in = data.get(_OPT_IN, False)
+        if not isinstance(opt_in, bool):
+            raise GenotypeError(f"genotype JSON {_OPT_IN!r} must be true or false, got {_short(opt_in)}")
         normals = data["normal_cells"]
         if not isinstance(normals, list) or not normals:
             raise GenotypeError("genotype JSON 'normal_cells' must be a non-empty list of cells")
@@ -522,18 +720,21 @@ class Genotype:
             key = _normal_key(stage)
             kwargs[key], kwargs[f"{key}_concat"] = _json_cell(c, key)
         kwargs["reduce"], kwargs["reduce_concat"] = _json_cell(data["reduce_cell"], "reduce")
-        return cls(**kwargs)
+        return cls(**kwargs, allow_dangling=allow_dangling or opt_in)
 
     def save_json(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`to_json` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
         return atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
-    def load_json(cls, path: str | os.PathLike[str]) -> Genotype:
-        """Read a file written by :meth:`save_json` (a regular file of at most 1 MB; a UTF-8 BOM is fine)."""
+    def load_json(cls, path: str | os.PathLike[str], *, allow_dangling: bool = False) -> Genotype:
+        """Read a file written by :meth:`save_json` (a regular file of at most 1 MB; a UTF-8 BOM is fine).
+
+        Read as strictly as :meth:`from_json`; ``allow_dangling`` as there.
+        """
         text = _read_genotype_file(Path(path))
         try:
-            return cls.from_json(text)
+            return cls.from_json(text, allow_dangling=allow_dangling)
         except GenotypeError as err:
             raise GenotypeError(f"{path}: {err}") from None
 
@@ -541,7 +742,9 @@ class Genotype:
 def _json_loads(text: str) -> Any:
     """``json.loads`` with every failure (syntax, nesting, huge numbers) as :class:`GenotypeError`."""
     try:
-        return json.loads(text.removeprefix(_BOM))
+        return json.loads(text.removeprefix(_BOM), object_pairs_hook=_unique_keys)
+    except GenotypeError:  # a duplicate key (a GenotypeError is a ValueError too)
+        raise
     except json.JSONDecodeError as err:
         raise GenotypeError(f"genotype JSON is not valid JSON: {err}") from None
     except (ValueError, RecursionError) as err:  # e.g. an int with > 4300 digits, nesting too deep
@@ -549,12 +752,46 @@ def _json_loads(text: str) -> Any:
         raise GenotypeError(f"genotype JSON cannot be read: {reason}") from None
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` of :func:`_json_loads`: a key given twice in one object is an error (plain
+    ``json.loads`` would keep the last value silently)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            keys = [k for k, _ in pairs]
+            raise GenotypeError(
+                f"genotype JSON has the key {_short(key)} twice in one object (keys {_short(keys)}); JSON "
+                "would keep only the last value, so give each key once"
+            )
+        out[key] = value
+    return out
+
+
+def _check_json_keys(data: Mapping[Any, Any], accepted: Sequence[str], where: str) -> None:
+    """Refuse a key of ``data`` not in ``accepted`` (naming the closest accepted key)."""
+    for key in data:
+        if key not in accepted:
+            hint = _did_you_mean(key, accepted) if isinstance(key, str) else ""
+            raise GenotypeError(
+                f"genotype JSON: {where} has the unknown key {_short(key)}{hint}; its keys are "
+                f"{', '.join(map(repr, accepted))} (an unknown key would be ignored)"
+            )
+
+
 def _json_cell(data: Any, key: str) -> tuple[Any, Any]:
-    if not isinstance(data, Mapping) or "nodes" not in data:
+    if not isinstance(data, Mapping):
+        raise GenotypeError(f"genotype JSON: the {key} cell must be an object with 'nodes' and 'concat'")
+    _check_json_keys(data, _JSON_CELL_KEYS, f"the {key} cell")
+    if "nodes" not in data:
         raise GenotypeError(f"genotype JSON: the {key} cell must be an object with 'nodes' and 'concat'")
     nodes = data["nodes"]
     if not isinstance(nodes, list) or any(not isinstance(node, list) for node in nodes):
         raise GenotypeError(f"genotype JSON: {key} 'nodes' must be a list with one list of pairs per node")
+    if "concat" in data and data["concat"] is None:
+        raise GenotypeError(
+            f"genotype JSON: {key} 'concat' is null; give the list of concatenated states, or leave the key "
+            "out for every intermediate node"
+        )
     return nodes, data.get("concat")
 
 
@@ -624,11 +861,12 @@ def _literal_range(args: list[int], where: str) -> list[int]:
     return list(values)
 
 
-def _parse_literal(text: str) -> tuple[str | None, Genotype]:
+def _parse_literal(text: str, allow_dangling: bool = False) -> tuple[str | None, Genotype]:
     """Parse ``[NAME = ]Genotype(...)``; returns ``(NAME or None, genotype)``.
 
     Only a call of the plain name ``Genotype`` is accepted (no ``module.Genotype``, no expression
-    before it); each field may be given once, positionally (in DARTS order) or by keyword.
+    before it); each field may be given once, positionally (in DARTS order) or by keyword. The keyword
+    ``allow_dangling=True`` (a plain ``True``/``False``) opts in as ``allow_dangling`` does.
     """
     if not isinstance(text, str):
         raise GenotypeError(f"Genotype.parse expects a string, got {type(text).__name__}")
@@ -697,8 +935,16 @@ def _parse_literal(text: str) -> tuple[str | None, Genotype]:
                 f"genotype literal: field {kw.arg!r} given twice (as {first} and as keyword {kw.arg}=); "
                 "give each field once"
             )
-        kwargs[kw.arg] = _literal_value(kw.value, kw.arg)
+        if kw.arg == _OPT_IN:
+            if not (isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, bool)):
+                raise GenotypeError(
+                    f"genotype literal: {_OPT_IN}= must be True or False, got {_snippet(kw.value)!r}"
+                )
+            kwargs[kw.arg] = kw.value.value
+        else:
+            kwargs[kw.arg] = _literal_value(kw.value, kw.arg)
         given_as[kw.arg] = f"keyword {kw.arg}="
+    kwargs[_OPT_IN] = allow_dangling or kwargs.get(_OPT_IN, False)
     return name, Genotype(**kwargs)
 
 
@@ -791,32 +1037,33 @@ def _read_genotype_file(path: Path) -> str:
         ) from None
 
 
-def _from_file(path: Path) -> Genotype:
+def _from_file(path: Path, allow_dangling: bool) -> Genotype:
     text = _read_genotype_file(path)
     try:
         if text.lstrip().startswith("{"):
-            return Genotype.from_json(text)
-        return Genotype.parse(text)
+            return Genotype.from_json(text, allow_dangling=allow_dangling)
+        return Genotype.parse(text, allow_dangling=allow_dangling)
     except GenotypeError as err:
         raise GenotypeError(f"{path}: {err}") from None
 
 
-def load_genotype(source: Any) -> Genotype:
+def load_genotype(source: Any, *, allow_dangling: bool = False) -> Genotype:
     """Get a :class:`Genotype` from any common form.
 
     ``source`` may be a Genotype (returned as is), a zoo name (``"DARTS_V2"``, case-insensitive), a
     literal string, a JSON dict, a path to a JSON file (:meth:`Genotype.save_json`) or to a text file
     holding a literal (a regular file of at most 1 MB), a run directory containing ``genotype.json``,
-    or a DARTS-style namedtuple.
+    or a DARTS-style namedtuple. Every form is checked as the :class:`Genotype` constructor checks;
+    ``allow_dangling=True`` keeps dangling nodes (module docstring).
     """
     if isinstance(source, Genotype):
         return source
     if isinstance(source, Mapping):
-        return Genotype.from_json(source)
+        return Genotype.from_json(source, allow_dangling=allow_dangling)
     if isinstance(source, str):
         stripped = source.removeprefix(_BOM).strip()
         if "Genotype(" in stripped:
-            return Genotype.parse(stripped)
+            return Genotype.parse(stripped, allow_dangling=allow_dangling)
         zoo_name = resolve_zoo_name(stripped)
         if zoo_name is not None:
             return get_zoo_genotype(zoo_name)
@@ -830,10 +1077,11 @@ def load_genotype(source: Any) -> Genotype:
             candidate = path / "genotype.json"
             if not candidate.exists():
                 raise GenotypeError(f"run directory {str(path)!r} has no genotype.json at its top")
-            return Genotype.load_json(candidate)
-        return _from_file(path)
+            return Genotype.load_json(candidate, allow_dangling=allow_dangling)
+        return _from_file(path, allow_dangling)
     if all(hasattr(source, field) for field in _DARTS_FIELDS):  # e.g. a DARTS namedtuple
-        return Genotype(**{field: getattr(source, field) for field in _DARTS_FIELDS})
+        fields = {field: getattr(source, field) for field in _DARTS_FIELDS}
+        return Genotype(**fields, allow_dangling=allow_dangling)
     raise GenotypeError(
         f"cannot load a genotype from {type(source).__name__} {_short(source)}; {_accepted_forms()}"
     )

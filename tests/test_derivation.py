@@ -205,3 +205,19 @@ def test_arch_cosine_distance_of_genotypes_counts_shared_edge_choices() -> None:
     assert 0 < shared < total  # the two published cells share some but not all choices
     assert arch_cosine_distance(v1, v2) == pytest.approx(1 - shared / total)
     assert arch_cosine_distance(v2, v2) == 0.0
+
+
+def test_a_derived_cell_with_a_short_concat_may_leave_nodes_unread() -> None:
+    """With multiplier < nodes the DARTS rule may pick no edge out of an early node: a faithful result, so
+    the derived genotype opts in to dangling nodes (it would otherwise be refused) and round-trips."""
+    from fastnas.algorithms import DARTS
+
+    space = DartsSpace(num_nodes=4, multiplier=2)
+    dangling = 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        genotype = DARTS(space, init_scale=1.0).derive()
+        assert isinstance(genotype, Genotype)
+        dangling += bool(genotype.allow_dangling)
+        assert Genotype.parse(genotype.to_literal()) == genotype
+    assert dangling > 0  # the case really occurs

@@ -144,7 +144,9 @@ def derive_darts(
 ) -> Genotype:
     """Apply :func:`derive_darts_cell` to every cell type of ``space``."""
     cells = {t: derive_darts_cell(weights[t], space, cell_type=t, rule=rule) for t in space.cell_types}
-    return Genotype.from_cells([cells[t] for t in space.normal_types], cells["reduce"])
+    return Genotype.from_cells(
+        [cells[t] for t in space.normal_types], cells["reduce"], allow_dangling=True
+    )  # a derived cell may leave nodes out of a concat shorter than the nodes (multiplier < nodes)
 
 
 def derive_nb201(weights: Mapping[str, torch.Tensor] | torch.Tensor, space: NB201Space) -> NB201Arch:

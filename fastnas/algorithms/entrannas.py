@@ -1,4 +1,5 @@
-"""EnTranNAS and EnTranNAS-DST (seed 002, sections 2.2-2.5; REFERENCE.md section 6).
+"""EnTranNAS and EnTranNAS-DST (Yang, You, Li, Wang, Qian & Lin, "Towards Improving the Consistency,
+Efficiency, and Flexibility of Differentiable Neural Architecture Search", CVPR 2021; sections 2.2-2.5).
 
 **EnTranNAS**: edge weights ``p = softmax(alpha / tau)`` (Eq. 5), tau annealed per epoch
 (``tau = tau0 * tau_decay ** epoch``; CIFAR-10: tau0 = 5.0, decay 0.923). The supernet
@@ -18,14 +19,14 @@ that rule.
 
 At least one input per node is guaranteed: the largest ``p_hat`` is exactly 1 and ``t_j`` is clamped
 below 1 (``sigmoid`` rounds to 1.0 in float32 for ``beta >~ 17``; the clamp keeps ``t_j < 1`` as the
-seed's argument needs). DST has no ``none`` op: it is removed from the given space (the standard space
-then has the seed's 7 ops, the extended one 12).
+paper's argument needs). DST has no ``none`` op: it is removed from the given space (the standard space
+then has the paper's 7 ops, the extended one 12).
 
-Published search hyper-parameters (:attr:`EnTranNAS.defaults`, CIFAR-10): 50 epochs, batch 512, 8 cells,
-C=16, SGD lr 0.2 cosine to 0, momentum 0.9, wd 3e-4; Adam for alpha (and beta) lr 6e-4, betas
-(0.5, 0.999), wd 1e-3. The gradient clip (5) is not stated by the seed; it is DARTS'. The seed's ImageNet
-settings (batch 1024, lr 0.5, arch lr 6e-3; DST with tau0 = 1 decayed by 0.9) are
-:data:`IMAGENET_DEFAULTS`, the defaults of ``--dataset imagenet``.
+Published search hyper-parameters (:attr:`EnTranNAS.defaults`, CIFAR-10, section 4.2): 50 epochs,
+batch 512, 8 cells, C=16, SGD lr 0.2 cosine to 0, momentum 0.9, wd 3e-4; Adam for alpha (and beta)
+lr 6e-4, betas (0.5, 0.999), wd 1e-3. The gradient clip (5) is not stated by the paper; it is DARTS'.
+The paper's ImageNet settings (section 4.3: batch 1024, lr 0.5, arch lr 6e-3; DST with tau0 = 1 decayed
+by 0.9) are :data:`IMAGENET_DEFAULTS`, the defaults of ``--dataset imagenet``.
 
 Options (:class:`EnTranNASOptions`, :class:`EnTranNASDSTOptions`) include the supernet's Table 3
 ablation switches (``engine_cells``, ``feature_sharing``, ``bottleneck``), which
@@ -44,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fastnas.algorithms.base import SearchAlgorithm, SearchDefaults
-from fastnas.algorithms.darts import init_alphas
+from fastnas.algorithms.darts import init_alphas, init_scale_option
 from fastnas.algorithms.derivation import check_finite, derive_darts
 from fastnas.algorithms.edge_norm import EdgeNormalisation
 from fastnas.algorithms.options import SecondOrderOptions, check_arch_step_bn, option
@@ -87,10 +88,10 @@ CIFAR_DEFAULTS = SearchDefaults(
     arch_betas=(0.5, 0.999),
     arch_weight_decay=1e-3,
 )
-"""Seed 002 section 4 (CIFAR-10 search)."""
+"""Yang et al. (CVPR 2021), section 4.2 (CIFAR-10 search)."""
 
 IMAGENET_DEFAULTS = CIFAR_DEFAULTS.updated(batch_size=1024, lr=0.5, arch_lr=6e-3)
-"""Seed 002 section 4 (direct ImageNet search; DST there uses tau0 = 1, decay 0.9)."""
+"""Yang et al. (CVPR 2021), section 4.3 (direct ImageNet search; DST there uses tau0 = 1, decay 0.9)."""
 
 
 def temperature(epoch: int, tau0: float, decay: float) -> float:
@@ -105,9 +106,9 @@ class EnTranNASOptions(SecondOrderOptions):
     tau0: float = option(5.0, "initial softmax temperature (Eq. 5)", gt=0)
     tau_decay: float = option(0.923, "temperature factor per epoch (Eq. 5)", gt=0, le=1)
     order: Literal[1, 2] = option(
-        1, "architecture gradient: 1 = first order (the seed's), 2 = DARTS unrolled"
+        1, "architecture gradient: 1 = first order (the paper's), 2 = DARTS unrolled"
     )
-    init_scale: float = option(1e-3, "alphas start as init_scale * randn", ge=0)
+    init_scale: float = init_scale_option()
     engine_cells: str = option(
         "first",
         "Engine-cells: first (Figure 4: first normal and first reduction cell), last, half, all, or cell "
@@ -120,7 +121,7 @@ class EnTranNASOptions(SecondOrderOptions):
     derive: Literal["darts", "grouping"] = option(
         "darts",
         "discretisation of the genotype and of the Transit-cells: the DARTS rule, or grouping by op kind "
-        "first (seed 004 section 3.5)",
+        "first (Paganucci, 2020, section 3.5)",
     )
     edge_norm: bool = option(
         False,
@@ -144,26 +145,27 @@ class EnTranNASOptions(SecondOrderOptions):
 class EnTranNASDSTOptions(EnTranNASOptions):
     """Options of EnTranNAS-DST: EnTranNAS's, plus the Eq. 8 thresholds and the Eq. 11 regulariser.
 
-    ``sparsity_mean``: the seed's Eq. 11 is ``lam * 1/(n-1) * sum_j -log t_j``, one mean over the nodes;
+    ``sparsity_mean``: the paper's Eq. 11 is ``lam * 1/(n-1) * sum_j -log t_j``, one mean over the nodes;
     with several searched cell types (normal and reduction) ``"all-nodes"`` (default) takes that one mean
     over the nodes of every type, ``"per-cell-type"`` sums one such mean per type (an earlier fastnas
     form: twice the effective lambda with one normal and one reduction cell).
     """
 
     lam: float = option(
-        0.1, "sparsity regulariser lambda (Eq. 11; the seed uses 0.05, 0.1, 0.2)", flag="--lambda", ge=0
+        0.1, "sparsity regulariser lambda (Eq. 11; the paper uses 0.05, 0.1, 0.2)", flag="--lambda", ge=0
     )
     beta_init: float = option(
-        0.0, "initial threshold parameter beta_j, t_j = sigmoid(beta_j) (Eq. 8; not given by the seed)"
+        0.0, "initial threshold parameter beta_j, t_j = sigmoid(beta_j) (Eq. 8; not given by the paper)"
     )
     sparsity_mean: Literal["all-nodes", "per-cell-type"] = option(
         "all-nodes",
-        "Eq. 11 mean: one over the nodes of all cell types (the seed's) or one per cell type, summed",
+        "Eq. 11 mean: one over the nodes of all cell types (the paper's) or one per cell type, summed",
     )
 
     @classmethod
     def dataset_defaults(cls, dataset: str) -> dict[str, Any]:
-        """The ImageNet search anneals from tau0 = 1 by 0.9 per epoch (seed 002 section 4)."""
+        """The ImageNet search anneals from tau0 = 1 by 0.9 per epoch (Yang et al., CVPR 2021,
+        section 4.3)."""
         return {"tau0": 1.0, "tau_decay": 0.9} if dataset == "imagenet" else {}
 
     def validate(self) -> None:
@@ -189,7 +191,8 @@ def _check_darts_space(space: SearchSpace, method: str) -> DartsSpace:
 
 
 class EnTranNAS(SearchAlgorithm):
-    """EnTranNAS (seed 002 sections 2.2-2.3): tempered softmax weights, DARTS-rule derivation."""
+    """EnTranNAS (Yang et al., CVPR 2021, sections 2.2-2.3): tempered softmax weights, DARTS-rule
+    derivation."""
 
     name = "entrannas"
     leaves_weights_unused = True  # a step runs a sub-graph: DDP finds the unused weights
@@ -265,10 +268,10 @@ def dst_weights(
 
 
 class EnTranNASDST(EnTranNAS):
-    """EnTranNAS-DST (seed 002 section 2.4): differentiable sparsification and topology search.
+    """EnTranNAS-DST (Yang et al., CVPR 2021, section 2.4): differentiable sparsification and topology search.
 
     DST has no ``none`` op: :meth:`prepare_space` removes it from the given space (the standard space
-    then has the seed's 7 ops, the extended one 12).
+    then has the paper's 7 ops, the extended one 12).
     """
 
     name = "entrannas-dst"
@@ -316,7 +319,9 @@ class EnTranNASDST(EnTranNAS):
                 check_finite(w, t)
             weights = {t: dst_weights(p[t], self.betas[t], self.space)[2] for t in self.space.cell_types}
         cells = {t: self._derive_cell(weights[t]) for t in self.space.cell_types}
-        return Genotype.from_cells([cells[t] for t in self.space.normal_types], cells["reduce"])
+        return Genotype.from_cells(
+            [cells[t] for t in self.space.normal_types], cells["reduce"], allow_dangling=True
+        )  # a derived cell may leave nodes out of a concat shorter than the nodes (multiplier < nodes)
 
     def _derive_cell(self, q_hat: torch.Tensor) -> CellGenotype:
         positive = (q_hat.detach() > 0).cpu()

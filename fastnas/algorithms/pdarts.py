@@ -254,7 +254,9 @@ class PDARTS(DARTS):
         }
         for t in self.space.normal_types:
             cells[t] = self._limit_skips(weights[t], cells[t], t, rule)
-        return Genotype.from_cells([cells[t] for t in self.space.normal_types], cells["reduce"])
+        return Genotype.from_cells(
+            [cells[t] for t in self.space.normal_types], cells["reduce"], allow_dangling=True
+        )  # a derived cell may leave nodes out of a concat shorter than the nodes (multiplier < nodes)
 
     def _limit_skips(
         self, w: torch.Tensor, cell: CellGenotype, cell_type: str, rule: DerivationRule
