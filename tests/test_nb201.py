@@ -140,6 +140,20 @@ def test_json_round_trip_and_atomic_save(tmp_path):
     assert NB201Arch.load_json(path) == arch
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"arch_str": "%s", "comment": 1}', r"unknown key 'comment'"),
+        ('{"Ops": ["none", "none", "none", "none", "none", "none"], "arch_str": "%s"}', r"unknown key 'Ops'"),
+        ('{"arch_str": "%s", "arch_str": "%s"}', r"the key 'arch_str' twice in one object"),
+    ],
+    ids=["unknown", "misspelt", "duplicate"],
+)
+def test_arch_json_with_keys_that_would_be_ignored_is_refused(text: str, message: str) -> None:
+    with pytest.raises(NB201ArchError, match=message):
+        NB201Arch.from_json(text.replace("%s", MIXED))
+
+
 def test_json_file_layout_keeps_insertion_order(tmp_path):
     path = tmp_path / "arch.json"
     NB201Arch.parse(MIXED).save_json(path)

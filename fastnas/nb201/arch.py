@@ -1,4 +1,5 @@
-"""NAS-Bench-201 architectures and their arch strings (REFERENCE.md section 10).
+"""NAS-Bench-201 architectures and their arch strings (Dong & Yang, "NAS-Bench-201: Extending the Scope of
+Reproducible Neural Architecture Search", ICLR 2020).
 
 A cell has 4 nodes (node 0 is the input, node 3 the output) and one edge ``j <- i`` for every
 ``i < j``: 6 edges, each carrying one of the 5 ops of :data:`NB201_OPS`. The arch string lists,
@@ -170,7 +171,9 @@ class NB201Arch:
         """Inverse of :meth:`to_json` (also accepts the JSON text); ``arch_str`` wins, ``ops`` must agree."""
         if isinstance(data, str):
             try:
-                data = json.loads(data.removeprefix(_BOM))
+                data = json.loads(data.removeprefix(_BOM), object_pairs_hook=_unique_keys)
+            except NB201ArchError:  # a duplicate key
+                raise
             except json.JSONDecodeError as err:
                 raise NB201ArchError(f"NB201 arch JSON is not valid JSON: {err}") from None
             except (ValueError, RecursionError) as err:  # nesting too deep, an int with > 4300 digits
@@ -180,6 +183,12 @@ class NB201Arch:
             raise NB201ArchError(
                 f'NB201 arch JSON must be an object such as {{"arch_str": {_EXAMPLE!r}}}, '
                 f"got {type(data).__name__} {_short(data)}"
+            )
+        unknown = [k for k in data if k not in _JSON_KEYS]
+        if unknown:
+            raise NB201ArchError(
+                f"NB201 arch JSON has the unknown key {_short(unknown[0])}; its keys are "
+                f"{', '.join(map(repr, _JSON_KEYS))} (an unknown key would be ignored)"
             )
         fmt = data.get("format", NB201_ARCH_JSON_FORMAT)
         if fmt != NB201_ARCH_JSON_FORMAT:
@@ -219,6 +228,22 @@ class NB201Arch:
             return cls.from_json(text)
         except NB201ArchError as err:
             raise NB201ArchError(f"{path}: {err}") from None
+
+
+_JSON_KEYS = ("format", "arch_str", "ops")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: a key given twice in one object is an error (JSON would keep the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise NB201ArchError(
+                f"NB201 arch JSON has the key {_short(key)} twice in one object; JSON would keep only the "
+                "last value, so give each key once"
+            )
+        out[key] = value
+    return out
 
 
 def _json_ops(raw: Any) -> tuple[str, ...]:
