@@ -87,7 +87,7 @@ def test_run_main_writes_json_and_table(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_run_main_compares_plain_and_fast_executors(tmp_path: Path) -> None:
-    """The issue-5 comparison: ``plain`` (every op forced to PyTorch) and the fast executor; on CPU the
+    """The executor comparison: ``plain`` (every op forced to PyTorch) and the fast executor; on CPU the
     kernel section reports that it needs a GPU instead of timing anything."""
     out = tmp_path / "exec.json"
     argv = ["--device", "cpu", "--C", "4", "--layers", "3", "--image-size", "8", "--batch-sizes", "2"]

@@ -1,4 +1,4 @@
-"""Every GPU check and benchmark in one command that fits a lent GPU's budget (issue 15, part 4).
+"""Every GPU check and benchmark in one command that fits a lent GPU's time budget.
 
 ``python -m benchmarks.gpu`` (what ``benchmarks/gpu_all.sh`` runs) builds the CUDA extension for the local
 GPU, runs the kernel tests on it, the per-kernel table, the search-step grid (plain / reference / fast,

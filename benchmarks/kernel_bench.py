@@ -1,6 +1,6 @@
 """Per-kernel benchmarks: a fused kernel against its PyTorch reference and ``torch.compile`` of it.
 
-Each case times forward + backward at the DARTS search shapes of issue 5 (batch 64 and 256; C=16 at 32x32,
+Each case times forward + backward at the DARTS search shapes (batch 64 and 256; C=16 at 32x32,
 32 at 16x16, 64 at 8x8) and reports the median time and the achieved bandwidth over the fewest bytes the
 op must move (every input read once, every output written once, forward and backward together).
 Kernels run on CUDA only; on other devices the rows say so.

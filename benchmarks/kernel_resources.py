@@ -1,6 +1,6 @@
 """Registers, shared memory, local memory and occupancy of every Triton kernel configuration the benchmarks
-and the fast executor launch, compiled ahead of time for sm_80 and sm_90 on a machine without a GPU
-(issue 15), and of the CUDA C++ kernels of the extension (``csrc/cuda/weighted_sum_kernel.cu``, nvcc).
+and the fast executor launch, compiled ahead of time for sm_80 and sm_90 on a machine without a GPU,
+and of the CUDA C++ kernels of the extension (``csrc/cuda/weighted_sum_kernel.cu``, nvcc).
 
 The configurations are traced, not listed (:mod:`fastnas.kernels.aot`): every scenario below runs its
 model code under ``FakeTensorMode`` and logs the ``fastnas::`` operator calls, whose launchers are then

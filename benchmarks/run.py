@@ -122,7 +122,7 @@ def _search_step_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         default=["reference"],
         help="cell executors to compare: reference, fast, or plain (the reference executor with every op "
-        "forced to its PyTorch reference: the baseline of issue 5)",
+        "forced to its PyTorch reference: the plain baseline)",
     )
     group.add_argument(
         "--mode",
@@ -524,7 +524,7 @@ register(
     )
 )
 
-# Counted and compiled without a GPU (issue 15): launches and bytes of a search step, kernel resources.
+# Counted and compiled without a GPU: launches and bytes of a search step, kernel resources.
 register(launches_section(Section, Column))
 register(kernel_resources_section(Section, Column))
 

@@ -8,7 +8,8 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(fastnas, m) {
-  // out = sum_k weights[k] * inputs[k] (the DARTS mixed op of one edge, REFERENCE.md section 1).
+  // out = sum_k weights[k] * inputs[k] (the DARTS mixed op of one edge; Liu, Simonyan & Yang,
+  // "DARTS: Differentiable Architecture Search", ICLR 2019).
   m.def("weighted_sum(Tensor[] inputs, Tensor weights) -> Tensor");
   // (grad_inputs, grad_weights) of weighted_sum for the output gradient grad_out.
   m.def("weighted_sum_backward(Tensor grad_out, Tensor[] inputs, Tensor weights) -> (Tensor[], Tensor)");

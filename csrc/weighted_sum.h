@@ -1,5 +1,6 @@
-// fastnas::weighted_sum: the weighted sum of one edge's candidate-op outputs (DARTS mixed op,
-// REFERENCE.md section 1): out = sum_k weights[k] * inputs[k].
+// fastnas::weighted_sum: the weighted sum of one edge's candidate-op outputs (the DARTS mixed op of
+// Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019):
+// out = sum_k weights[k] * inputs[k].
 //
 // Schemas are declared in fastnas.cpp; kernels are registered per dispatch key in
 // weighted_sum_cpu.cpp, cuda/weighted_sum_cuda.cpp and weighted_sum_autograd.cpp.

@@ -1,4 +1,11 @@
-"""Published genotypes (REFERENCE.md section 3) as their literal text, and the names they go by.
+"""Published genotypes as their literal text, and the names they go by.
+
+The cells published with (and in the ``genotypes.py`` of the public code of) DARTS (Liu, Simonyan & Yang,
+"DARTS: Differentiable Architecture Search", ICLR 2019), P-DARTS (Chen, Xie, Wu & Tian, "Progressive
+Differentiable Architecture Search: Bridging the Depth Gap between Search and Evaluation", ICCV 2019),
+PC-DARTS (Xu, Xie, Zhang, Chen, Qi, Tian & Xiong, "PC-DARTS: Partial Channel Connections for
+Memory-Efficient Architecture Search", ICLR 2020) and DDSAS (Yang, Hu, Lu, Sun, Mei, Zeng, Shi, Han & Li,
+"DDSAS: Dynamic and Differentiable Space-Architecture Search", ACML 2021).
 
 Pure data (no fastnas imports): :func:`fastnas.genotype.get_zoo_genotype` parses a literal on first use.
 """
@@ -7,7 +14,7 @@ from __future__ import annotations
 
 __all__ = ["ZOO_ALIASES", "ZOO_LITERALS", "ZOO_NAMES", "resolve_zoo_name"]
 
-# Copied verbatim from the literal block of REFERENCE.md section 3 (one `NAME = Genotype(...)` per line).
+# The published literals, verbatim (one `NAME = Genotype(...)` per line).
 _LITERAL_BLOCK = """\
 DARTS_V1 = Genotype(normal=[('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 0), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], reduce_concat=[2, 3, 4, 5])
 DARTS_V2 = Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), ('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], reduce_concat=[2, 3, 4, 5])

@@ -1,5 +1,6 @@
 """Parameter and FLOP counts of a supernet configuration or of a genotype's evaluation network
-(``fastnas info``; REFERENCE.md sections 1 and 3)."""
+(``fastnas info``; the DARTS networks of Liu, Simonyan & Yang, "DARTS: Differentiable Architecture
+Search", ICLR 2019)."""
 
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def network_info(
     in_channels: int | None = None,
     image_size: int | None = None,
 ) -> dict[str, Any]:
-    """Sizes of the evaluation network of ``genotype`` on ``dataset`` (REFERENCE.md section 3).
+    """Sizes of the evaluation network of ``genotype`` on ``dataset`` (the DARTS evaluation networks).
 
     Defaults are the published ones (CIFAR: C=36, 20 layers, 32x32; ImageNet: C=48, 14 layers,
     224x224, 1000 classes). Parameters are reported without and with the auxiliary head (DARTS counts

@@ -1,9 +1,10 @@
 """The method registry: every search method by name, with the supernet it searches.
 
 Adding a method: write its algorithm (and its options) in ``fastnas/algorithms/<name>.py``, add one
-:class:`Method` line to :data:`METHODS` below, its tests and a README section. A method that needs a new
-kind of cell also adds that cell under ``fastnas/nn/`` and names its builder here. The command line,
-``config.json`` and sweeps take the method's options from its options dataclass; nothing else changes.
+:class:`Method` line (with its paper) to :data:`METHODS` below, its tests, a README section and a paragraph
+in ``docs/methods.md``. A method that needs a new kind of cell also adds that cell under ``fastnas/nn/`` and
+names its builder here. The command line, ``config.json`` and sweeps take the method's options from its
+options dataclass; nothing else changes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,25 @@ from fastnas.errors import ConfigError
 from fastnas.nn import SupernetShape, build_entrannas_supernet, build_space_supernet
 from fastnas.spaces.base import SearchSpace
 
-__all__ = ["METHODS", "Method", "build_algorithm", "get_method"]
+__all__ = ["METHODS", "PAPERS", "Method", "build_algorithm", "get_method"]
+
+PAPERS: dict[str, str] = {
+    "darts": 'Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019',
+    "pdarts": 'Chen, Xie, Wu & Tian, "Progressive Differentiable Architecture Search: Bridging the Depth Gap '
+    'between Search and Evaluation", ICCV 2019',
+    "pc-darts": 'Xu, Xie, Zhang, Chen, Qi, Tian & Xiong, "PC-DARTS: Partial Channel Connections for '
+    'Memory-Efficient Architecture Search", ICLR 2020',
+    "edas": 'Hong, Ahn & Kim, "EDAS: Efficient and Differentiable Architecture Search", arXiv 2019',
+    "entrannas": 'Yang, You, Li, Wang, Qian & Lin, "Towards Improving the Consistency, Efficiency, and '
+    'Flexibility of Differentiable Neural Architecture Search", CVPR 2021',
+    "ddsas": 'Yang, Hu, Lu, Sun, Mei, Zeng, Shi, Han & Li, "DDSAS: Dynamic and Differentiable '
+    'Space-Architecture Search", ACML 2021',
+    "thesis": 'Paganucci, "Efficient ConvNet Architectures: Differentiable Neural Architecture Search", '
+    "semester thesis, ETH Zurich, 2020",
+    "nb201": 'Dong & Yang, "NAS-Bench-201: Extending the Scope of Reproducible Neural Architecture Search", '
+    "ICLR 2020",
+}
+"""The papers fastnas implements, in full (authors, title, venue and year), by short key."""
 
 SupernetBuilder = Callable[[Any, SupernetShape, Any], nn.Module]
 """``build(space, shape, options) -> supernet`` (space already prepared by the algorithm)."""
@@ -50,6 +69,8 @@ class Method:
     algorithm: type[SearchAlgorithm]
     build_supernet: SupernetBuilder
     summary: str
+    paper: str = ""
+    """The paper the method comes from: authors, title, venue and year (for ``--help`` and docs)."""
 
     @property
     def Options(self) -> type[MethodOptions]:
@@ -81,42 +102,56 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("darts", DARTS, _space_supernet, "DARTS (Liu et al. 2019), first or second order"),
+        Method(
+            "darts",
+            DARTS,
+            _space_supernet,
+            "DARTS (Liu et al., 2019), first or second order",
+            PAPERS["darts"],
+        ),
         Method(
             "pdarts",
             PDARTS,
             _space_supernet,
-            "P-DARTS (Chen et al. 2019): progressive stages, per-edge candidate sets, skip-connect dropout",
+            "P-DARTS (Chen et al., 2019): progressive stages, per-edge candidate sets, skip-connect dropout",
+            PAPERS["pdarts"],
         ),
         Method(
             "pc-darts",
             PCDARTS,
             _space_supernet,
-            "PC-DARTS (Xu et al. 2020): partial channel connections (--partial-k) and edge normalisation",
+            "PC-DARTS (Xu et al., 2020): partial channel connections (--partial-k) and edge normalisation",
+            PAPERS["pc-darts"],
         ),
         Method(
             "edas",
             EDAS,
             _space_supernet,
-            "EDAS (seed 003): one relaxed edge per step, every other edge runs its argmax op only",
+            "EDAS (Hong et al., 2019): one relaxed edge per step, every other edge runs its argmax op only",
+            PAPERS["edas"],
         ),
         Method(
             "ddsas",
             DDSAS,
             _space_supernet,
-            "DDSAS (seed 001): a UCB-sampled subspace of L ops; space parameters beta; saliency derivation",
+            "DDSAS (Yang et al., ACML 2021): a UCB-sampled subspace of L ops; space parameters beta; "
+            "saliency derivation",
+            PAPERS["ddsas"],
         ),
         Method(
             "entrannas",
             EnTranNAS,
             partial(build_entrannas_supernet, transit_rule=EnTranNAS.transit_rule),
-            "EnTranNAS (seed 002): Engine- and Transit-cells, feature sharing, bottleneck",
+            "EnTranNAS (Yang et al., CVPR 2021): Engine- and Transit-cells, feature sharing, bottleneck",
+            PAPERS["entrannas"],
         ),
         Method(
             "entrannas-dst",
             EnTranNASDST,
             partial(build_entrannas_supernet, transit_rule=EnTranNASDST.transit_rule),
-            "EnTranNAS-DST (seed 002): EnTranNAS with differentiable sparsification of the topology",
+            "EnTranNAS-DST (Yang et al., CVPR 2021): EnTranNAS with differentiable sparsification of the "
+            "topology",
+            PAPERS["entrannas"],
         ),
     )
 }

@@ -12,6 +12,7 @@ from torch import nn
 from fastnas.algorithms import Architecture, MethodOptions, SearchAlgorithm
 from fastnas.errors import ConfigError
 from fastnas.methods import get_method
+from fastnas.nn.sizing import check_supernet_size, estimate_space
 from fastnas.nn.skeleton import Stem, SupernetShape
 from fastnas.spaces import DartsSpace
 from fastnas.spaces.base import SearchSpace
@@ -60,6 +61,12 @@ class SearchModel(nn.Module):
         opts = spec.make_options(options if options is not None else option_values)
         space = spec.algorithm.prepare_space(space if space is not None else DartsSpace())
         k = spec.defaults.partial_k if partial_k is None else partial_k  # PC-DARTS: 4
+        estimate = estimate_space(
+            space, C, layers, options=opts, partial_k=k, num_classes=num_classes, in_channels=in_channels,
+            stem=stem,
+        )  # fmt: skip
+        sizes = f"C={C}, layers={layers}, {getattr(space, 'num_nodes', '?')} nodes"
+        check_supernet_size(estimate, sizes, activations=False)  # before minutes of building
         shape = SupernetShape(C, layers, num_classes, in_channels, executor, stem, k, partial_bypass)
         supernet = spec.build_supernet(space, shape, opts)
         return cls(supernet, spec.algorithm(space, opts))

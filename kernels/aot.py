@@ -1,5 +1,5 @@
 """Ahead-of-time compilation of every Triton kernel of ``fastnas.kernels`` for real GPU targets, on a
-machine without a GPU, and the resources the compiled kernels use (issue 15).
+machine without a GPU, and the resources the compiled kernels use.
 
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`` lowers a kernel to PTX and a cubin
 with no GPU and no driver; ``cuobjdump --dump-resource-usage`` (shipped with Triton in

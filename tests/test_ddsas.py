@@ -673,7 +673,7 @@ def test_sampling_jsonl_records_every_resample(uninterrupted: dict[str, Any]) ->
     rows = read_rows(uninterrupted["dir"] / "sampling.jsonl")
     first = rows[0]["epoch"]
     assert [(r["epoch"] - first, r["stage_epoch"], r["step"]) for r in rows] == [
-        (e, e, s) for e in range(3) for s in range(2)
+        (e, e + 1, s) for e in range(3) for s in range(2)
     ]
     counts = {t: [[0] * 8 for _ in range(14)] for t in SPACE.cell_types}
     previous: dict[str, list[list[str]]] = {}
@@ -684,7 +684,7 @@ def test_sampling_jsonl_records_every_resample(uninterrupted: dict[str, Any]) ->
             assert sum(len(ops) - ("none" in ops) for ops in edges) == 20  # L ops other than none
             for ops in edges:
                 assert set(ops) <= set(OPS) and any(op != "none" for op in ops)
-                if row["stage_epoch"] == 0:
+                if row["stage_epoch"] == 1:
                     assert "dil_conv_5x5" not in ops  # it joins the space in epoch 2
             for e, ops in enumerate(previous.get(t, [])):  # the update counts the last subspace
                 for op in ops:
@@ -722,7 +722,7 @@ def test_resume_is_exact(
 ) -> None:
     interrupt_search_at(monkeypatch, crash_epoch, ddsas_config(tmp_path))
     rows = read_rows(tmp_path / "run" / "sampling.jsonl")
-    assert max(r["stage_epoch"] for r in rows) == crash_epoch - 1
+    assert max(r["stage_epoch"] for r in rows) == crash_epoch  # epochs 1..crash_epoch finished
     result = resume_search(tmp_path / "run", progress=False)
     expected, theirs = uninterrupted["result"], uninterrupted["dir"]
     assert result.genotype == expected.genotype
@@ -759,7 +759,7 @@ def test_a_short_nb201_search_gives_a_valid_cell(tmp_path: Path) -> None:
     metrics = read_rows(result.run_dir / "metrics.jsonl")
     assert metrics[-1]["table"]["c10_test"] == table.lookup(arch).c10_test
     rows = read_rows(result.run_dir / "sampling.jsonl")
-    assert [(r["stage_epoch"], r["step"]) for r in rows] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert [(r["stage_epoch"], r["step"]) for r in rows] == [(1, 0), (1, 1), (2, 0), (2, 1)]
     for row in rows:
         edges = row["subspace"]["cell"]
         assert len(edges) == 6 and all(any(op != "none" for op in ops) for ops in edges)

@@ -475,7 +475,7 @@ def test_a_digits_search_gives_the_darts_rule_genotype_and_cosine_distances(
             assert all(op in OPS and op != "none" and 0 <= s < n + 2 for op, s in node)
         assert [set(node) for node in nodes] == expected[t]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[0]["arch_cosine_distance"] is None
     encodings = []
     for r in rows:
@@ -505,7 +505,10 @@ def test_resume_gives_the_uninterrupted_alphas_and_genotype(
 
 def test_an_nb201_search_gives_a_valid_cell(tmp_path: Path) -> None:
     require_shared(TABLE)
-    config = edas_config(tmp_path, space="nb201", layers=1, epochs=2, nb201_table=str(TABLE), run_name="nb")
+    config = edas_config(
+        tmp_path, space="nb201", layers=1, epochs=2, nb201_table=str(TABLE), run_name="nb",
+        method_options={"warmup_epochs": 1},  # below the 2 epochs
+    )  # fmt: skip
     result = run_search(config, progress=False)
     arch = result.genotype
     assert isinstance(arch, NB201Arch)
@@ -537,7 +540,8 @@ def test_published_defaults_resolve_from_the_config() -> None:
     assert isinstance(options, EDASOptions)
     assert options.sample == "per-cell-type" and options.warmup_epochs == 10 and options.inversion_period == 0
     assert options.warmup_arch_weight_decay == 1e-3 and options.freeze_unsampled
-    given = SearchConfig(method="edas", epochs=3, arch_lr=0.01, method_options={"sample": "all"}).resolved()
+    options = {"sample": "all", "warmup_epochs": 2}  # the published 10 would cover the 3 epochs
+    given = SearchConfig(method="edas", epochs=3, arch_lr=0.01, method_options=options).resolved()
     assert given.epochs == 3 and given.arch_lr == 0.01 and given.options.sample == "all"  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="must be one of 'per-cell-type', 'all'"):
         SearchConfig(method="edas", method_options={"sample": "every"}).resolved()
@@ -548,7 +552,7 @@ def test_published_defaults_resolve_from_the_config() -> None:
 def test_the_cli_takes_the_edas_flags(tmp_path: Path) -> None:
     args = ["search", "--method", "edas", "--edas-sample", "all", "--inversion-period", "2"]
     args += ["--warmup-epochs", "1", "--dataset", "digits", "--limit", "32", "--batch-size", "8", "--C", "4"]
-    args += ["--layers", "3", "--epochs", "1", "--device", "cpu", "--no-progress"]
+    args += ["--layers", "3", "--epochs", "2", "--device", "cpu", "--no-progress"]  # warm-up, then one more
     assert main([*args, "--out-dir", str(tmp_path), "--run-name", "cli"]) == 0
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
     assert config["method"] == "edas"

@@ -397,7 +397,7 @@ def test_a_full_disk_stops_the_run_naming_the_file_and_keeps_the_last_checkpoint
     real_write = os.write
 
     def full_after_epoch_one(fd: int, data: bytes) -> int:  # history lines and log lines go through here
-        if b'"epoch": 1' in data:
+        if b'"epoch": 2' in data:  # the second epoch's history row
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write(fd, data)
 
@@ -411,4 +411,4 @@ def test_a_full_disk_stops_the_run_naming_the_file_and_keeps_the_last_checkpoint
     monkeypatch.undo()
     assert main(["search", "--resume", str(run), "--no-progress"]) == 0
     lines = (run / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [0, 1]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]

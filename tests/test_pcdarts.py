@@ -417,7 +417,7 @@ def test_architecture_updates_start_at_the_configured_epoch(digits_search: dict[
     run: Path = digits_search["dir"]
     rows = [json.loads(line) for line in (run / "alphas.jsonl").read_text().splitlines()]
     starts = digits_search["starts"]
-    assert [r["epoch"] for r in rows] == [0, 1, 2] and len(starts) == 3
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and len(starts) == 3
     names = {"alphas.normal", "alphas.reduce", "edge_norm.betas.normal", "edge_norm.betas.reduce"}
     for epoch, (row, start) in enumerate(zip(rows, starts, strict=True)):
         assert set(row["parameters"]) == names == set(start)

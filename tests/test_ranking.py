@@ -59,7 +59,8 @@ def test_a_table_that_agrees_with_the_supernet_gives_tau_one_and_a_reversed_one_
     assert [r["c10_test"] for r in first["archs"]] == [real.lookup(a).c10_test for a in archs]
     losses = {r["arch"]: r["supernet_loss"] for r in first["archs"]}
     assert len(set(losses.values())) == len(losses)  # the one-hot cells really differ
-    agreeing = write_table(tmp_path / "agree.csv", {a: -loss for a, loss in losses.items()})
+    # accuracies must be percentages: 100 - loss (the losses are a few nats) falls as the loss rises
+    agreeing = write_table(tmp_path / "agree.csv", {a: 100 - loss for a, loss in losses.items()})
     result = rank_architectures(nb201_run, agreeing, archs, progress=False, log=lambda _: None)
     assert result["kendall_tau_loss"] == pytest.approx(1.0) and result["spearman_rho_loss"] == pytest.approx(
         1.0

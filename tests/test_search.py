@@ -56,7 +56,7 @@ def test_search_writes_a_complete_run_directory(tmp_path: Path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config["lr"] == 0.025 and config["arch_lr"] == 3e-4 and config["C"] == 4  # resolved defaults
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1]
+    assert [r["epoch"] for r in rows] == [1, 2]  # numbered from 1, as the log's "epoch 1/2"
     for key in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "alpha_entropy", "genotype"):
         assert key in rows[0]
     assert rows[1]["lr"] < rows[0]["lr"]  # cosine schedule
@@ -104,7 +104,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path: Path, monkeypatch
         run_search(tiny_config(tmp_path / "b"), progress=False)
     monkeypatch.setattr(SearchRunner, "weight_step", original)
     run_b = tmp_path / "b" / "run"
-    assert torch.load(run_b / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(run_b / "checkpoint.pt", weights_only=False)["epoch"] == 1  # the first epoch
     resumed = resume_search(run_b, progress=False)
 
     ref_alphas, res_alphas = _alphas(reference.model), _alphas(resumed.model)
@@ -112,7 +112,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path: Path, monkeypatch
     for key in ref_alphas:
         assert torch.equal(ref_alphas[key], res_alphas[key]), key
     assert resumed.genotype == reference.genotype
-    assert [r["epoch"] for r in resumed.metrics] == [0, 1, 2]
+    assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
     assert [r["train_loss"] for r in resumed.metrics] == [r["train_loss"] for r in reference.metrics]
 
 

@@ -151,8 +151,9 @@ def test_resolved_configs_have_no_unresolved_defaults() -> None:
     for name in recipe_fields:
         assert type(None) not in typing.get_args(train_types[name]), name
     request = {f.name for f in dataclasses.fields(TrainConfig)}
-    # the effective batch resolves into the per-process batch and the world size
-    assert request - {"global_batch_size"} | {"world_size"} == {
+    # the effective batch resolves into the per-process batch and the world size; the resolved config
+    # also records how the run's files number epochs
+    assert request - {"global_batch_size"} | {"world_size", "epoch_base", "run_id"} == {
         f.name for f in dataclasses.fields(ResolvedTrainConfig)
     }
 

@@ -1,5 +1,6 @@
-// CUDA kernels for fastnas::weighted_sum (the mixed-op sum of DARTS, REFERENCE.md section 1:
-// out = sum_k w_k * o_k(x)) and its backward. Plain CUDA C++: no torch headers, so nvcc stays fast.
+// CUDA kernels for fastnas::weighted_sum (the mixed-op sum of DARTS: Liu, Simonyan & Yang, "DARTS:
+// Differentiable Architecture Search", ICLR 2019; out = sum_k w_k * o_k(x)) and its backward. Plain
+// CUDA C++: no torch headers, so nvcc stays fast.
 //
 // Element types: float, double, __half, __nv_bfloat16; accumulation in float (double for double).
 // Forward: grid-stride loop over elements, the up to 32 input pointers of one launch travel by value in

@@ -1,6 +1,7 @@
-"""Architecture updates: first order, and DARTS second order (REFERENCE.md section 2).
+"""Architecture updates: first order, and DARTS second order (Liu, Simonyan & Yang, "DARTS: Differentiable
+Architecture Search", ICLR 2019).
 
-Second order (DARTS Eq. 6-8): with the weight learning rate ``xi``,
+Second order (Liu et al., 2019, Eq. 6-8): with the weight learning rate ``xi``,
 ``w' = w - xi * (grad_w L_train(w, a) + momentum * buf + wd * w)`` (the SGD step the weight optimizer
 would take), and the architecture gradient is
 ``grad_a L_val(w', a) - xi * grad^2_{a,w} L_train(w, a) . v`` with ``v = grad_{w'} L_val(w', a)``; the

@@ -1,4 +1,4 @@
-"""The interface every search method implements (DESIGN.md: a method owns its architecture
+"""The interface every search method implements (a method owns its architecture
 parameters, how they become edge weights, its extra loss terms, its schedules and its derivation
 rule; it does not own the training loop)."""
 
@@ -114,6 +114,12 @@ class SearchAlgorithm(nn.Module, abc.ABC):
         return hyper
 
     @classmethod
+    def check_schedule(cls, options: Any, epochs: int) -> None:
+        """Refuse options that a run of ``epochs`` search epochs would make useless (raise
+        :class:`~fastnas.errors.ConfigError`), such as weight-only epochs that cover the whole search;
+        called on every new run once its epochs are known. None by default."""
+
+    @classmethod
     def stage_plans(cls, options: Any, C: int, layers: int, epochs: int) -> list[StagePlan]:
         """The stages of the run: one stage of ``epochs`` on a supernet of ``layers`` cells by default."""
         return [StagePlan(index=0, epochs=epochs, layers=layers, C=C)]
@@ -156,8 +162,9 @@ class SearchAlgorithm(nn.Module, abc.ABC):
     samples_subgraphs: ClassVar[bool] = False
 
     def drain_records(self) -> list[tuple[str, dict[str, Any]]]:
-        """``(file stem, row)`` records since the last call (each row holds its ``epoch``); the loop appends
-        them to ``<stem>.jsonl`` after every epoch."""
+        """``(file stem, row)`` records since the last call; the loop adds the row's ``epoch`` and appends
+        them to ``<stem>.jsonl`` after every epoch. A row's ``stage_epoch``, if it has one, counts from 0
+        like the algorithm's epochs; the loop writes it numbered as the run's files (from 1)."""
         return []
 
     def epoch_settings(self, epoch: int, num_epochs: int) -> dict[str, float]:

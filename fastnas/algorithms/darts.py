@@ -1,8 +1,11 @@
-"""DARTS (Liu et al., ICLR 2019): softmax-relaxed mixed ops, first- or second-order bilevel search.
+"""DARTS (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019): softmax-relaxed
+mixed ops, first- or second-order bilevel search.
 
-Edge weights are softmax(alpha) over the ops of each edge (seed 002 Eq. 2); one alpha matrix
-[num_edges, num_ops] per cell type, initialised ``1e-3 * randn`` (REFERENCE.md section 1). The
-architecture gradient is first order, or second order through a virtual weight step (DARTS Eq. 6-8,
+Edge weights are softmax(alpha) over the ops of each edge (Eq. 2 in the notation of Yang, You, Li, Wang,
+Qian & Lin, "Towards Improving the Consistency, Efficiency, and Flexibility of Differentiable Neural
+Architecture Search", CVPR 2021); one alpha matrix [num_edges, num_ops] per cell type, initialised
+``1e-3 * randn`` (as in the DARTS code). The architecture gradient is first order, or second order
+through a virtual weight step (Liu et al., 2019, Eq. 6-8,
 see :mod:`fastnas.algorithms.architect`). Derivation: the rule of the space (the DARTS rule; on
 NAS-Bench-201 its per-edge argmax). On a space with per-edge candidate sets the softmax runs over each
 edge's candidates only (the alpha matrices keep the space's columns; removed ops weigh exactly 0).
@@ -25,7 +28,38 @@ from fastnas.errors import ConfigError
 from fastnas.spaces import DartsSpace
 from fastnas.spaces.base import SearchSpace
 
-__all__ = ["DARTS", "DARTSOptions", "candidate_masks", "init_alphas", "masked_softmax"]
+__all__ = [
+    "DARTS",
+    "INIT_SCALE_MAX",
+    "DARTSOptions",
+    "candidate_masks",
+    "init_alphas",
+    "init_scale_option",
+    "masked_softmax",
+]
+
+
+INIT_SCALE_MAX = 1.0
+"""The largest ``init_scale`` a method accepts. The alphas start as ``init_scale * randn`` (DARTS: 1e-3,
+every op weighs about the same); over the 8 DARTS ops the largest op weight of an edge averages 0.36 at
+scale 1, but 0.90 at scale 10, where about half the edges start with one op above 0.99: the softmax is
+saturated from the start and its gradient nearly vanishes."""
+
+
+def init_scale_option(what: str = "alphas") -> float:
+    """The ``init_scale`` option (``--init-scale``) of the methods whose ``what`` start as
+    ``init_scale * randn``: at least 0, at most :data:`INIT_SCALE_MAX`."""
+    return option(
+        1e-3,
+        f"{what} start as init_scale * randn (DARTS: 1e-3); at most {INIT_SCALE_MAX:g}, since a larger "
+        "scale starts the softmax over an edge's ops near one-hot, where its gradient vanishes",
+        ge=0,
+        le=INIT_SCALE_MAX,
+        reason=(
+            "a larger scale starts the softmax over an edge's ops saturated (near one-hot), where its "
+            "gradient vanishes; the DARTS initialisation is 1e-3"
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -34,9 +68,9 @@ class DARTSOptions(SecondOrderOptions):
     best cell (DARTS_V2) came from ``order=2``."""
 
     order: Literal[1, 2] = option(1, "architecture gradient: 1 = first order, 2 = second order (unrolled)")
-    init_scale: float = option(1e-3, "alphas start as init_scale * randn", ge=0)
+    init_scale: float = init_scale_option()
     derive: Literal["darts", "grouping"] = option(
-        "darts", "discretisation: the DARTS rule, or grouping by op kind first (seed 004 section 3.5)"
+        "darts", "discretisation: the DARTS rule, or grouping by op kind first (Paganucci, 2020, section 3.5)"
     )
     edge_norm: bool = option(
         False, "edge normalisation (PC-DARTS): weigh each node's incoming edges by softmax(beta)"
@@ -68,7 +102,7 @@ class DARTS(SearchAlgorithm):
 
     name = "darts"
     Options = DARTSOptions
-    defaults = SearchDefaults()  # REFERENCE.md section 2
+    defaults = SearchDefaults()  # the CIFAR-10 search settings of Liu et al. (2019)
     options: DARTSOptions
 
     def __init__(self, space: SearchSpace, options: DARTSOptions | None = None, **option_values: Any):

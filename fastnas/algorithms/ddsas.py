@@ -68,7 +68,7 @@ import torch
 from torch import nn
 
 from fastnas.algorithms.base import Architecture, SearchAlgorithm, SearchDefaults
-from fastnas.algorithms.darts import candidate_masks, init_alphas, masked_softmax
+from fastnas.algorithms.darts import candidate_masks, init_alphas, init_scale_option, masked_softmax
 from fastnas.algorithms.derivation import derive_space_rule
 from fastnas.algorithms.edge_norm import EdgeNormalisation
 from fastnas.algorithms.options import MethodOptions, option
@@ -204,7 +204,7 @@ class DDSASOptions(MethodOptions):
         "FIRST,LAST: Gumbel-softmax over the active ops, its temperature annealed linearly per epoch from "
         "FIRST to LAST (the authors' code's --gumbel --tau_max --tau_min)",
     )
-    init_scale: float = option(1e-3, "alpha and beta start as init_scale * randn", ge=0)
+    init_scale: float = init_scale_option("alpha and beta")
     edge_norm: bool = option(
         False, "edge normalisation (PC-DARTS): weigh each node's incoming edges by softmax(beta_edge)"
     )

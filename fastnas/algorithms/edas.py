@@ -46,9 +46,10 @@ import torch
 import torch.nn.functional as F
 
 from fastnas.algorithms.base import Architecture, SearchAlgorithm, SearchDefaults
-from fastnas.algorithms.darts import candidate_masks, init_alphas, masked_softmax
+from fastnas.algorithms.darts import candidate_masks, init_alphas, init_scale_option, masked_softmax
 from fastnas.algorithms.derivation import derive_space_rule
 from fastnas.algorithms.options import MethodOptions, option
+from fastnas.errors import ConfigError
 from fastnas.spaces.base import SearchSpace
 
 __all__ = ["EDAS", "EDASOptions", "EdgeSample", "sampled_edges"]
@@ -71,7 +72,7 @@ class EDASOptions(MethodOptions):
     freeze_unsampled: bool = option(
         True, "after the warm-up, restore the alphas of unsampled edges after each update"
     )
-    init_scale: float = option(1e-3, "alphas start as init_scale * randn", ge=0)
+    init_scale: float = init_scale_option()
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,19 @@ class EDAS(SearchAlgorithm):
         return getattr(self, f"candidates_{cell_type}") if self.masked else None
 
     # -------------------------------------------------------------- schedule
+    @classmethod
+    def check_schedule(cls, options: Any, epochs: int) -> None:
+        """A warm-up (``warmup_epochs``) that covers every search epoch leaves no epoch in which the
+        alphas are trained with their own sign: refused."""
+        warmup = options.warmup_epochs
+        if warmup >= epochs:
+            raise ConfigError(
+                f"option warmup_epochs (--warmup-epochs) {warmup} is not below --epochs {epochs}: the whole "
+                "search would be the EDAS-inv warm-up (inverted alphas) and no epoch would train the "
+                f"architecture itself; give --warmup-epochs below {epochs} (the published 10 is for 25 "
+                "epochs)"
+            )
+
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self._epoch = epoch
 

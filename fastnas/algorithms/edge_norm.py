@@ -1,4 +1,6 @@
-"""Edge normalisation (PC-DARTS, REFERENCE.md section 5), a switch of several methods (``--edge-norm``).
+"""Edge normalisation, a switch of several methods (``--edge-norm``), from PC-DARTS (Xu, Xie, Zhang, Chen,
+Qi, Tian & Xiong, "PC-DARTS: Partial Channel Connections for Memory-Efficient Architecture Search",
+ICLR 2020).
 
 Every edge ``(i, j)`` gets a parameter ``beta``; node ``j`` weighs its incoming edges by ``softmax_i(beta)``
 over them, and the weight of op ``k`` on the edge becomes ``softmax(beta_j)_i * w_ijk`` (``w`` the method's

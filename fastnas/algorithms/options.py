@@ -43,11 +43,14 @@ def option(
     ge: float | None = None,
     lt: float | None = None,
     le: float | None = None,
+    reason: str = "",
 ) -> T:
     """A method option: its default, the help text of its flag (``--name-with-dashes`` unless ``flag``
-    is given) and numeric bounds (``gt``: value must be > gt, ``ge``: >=, ``lt``: <, ``le``: <=)."""
+    is given) and numeric bounds (``gt``: value must be > gt, ``ge``: >=, ``lt``: <, ``le``: <=);
+    ``reason``, if given, says why the bounds are what they are (appended to the out-of-bounds error)."""
     bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
-    field: Any = dataclasses.field(default=default, metadata={"help": help, "flag": flag, "bounds": bounds})
+    metadata = {"help": help, "flag": flag, "bounds": bounds, "reason": reason}
+    field: Any = dataclasses.field(default=default, metadata=metadata)
     return field  # typed as T so that `x: int = option(...)` type-checks
 
 
@@ -61,6 +64,7 @@ class OptionSpec:
     help: str
     flag: str
     bounds: Mapping[str, float]
+    reason: str = ""  # why the bounds (part of the out-of-bounds error)
 
     def describe(self) -> str:
         """The help text with the type, bounds and default appended."""
@@ -82,7 +86,8 @@ class MethodOptions:
             for key, bound in spec.bounds.items():
                 compare, symbol = _BOUNDS[key]
                 if not compare(value, bound):
-                    raise ConfigError(f"{where} must be {symbol} {bound:g}, got {value!r}")
+                    why = f": {spec.reason}" if spec.reason else ""
+                    raise ConfigError(f"{where} must be {symbol} {bound:g}, got {value!r}{why}")
         self.validate()
 
     def validate(self) -> None:
@@ -103,7 +108,13 @@ class MethodOptions:
             flag = meta.get("flag") or "--" + f.name.replace("_", "-")
             out.append(
                 OptionSpec(
-                    f.name, types_of[f.name], f.default, meta.get("help", ""), flag, meta.get("bounds", {})
+                    f.name,
+                    types_of[f.name],
+                    f.default,
+                    meta.get("help", ""),
+                    flag,
+                    meta.get("bounds", {}),
+                    meta.get("reason", ""),
                 )
             )
         return tuple(out)

@@ -1,4 +1,5 @@
-"""PC-DARTS (Xu et al., ICLR 2020; REFERENCE.md section 5): partial channels and edge normalisation.
+"""PC-DARTS (Xu, Xie, Zhang, Chen, Qi, Tian & Xiong, "PC-DARTS: Partial Channel Connections for
+Memory-Efficient Architecture Search", ICLR 2020): partial channels and edge normalisation.
 
 - *Partial channel connections*: only ``1/K`` of an edge's channels enter its mixed op (``K = 4``), the
   rest bypass it; the parts are concatenated and channel-shuffled. This is a supernet setting shared by
@@ -12,9 +13,10 @@
   ``softmax(beta_j)_i * softmax(alpha_ij)_k``. That product is what the supernet receives (the bypass of a
   partial edge is scaled by the row's sum, i.e. by the edge weight, as the public code scales the whole edge
   output) and what the derivation ranks: the DARTS rule on it multiplies edge weight and op weight.
-- Architecture updates start at epoch 15 of 50 (``arch_start_epoch``, 0-based count of weight-only epochs).
+- The first 15 of 50 epochs train the weights only (``arch_start_epoch``, a count); architecture updates
+  start with epoch 16.
 - Published CIFAR-10 settings (:attr:`PCDARTS.defaults`): batch 256, SGD lr 0.1 cosine (to 0, the public
-  code's ``learning_rate_min``; REFERENCE.md gives no floor), Adam 6e-4 with weight decay 1e-3, 8 cells, C=16.
+  code's ``learning_rate_min``; the paper gives no floor), Adam 6e-4 with weight decay 1e-3, 8 cells, C=16.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, ClassVar
 from fastnas.algorithms.base import SearchDefaults
 from fastnas.algorithms.darts import DARTS, DARTSOptions
 from fastnas.algorithms.options import option
+from fastnas.errors import ConfigError
 
 __all__ = ["PCDARTS", "PCDARTSOptions"]
 
@@ -38,7 +41,9 @@ class PCDARTSOptions(DARTSOptions):
         True, "edge normalisation: weigh each node's incoming edges by softmax(beta)"
     )
     arch_start_epoch: int = option(
-        15, "weight-only epochs before the architecture is updated (ImageNet: 35)", ge=0
+        15,
+        "weight-only epochs before the architecture is updated (ImageNet: 35); must be below --epochs",
+        ge=0,
     )
 
     @classmethod
@@ -53,12 +58,25 @@ class PCDARTS(DARTS):
     Options = PCDARTSOptions
     defaults = SearchDefaults(
         batch_size=256, lr=0.1, lr_min=0.0, arch_lr=6e-4, arch_weight_decay=1e-3, partial_k=4
-    )  # REFERENCE.md section 5
-    #: the direct ImageNet search (issue 13: batch 1024 on 8 GPUs, lr 0.5, arch lr 6e-3; updates from 35)
+    )  # Xu et al. (2020), CIFAR-10
+    #: the direct ImageNet search (Xu et al., 2020: batch 1024 on 8 GPUs, lr 0.5, arch lr 6e-3, 35
+    #: weight-only epochs)
     dataset_defaults: ClassVar[Mapping[str, SearchDefaults]] = {
         "imagenet": defaults.updated(batch_size=1024, lr=0.5, arch_lr=6e-3)
     }
     options: PCDARTSOptions
+
+    @classmethod
+    def check_schedule(cls, options: Any, epochs: int) -> None:
+        """Weight-only epochs (``arch_start_epoch``) that cover every search epoch would leave the
+        architecture at its random initial values: refused."""
+        start = options.arch_start_epoch
+        if start >= epochs:
+            raise ConfigError(
+                f"option arch_start_epoch (--arch-start-epoch) {start} is not below --epochs {epochs}: "
+                f"{cls.name} would train the weights only and never update the architecture; give "
+                f"--arch-start-epoch below {epochs} (the published 15 is for 50 epochs)"
+            )
 
     def updates_architecture(self, epoch: int) -> bool:
         return epoch >= self.options.arch_start_epoch

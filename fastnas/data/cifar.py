@@ -14,7 +14,8 @@ JPEG/PNG files are decoded once; the decoded arrays of all splits are cached as 
 :func:`fastnas.data.datasets.cache_dir`, keyed by the source path, size and mtime. Within a split, the
 examples of an image folder are interleaved class by class (file-name order within a class), so any
 prefix - such as the weight half of the DARTS split - is class balanced. Normalisation constants and
-augmentation follow REFERENCE.md section 2.
+augmentation follow the public code of DARTS (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture
+Search", ICLR 2019).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from tqdm.auto import tqdm
 
 from fastnas.data.archives import check_tar_end, damaged_archive
 from fastnas.data.datasets import SPLITS, ImageDataset, cache_dir
+from fastnas.data.limits import check_file_size, check_member_size, check_pickle_opcodes, open_image
 from fastnas.errors import ConfigError, DataError, DownloadError, MissingPathError
-from fastnas.fileio import atomic_write
+from fastnas.fileio import atomic_write, expand_user
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -87,7 +89,7 @@ def load_cifar(
         raise ConfigError(f"load_cifar: unknown name {name!r}; use 'cifar10' or 'cifar100'")
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; valid splits are: {', '.join(SPLITS)}")
-    root_path = Path(root).expanduser() if root is not None else None
+    root_path = expand_user(root, "the data directory (--data-dir)") if root is not None else None
     source = _find_source(name, root_path) if root_path is not None else None
     if source is None and download:
         source = ("python", _download(name, root_path))
@@ -253,8 +255,12 @@ class _BatchUnpickler(pickle.Unpickler):
 
 def _unpickle(data: bytes | Path, source: str) -> dict[Any, Any]:
     """A CIFAR python batch, read with :class:`_BatchUnpickler`; it must be a dict whose arrays hold
-    integers."""
+    integers. Its size and opcodes are bounded before it is unpickled (:mod:`fastnas.data.limits`) and its
+    structure after (:func:`_check_structure`): nothing in it can take unbounded memory or time."""
+    if isinstance(data, Path):
+        check_file_size(data, source)
     raw = data.read_bytes() if isinstance(data, Path) else data
+    check_pickle_opcodes(raw, source)
     unpickler = _BatchUnpickler(io.BytesIO(raw), encoding="bytes")
     unpickler.source = source
     try:
@@ -267,17 +273,65 @@ def _unpickle(data: bytes | Path, source: str) -> dict[Any, Any]:
         ) from None
     if not isinstance(batch, dict):
         raise DataError(f"{source} is not a CIFAR python batch (a {type(batch).__name__}, not a dict)")
+    _check_structure(batch, source)
     for key, value in batch.items():
         if isinstance(value, np.ndarray) and value.dtype.kind not in "uib":
             raise DataError(f"{source}: entry {key!r} has dtype {value.dtype}; CIFAR batches hold integers")
     return batch
 
 
-def _batches_to_arrays(name: str, batches: Sequence[dict[Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
+_LEAVES = (int, float, bytes, str, type(None), np.generic)
+_MAX_BATCH_KEYS = 32
+
+
+def _check_structure(batch: dict[Any, Any], source: str) -> None:
+    """A CIFAR batch is a dict of arrays, scalars, strings and *flat* lists: anything nested deeper (a
+    list in a list - a few bytes of pickle can share one list 2^40 times) is refused before NumPy walks it."""
+    if len(batch) > _MAX_BATCH_KEYS:
+        raise DataError(f"{source} has {len(batch):,} entries; a CIFAR python batch has at most 6")
+    for key, value in batch.items():
+        if not isinstance(key, (bytes, str)):
+            raise DataError(f"{source} has a key of type {type(key).__name__}; a CIFAR batch's keys are text")
+        if isinstance(value, np.ndarray) and value.dtype.kind == "O":
+            raise DataError(f"{source}: entry {key!r} is an array of Python objects; a CIFAR batch's are not")
+        if isinstance(value, (_LEAVES, np.ndarray)):
+            continue
+        if not isinstance(value, (list, tuple)):
+            raise DataError(
+                f"{source}: entry {key!r} is a {type(value).__name__}; a CIFAR python batch holds arrays, "
+                "numbers, strings and flat lists - the file is not a CIFAR batch"
+            )
+        for item in value:
+            if not isinstance(item, _LEAVES):
+                raise DataError(
+                    f"{source}: entry {key!r} is a {type(value).__name__} holding a {type(item).__name__}; a "
+                    "CIFAR python batch holds flat lists only - the file is not a CIFAR batch"
+                )
+
+
+def _batches_to_arrays(
+    name: str, batches: Sequence[dict[Any, Any]], sources: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
     label_key = "labels" if name == "cifar10" else "fine_labels"
-    data = np.concatenate([np.asarray(_field(b, "data"), dtype=np.uint8) for b in batches])
-    labels = np.concatenate([np.asarray(_field(b, label_key), dtype=np.int64) for b in batches])
-    return data.reshape(-1, 3, 32, 32), labels
+    images, labels = [], []
+    for batch, source in zip(batches, sources, strict=True):
+        try:
+            data = np.asarray(_field(batch, "data"), dtype=np.uint8)
+            label = np.asarray(_field(batch, label_key), dtype=np.int64)
+            images.append(data.reshape(-1, 3, 32, 32))
+        except KeyError as exc:
+            raise DataError(f"{source} lacks the entry {exc.args[0]!r} of a CIFAR python batch") from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise DataError(
+                f"{source} is not a CIFAR python batch: its data or labels do not form 32x32 RGB images and "
+                f"integer labels ({type(exc).__name__}: {exc})"
+            ) from None
+        if label.shape != (len(images[-1]),):
+            raise DataError(
+                f"{source} has {len(images[-1]):,} images but {label.size:,} labels; the batch is damaged"
+            )
+        labels.append(label)
+    return np.concatenate(images), np.concatenate(labels)
 
 
 def _class_names(name: str, meta: dict[Any, Any] | None) -> list[str]:
@@ -292,7 +346,7 @@ def _read_python_folder(name: str, folder: Path, split: str) -> Arrays:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise MissingPathError(f"{_DISPLAY[name]} python batches incomplete: missing {', '.join(missing)}")
-    images, labels = _batches_to_arrays(name, [_unpickle(p, str(p)) for p in paths])
+    images, labels = _batches_to_arrays(name, [_unpickle(p, str(p)) for p in paths], [str(p) for p in paths])
     meta_path = folder / _PY_FILES[name].meta
     meta = _unpickle(meta_path, str(meta_path)) if meta_path.is_file() else None
     return {
@@ -315,6 +369,7 @@ class _Entry:
     data: bytes | Path
     size: int
     stamp: int
+    origin: str = ""  # for an archive member: "NAME in archive PATH"
 
 
 def _image_parts(path: str) -> tuple[str, str, str] | None:
@@ -327,16 +382,33 @@ def _image_parts(path: str) -> tuple[str, str, str] | None:
     return parts[-3], parts[-2], parts[-1]
 
 
+def _check_inside(root: Path, path: Path) -> None:
+    """Refuse ``path`` (a folder or file of the tree ``root``) when it is a symbolic link out of the tree:
+    a dataset folder must not read files from elsewhere without a word."""
+    target = path.resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise DataError(
+            f"{path} is a symbolic link to {os.readlink(path)} ({target}), outside the image folder {root}; "
+            "copy the file into the tree or remove the link"
+        )
+
+
 def _scan_tree(root: Path) -> list[_Entry]:
     entries: list[_Entry] = []
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
             continue
+        if split_dir.is_symlink():
+            _check_inside(root, split_dir)
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if class_dir.is_symlink():
+                _check_inside(root, class_dir)
             with os.scandir(class_dir) as it:
                 for f in it:
                     if f.is_file() and _image_parts(f"{split}/{class_dir.name}/{f.name}") is not None:
+                        if f.is_symlink():
+                            _check_inside(root, Path(f.path))
                         st = f.stat()
                         entries.append(
                             _Entry(split, class_dir.name, f.name, Path(f.path), st.st_size, st.st_mtime_ns)
@@ -358,18 +430,29 @@ def _class_order(name: str, present: set[str]) -> list[str]:
 
 
 def _decode_one(data: bytes | Path, where: str) -> np.ndarray:
-    """The RGB pixels of one image file; an empty, truncated or corrupt file is a DataError naming it."""
+    """The RGB pixels of one image file; an empty, truncated or corrupt file, or one of more pixels than
+    :data:`~fastnas.data.limits.MAX_IMAGE_PIXELS` (read from its header, before decoding), is a DataError
+    naming it."""
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            rgb = img if img.mode == "RGB" else img.convert("RGB")
+        with open_image(io.BytesIO(data) if isinstance(data, bytes) else data, where) as img:
+            src: Image.Image = img
+            if img.mode.startswith("I"):  # a 16-bit grayscale PNG ("I;16", or "I" in older Pillow): scale
+                # to 8 bits (x >> 8, 65535 -> 255) where convert("RGB") would clip every value above 255
+                src = Image.fromarray((np.asarray(img).clip(0, 65535) >> 8).astype(np.uint8))
+            rgb = src if src.mode == "RGB" else src.convert("RGB")
             return np.asarray(rgb)
-    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for unreadable images
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors
+        if isinstance(exc, DataError):
+            raise
+        detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the file", str(exc))  # named above
         raise DataError(
-            f"image {where} cannot be decoded ({type(exc).__name__}: {exc}); replace or remove the file"
+            f"image {where} cannot be decoded ({type(exc).__name__}: {detail}); replace or remove the file"
         ) from None
 
 
 def _where(e: _Entry) -> str:
+    if e.origin:
+        return e.origin
     return str(e.data) if isinstance(e.data, Path) else f"{e.split}/{e.cls}/{e.filename}"
 
 
@@ -425,6 +508,7 @@ def _read_archive(name: str, path: Path) -> Arrays:
     """Read a .tar/.tar.gz sequentially: an image-folder tree inside it, or else the python batches."""
     entries: list[_Entry] = []
     pickles: dict[str, bytes] = {}
+    members: dict[str, str] = {}  # python-batch file name -> its member name
     py_names = {*_PY_FILES[name].train, *_PY_FILES[name].test, _PY_FILES[name].meta}
     with (
         damaged_archive(path),
@@ -441,14 +525,16 @@ def _read_archive(name: str, path: Path) -> Arrays:
             )
             if parts is None and not is_pickle:
                 continue
+            check_member_size(path, member)  # before reading it into memory
             handle = tar.extractfile(member)
             if handle is None:
                 continue
             data = handle.read()
             if parts is not None:
-                entries.append(_Entry(*parts, data=data, size=member.size, stamp=0))
+                origin = f"{member.name} in archive {path}"
+                entries.append(_Entry(*parts, data=data, size=member.size, stamp=0, origin=origin))
             else:
-                pickles[posix.name] = data
+                pickles[posix.name], members[posix.name] = data, member.name
             bar.update(1)
         check_tar_end(path, tar.offset)
     if entries:
@@ -457,7 +543,9 @@ def _read_archive(name: str, path: Path) -> Arrays:
     for split in SPLITS:
         files = _PY_FILES[name].files(split)
         if all(f in pickles for f in files):
-            images, labels = _batches_to_arrays(name, [_unpickle(pickles[f], f"{path}:{f}") for f in files])
+            sources = [f"{members[f]} in archive {path}" for f in files]
+            batches = [_unpickle(pickles[f], where) for f, where in zip(files, sources, strict=True)]
+            images, labels = _batches_to_arrays(name, batches, sources)
             arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
     if not arrays:
         raise MissingPathError(
@@ -465,7 +553,8 @@ def _read_archive(name: str, path: Path) -> Arrays:
             f"{_DISPLAY[name]} python batches ({PYTHON_FOLDERS[name]}/)"
         )
     meta = pickles.get(_PY_FILES[name].meta)
-    meta_batch = _unpickle(meta, f"{path}:{_PY_FILES[name].meta}") if meta is not None else None
+    meta_where = f"{members.get(_PY_FILES[name].meta)} in archive {path}"
+    meta_batch = _unpickle(meta, meta_where) if meta is not None else None
     arrays["classes"] = np.array(_class_names(name, meta_batch))
     return arrays
 

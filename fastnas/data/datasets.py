@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from fastnas.errors import ConfigError
+from fastnas.fileio import expand_user
 
 DATASET_NAMES: tuple[str, ...] = ("cifar10", "cifar100", "digits")
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -23,7 +24,8 @@ class ImageDataset:
     """A whole split in memory: uint8 images, int64 labels and how to normalise and augment them.
 
     ``mean``/``std`` are per-channel constants on the 0..1 scale; ``crop_padding`` is the zero padding of
-    the random crop (0 = no crop) and ``hflip`` enables random horizontal flips (REFERENCE.md section 2).
+    the random crop (0 = no crop) and ``hflip`` enables random horizontal flips (the CIFAR augmentation of
+    Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019).
     """
 
     images: torch.Tensor
@@ -88,11 +90,11 @@ def cache_dir() -> Path:
     else ``~/.cache/fastnas``."""
     env = os.environ.get("FASTNAS_CACHE_DIR")
     if env:
-        return Path(env).expanduser()
+        return expand_user(env, "FASTNAS_CACHE_DIR")
     xdg = os.environ.get("XDG_CACHE_HOME")
     if xdg:
-        return Path(xdg).expanduser() / "fastnas"
-    return Path.home() / ".cache" / "fastnas"
+        return expand_user(xdg, "XDG_CACHE_HOME") / "fastnas"
+    return expand_user("~/.cache/fastnas", "the dataset cache (set FASTNAS_CACHE_DIR)")
 
 
 def load_dataset(
@@ -119,7 +121,7 @@ def load_dataset(
 
 
 def search_split(num_examples: int, train_portion: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """DARTS search split (REFERENCE.md section 2): the first ``int(train_portion * n)`` indices train the
+    """DARTS search split (Liu et al., 2019): the first ``int(train_portion * n)`` indices train the
     weights, the rest train the architecture. Returns ``(weight_indices, arch_indices)`` as int64 tensors."""
     if not 0.0 < train_portion < 1.0:
         raise ConfigError(f"train_portion must be strictly between 0 and 1, got {train_portion}")

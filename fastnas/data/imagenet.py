@@ -5,7 +5,8 @@ test split of retraining is ``val``). ``root`` may also be a ``.tar`` / ``.tar.g
 top level, or one folder inside it, holding ``train/``): it is extracted once into
 ``cache_dir()/imagenet/`` and reused.
 
-Transforms follow the DARTS ImageNet recipe (REFERENCE.md section 3): train = RandomResizedCrop(224),
+Transforms follow the ImageNet recipe of the public code of DARTS (Liu, Simonyan & Yang, "DARTS:
+Differentiable Architecture Search", ICLR 2019): train = RandomResizedCrop(224),
 horizontal flip, ColorJitter(0.4, 0.4, 0.4, 0.2), normalise; test = Resize(256), CenterCrop(224),
 normalise. :class:`FolderBatchLoader` has the interface of :class:`~fastnas.data.TensorBatchLoader`
 (``set_epoch``, ``len``, iteration yielding ``(x, y)`` on the device): the order and the worker seeds
@@ -29,8 +30,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from fastnas.data.archives import check_tar_end, damaged_archive
 from fastnas.data.datasets import cache_dir
+from fastnas.data.limits import check_member_size, describe_member, open_image
 from fastnas.data.loader import EpochBatches, check_shard, epoch_generator, shard_positions
 from fastnas.errors import ConfigError, DataError, MissingPathError
+from fastnas.fileio import expand_user
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -76,6 +79,41 @@ def _tree_root(folder: Path) -> Path | None:
     return None
 
 
+_FILTER_REASONS = {
+    "AbsolutePathError": "has an absolute path",
+    "OutsideDestinationError": "would be written outside the archive's folder (a '..' path)",
+    "SpecialFileError": "is a device file, FIFO or other special file",
+    "AbsoluteLinkError": "is a link to an absolute path",
+    "LinkOutsideDestinationError": "is a link to a place outside the archive's folder",
+}
+
+
+def _member_filter(archive: Path) -> Callable[[tarfile.TarInfo, str], tarfile.TarInfo | None]:
+    """The ``data`` extraction filter of :mod:`tarfile`, plus the size bound of
+    :func:`~fastnas.data.limits.check_member_size`; a refused member is a DataError naming it and what it
+    is (not "damaged")."""
+
+    def check(member: tarfile.TarInfo, destination: str) -> tarfile.TarInfo | None:
+        check_member_size(archive, member)
+        try:
+            return tarfile.data_filter(member, destination)
+        except tarfile.FilterError as exc:
+            reason = _FILTER_REASONS.get(type(exc).__name__, f"is refused by tarfile ({exc})")
+            raise DataError(
+                f"archive {archive}: member {describe_member(member)} {reason}; fastnas extracts only files "
+                "and folders that stay inside the archive's folder - remove that member"
+            ) from None
+
+    return check
+
+
+def _load_rgb(path: str) -> Any:
+    """torchvision's PIL loader, refusing an image of more pixels than
+    :data:`~fastnas.data.limits.MAX_IMAGE_PIXELS` from its header, before it is decoded."""
+    with open(path, "rb") as handle, open_image(handle, path) as img:
+        return img.convert("RGB")
+
+
 def _extract(archive: Path) -> Path:
     """Extract ``archive`` once into the cache (atomically: a temporary folder renamed when complete)."""
     st = archive.stat()
@@ -89,12 +127,16 @@ def _extract(archive: Path) -> Path:
     try:
         with damaged_archive(archive), tarfile.open(archive, "r:*") as tar:
             if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, filter="data")
+                tar.extractall(tmp, filter=_member_filter(archive))
             else:  # pragma: no cover - Python without extraction filters
                 for member in tar.getmembers():
+                    check_member_size(archive, member)
                     resolved = (tmp / member.name).resolve()
                     if not str(resolved).startswith(str(tmp.resolve())) or member.issym() or member.islnk():
-                        raise DataError(f"unsafe member {member.name!r} in {archive}")
+                        raise DataError(
+                            f"archive {archive}: member {describe_member(member)} is unsafe to extract (a "
+                            "link, or a path outside the archive's folder); remove that member"
+                        )
                 tar.extractall(tmp)
             check_tar_end(archive, tar.offset)
         try:
@@ -116,7 +158,7 @@ def imagenet_root(root: str | os.PathLike[str] | None) -> Path:
             "ImageNet needs a data directory (--data-dir): a folder with train/<wnid>/*.JPEG and "
             "val/<wnid>/*.JPEG (torchvision ImageFolder layout), or a .tar of such a tree"
         )
-    path = Path(root).expanduser()
+    path = expand_user(root, "the ImageNet data directory (--data-dir)")
     if not path.exists():
         raise MissingPathError(
             f"ImageNet data not found at {path}: expected a folder with train/<wnid>/ and val/<wnid>/ "
@@ -158,7 +200,7 @@ def load_imagenet_folder(
     use_train = (split == "train") if train_transform is None else train_transform
     try:
         transform = imagenet_transform(use_train, image_size, round(image_size * 256 / 224))
-        dataset = ImageFolder(str(folder), transform=transform)
+        dataset = ImageFolder(str(folder), transform=transform, loader=_load_rgb)
     except (FileNotFoundError, OSError) as exc:  # e.g. a class folder without images
         raise DataError(f"ImageNet split {split!r} at {folder}: {exc}") from None
     if len(dataset.classes) < 2:
@@ -223,6 +265,8 @@ class _SeededSamples(Dataset):
             torch.manual_seed(seed)
             try:
                 return self.base[index]
+            except DataError:
+                raise
             except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors for an unreadable image
                 where, detail = _sample_path(self.base, index), f"{type(exc).__name__}: {exc}"
                 raise DataError(

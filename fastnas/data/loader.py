@@ -5,8 +5,9 @@ per-sample offsets) and flipped with one flat-index gather, then normalised - no
 and no per-epoch host transfer. All randomness of epoch ``e`` comes from a CPU ``torch.Generator`` seeded
 from ``(seed, e)`` only, so an epoch's batches are identical whether or not earlier epochs ran in this
 process (resumed searches are bit-identical) and do not depend on the device. Augmentation follows
-REFERENCE.md section 2 (random crop with padding 4, horizontal flip for CIFAR); retraining adds DARTS
-Cutout (REFERENCE.md section 3: a square of side ``cutout`` zeroed after normalisation).
+DARTS (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019): random crop with
+padding 4 and horizontal flip for CIFAR; retraining adds the DARTS Cutout (a square of side ``cutout``
+zeroed after normalisation).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""NAS-Bench-201: arch strings and the results table (REFERENCE.md section 10).
+"""NAS-Bench-201: arch strings and the results table (Dong & Yang, "NAS-Bench-201: Extending the Scope of
+Reproducible Neural Architecture Search", ICLR 2020).
 
 Pure Python (no torch import); the space lives in :mod:`fastnas.spaces.nb201`, its ops in
 :mod:`fastnas.ops.nb201_ops` and its networks in :mod:`fastnas.nn.nb201`.

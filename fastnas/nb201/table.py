@@ -1,8 +1,11 @@
-"""The NAS-Bench-201 results table: trained accuracies of the 15,625 cells (REFERENCE.md section 10).
+"""The NAS-Bench-201 results table: trained accuracies of the 15,625 cells (Dong & Yang, "NAS-Bench-201:
+Extending the Scope of Reproducible Neural Architecture Search", ICLR 2020).
 
 Read from a CSV with the columns of ``nb201.csv`` (``index``, ``arch_str``, ``c10_valid_xvalid``,
 ``c10_test_nats``, ``c100_test_nats``, ``in16_test_nats``, ``params_M``, ...), or from the official
-benchmark file (``.pth``) through the ``nas_201_api`` package. Accuracies are percentages.
+benchmark file (``.pth``) through the ``nas_201_api`` package. Accuracies are percentages: a NaN,
+infinite, negative or > 100 accuracy (or a NaN, infinite or negative ``params_M``) is refused on load,
+naming the CSV line and column.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import csv
 import errno
 import itertools
+import math
 import operator
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -34,6 +38,7 @@ CSV_COLUMNS: dict[str, str] = {
     "params_M": "params_M",
 }
 METRICS: tuple[str, ...] = ("c10_valid", "c10_test", "c100_test", "in16_test")
+_FIX_VALUES = "fix or regenerate the table (an empty cell means no value)"
 
 
 class NB201LookupError(KeyError):
@@ -89,6 +94,20 @@ def _float_or_none(text: str | None) -> float | None:
     return float(text)
 
 
+def _bad_value(name: str, value: float | None) -> str | None:
+    """Why ``value`` of field ``name`` cannot be a table value (an accuracy must be a finite percentage
+    in [0, 100], a parameter count finite and >= 0), or None when it can (or is absent)."""
+    if value is None:
+        return None
+    if not math.isfinite(value):
+        return f"{value} is not a finite number"
+    if name in METRICS and not 0.0 <= value <= 100.0:
+        return f"{value} is not an accuracy in percent (0 to 100)"
+    if value < 0:
+        return f"{value} is negative"
+    return None
+
+
 class NB201Table:
     """Lookup of NAS-Bench-201 results by arch string, :class:`NB201Arch` or benchmark index."""
 
@@ -106,6 +125,12 @@ class NB201Table:
                 raise DataError(f"{source}: architecture {literal} appears twice")
             if result.index in self._by_index:
                 raise DataError(f"{source}: index {result.index} appears twice")
+            for name in CSV_COLUMNS:
+                bad = _bad_value(name, getattr(result, name))
+                if bad:
+                    raise DataError(
+                        f"{source}: entry with index {result.index}, {name}: {bad}; {_FIX_VALUES}"
+                    )
             self._results.append(result)
             self._by_arch[literal] = result
             self._by_index[result.index] = result
@@ -146,6 +171,10 @@ class NB201Table:
                         results.append(NB201Result(int(row["index"]), row["arch_str"], **values))
                     except (TypeError, ValueError) as err:
                         raise DataError(f"{path}, line {line}: {err}") from None
+                    for f, c in present.items():
+                        bad = _bad_value(f, values[f])
+                        if bad:
+                            raise DataError(f"{path}, line {line}, column {c}: {bad}; {_FIX_VALUES}")
         except (UnicodeDecodeError, csv.Error) as exc:
             raise DataError(f"{path} is not a CSV table ({type(exc).__name__}: {exc}); {_WHERE}") from None
         if not results:

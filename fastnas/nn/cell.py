@@ -1,4 +1,5 @@
-"""The search cell of the DARTS supernet (REFERENCE.md section 1)."""
+"""The search cell of the DARTS supernet (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search",
+ICLR 2019)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts of networks (REFERENCE.md sections 1 and 3)."""
+"""Parameter and FLOP counts of networks (parameters counted as the DARTS code counts them)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The EnTranNAS supernet: Engine-cells, Transit-cells, feature sharing and the bottleneck (seed 002
-sections 2.2, 2.3 and 2.5; REFERENCE.md section 6).
+"""The EnTranNAS supernet: Engine-cells, Transit-cells, feature sharing and the bottleneck (Yang, You, Li,
+Wang, Qian & Lin, "Towards Improving the Consistency, Efficiency, and Flexibility of Differentiable Neural
+Architecture Search", CVPR 2021; sections 2.2, 2.3 and 2.5).
 
 - An **Engine-cell** holds the whole mixed DAG and weights every candidate by the architecture weights
   (Eq. 1/6, first case: ``x_j = sum_{i<j} sum_k p_k^(i,j) o_k(x_i)``).
@@ -69,9 +70,9 @@ def select_pairs(
     """The derived set ``S_j`` of every intermediate node from edge weights ``[num_edges, num_ops]``.
 
     ``"top2"``: the DARTS rule (top-2 incoming edges by their strongest non-``none`` op, that op on each;
-    seed 002 Eq. 4). ``"nonzero"``: every ``(i, k)`` with a positive weight (Eq. 10), ordered by source,
-    then op. ``none`` is never selected (it contributes nothing). ``derive="grouping"`` applies seed
-    004's grouping before the DARTS rule (``"top2"`` only), as the method's genotype does.
+    Eq. 4). ``"nonzero"``: every ``(i, k)`` with a positive weight (Eq. 10), ordered by source, then op.
+    ``none`` is never selected (it contributes nothing). ``derive="grouping"`` applies the grouping of
+    Paganucci (2020, section 3.5) before the DARTS rule (``"top2"`` only), as the method's genotype does.
     """
     if rule == "top2":
         cell = derive_darts_cell(weights, space, rule=derive)
@@ -110,9 +111,9 @@ class EnTranCell(nn.Module):
     (``affine=True, pool_bn=False``) make a Transit-cell directly comparable with
     :class:`~fastnas.nn.eval_network.EvalCell`.
 
-    Bottleneck (section 2.5; the seed says only "a 1x1 convolution"): reduce = Conv1x1 + BN per source
+    Bottleneck (section 2.5; the paper says only "a 1x1 convolution"): reduce = Conv1x1 + BN per source
     state, restore = Conv1x1 + BN per intermediate node. The BNs keep the node scale of the DARTS cell
-    (whose nodes are sums of BN outputs); this is a choice where the seed is silent.
+    (whose nodes are sums of BN outputs); this is a choice where the paper is silent.
     """
 
     def __init__(
@@ -179,7 +180,7 @@ class EnTranCell(nn.Module):
         ]
 
     def num_weighted_ops(self) -> int:
-        """Op modules with parameters (seed section 2.3: ``(n-1) x K-bar`` shared, ``|E| x K-bar`` not)."""
+        """Op modules with parameters (section 2.3: ``(n-1) x K-bar`` shared, ``|E| x K-bar`` not)."""
         return sum(
             1 for unit in self.ops for op in cast(nn.ModuleList, unit) if any(True for _ in op.parameters())
         )
@@ -299,7 +300,7 @@ def resolve_engine_cells(spec: str | Sequence[int], cell_types: Sequence[str]) -
     ``"first"`` (default, section 2.5 / Figure 4): the first cell of every cell type (first normal,
     first reduction). ``"last"``: the last cell of every type. ``"all"``: every cell (the DARTS
     supernet, Table 1 row 1). ``"half"``: the first half of the cells, plus the first cell of any type
-    not yet covered (Table 1 "one half"; the seed does not say which half). Or explicit indices
+    not yet covered (Table 1 "one half"; the paper does not say which half). Or explicit indices
     (a sequence, or text like ``"0,2"``).
     """
     n = len(cell_types)

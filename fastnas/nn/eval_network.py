@@ -1,4 +1,5 @@
-"""Evaluation (retraining) networks built from a genotype (REFERENCE.md section 3).
+"""Evaluation (retraining) networks built from a genotype (the networks of Liu, Simonyan & Yang, "DARTS:
+Differentiable Architecture Search", ICLR 2019, and its public code).
 
 :class:`NetworkCIFAR` and :class:`NetworkImageNet` follow the DARTS evaluation networks: a stem,
 ``layers`` :class:`EvalCell` s with reductions at ``layers // 3`` and ``2 * layers // 3`` (where the
@@ -6,8 +7,11 @@ channel count doubles), global average pooling and a linear classifier, plus an 
 head after cell ``2 * layers // 3``. Every BN is affine and pooling ops carry no BN.
 
 Any valid :class:`~fastnas.genotype.Genotype` builds: nodes may have any number of inputs (their op
-outputs are summed; EnTranNAS-DST, section 6) and a genotype with several normal-cell types uses type
-``s`` in stage ``s`` (after ``s`` reductions; thesis seed, section 9).
+outputs are summed; EnTranNAS-DST: Yang, You, Li, Wang, Qian & Lin, "Towards Improving the Consistency,
+Efficiency, and Flexibility of Differentiable Neural Architecture Search", CVPR 2021, Eq. 10) and a
+genotype with several normal-cell types uses type ``s`` in stage ``s`` (after ``s`` reductions;
+Paganucci, "Efficient ConvNet Architectures: Differentiable Neural Architecture Search", semester
+thesis, ETH Zurich, 2020, section 3.3.2).
 
 ``forward`` returns ``(logits, logits_aux)``; ``logits_aux`` is None unless the network has an
 auxiliary head and is in training mode. During training every op output that is not an identity skip
@@ -44,7 +48,7 @@ __all__ = [
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     """Zero whole samples of ``x`` with probability ``drop_prob`` and scale survivors by
-    ``1 / (1 - drop_prob)`` (per-sample drop path, REFERENCE.md section 3). Returns ``x`` itself when
+    ``1 / (1 - drop_prob)`` (per-sample drop path, as in Liu et al., 2019). Returns ``x`` itself when
     ``drop_prob`` is 0. The mask is drawn on ``x``'s device from the global generator (no host sync)."""
     if drop_prob <= 0.0:
         return x
@@ -112,7 +116,7 @@ class EvalCell(nn.Module):
 
 class _AuxiliaryHead(nn.Module):
     """ReLU, AvgPool(5, ``pool_stride``, no padding, count_include_pad=False), Conv1x1 -> 128, BN, ReLU,
-    Conv2x2 -> 768, [BN], ReLU, Linear (REFERENCE.md section 3).
+    Conv2x2 -> 768, [BN], ReLU, Linear (the DARTS auxiliary heads).
 
     Inputs smaller than the 5x5 window (tiny images such as the 8x8 digits) are pooled adaptively to
     2x2 instead; at the published sizes (8x8 CIFAR, 7x7 ImageNet features) the head is exactly DARTS'.
@@ -212,7 +216,7 @@ class _EvalNetwork(DartsSkeleton):
 
 
 class NetworkCIFAR(_EvalNetwork):
-    """DARTS ``NetworkCIFAR`` (REFERENCE.md section 3): stem Conv3x3(in -> 3C) + BN, reduction_prev
+    """DARTS ``NetworkCIFAR`` (Liu et al., 2019): stem Conv3x3(in -> 3C) + BN, reduction_prev
     False for the first cell; published size C=36, 20 layers, auxiliary head on."""
 
     def __init__(
@@ -230,7 +234,7 @@ class NetworkCIFAR(_EvalNetwork):
 
 
 class NetworkImageNet(_EvalNetwork):
-    """DARTS ``NetworkImageNet`` (REFERENCE.md section 3): stem0 = Conv3x3 s2 (3 -> C/2) + BN + ReLU +
+    """DARTS ``NetworkImageNet`` (Liu et al., 2019): stem0 = Conv3x3 s2 (3 -> C/2) + BN + ReLU +
     Conv3x3 s2 (C/2 -> C) + BN, stem1 = ReLU + Conv3x3 s2 (C -> C) + BN; the first cell sees
     reduction_prev=True; published size C=48, 14 layers. The final 7x7 average pool is written as a
     global average pool (identical at 224x224, and it also accepts other input sizes)."""

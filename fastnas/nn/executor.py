@@ -1,7 +1,9 @@
 """Cell executors: how a search cell computes its intermediate nodes.
 
 A cell owns its modules; an executor decides how to run them. The reference executor is the plain
-loop of the papers (seed 002 Eq. 1: node j = sum over earlier states i of the mixed edge (i, j));
+loop of the papers (node j = sum over earlier states i of the mixed edge (i, j); Eq. 1 of Yang, You, Li,
+Wang, Qian & Lin, "Towards Improving the Consistency, Efficiency, and Flexibility of Differentiable
+Neural Architecture Search", CVPR 2021);
 a fused executor (batched edges, fused weighted sum) plugs in through the same interface and must
 give the same numbers.
 

@@ -1,23 +1,24 @@
 """The fast cell executor: batched edges, fused conv stacks, folded BNs and a fused node sum.
 
-Issue 5 deliverable 5 (DESIGN.md "Where the time goes", plan items 1-4). It computes exactly what
-:class:`~fastnas.nn.executor.ReferenceExecutor` computes (seed 002 Eq. 1: node ``j`` is the sum over
-earlier states ``i`` of the mixed edge ``(i, j)``), in "push" order:
+It computes exactly what :class:`~fastnas.nn.executor.ReferenceExecutor` computes (node ``j`` is the sum
+over earlier states ``i`` of the mixed edge ``(i, j)``; Eq. 1 of Yang, You, Li, Wang, Qian & Lin, "Towards
+Improving the Consistency, Efficiency, and Flexibility of Differentiable Neural Architecture Search",
+CVPR 2021), in "push" order:
 
 1. Once state ``i`` is known, all ``E`` edges leaving it apply the same op types to the same input, so
-   each op type runs once for all of them (plan item 1): the ReLU-fused depthwise convolution
+   each op type runs once for all of them: the ReLU-fused depthwise convolution
    (:func:`~fastnas.kernels.depthwise_conv.relu_depthwise_conv`) reads the shared input once and writes
    ``E`` outputs, the pointwise convolution
    (:func:`~fastnas.kernels.pointwise_conv.pointwise_conv_stats`) is one batched launch that also sums
-   the statistics of the BN after it (plan item 3), and the SepConv's middle BN normalises from those
+   the statistics of the BN after it, and the SepConv's middle BN normalises from those
    sums (:func:`~fastnas.kernels.pointwise_conv.batch_norm_from_stats`). Parameter-free pooling runs
    once per source, not once per edge; the stride-2 ``skip_connect`` (FactorizedReduce) runs as two
    batched pointwise convolutions.
 2. Every edge's final BNs are folded into its weighted sum
-   (:func:`~fastnas.nn.fused_edge.edge_from_pre_bn`, plan item 2), so normalised op outputs are never
+   (:func:`~fastnas.nn.fused_edge.edge_from_pre_bn`), so normalised op outputs are never
    written; running statistics are updated as ``nn.BatchNorm2d`` would.
 3. A node is the fused sum of its incoming edges
-   (:func:`~fastnas.kernels.masked_aggregate.masked_aggregate`, plan item 4).
+   (:func:`~fastnas.kernels.masked_aggregate.masked_aggregate`).
 
 Partial-channel edges (PC-DARTS, :class:`~fastnas.nn.mixed.PartialChannels`) run batched too: the edges
 leaving a state share its first ``C/K`` channels, a view the kernels read with its strides (no copy), and

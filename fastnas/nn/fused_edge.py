@@ -1,7 +1,8 @@
-"""One mixed edge with its final BNs folded into the weighted sum (DESIGN.md plan item 2).
+"""One mixed edge with its final BNs folded into the weighted sum.
 
 In the search supernet every candidate op except ``none`` and the identity skip ends in
-``BatchNorm2d(affine=False)`` (REFERENCE.md section 1), so an edge is
+``BatchNorm2d(affine=False)`` (as in Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search",
+ICLR 2019, and its public code), so an edge is
 ``sum_k w_k * BN_k(z_k) + w_skip * x`` with ``z_k`` the op's output before its last BN. This module
 finds that split in the op modules (:func:`split_final_bn`), and computes an edge from the pre-BN
 outputs with :func:`fastnas.kernels.mixed_bn_sum.mixed_bn_sum`, updating each folded BN's running
@@ -122,8 +123,8 @@ def edge_from_pre_bn(
     identity_weight: Tensor | None = None,
 ) -> Tensor:
     """``sum_k weights[k] * bns[k](pre_bn_outputs[k]) + identity_weight * identity`` in one fused op,
-    with the running statistics of every ``bns[k]`` updated (seed 002 Eq. 1 with REFERENCE.md
-    section 1's BN-terminated ops)."""
+    with the running statistics of every ``bns[k]`` updated (the mixed edge of the DARTS supernet with its
+    BN-terminated ops)."""
     z = torch.stack(list(pre_bn_outputs))
     eps = bns[0].eps
     if any(bn.eps != eps for bn in bns):

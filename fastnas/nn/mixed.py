@@ -1,4 +1,7 @@
-"""The mixed edge: every candidate op of one edge, combined by architecture weights (seed 002 Eq. 1)."""
+"""The mixed edge: every candidate op of one edge, combined by architecture weights (the inner sum of Eq. 1
+of Yang, You, Li, Wang, Qian & Lin, "Towards Improving the Consistency, Efficiency, and Flexibility of
+Differentiable Neural Architecture Search", CVPR 2021; the mixed operation of Liu, Simonyan & Yang,
+"DARTS: Differentiable Architecture Search", ICLR 2019)."""
 
 from __future__ import annotations
 
@@ -31,7 +34,8 @@ BYPASS_POOLS = ("max", "avg")
 
 @dataclass(frozen=True)
 class PartialChannels:
-    """PC-DARTS' partial channel connections (seed: PC-DARTS, REFERENCE.md section 5): only the first
+    """PC-DARTS' partial channel connections (Xu, Xie, Zhang, Chen, Qi, Tian & Xiong, "PC-DARTS: Partial
+    Channel Connections for Memory-Efficient Architecture Search", ICLR 2020): only the first
     ``1/k`` of an edge's channels enter its mixed op, the rest bypass it; the two parts are concatenated
     and channel-shuffled (``k`` groups). On a stride-2 edge the bypass is downsampled by a 2x2 ``bypass``
     pool: the paper does not say how, its public code uses a max pool (the default; ``"avg"`` is the
@@ -74,13 +78,13 @@ class MixedEdge(nn.Module):
     """All candidate ops of one supernet edge.
 
     As in DARTS, every BN is ``affine=False`` and pooling ops are followed by BN(affine=False)
-    (REFERENCE.md section 1; ``pool_bn=False`` leaves that BN out, as NAS-Bench-201 does).
+    (``pool_bn=False`` leaves that BN out, as NAS-Bench-201 does).
     ``forward(x, w)`` returns ``sum_k w_k * op_k(x)``; the ``none`` op contributes exactly zero to the
     output and to the gradient of ``w``, so it is not computed.
 
     In training mode on tensors the fused kernels support (CUDA; see :mod:`fastnas.kernels._common`),
-    the final BN of every op is folded into the sum (:func:`fastnas.nn.fused_edge.edge_from_pre_bn`,
-    DESIGN.md plan item 2), so the normalised op outputs are never written; edges with an op that does
+    the final BN of every op is folded into the sum (:func:`fastnas.nn.fused_edge.edge_from_pre_bn`),
+    so the normalised op outputs are never written; edges with an op that does
     not end in a foldable BN (NAS-Bench-201's pooling without BN) keep the plain sum.
 
     ``columns`` (per-edge candidate sets, P-DARTS): the position of each of ``ops`` in the edge-weight row

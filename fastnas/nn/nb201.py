@@ -1,6 +1,7 @@
 """NAS-Bench-201 networks: the search supernet and the stand-alone network of one cell.
 
-Macro skeleton (REFERENCE.md section 10): stem Conv3x3 -> C + BN; N cells at C; residual reduction
+Macro skeleton (Dong & Yang, "NAS-Bench-201: Extending the Scope of Reproducible Neural Architecture
+Search", ICLR 2020): stem Conv3x3 -> C + BN; N cells at C; residual reduction
 block; N cells at 2C; residual reduction block; N cells at 4C; BN-ReLU; global average pooling;
 linear classifier. The reduction block is a ResNet basic block (two ReLU-Conv-BN 3x3, the first with
 stride 2; shortcut AvgPool(2, 2) then a bias-free 1x1 conv, no BN). In the supernet only the cells'

@@ -1,4 +1,5 @@
-"""The DARTS macro skeleton, shared by every DARTS-space network (REFERENCE.md sections 1 and 3).
+"""The DARTS macro skeleton, shared by every DARTS-space network (Liu, Simonyan & Yang, "DARTS:
+Differentiable Architecture Search", ICLR 2019, and its public code).
 
 A stem, ``layers`` cells with reductions at ``layers // 3`` and ``2 * layers // 3`` (where the channel
 count doubles), an optional auxiliary head after cell ``2 * layers // 3``, global average pooling and a
@@ -63,7 +64,9 @@ def reduction_layers(layers: int) -> tuple[int, int]:
 
 def normal_type_name(stage: int, num_normal_types: int) -> str:
     """The normal-cell type of ``stage`` (0-based, reductions so far): ``normal`` with one type;
-    ``normal``, ``normal_2``, ``normal_3`` with one type per stage (seed 004)."""
+    ``normal``, ``normal_2``, ``normal_3`` with one type per stage (Paganucci, "Efficient ConvNet
+    Architectures: Differentiable Neural Architecture Search", semester thesis, ETH Zurich, 2020, section
+    3.3.2)."""
     if num_normal_types == 1 or stage == 0:
         return "normal"
     return f"normal_{stage + 1}"
@@ -128,7 +131,7 @@ class DartsSkeleton(nn.Module):
     Args:
         make_cell: builds the cell of a :class:`CellPlan`; the cell must have an int attribute
             ``multiplier`` (how many states its output concatenates), which sets the next widths.
-        num_normal_types: 1, or 3 (one normal-cell type per stage, seed 004).
+        num_normal_types: 1, or 3 (one normal-cell type per stage, Paganucci, 2020).
         stem: ``"cifar"`` or ``"imagenet"`` (see the module docstring).
         auxiliary_head: builds the auxiliary head from the channel count after cell ``2*layers//3``.
     """

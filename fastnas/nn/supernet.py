@@ -1,4 +1,5 @@
-"""The DARTS search supernet (REFERENCE.md section 1)."""
+"""The DARTS search supernet (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search",
+ICLR 2019)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ class Supernet(DartsSkeleton):
 
     Architecture weights are not module parameters: the search algorithm owns them and passes the
     per-cell-type edge weights ``{cell_type: Tensor[num_edges, num_ops]}`` to :meth:`forward`.
-    With several normal-cell types (seed 004), stage ``s`` (after ``s`` reductions) uses type
-    ``space.normal_types[s]``. ``stem="imagenet"`` gives the three stride-2 stem convolutions of the
-    DARTS ImageNet network.
+    With several normal-cell types (Paganucci, "Efficient ConvNet Architectures: Differentiable
+    Neural Architecture Search", semester thesis, ETH Zurich, 2020, section 3.3.2), stage ``s`` (after
+    ``s`` reductions) uses type ``space.normal_types[s]``. ``stem="imagenet"`` gives the three stride-2
+    stem convolutions of the DARTS ImageNet network.
     """
 
     def __init__(

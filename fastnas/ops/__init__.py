@@ -3,7 +3,7 @@
 from fastnas.ops import darts_ops as _darts_ops  # noqa: F401  (registers the DARTS ops)
 from fastnas.ops import extended_ops as _extended_ops  # noqa: F401  (registers the extended-space ops)
 from fastnas.ops import nb201_ops as _nb201_ops  # noqa: F401  (registers nor_conv_1x1 / nor_conv_3x3)
-from fastnas.ops import thesis_ops as _thesis_ops  # noqa: F401  (registers the seed-004 thesis ops)
+from fastnas.ops import thesis_ops as _thesis_ops  # noqa: F401  (registers the thesis ops)
 from fastnas.ops.darts_ops import (
     DARTS_OPS,
     DilConv,

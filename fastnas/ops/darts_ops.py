@@ -1,4 +1,5 @@
-"""The eight DARTS candidate operations and their building blocks (REFERENCE.md section 1).
+"""The eight DARTS candidate operations and their building blocks (Liu, Simonyan & Yang, "DARTS:
+Differentiable Architecture Search", ICLR 2019, and its public code).
 
 All convolutions are bias-free and every ReLU is out of place. ``affine`` switches the BN
 affine parameters: off in the search supernet, on in evaluation networks.
@@ -31,7 +32,7 @@ class DilConv(nn.Sequential):
     """ReLU -> depthwise Conv(k, stride, padding, dilation) -> pointwise 1x1 -> BN.
 
     On tensors the fused kernels support (CUDA), the ReLU runs inside the depthwise convolution
-    (:func:`fastnas.kernels.depthwise_conv.relu_depthwise_conv`, DESIGN.md plan item 3).
+    (:func:`fastnas.kernels.depthwise_conv.relu_depthwise_conv`).
     """
 
     def __init__(
@@ -75,7 +76,7 @@ class DilConv(nn.Sequential):
 
 
 class SepConv(nn.Sequential):
-    """Two stacked separable blocks; only the first depthwise conv is strided (REFERENCE.md section 1)."""
+    """Two stacked separable blocks; only the first depthwise conv is strided (as in the DARTS code)."""
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
         super().__init__(

@@ -1,7 +1,10 @@
-"""The extra candidate ops of the extended EnTranNAS space (seed 002 section 4, REFERENCE.md section 6).
+"""The extra candidate ops of the extended EnTranNAS space (Yang, You, Li, Wang, Qian & Lin, "Towards
+Improving the Consistency, Efficiency, and Flexibility of Differentiable Neural Architecture Search",
+CVPR 2021; section 4.2 and Table 8).
 
-Seed 002: "The extended version additionally has 5 more operations, which are 1x1 convolution, 3x3
-convolution, 1x3 then 3x1 convolution, 1x5 then 5x1 convolution, and 1x7 then 7x1 convolution." They
+Yang et al. (CVPR 2021), section 4.2: "The extended version additionally has 5 more operations, which
+are 1x1 convolution, 3x3 convolution, 1x3 then 3x1 convolution, 1x5 then 5x1 convolution, and 1x7 then
+7x1 convolution." They
 follow the ReLU-conv-BN style of the DARTS ops (every conv bias-free, ReLU out of place):
 
 - ``conv_1x1``: ReLU -> Conv(1x1, stride s) -> BN.
@@ -23,7 +26,8 @@ EXTRA_OPS: tuple[str, ...] = ("conv_1x1", "conv_3x3", "conv_1x3_3x1", "conv_1x5_
 
 EXTENDED_OPS: tuple[str, ...] = (*DARTS_OPS, *EXTRA_OPS)
 """The extended space: the 8 DARTS ops (``none`` included, as in the DARTS search) + the 5 extra ops = 13.
-The seed counts 12 ("7 + 5", it never counts ``none``); EnTranNAS-DST drops ``none`` and searches 12."""
+Yang et al. (CVPR 2021) count 12 ("7 + 5", they never count ``none``); EnTranNAS-DST drops ``none`` and
+searches 12."""
 
 
 class FactorizedConv(nn.Sequential):

@@ -1,4 +1,5 @@
-"""The NAS-Bench-201 convolutions (REFERENCE.md section 10).
+"""The NAS-Bench-201 convolutions (Dong & Yang, "NAS-Bench-201: Extending the Scope of Reproducible Neural
+Architecture Search", ICLR 2020).
 
 ``none``, ``skip_connect`` and ``avg_pool_3x3`` are the ops the DARTS module already registers
 (zero, identity at stride 1, 3x3 average pooling without padded zeros), as NAS-Bench-201 defines

@@ -2,10 +2,10 @@
 
 An op is registered once under its name together with its *kind*, which the supernet needs to know:
 ``"zero"`` (contributes nothing, e.g. ``none``), ``"pool"`` (parameter-free pooling, followed by a
-BN(affine=False) inside the search supernet, REFERENCE.md section 1), ``"skip"`` (identity when
-stride 1) or ``"conv"`` (everything with weights). Later issues add ops (the extended 13-op space,
-the thesis ops) with :func:`register_op`; nothing here is a global mutable op *list*: spaces name the
-ops they use, the registry only builds them.
+BN(affine=False) inside the search supernet, as in DARTS: Liu, Simonyan & Yang, "DARTS: Differentiable
+Architecture Search", ICLR 2019), ``"skip"`` (identity when stride 1) or ``"conv"`` (everything with
+weights). Other modules add ops (the extended 13-op space, the thesis ops) with :func:`register_op`;
+nothing here is a global mutable op *list*: spaces name the ops they use, the registry only builds them.
 """
 
 from __future__ import annotations

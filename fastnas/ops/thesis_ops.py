@@ -1,4 +1,5 @@
-"""The ops of the DARTS / P-DARTS thesis (seed 004 sections 3.4.1 and 3.4.2, REFERENCE.md section 9).
+"""The ops of the DARTS / P-DARTS thesis (Paganucci, "Efficient ConvNet Architectures: Differentiable Neural
+Architecture Search", semester thesis, ETH Zurich, 2020; sections 3.4.1 and 3.4.2).
 
 Every op maps C channels to C channels, every conv is bias-free, every ReLU out of place, every BN
 follows ``affine``, and only the first depthwise conv of an op carries the stride. A *block* below is
@@ -6,8 +7,9 @@ one :class:`~fastnas.ops.darts_ops.DilConv` module: ReLU -> depthwise Conv(k, st
 dilation, groups=C_in) -> pointwise 1x1 Conv(C_in -> C_out) -> BN(C_out); with dilation 1 it is one
 separable block of the DARTS ``SepConv``.
 
-Balanced dilated convolutions (seed 3.4.1: the DARTS dilated conv is one block deep, the separable conv
-two, which "may lead to an advantage or disadvantage for one of them during architecture search"):
+Balanced dilated convolutions (Paganucci, 2020, section 3.4.1: the DARTS dilated conv is one block deep,
+the separable conv two, which "may lead to an advantage or disadvantage for one of them during
+architecture search"):
 
 - ``dil_conv_3x3_dd``, ``dil_conv_5x5_dd`` ("DD", :class:`DoubleDilConv`): "performing the same block
   of logical operations of dilated convolution two times": dilated block (k, stride s, padding
@@ -15,18 +17,18 @@ two, which "may lead to an advantage or disadvantage for one of them during arch
 - ``dil_sep_conv_3x3_dc``, ``dil_sep_conv_5x5_dc`` ("DC", :class:`DilSepConv`, the sharpDARTS-like
   variant): "a block of regular, separable convolution after the dilated convolution block": the
   dilated block (stride s, dilation 2), then *one* separable block with the same kernel k (stride 1,
-  padding k//2, dilation 1). REFERENCE.md words it "DilConv followed by a SepConv block"; fastnas
-  reads "a SepConv block" as one separable block (not a whole two-block ``SepConv``), which makes DC
-  exactly two blocks deep like ``SepConv`` and DD, the balance the seed is after.
+  padding k//2, dilation 1). fastnas reads "a block of regular, separable convolution" as one
+  separable block (not a whole two-block ``SepConv``), which makes DC exactly two blocks deep like
+  ``SepConv`` and DD, the balance the thesis is after.
 
-The new op (seed 3.4.2, :class:`DeepSepConv`):
+The new op (Paganucci, 2020, section 3.4.2, :class:`DeepSepConv`):
 
 - ``deep_sep_conv_3x3``, ``deep_sep_conv_5x5``: "deep separable convolution performs 2 separable
   convolutions in a row ... we thus halve the channel-sizes of intermediate operations (Halve channels
   at first 1x1 convolution, double at last 1x1 convolution for final output)". fastnas reads "2
   separable convolutions" as two whole DARTS ``SepConv`` ops, i.e. four separable blocks: block 1
   dw(C) pw C->C/2 BN(C/2); blocks 2 and 3 dw(C/2) pw C/2->C/2 BN(C/2); block 4 dw(C/2) pw C/2->C
-  BN(C). C must be even. The other reading (REFERENCE.md's "two SepConv blocks") would be a single
+  BN(C). C must be even. The other reading ("two separable blocks") would be a single
   ``SepConv`` with a halved middle: dw(C) pw C->C/2 BN(C/2), dw(C/2) pw C/2->C BN(C); it is not
   implemented. The four-block reading follows "performs 2 separable convolutions in a row" after
   section 3.4.1, where "separable convolution" names the two-block DARTS op, and is the only one
@@ -54,7 +56,7 @@ THESIS_EXTRA_OPS: tuple[str, ...] = (
     "deep_sep_conv_3x3",
     "deep_sep_conv_5x5",
 )
-"""The six ops seed 004 adds, in their column order after the DARTS ops."""
+"""The six ops the thesis adds, in their column order after the DARTS ops."""
 
 THESIS_OPS: tuple[str, ...] = (*DARTS_OPS, *THESIS_EXTRA_OPS)
 """The thesis space: the 8 DARTS ops followed by the 6 thesis ops (14 columns)."""

@@ -1,6 +1,7 @@
 """Weighted sum of one edge's candidate-op outputs: ``out = sum_k weights[k] * inputs[k]``.
 
-This is the DARTS mixed op's reduction (REFERENCE.md section 1: ``sum_k softmax(alpha)_k * op_k(x)``).
+This is the DARTS mixed op's reduction (``sum_k softmax(alpha)_k * op_k(x)``; Liu, Simonyan & Yang,
+"DARTS: Differentiable Architecture Search", ICLR 2019).
 :func:`weighted_sum` runs the C++/CUDA operator ``torch.ops.fastnas.weighted_sum`` when the extension
 is built for the inputs' device and the reference is not forced (:mod:`fastnas.backend`), else
 :func:`weighted_sum_reference`. Both follow the same dtype rules: the inputs share one dtype (float32,

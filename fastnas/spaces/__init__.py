@@ -15,7 +15,8 @@ from fastnas.spaces.nb201 import NB201Edge, NB201Space
 SPACE_NAMES: tuple[str, ...] = ("darts", "darts-extended", "nb201")
 
 #: Supernet sizes that differ from a method's defaults on a given space (``layers`` = cells per stage
-#: on NAS-Bench-201, REFERENCE.md section 10).
+#: on NAS-Bench-201, as in Dong & Yang, "NAS-Bench-201: Extending the Scope of Reproducible Neural
+#: Architecture Search", ICLR 2020).
 SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
     "darts": {},
     "darts-extended": {},
@@ -26,9 +27,13 @@ SPACE_DEFAULTS: dict[str, dict[str, Any]] = {
 OP_PRESETS: dict[str, tuple[str, ...]] = {
     "darts": DARTS_OPS,
     # the 8 DARTS ops + conv_1x1, conv_3x3, conv_1x3_3x1, conv_1x5_5x1, conv_1x7_7x1 (13 ops, ``none``
-    # included; seed 002 counts 12 without it, and EnTranNAS-DST drops ``none``)
+    # included; Yang et al., "Towards Improving the Consistency, Efficiency, and Flexibility of
+    # Differentiable Neural Architecture Search", CVPR 2021, count 12 without it, and EnTranNAS-DST
+    # drops ``none``)
     "darts-extended": EXTENDED_OPS,
-    # the 8 DARTS ops + the thesis ops of seed 004 (balanced dilated convs DD / DC, deep separable convs)
+    # the 8 DARTS ops + the ops of Paganucci, "Efficient ConvNet Architectures: Differentiable Neural
+    # Architecture Search", semester thesis, ETH Zurich, 2020, section 3.4 (balanced dilated convs
+    # DD / DC, deep separable convs)
     "thesis": THESIS_OPS,
     "nb201": NB201_OPS,
 }

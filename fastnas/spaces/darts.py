@@ -1,4 +1,6 @@
-"""The DARTS cell search space (REFERENCE.md section 1; seed 002 Eq. 1).
+"""The DARTS cell search space (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search",
+ICLR 2019; in the notation of Eq. 1 of Yang, You, Li, Wang, Qian & Lin, "Towards Improving the
+Consistency, Efficiency, and Flexibility of Differentiable Neural Architecture Search", CVPR 2021).
 
 A space is data: which ops are candidates, how many intermediate nodes a cell has, how many
 states its output concatenates, how many normal-cell types there are, and hence which edges exist.
@@ -34,9 +36,12 @@ class DartsSpace:
 
     Args:
         ops: candidate op names in alpha-column order (default: the 8 DARTS ops).
-        num_nodes: intermediate nodes per cell (4 in DARTS; 3 is a thesis variant, seed 004).
+        num_nodes: intermediate nodes per cell (4 in DARTS; 3 is a variant of Paganucci,
+            "Efficient ConvNet Architectures: Differentiable Neural Architecture Search", semester
+            thesis, ETH Zurich, 2020, section 3.3.1).
         multiplier: how many of the last states the cell output concatenates (4 in DARTS).
-        num_normal_types: 1 (DARTS) or more distinct normal cells, one per stage (seed 004).
+        num_normal_types: 1 (DARTS) or more distinct normal cells, one per stage (Paganucci, 2020,
+            section 3.3.2).
         candidates: per-edge candidate sets, ``((cell_type, ((op index, ...) per edge)), ...)``; empty
             (the default) = every op on every edge. Build it with :meth:`with_candidates`.
     """
@@ -177,8 +182,8 @@ class DartsSpace:
             raise ConfigError(f"op {name!r} is not in this space; its ops are {list(self.ops)}") from None
 
     def without_ops(self, excluded: tuple[str, ...] | list[str]) -> DartsSpace:
-        """The same space with some ops removed (thesis seed 004: excluding any op); candidate sets keep
-        their remaining ops."""
+        """The same space with some ops removed (Paganucci, 2020, section 3.4: excluding any op); candidate
+        sets keep their remaining ops."""
         for op in excluded:
             self.op_index(op)
         kept = tuple(op for op in self.ops if op not in set(excluded))

@@ -1,4 +1,5 @@
-"""The NAS-Bench-201 cell space (REFERENCE.md section 10).
+"""The NAS-Bench-201 cell space (Dong & Yang, "NAS-Bench-201: Extending the Scope of Reproducible Neural
+Architecture Search", ICLR 2020).
 
 Four nodes (node 0 input, node 3 output), one edge ``j <- i`` for every ``i < j`` (6 edges, in the
 arch-string order), the 5 ops of :data:`NB201_OPS`, one cell type (``"cell"``) shared by all cells.

@@ -1,4 +1,6 @@
-"""Super-net / child-net consistency (seed 002 Table 1), for any method.
+"""Super-net / child-net consistency (Table 1 of Yang, You, Li, Wang, Qian & Lin, "Towards Improving the
+Consistency, Efficiency, and Flexibility of Differentiable Neural Architecture Search", CVPR 2021), for
+any method.
 
 At the end of a search, the validation accuracy of the super-net (its current edge weights) is compared
 with that of the child-net: the derived architecture with the inherited weights, i.e. the same supernet

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from fastnas.errors import ConfigError, DataError
-from fastnas.fileio import read_jsonl
 from fastnas.genotype import Genotype
 from fastnas.nb201 import NB201Arch
+from fastnas.train.run_state import EPOCH_BASE, read_history, run_epoch_base
 
 __all__ = ["plot_run", "plot_sweep", "require_matplotlib"]
 
@@ -55,8 +55,13 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _rows(run_dir: Path, name: str) -> list[dict[str, Any]]:
+    """The rows of a history file of the run, epochs numbered from 1 (a run of an earlier fastnas
+    numbered them from 0: see :func:`fastnas.train.run_state.read_history`)."""
     path = run_dir / name
-    return [r for r in read_jsonl(path) if isinstance(r, dict)] if path.exists() else []
+    if not path.exists():
+        return []
+    base = run_epoch_base(run_dir) if (run_dir / "config.json").is_file() else EPOCH_BASE
+    return read_history(path, base)
 
 
 def _ops(run_dir: Path) -> list[str]:
@@ -109,16 +114,16 @@ def plot_run(run_dir: str | Path, epochs: Sequence[int] | None = None) -> dict[s
 
 
 def _curves(plt: Any, metrics: list[dict[str, Any]]) -> Any:
-    epochs = [r["epoch"] + 1 for r in metrics]
+    epochs = [r["epoch"] for r in metrics]
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for key, label in (("train_loss", "train"), ("val_loss", "validation")):
         loss_ax.plot(epochs, [r[key] for r in metrics], marker=".", label=label)
     for key, label in (("train_acc", "train"), ("val_acc", "validation")):
         acc_ax.plot(epochs, [r[key] for r in metrics], marker=".", label=label)
     for r in metrics:
-        if r.get("stage_epoch") == 1 and r["epoch"] > 0:  # a P-DARTS stage starts
+        if r.get("stage_epoch") == 1 and r["epoch"] > 1:  # a P-DARTS stage starts
             for ax in (loss_ax, acc_ax):
-                ax.axvline(r["epoch"] + 1, color="grey", linestyle=":")
+                ax.axvline(r["epoch"], color="grey", linestyle=":")
     loss_ax.set(xlabel="epoch", ylabel="loss", title="loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     loss_ax.legend()
@@ -145,7 +150,7 @@ def _heatmaps(plt: Any, per_type: dict[str, Any], ops: list[str], title: str, cm
 def _alpha_curves(plt: Any, alphas: list[dict[str, Any]], ops: list[str]) -> Any:
     types = list(alphas[0]["weights"])
     fig, axes = plt.subplots(1, len(types), figsize=(6 * len(types), 4), squeeze=False)
-    epochs = [r["epoch"] + 1 for r in alphas]
+    epochs = [r["epoch"] for r in alphas]
     for ax, cell_type in zip(axes[0], types, strict=True):
         for k, op in enumerate(ops):
             means = []
@@ -160,7 +165,7 @@ def _alpha_curves(plt: Any, alphas: list[dict[str, Any]], ops: list[str]) -> Any
 
 
 def _skips(plt: Any, metrics: list[dict[str, Any]]) -> Any:
-    epochs = [r["epoch"] + 1 for r in metrics]
+    epochs = [r["epoch"] for r in metrics]
     tables = [r.get("table", {}).get("c10_test") for r in metrics]
     with_table = any(t is not None for t in tables)
     fig, axes = plt.subplots(1, 2 if with_table else 1, figsize=(10 if with_table else 5, 4), squeeze=False)
@@ -252,7 +257,7 @@ def plot_sweep(sweep_dir: str | Path, run_dirs: Sequence[str | Path]) -> Path:
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for run_dir in run_dirs:
         metrics = _rows(Path(run_dir), "metrics.jsonl")
-        epochs = [r["epoch"] + 1 for r in metrics]
+        epochs = [r["epoch"] for r in metrics]
         acc_ax.plot(epochs, [r["val_acc"] for r in metrics], marker=".", label=Path(run_dir).name)
         loss_ax.plot(epochs, [r["val_loss"] for r in metrics], marker=".", label=Path(run_dir).name)
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy (%)", title="validation accuracy")

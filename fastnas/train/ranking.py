@@ -1,5 +1,8 @@
-"""How well a trained supernet ranks architectures on NAS-Bench-201 (the consistency measure of seed 002,
-Table 2: Kendall tau of DARTS -0.47, EnTranNAS 0.33, DST 0.60), where the truth is known.
+"""How well a trained supernet ranks architectures on NAS-Bench-201, where the truth is known (the
+consistency measure of Yang, You, Li, Wang, Qian & Lin, "Towards Improving the Consistency, Efficiency,
+and Flexibility of Differentiable Neural Architecture Search", CVPR 2021, Table 2: Kendall tau of DARTS
+-0.47, EnTranNAS 0.33, DST 0.60; NAS-Bench-201: Dong & Yang, "NAS-Bench-201: Extending the Scope of
+Reproducible Neural Architecture Search", ICLR 2020).
 
 Each architecture is scored with the supernet's inherited weights: the NB201 supernet runs with one-hot
 edge weights on the architecture's ops. Its BatchNorm running statistics were accumulated under the
@@ -108,8 +111,9 @@ def rank_architectures(
     # one process, whatever the search ran on; nothing is written but rank.json
     runner = SearchRunner(dataclasses.replace(config, world_size=1), run_dir, progress=False, device=device)
     loaded = open_checkpoint(
-        run_dir, CHECKPOINT_SCHEMA, config.epochs, runner.device, lambda _: None, clean=False
-    )
+        run_dir, CHECKPOINT_SCHEMA, config.epochs, runner.device, lambda _: None, clean=False,
+        epoch_base=config.epoch_base,
+    )  # fmt: skip
     assert loaded is not None
     model = runner.model
     model.load_state_dict(loaded.state["model"])
@@ -132,7 +136,7 @@ def rank_architectures(
     result = {
         "run_dir": str(run_dir),
         "table": str(table_path),
-        "epoch": loaded.state["epoch"] + 1,
+        "epoch": loaded.state["epoch"] - config.epoch_base + 1,  # the supernet's last epoch, from 1
         "num_archs": len(rows),
         "seed": seed,
         "bn_batches": bn_batches,

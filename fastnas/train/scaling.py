@@ -36,6 +36,8 @@ ADDED_KEYS: dict[str, object] = {
     "tensorboard": False,
     "compile": False,
     "cuda_graph": False,
+    "epoch_base": 0,  # earlier runs numbered the epochs in their files from 0 (fastnas.train.run_state)
+    "run_id": "",  # earlier runs had no run id (fastnas.train.checkpoint.check_run_binding)
 }
 LR_SCALINGS: tuple[str, ...] = ("linear", "none")
 BACKENDS: tuple[str, ...] = ("auto", "nccl", "gloo")

@@ -2,9 +2,10 @@
 
 Search quality is measured, not believed: every run records its wall time, its final supernet
 validation accuracy, its skip-connect count (the skip-collapse diagnostic), the mean cosine distance
-between the architectures of adjacent epochs (exploration vs exploitation, seed 001 appendix B.5) and, on
-NAS-Bench-201 with a results table, the benchmark accuracy of the derived cell. The summary reports
-mean and standard deviation per method as markdown and JSON. Finished runs are reused and unfinished
+between the architectures of adjacent epochs (exploration vs exploitation; appendix B.5 of Yang, Hu, Lu,
+Sun, Mei, Zeng, Shi, Han & Li, "DDSAS: Dynamic and Differentiable Space-Architecture Search", ACML 2021)
+and, on NAS-Bench-201 with a results table, the benchmark accuracy of the derived cell. The summary
+reports mean and standard deviation per method as markdown and JSON. Finished runs are reused and unfinished
 ones resumed, so an interrupted sweep continues where it stopped.
 """
 

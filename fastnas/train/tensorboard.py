@@ -34,7 +34,8 @@ SCALARS: dict[str, str] = {
 
 
 class TensorBoardLog:
-    """One ``SummaryWriter`` for a run; ``epoch`` is 0-based and logged as step ``epoch + 1``."""
+    """One ``SummaryWriter`` for a run; ``epoch`` is the loop's 0-based index, logged as step ``epoch + 1``:
+    the number the log and the run's files give that epoch."""
 
     def __init__(self, run_dir: Path, start_epoch: int = 0) -> None:
         try:
