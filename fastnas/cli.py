@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from fastnas.errors import ConfigError, FastnasError
 from fastnas.fields import field_types, parse_text
-from fastnas.methods import METHODS, Method
+from fastnas.methods import METHODS, PAPERS, Method
 from fastnas.train.config import SearchConfig
 from fastnas.train.distributed import is_main_process
 from fastnas.train.train_config import TRAIN_DATASETS, TrainConfig
@@ -83,7 +83,8 @@ def _add_method_options(parser: argparse.ArgumentParser, method: Method) -> None
     """The ``--help`` section and the flags of ``method``'s options."""
     group = parser.add_argument_group(
         f"{method.name} options",
-        f"{method.summary}. Defaults are the published ones; other methods' options: `--method NAME --help`.",
+        f"{method.summary}. Paper: {method.paper}. Defaults are the published ones; other methods' options: "
+        "`--method NAME --help`.",
     )
     for spec in method.Options.specs():
         kwargs: dict[str, Any] = {"dest": _OPTION_DEST + spec.name, "default": argparse.SUPPRESS}
@@ -175,18 +176,63 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
 
 
+def _add_repair_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repair-history",
+        action="store_true",
+        help="with --resume: instead of refusing damaged history files (metrics.jsonl, alphas.jsonl, "
+        "sampling.jsonl), drop their damaged rows (not valid JSON, not an object, a bad, repeated or "
+        "out-of-order epoch, NaN, unknown keys, zero bytes; a missing file counts as empty) and continue "
+        "from the checkpoint; the finished epochs left without a row stay a gap in the history, noted in "
+        "log.txt and repairs.json. Special files (a directory, a FIFO, a device) are still refused",
+    )
+
+
+def _repairing(args: argparse.Namespace) -> Any:
+    """The context of a resume under ``--repair-history`` (refused without ``--resume``)."""
+    from fastnas.train.run_state import repairing_histories
+
+    if args.repair_history and not args.resume:
+        raise ConfigError(
+            "--repair-history mends the history files of a run being resumed; give --resume RUN_DIR"
+        )
+    return repairing_histories(args.repair_history)
+
+
+_SEARCH_REFERENCES = (
+    "References: "
+    + "; ".join(
+        f"{label}: {PAPERS[key]}"
+        for label, key in (
+            ("DARTS", "darts"),
+            ("P-DARTS", "pdarts"),
+            ("PC-DARTS", "pc-darts"),
+            ("EDAS", "edas"),
+            ("EnTranNAS and EnTranNAS-DST", "entrannas"),
+            ("DDSAS", "ddsas"),
+            ("the thesis variants (--nodes 3, --normal-types 3, --ops thesis, --exclude-ops, "
+             "--derive grouping)", "thesis"),
+            ("NAS-Bench-201 (--space nb201)", "nb201"),
+        )
+    )
+    + "."
+)  # fmt: skip
+
+
 def _add_search_parser(sub: argparse._SubParsersAction, method: Method) -> None:
     p = sub.add_parser(
         "search",
         help="run an architecture search",
         description="Run a differentiable architecture search. Hyper-parameters left unset take the "
-        "method's published defaults (REFERENCE.md). Methods: "
+        "method's published defaults (the settings of its paper; see References below). Methods: "
         + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
         + ".",
+        epilog=_SEARCH_REFERENCES,
     )
     _add_settings(p, SearchConfig)
     _add_method_options(p, method)
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
+    _add_repair_flag(p)
     p.add_argument(
         "--overwrite", action="store_true", help="replace the run in an existing --run-name folder"
     )
@@ -202,6 +248,7 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
         "deviation of the NAS-Bench-201 table accuracy where a table is given, of the supernet accuracy, "
         "the skip-connect count and the search time). Method options go into the method spec: "
         "darts:order=2, entrannas-dst:lam=0.2,bottleneck=0.",
+        epilog=_SEARCH_REFERENCES,
     )
     p.add_argument(
         "--methods",
@@ -221,12 +268,13 @@ def _add_train_parser(sub: argparse._SubParsersAction) -> None:
         "train",
         help="retrain a genotype's evaluation network (or evaluate a checkpoint)",
         description="Train the evaluation network of a genotype from scratch. Hyper-parameters left unset "
-        "take the dataset's published recipe (REFERENCE.md section 3): CIFAR 600 epochs, batch 96, C=36, "
+        f"take the dataset's published recipe (that of {PAPERS['darts']}): CIFAR 600 epochs, batch 96, C=36, "
         "20 layers, SGD 0.025 cosine, wd 3e-4, aux 0.4, cutout 16, drop path 0.2; ImageNet 250 epochs, "
         "batch 128, C=48, 14 layers, SGD 0.1 x0.97 per epoch, wd 3e-5, label smoothing 0.1, aux 0.4.",
     )
     _add_settings(p, TrainConfig, defaults={"genotype": None})
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
+    _add_repair_flag(p)
     p.add_argument(
         "--overwrite", action="store_true", help="replace the run in an existing --run-name folder"
     )
@@ -246,6 +294,7 @@ def _add_info_parser(sub: argparse._SubParsersAction, method: Method) -> None:
         description="Without --genotype: the search supernet (defaults C=16, 8 layers, 10 classes, 32x32). "
         "With --genotype: its evaluation network (defaults the published sizes: CIFAR C=36, 20 layers; "
         "ImageNet C=48, 14 layers, 224x224).",
+        epilog=_SEARCH_REFERENCES,
     )
     p.add_argument("--list-genotypes", action="store_true", help="list the genotype zoo")
     p.add_argument("--genotype", default=None, help="zoo name, literal, genotype file or search run dir")
@@ -365,6 +414,7 @@ def _run_search(args: argparse.Namespace) -> int:
     from fastnas.train import resume_search, run_search
 
     progress = not args.no_progress
+    repairing = _repairing(args)
     try:
         if args.resume:
             options = _method_options(args)
@@ -373,9 +423,10 @@ def _run_search(args: argparse.Namespace) -> int:
                     f"--resume continues a run with its recorded options; {', '.join(options)} cannot change"
                 )
             _refuse_settings(args.argv, SearchConfig, ("--device",), "--resume")
-            result = resume_search(
-                args.resume, progress=progress, device=None if args.device == "auto" else args.device
-            )
+            with repairing:
+                result = resume_search(
+                    args.resume, progress=progress, device=None if args.device == "auto" else args.device
+                )
         else:
             config = config_from_args(SearchConfig, args, method_options=_method_options(args))
             result = run_search(config, progress=progress, overwrite=args.overwrite)
@@ -404,6 +455,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress
     device = None if args.device == "auto" else args.device
+    repairing = _repairing(args)
     if args.eval_only:
         allowed = ("--data-dir", "--batch-size", "--test-limit", "--device")
         _refuse_settings(args.argv, TrainConfig, allowed, "--eval-only")
@@ -426,7 +478,8 @@ def _run_train(args: argparse.Namespace) -> int:
     try:
         if args.resume:
             _refuse_settings(args.argv, TrainConfig, ("--device",), "--resume")
-            outcome = resume_train(args.resume, progress=progress, device=device)
+            with repairing:
+                outcome = resume_train(args.resume, progress=progress, device=device)
         else:
             if args.genotype is None:
                 raise ConfigError(

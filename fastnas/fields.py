@@ -9,15 +9,13 @@ mapping into a dataclass's keyword arguments, rejecting unknown keys and wrong t
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
-from fastnas.errors import ConfigError, MissingPathError
+from fastnas.errors import ConfigError
 
 __all__ = [
     "check_value",
@@ -25,7 +23,6 @@ __all__ = [
     "field_types",
     "load_fields",
     "parse_text",
-    "read_json_file",
     "setting",
 ]
 
@@ -214,21 +211,3 @@ def setting(
         metadata["const"] = const
     field: Any = dataclasses.field(default=default, metadata=metadata)
     return field
-
-
-def read_json_file(path: Path, missing: str) -> Any:
-    """The JSON content of ``path``; ``missing`` is the message when it does not exist. A damaged file is
-    a :class:`~fastnas.errors.ConfigError` naming it and the line."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise MissingPathError(missing) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    try:
-        return json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        detail = (
-            f"{exc.msg}, line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-        )
-        raise ConfigError(f"{path} is not valid JSON ({detail}); the file is damaged") from None

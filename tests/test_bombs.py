@@ -474,6 +474,21 @@ def test_info_refuses_a_supernet_too_large_to_build(
     one_line_error(capsys, "info", "memory of this machine")
 
 
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--C", "1000000000"], "--C 1000000000, --layers 3"), (["--layers", "1000000000"], "modules")],
+    ids=["C", "layers"],
+)
+def test_train_refuses_an_evaluation_network_too_large_to_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    base = ["train", "--genotype", "DARTS_V2", "--dataset", "digits", "--epochs", "1", "--device", "cpu"]
+    base += ["--C", "4", "--layers", "3", "--out-dir", str(tmp_path / "runs"), "--no-progress"]
+    assert main([*base, *args]) == 2
+    one_line_error(capsys, "train", "the evaluation network", needle, "memory of this machine")
+    no_run_written(tmp_path)
+
+
 @pytest.mark.filterwarnings("ignore:DDSAS")
 def test_the_size_estimate_is_a_lower_bound_of_the_real_supernets() -> None:
     from fastnas.methods import METHODS, get_method
@@ -538,6 +553,23 @@ def test_a_tilde_path_of_an_unknown_user_is_a_clear_error(
     assert search(tmp_path, *args, dataset=dataset) == 2
     one_line_error(capsys, "search", needle, repr(path), "there is no user 'fastnas-no-such-user'")
     no_run_written(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_an_out_dir_with_a_tilde_is_expanded_or_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    args = ["--dataset", "digits", "--limit", "16", "--batch-size", "8", "--epochs", "1", "--C", "4"]
+    args += ["--layers", "3", "--device", "cpu", "--no-progress", "--run-name", "r"]
+    if command == "train":
+        args += ["--genotype", "DARTS_V2", "--test-limit", "8"]
+    monkeypatch.chdir(tmp_path)
+    assert main([command, *args, "--out-dir", "~fastnas-no-such-user/runs"]) == 2
+    one_line_error(capsys, command, "--out-dir", "there is no user 'fastnas-no-such-user'")
+    assert not any(tmp_path.iterdir())  # no folder literally named '~fastnas-no-such-user'
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert main([command, *args, "--out-dir", "~/runs"]) == 0
+    assert (tmp_path / "home" / "runs" / "r" / "config.json").is_file()
 
 
 def _write_config(tmp_path: Path, **changes: object) -> tuple[Path, str]:

@@ -24,7 +24,10 @@ from fastnas.errors import CheckpointError, DiskFullError
 from fastnas.fileio import remove_stale_temporaries
 from fastnas.train.checkpoint import (
     LoadedCheckpoint,
+    check_counters,
     check_epoch,
+    check_finite,
+    check_run_binding,
     check_state,
     has_checkpoint,
     load_checkpoint,
@@ -469,6 +472,59 @@ def test_check_epoch_range() -> None:
     for epoch in (True, 2.0, None):
         with pytest.raises(CheckpointError, match=f"'epoch' should be int but is {type(epoch).__name__}"):
             check_epoch(epoch, 5, "c.pt")
+
+
+def test_check_finite_names_the_tensor_and_the_way_back(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.pt"
+    state = {"epoch": 2, "model": {"bn.running_var": torch.tensor([1.0, float("nan")])}, "rng": {}}
+    with pytest.raises(CheckpointError, match=re.escape("model['bn.running_var'] holds 1 NaN of its 2")):
+        check_finite(state, path)
+    previous_checkpoint_path(path).write_bytes(b"")
+    with pytest.raises(CheckpointError, match="delete it to continue from the previous checkpoint"):
+        check_finite(state, path)
+    check_finite({"epoch": 2, "model": {"w": torch.ones(3)}, "lr": 0.1}, path)
+
+
+def test_check_counters_ties_the_schedule_to_the_epoch(tmp_path: Path) -> None:
+    state = {"scheduler": {"last_epoch": 3}, "scaler": {"scale": 65536.0}, "off": {}}
+    check_counters(state, tmp_path / "c.pt", epoch=3, schedules={"scheduler": 3}, scalers=("scaler", "off"))
+    with pytest.raises(CheckpointError, match=r"scheduler.last_epoch is 3, but after epoch 2 .* 2 step"):
+        check_counters(state, tmp_path / "c.pt", epoch=2, schedules={"scheduler": 2})
+    state["scaler"]["scale"] = -1.0
+    with pytest.raises(CheckpointError, match="scaler.scale is -1.0, not a positive loss scale"):
+        check_counters(state, tmp_path / "c.pt", epoch=3, schedules={}, scalers=("scaler",))
+
+
+@pytest.mark.parametrize(
+    ("recorded_id", "current_id", "message"),
+    [
+        ("b" * 32, "a" * 32, "belongs to another run: its run id is bbbb"),
+        (None, "a" * 32, "belongs to another run: its run id is none (a run of an earlier fastnas)"),
+        ("", "a" * 32, "belongs to another run"),
+    ],
+)
+def test_check_run_binding_refuses_another_run_id(
+    tmp_path: Path, recorded_id: str | None, current_id: str, message: str
+) -> None:
+    settings = {"seed": 0, "lr": 0.025}
+    with pytest.raises(CheckpointError, match=re.escape(message)) as caught:
+        check_run_binding(
+            tmp_path / "checkpoint.pt", {**settings, "run_id": recorded_id or ""},
+            {**settings, "run_id": current_id}, tmp_path / "config.json", print, recorded_run_id=recorded_id,
+        )  # fmt: skip
+    assert "its settings are the same as this run's" in str(caught.value)
+
+
+def test_check_run_binding_of_an_earlier_version_compares_settings_with_a_note(tmp_path: Path) -> None:
+    notes: list[str] = []
+    path, config = tmp_path / "checkpoint.pt", tmp_path / "config.json"
+    settings = {"seed": 0, "run_id": ""}
+    check_run_binding(path, settings, settings, config, notes.append, recorded_run_id=None)
+    assert len(notes) == 1 and "recorded no run id; only its settings are checked" in notes[0]
+    with pytest.raises(CheckpointError, match="'seed' is 1 in config.json but 0 in the checkpoint"):
+        check_run_binding(path, settings, {**settings, "seed": 1}, config, notes.append, recorded_run_id=None)
+    check_run_binding(path, None, settings, config, notes.append, recorded_run_id=None)  # no record at all
+    assert "recorded neither a run id nor the run's settings" in notes[-1]
 
 
 def test_numpy_rng_state_is_plain_and_restores_the_stream() -> None:

@@ -73,8 +73,11 @@ def test_run_directory_metrics_and_result(tmp_path: Path) -> None:
     assert load_genotype(run) == load_genotype("DARTS_V2")
     config = json.loads((run / "config.json").read_text())
     assert config["lr"] == 0.025 and config["drop_path"] == 0.2 and config["cutout"] == 4  # resolved
+    state = torch.load(run / "checkpoint.pt", weights_only=True)  # bound to its run: id, settings, genotype
+    assert len(config["run_id"]) == 32 and state["config"] == config
+    assert state["genotype"] == load_genotype("DARTS_V2").to_json()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert [r["drop_path_prob"] for r in rows] == pytest.approx([0.0, 0.2 / 3, 0.4 / 3])
     lrs = [r["lr"] for r in rows]
     assert lrs[0] == 0.025 and lrs[0] > lrs[1] > lrs[2] > 0  # cosine to 0 over 3 epochs
@@ -158,7 +161,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path: Path, monkeypatch
         run_train(tiny(tmp_path / "b"), progress=False)
     monkeypatch.setattr(TrainRunner, "train_step", original)
     run_b = tmp_path / "b" / "run"
-    assert torch.load(run_b / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(run_b / "checkpoint.pt", weights_only=False)["epoch"] == 1
     assert not (run_b / "result.json").exists()
     resumed = resume_train(run_b, progress=False)
 
@@ -166,7 +169,7 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path: Path, monkeypatch
     assert ref_state.keys() == res_state.keys()
     for key in ref_state:
         assert torch.equal(ref_state[key], res_state[key]), key
-    assert [r["epoch"] for r in resumed.metrics] == [0, 1, 2]
+    assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
     assert [r["train_loss"] for r in resumed.metrics] == [r["train_loss"] for r in reference.metrics]
     assert resumed.result["test_top1"] == reference.result["test_top1"]
     assert resumed.result["test_loss"] == reference.result["test_loss"]

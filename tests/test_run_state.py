@@ -193,8 +193,8 @@ def test_a_byte_flip_falls_back_to_the_previous_checkpoint_and_gives_the_same_re
         assert f"checkpoint {run / 'checkpoint.pt'} is damaged: its SHA-256 checksum does not match" in text
         assert f"the run continues from the previous checkpoint {run / 'checkpoint.prev.pt'}" in text
     verify_checkpoint(run / "checkpoint.pt")
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
-    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [0, 1]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2  # the last epoch, from 1
+    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [1, 2]
     # epoch 2 redone from the epoch-1 checkpoint ends exactly as the uninterrupted run did
     reference = finished[kind]
     assert [r["train_loss"] for r in rows(run / "metrics.jsonl")] == [
@@ -202,13 +202,13 @@ def test_a_byte_flip_falls_back_to_the_previous_checkpoint_and_gives_the_same_re
     ]
     if kind == "search":
         assert (run / "genotype.txt").read_text() == (reference / "genotype.txt").read_text()
-        assert [r["epoch"] for r in rows(run / "alphas.jsonl")] == [0, 1]
+        assert [r["epoch"] for r in rows(run / "alphas.jsonl")] == [1, 2]
     else:
         result, expected = (json.loads((r / "result.json").read_text()) for r in (run, reference))
         assert result["test_top1"] == expected["test_top1"] and result["test_loss"] == expected["test_loss"]
 
 
-@pytest.mark.parametrize("epoch", [-1, 2, 7])
+@pytest.mark.parametrize("epoch", [0, 3, 7])
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_checkpoint_epoch_outside_the_run_is_refused_before_the_histories_are_trimmed(
     finished: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, epoch: int
@@ -216,7 +216,7 @@ def test_a_checkpoint_epoch_outside_the_run_is_refused_before_the_histories_are_
     run = copy_run(finished, kind, tmp_path)
     resaved(lambda s: s.update(epoch=epoch))(run / "checkpoint.pt")
     before = snapshot(run)
-    refused(capsys, resume(kind, run), str(run / "checkpoint.pt"), f"records epoch {epoch}", "outside 0 to 1")
+    refused(capsys, resume(kind, run), str(run / "checkpoint.pt"), f"records epoch {epoch}", "outside 1 to 2")
     assert snapshot(run) == before
     for name in HISTORIES[kind]:
         assert len(rows(run / name)) == 2  # not trimmed to zero rows
@@ -351,7 +351,7 @@ def test_a_torn_last_history_line_past_the_checkpoint_is_dropped_with_a_warning(
     assert warning in out and warning in (run / "log.txt").read_text()
     reference = finished[kind]
     for name in HISTORIES[kind]:
-        assert [r["epoch"] for r in rows(run / name)] == [0, 1]
+        assert [r["epoch"] for r in rows(run / name)] == [1, 2]
     assert [r["train_loss"] for r in rows(run / "metrics.jsonl")] == [
         r["train_loss"] for r in rows(reference / "metrics.jsonl")
     ]
@@ -364,7 +364,7 @@ def test_a_damaged_history_line_in_the_middle_is_refused_naming_file_and_line(
     run = copy_run(finished, kind, tmp_path)
     roll_back(run, kind)  # the other history file has an epoch-2 row to drop: it must not be rewritten either
     lines = (run / name).read_text().splitlines(keepends=True)
-    (run / name).write_text('{"epoch": 0, "train_lo\n' + "".join(lines[1:]))
+    (run / name).write_text('{"epoch": 1, "train_lo\n' + "".join(lines[1:]))
     before = snapshot(run)
     refused(capsys, resume(kind, run), f"{run / name}, line 1: not valid JSON", "repair or delete that line")
     assert snapshot(run) == before
@@ -396,13 +396,13 @@ def test_a_nan_weights_loss_stops_the_search_and_resume_continues_from_epoch_one
     )
     run = tmp_path / "run"
     verify_checkpoint(run / "checkpoint.pt")
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 0  # no epoch-2 checkpoint
-    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [0]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1  # no epoch-2 checkpoint
+    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [1]
     assert not (run / "genotype.json").exists()  # nothing derived from non-finite weights
 
     monkeypatch.undo()
     assert main(resume("search", run)) == 0
-    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [0, 1]
+    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [1, 2]
     assert (run / "genotype.txt").read_text() == (finished["search"] / "genotype.txt").read_text()
 
 
@@ -419,7 +419,7 @@ def test_a_nan_architecture_loss_names_the_architecture_level(
     # the NaN architecture makes the weights loss of the same step NaN too: the level that went first counts
     refused(capsys, resume("search", run), "the architecture loss became NaN at epoch 2, step 2")
     assert (run / "checkpoint.pt").read_bytes() == good
-    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [0]
+    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [1]
 
 
 def test_a_nan_training_loss_stops_retraining_without_a_result(
@@ -443,14 +443,14 @@ def test_a_nan_training_loss_stops_retraining_without_a_result(
     run = tmp_path / "run"
     assert not (run / "result.json").exists()
     verify_checkpoint(run / "checkpoint.pt")
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 0
-    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [0]
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [1]
 
     monkeypatch.undo()
     assert main(resume("train", run)) == 0
     result = json.loads((run / "result.json").read_text())
     assert result["test_top1"] == json.loads((finished["train"] / "result.json").read_text())["test_top1"]
-    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [0, 1]
+    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [1, 2]
 
 
 # ------------------------------------------------------------------------------- existing run folders
@@ -487,7 +487,7 @@ def test_overwrite_replaces_the_run(
     assert main([*argv, "--overwrite"]) == 0
     config = json.loads((run / "config.json").read_text())
     assert config["epochs"] == 1
-    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [0]
+    assert [r["epoch"] for r in rows(run / "metrics.jsonl")] == [1]
     assert not (run / "checkpoint.prev.pt").exists() and not (run / "eval.json").exists()
     assert (run / "log.txt").read_text().count(f"fastnas {kind}: ") == 1  # the old log went too
 

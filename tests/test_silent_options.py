@@ -231,3 +231,14 @@ def test_an_nb201_table_with_impossible_values_is_refused_on_load(
         NB201Table([NB201Result(7, _ARCHS[0], **{field[column]: float(value)})])
     # the boundaries are valid values
     NB201Table([NB201Result(7, _ARCHS[0], c10_test=0.0, c100_test=100.0, params_M=0.0)])
+
+
+def test_the_imagenet_loader_scales_a_16_bit_grey_png_too(tmp_path: Path) -> None:
+    from fastnas.data.imagenet import _load_rgb
+
+    pixels = np.random.default_rng(1).integers(0, 65536, (7, 4), dtype=np.uint16)
+    pixels[0, 0] = 65535
+    Image.fromarray(pixels).save(tmp_path / "grey16.png")
+    rgb = np.asarray(_load_rgb(str(tmp_path / "grey16.png")))
+    assert rgb.shape == (7, 4, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb, np.repeat((pixels >> 8).astype(np.uint8)[..., None], 3, axis=2))

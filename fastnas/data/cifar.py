@@ -34,12 +34,11 @@ from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm.auto import tqdm
 
 from fastnas.data.archives import check_tar_end, damaged_archive
 from fastnas.data.datasets import SPLITS, ImageDataset, cache_dir
-from fastnas.data.limits import check_file_size, check_member_size, check_pickle_opcodes, open_image
+from fastnas.data.limits import check_file_size, check_member_size, check_pickle_opcodes, open_image, to_rgb
 from fastnas.errors import ConfigError, DataError, DownloadError, MissingPathError
 from fastnas.fileio import atomic_write, expand_user
 
@@ -435,12 +434,7 @@ def _decode_one(data: bytes | Path, where: str) -> np.ndarray:
     naming it."""
     try:
         with open_image(io.BytesIO(data) if isinstance(data, bytes) else data, where) as img:
-            src: Image.Image = img
-            if img.mode.startswith("I"):  # a 16-bit grayscale PNG ("I;16", or "I" in older Pillow): scale
-                # to 8 bits (x >> 8, 65535 -> 255) where convert("RGB") would clip every value above 255
-                src = Image.fromarray((np.asarray(img).clip(0, 65535) >> 8).astype(np.uint8))
-            rgb = src if src.mode == "RGB" else src.convert("RGB")
-            return np.asarray(rgb)
+            return np.asarray(to_rgb(img))  # 16-bit grayscale scaled, not clipped
     except (OSError, ValueError, SyntaxError) as exc:  # PIL's errors
         if isinstance(exc, DataError):
             raise

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from fastnas.data.archives import check_tar_end, damaged_archive
 from fastnas.data.datasets import cache_dir
-from fastnas.data.limits import check_member_size, describe_member, open_image
+from fastnas.data.limits import check_member_size, describe_member, open_image, to_rgb
 from fastnas.data.loader import EpochBatches, check_shard, epoch_generator, shard_positions
 from fastnas.errors import ConfigError, DataError, MissingPathError
 from fastnas.fileio import expand_user
@@ -111,7 +111,7 @@ def _load_rgb(path: str) -> Any:
     """torchvision's PIL loader, refusing an image of more pixels than
     :data:`~fastnas.data.limits.MAX_IMAGE_PIXELS` from its header, before it is decoded."""
     with open(path, "rb") as handle, open_image(handle, path) as img:
-        return img.convert("RGB")
+        return to_rgb(img)  # 16-bit grayscale scaled to 8 bits, not clipped
 
 
 def _extract(archive: Path) -> Path:

@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 from PIL import Image
 
 from fastnas.errors import ConfigError, DataError
@@ -92,6 +93,14 @@ def check_image_pixels(size: tuple[int, int], where: str) -> None:
     bound = limit("MAX_IMAGE_PIXELS")
     if width * height > bound:
         raise _too_many_pixels(where, width * height, bound, f" ({width:,}x{height:,})")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as 8-bit RGB; a 16-bit grayscale image ("I;16", or "I" in older Pillow) is scaled to 8 bits
+    (``x >> 8``, 65535 -> 255) where ``convert("RGB")`` would clip every value above 255."""
+    if img.mode.startswith("I"):
+        img = Image.fromarray((np.asarray(img).clip(0, 65535) >> 8).astype(np.uint8))
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def open_image(source: str | Path | IO[bytes], where: str) -> Image.Image:

@@ -205,15 +205,18 @@ def check_supernet_size(
     on_cpu: bool = False,
     memory: int | None = None,
     activations: bool = True,
+    what: str = "the supernet",
+    typical: str = "the DARTS search supernet: C=16, 8 cells, 4 nodes",
 ) -> None:
     """Raise :class:`~fastnas.errors.ConfigError` when a supernet of lower bound ``estimate`` cannot be
     built or run here: more weights and module objects than the machine's memory (``memory``, default
     :func:`machine_memory`; with ``on_cpu`` also gradients, momentum and one batch's feature maps), or a
     tensor of more than :data:`MAX_TENSOR_ELEMENTS` elements. ``sizes`` names the options in the
     message (``"--C 16, --layers 8, --nodes 4"``). Without ``activations`` (the image size is not known)
-    only the weights and modules are checked."""
-    fix = f"the supernet of {sizes}"
-    advice = "choose smaller sizes (the DARTS search supernet: C=16, 8 cells, 4 nodes)"
+    only the weights and modules are checked. ``what`` names the network (``"the evaluation network"``),
+    ``typical`` its usual sizes."""
+    fix = f"{what} of {sizes}"
+    advice = f"choose smaller sizes ({typical})"
     memory = machine_memory() if memory is None else memory
     host = _FP32 * estimate.parameters + MODULE_BYTES * estimate.modules
     if memory is not None and host > memory:

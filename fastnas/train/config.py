@@ -17,15 +17,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fastnas.algorithms import MethodOptions, SearchDefaults
 from fastnas.data import DATASET_NAMES
 from fastnas.errors import ConfigError, MissingPathError
-from fastnas.fields import field_types, load_fields, read_json_file, setting
+from fastnas.fields import field_types, load_fields, setting
+from fastnas.fileio import check_folder_name, expand_user, read_json_file
+from fastnas.genotype import MAX_NODES_PER_CELL
 from fastnas.methods import METHODS, get_method
 from fastnas.nn.mixed import BYPASS_POOLS
+from fastnas.nn.sizing import check_supernet_size, estimate_space
 from fastnas.spaces import SPACE_DEFAULTS, SPACE_NAMES, DartsSpace, NB201Space, build_space
 from fastnas.train.device import PRECISIONS
 from fastnas.train.distributed import env_world_size
+from fastnas.train.run_state import EPOCH_BASE, check_epoch_base
 from fastnas.train.scaling import (
     check_scaling_choices,
     dist_backend_setting,
@@ -46,6 +52,9 @@ _NOT_RESOLVED = ("method", "method_options", "run_name", "global_batch_size")
 
 
 SEARCH_DATASETS: tuple[str, ...] = (*DATASET_NAMES, "imagenet")
+_NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}  # ImageNet: at least 2
+_IMAGE_SIZES = {"cifar10": 32, "cifar100": 32, "digits": 8}
+_TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "digits": 1_497}  # the standard training sets
 #: PC-DARTS' ImageNet protocol: 10% / 2.5% of each class, 224-pixel crops
 IMAGENET_SEARCH_DEFAULTS: dict[str, float | int] = {
     "subset_weights": 0.1,
@@ -63,7 +72,9 @@ class SearchConfig:
     method_options: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})  # {"order": 2}
     space: str = setting("darts", "search space", choices=SPACE_NAMES)
     nodes: int = setting(4, "intermediate nodes per cell (darts space; the cell concatenates all of them)")
-    normal_types: int = setting(1, "distinct normal-cell types: 1 (DARTS) or 3, one per stage (seed 004)")
+    normal_types: int = setting(
+        1, "distinct normal-cell types: 1 (DARTS) or 3, one per stage (Paganucci, 2020)"
+    )
     ops: tuple[str, ...] = setting(
         (),
         "candidate ops: a preset (darts, darts-extended, thesis, nb201) or a comma-separated list of op "
@@ -198,6 +209,9 @@ class SearchConfig:
             world_size=world_size,
         )
         resolved.validate()
+        # options that the run's epochs make useless (PC-DARTS' arch_start_epoch, EDAS' warm-up): checked
+        # for new runs only, so that the config.json of an earlier run still loads (rank, plot, resume)
+        method.algorithm.check_schedule(options, resolved.epochs)
         return resolved
 
 
@@ -251,10 +265,14 @@ class ResolvedSearchConfig:
     cuda_graph: bool
     out_dir: str
     run_name: str
+    #: how the run's files number epochs: 1 (the first epoch is ``"epoch": 1``, as in the log); 0 in the
+    #: config.json of a run of an earlier fastnas, which keeps its numbering when resumed
+    epoch_base: int = EPOCH_BASE
+    run_id: str = ""  # set when the run starts (config.json, every checkpoint); "" before fastnas wrote it
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.run_name
+        return expand_user(self.out_dir, "--out-dir") / self.run_name
 
     def build_space(self) -> DartsSpace | NB201Space:
         """The search space this config names (op list, node count)."""
@@ -299,6 +317,7 @@ class ResolvedSearchConfig:
                 )
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
+        check_epoch_base(self.epoch_base)
         check_scaling_choices(self)
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
@@ -332,6 +351,11 @@ class ResolvedSearchConfig:
             )
         if self.nodes < 1:
             raise ConfigError(f"--nodes must be >= 1, got {self.nodes}")
+        if self.nodes > MAX_NODES_PER_CELL:  # else the genotype derived after the first epoch is refused
+            raise ConfigError(
+                f"--nodes must be <= {MAX_NODES_PER_CELL} (the most intermediate nodes a derived cell may "
+                f"have), got {self.nodes}"
+            )
         if self.normal_types not in (1, 3):
             raise ConfigError(f"--normal-types must be 1 or 3 (one per stage), got {self.normal_types}")
         self.build_space()  # unknown ops in --ops / --exclude-ops fail here, before any run starts
@@ -340,14 +364,37 @@ class ResolvedSearchConfig:
                 f"--limit must be >= 2 images (half train the weights, half the architecture), "
                 f"got {self.limit}"
             )
-        if not self.run_name or Path(self.run_name).name != self.run_name or self.run_name in (".", ".."):
-            raise ConfigError(f"--run-name must be a plain folder name, got {self.run_name!r}")
+        check_folder_name(self.run_name, "--run-name")
         check_hyper_parameters(self.hyper_parameters, space=self.space)
+        self.check_supernet_size()
         if self.cuda_graph and self.precision == "fp16":
             raise ConfigError(
                 "--cuda-graph cannot capture fp16 loss scaling (GradScaler syncs with the host every "
                 "step); use --precision bf16 or fp32 with --cuda-graph"
             )
+
+    def check_supernet_size(self) -> None:
+        """Refuse, before anything is built, a supernet (of any stage) that cannot fit this machine: a
+        closed-form lower bound of its size (:func:`fastnas.nn.sizing.check_supernet_size`)."""
+        space = self.build_space()
+        plans = get_method(self.method).algorithm.stage_plans(self.options, self.C, self.layers, self.epochs)
+        imagenet = self.dataset == "imagenet"
+        on_cpu = self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())
+        nodes = "" if self.space == "nb201" else f", --nodes {self.nodes}"
+        pixels = f", --image-size {self.image_size}" if imagenet else ""
+        images = self.limit or _TRAIN_IMAGES.get(self.dataset)  # a batch holds at most that many
+        batch = min(self.batch_size, images) if images else self.batch_size
+        for plan in plans:
+            estimate = estimate_space(
+                space, plan.C, plan.layers, options=self.options, partial_k=self.partial_k,
+                num_classes=_NUM_CLASSES.get(self.dataset, 2),
+                in_channels=1 if self.dataset == "digits" else 3,
+                image_size=self.image_size if imagenet else _IMAGE_SIZES.get(self.dataset, 32),
+                stem="imagenet" if imagenet else "cifar", all_ops=plan.index == 0,
+            )  # fmt: skip
+            stage = f"stage {plan.index + 1} of " if len(plans) > 1 else ""
+            sizes = f"{stage}--C {plan.C}, --layers {plan.layers}{nodes}{pixels}"
+            check_supernet_size(estimate, sizes, batch_size=batch, on_cpu=on_cpu)
 
     def to_json(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -396,7 +443,7 @@ def check_hyper_parameters(h: SearchDefaults, space: str = "darts") -> None:
     clip of 0 means no clipping, a negative one is refused)."""
     for name in _HYPER:
         for value in getattr(h, name) if name == "arch_betas" else (getattr(h, name),):
-            if not math.isfinite(value):
+            if isinstance(value, float) and not math.isfinite(value):  # (an int is; a huge one overflows)
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     for name in ("grad_clip", "arch_grad_clip"):
         if getattr(h, name) < 0:

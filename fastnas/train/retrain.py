@@ -1,4 +1,5 @@
-"""Retraining a genotype's evaluation network with the published recipe (REFERENCE.md section 3).
+"""Retraining a genotype's evaluation network with the published recipe (that of Liu, Simonyan & Yang,
+"DARTS: Differentiable Architecture Search", ICLR 2019).
 
 SGD with momentum and weight decay, cosine (CIFAR) or x0.97-per-epoch (ImageNet) learning-rate schedule,
 gradient-norm clipping, loss = CE(main) + ``auxiliary_weight`` * CE(auxiliary head) (with label smoothing
@@ -6,11 +7,23 @@ where the recipe has it), drop path ``drop_path * epoch / epochs``, cutout. On C
 default, fp16 with a GradScaler), channels-last memory and the fused SGD.
 
 A run directory holds ``config.json`` (resolved), ``genotype.json`` / ``genotype.txt``, ``metrics.jsonl``
-(one line per epoch), ``checkpoint.pt`` (atomic, after every epoch; it also carries the config and the
-genotype, so it can be evaluated on its own), ``log.txt`` and, at the end, ``result.json`` (test top-1 /
-top-5, parameters, FLOPs). All randomness of epoch ``e`` (batch order, augmentation, drop-path masks) is
+(one line per epoch, numbered from 1 as in the log: :data:`~fastnas.train.run_state.EPOCH_BASE`),
+``checkpoint.pt`` (atomic, after every epoch; it also carries the config and the genotype, so it can be
+evaluated on its own), ``log.txt`` and, at the end, ``result.json`` (test top-1 / top-5, parameters,
+FLOPs). All randomness of epoch ``e`` (batch order, augmentation, drop-path masks) is
 seeded from ``(seed, e)``, so :func:`resume_train` after a crash ends exactly like an uninterrupted run
 (on CPU, with deterministic kernels). :func:`evaluate_checkpoint` is the evaluation-only mode.
+
+A checkpoint is bound to its run: its config carries the run's id (``run_id``, also in ``config.json``),
+and :func:`resume_train` and :func:`evaluate_checkpoint` (of a checkpoint inside a run directory) refuse a
+checkpoint of another run, a ``config.json`` edited since the checkpoint was written (a key given twice
+included) and a ``genotype.json`` that is not the architecture the checkpoint trained, naming the setting
+or the first edge that differs (:func:`~fastnas.train.checkpoint.check_run_binding`). Loaded weights,
+BatchNorm statistics and optimiser moments must be finite and the schedule at the checkpoint's epoch. A
+training or test loss that becomes NaN or infinite stops the run naming the epoch and the step, and a
+state that is not finite after an epoch (BatchNorm running statistics overflow long before a loss does)
+stops it before that epoch's checkpoint or history is written. Checkpoints of earlier versions carry no
+run id: they are accepted with a logged note, their settings still compared.
 """
 
 from __future__ import annotations
@@ -29,12 +42,25 @@ from tqdm.auto import tqdm
 
 from fastnas.data import TensorBatchLoader, limit_indices, load_dataset
 from fastnas.errors import CheckpointError, ConfigError, DataError, NonFiniteError
-from fastnas.fields import read_json_file
 from fastnas.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 from fastnas.genotype import Genotype, load_genotype
 from fastnas.nn.counting import count_flops, count_parameters, count_parameters_without_auxiliary
 from fastnas.nn.eval_network import NetworkCIFAR, NetworkImageNet, build_eval_network
-from fastnas.train.checkpoint import CHECKPOINT_NAME, check_state, load_checkpoint, save_checkpoint
+from fastnas.train.checkpoint import (
+    CHECKPOINT_NAME,
+    LoadedCheckpoint,
+    check_counters,
+    check_epoch,
+    check_finite,
+    check_run_binding,
+    check_state,
+    find_non_finite,
+    load_checkpoint,
+    new_run_id,
+    non_finite_state_error,
+    read_run_config,
+    save_checkpoint,
+)
 from fastnas.train.device import autocast, resolve_device, seed_everything
 from fastnas.train.distributed import Distributed, check_world_size, distributed_session
 from fastnas.train.run_state import (
@@ -204,9 +230,11 @@ def evaluate_model(
     channels_last: bool = False,
     progress: bool = False,
     sum_over: Callable[[Sequence[float | int | torch.Tensor], torch.device], list[float]] | None = None,
+    monitor: NonFiniteMonitor | None = None,
 ) -> dict[str, Any]:
     """Test loss and top-1 / top-5 accuracy (%) of ``model`` in eval mode over ``loader``; ``sum_over``
-    adds up the totals of every process when each one tests a shard."""
+    adds up the totals of every process when each one tests a shard; ``monitor`` (with a ``"test"``
+    level) records the first test step whose loss is not finite."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -214,13 +242,17 @@ def evaluate_model(
     top5 = torch.zeros((), device=device, dtype=torch.long)
     count = 0
     loader.set_epoch(0)
-    for x, y in tqdm(loader, desc="test", disable=not progress, leave=False, dynamic_ncols=True):
+    batches = tqdm(loader, desc="test", disable=not progress, leave=False, dynamic_ncols=True)
+    for step, (x, y) in enumerate(batches):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             logits, _ = model(x)
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        if monitor is not None:
+            monitor.observe("test", step, loss)
+        loss_sum += loss.double()
         k = min(5, logits.shape[1])
         hits = logits.topk(k, dim=1).indices == y[:, None]
         top1 += hits[:, 0].sum()
@@ -331,12 +363,14 @@ class TrainRunner:
         self.scheduler = _make_scheduler(self.optimizer, config)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.monitor = NonFiniteMonitor(self.device, ("training",))
-        self.start_epoch = 0
+        self.test_monitor = NonFiniteMonitor(self.device, ("test",))
+        self.start_epoch = 0  # 0-based: epochs finished; the files number epoch e as e + epoch_base
+        self.epoch_base = config.epoch_base
 
     # ----------------------------------------------------------------- state
     def state_dict(self, epoch: int) -> dict[str, Any]:
         return {
-            "epoch": epoch,
+            "epoch": epoch + self.epoch_base,  # the last finished epoch, numbered as in the run's files
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -359,24 +393,38 @@ class TrainRunner:
                 f"{where} does not fit this run's network and optimiser ({type(exc).__name__}: "
                 f"{str(exc)[:300]}); it belongs to another configuration - start the run again"
             ) from None
-        self.start_epoch = state["epoch"] + 1
+        self.start_epoch = state["epoch"] - self.epoch_base + 1
 
     def resume(self) -> None:
         """Continue from the run's newest good checkpoint, if any (validated before any history file
         is touched)."""
         cfg, main = self.config, self.dist.is_main
         loaded = open_checkpoint(
-            self.run_dir, CHECKPOINT_SCHEMA, cfg.epochs, self.device, self.log, clean=main
-        )
+            self.run_dir, CHECKPOINT_SCHEMA, cfg.epochs, self.device, self.log, clean=main,
+            epoch_base=self.epoch_base, bind=self._check_bound,
+        )  # fmt: skip
         if loaded is not None:
+            check_finite(loaded.state, loaded.path)
+            epoch = loaded.state["epoch"] - self.epoch_base + 1  # the last finished epoch, from 1
+            check_counters(
+                loaded.state, loaded.path, epoch=epoch, schedules={"scheduler": epoch}, scalers=("scaler",)
+            )  # one scheduler step per epoch
             self.load_state_dict(loaded.state, loaded.path)
         # before the run announces itself: a damaged history file stops it here
         if main:
-            trim_histories([self.run_dir / "metrics.jsonl"], self.start_epoch, self.log)
+            trim_histories(
+                [self.run_dir / "metrics.jsonl"], self.start_epoch, self.log, epoch_base=self.epoch_base
+            )
         if loaded is None:
             self.log(f"{self.run_dir} has no checkpoint yet; starting it from epoch 1")
         else:
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}/{self.config.epochs}")
+
+    def _check_bound(self, loaded: LoadedCheckpoint) -> None:
+        """The checkpoint must be this run's: the same run id and settings as ``config.json``
+        (:func:`~fastnas.train.checkpoint.check_run_binding`) and the architecture of ``genotype.json``."""
+        config_path = self.run_dir / "config.json"
+        check_bound_to(loaded.state, loaded.path, self.config, self.genotype, config_path, self.log)
 
     # ----------------------------------------------------------------- steps
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -444,7 +492,10 @@ class TrainRunner:
             "train_time_s": elapsed,
         }
 
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        """The test metrics after ``epoch`` (0-based); a test loss that is not finite raises
+        :class:`~fastnas.errors.NonFiniteError` naming the epoch and the test step."""
+        self.test_monitor.reset()
         result = evaluate_model(
             self.model,
             self.test_loader,
@@ -453,15 +504,26 @@ class TrainRunner:
             self.channels_last,
             self.progress,
             sum_over=self.dist.sum,
+            monitor=self.test_monitor,
         )
+        self.test_monitor.check(epoch)
         if not math.isfinite(result["test_loss"]):
             raise NonFiniteError(
-                f"the test loss is {result['test_loss']} (the network diverged); no result is written - "
-                "lower the learning rate or use --precision fp32, then resume with --resume"
+                f"the test loss after epoch {epoch + 1} is {result['test_loss']} (the network diverged); "
+                "no result is written - lower the learning rate or use --precision fp32, then resume with "
+                "--resume"
             )
         return result
 
     # ----------------------------------------------------------------- run
+    def _check_finite_state(self, epoch: int) -> None:
+        """The state the checkpoint of ``epoch`` (0-based) would hold must be finite on every process: a
+        :class:`~fastnas.errors.NonFiniteError` naming the first tensor that is not (BatchNorm running
+        statistics overflow while the losses are still finite), before anything of the epoch is written."""
+        bad = find_non_finite(self.state_dict(epoch))
+        if self.dist.sum([bad is not None], self.device)[0]:
+            raise non_finite_state_error(bad, epoch + 1)
+
     def _should_evaluate(self, epoch: int) -> bool:
         every = self.config.eval_every
         return epoch == self.config.epochs - 1 or (every > 0 and (epoch + 1) % every == 0)
@@ -477,11 +539,12 @@ class TrainRunner:
         )
         for epoch in range(self.start_epoch, cfg.epochs):
             started = time.perf_counter()
-            row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+            row: dict[str, Any] = {"epoch": epoch + self.epoch_base, **self.train_epoch(epoch)}
             if self._should_evaluate(epoch):
-                final = self.evaluate()
+                final = self.evaluate(epoch)
                 row.update(final)
             row["epoch_time_s"] = time.perf_counter() - started
+            self._check_finite_state(epoch)  # nothing of the epoch is written otherwise
             # history first: a kill before the checkpoint redoes this epoch and trims its row on resume
             if self.dist.is_main:  # rank 0 alone writes the run directory
                 append_jsonl(metrics_path, row)
@@ -502,7 +565,7 @@ class TrainRunner:
         if board is not None:
             board.close()
         if final is None:
-            final = self.evaluate()
+            final = self.evaluate(cfg.epochs - 1)
         self.dist.barrier()  # rank 0 has written every epoch's row
         metrics = read_jsonl(metrics_path)
         result = self._result(final, metrics)
@@ -553,7 +616,8 @@ def run_train(config: TrainConfig, progress: bool = True, overwrite: bool = Fals
     existing, non-empty run directory is refused unless ``overwrite``."""
     with distributed_session(config.device, config.dist_backend) as dist:
         resolved = config.resolved()
-        resolved = resolved.replace(run_name=dist.broadcast(resolved.run_name))
+        run_name, run_id = dist.broadcast((resolved.run_name, new_run_id()))
+        resolved = resolved.replace(run_name=run_name, run_id=run_id)
         genotype = resolved.load_genotype()
         run_dir = resolved.run_dir
         check_run_dir_free(run_dir, overwrite, "train")
@@ -579,7 +643,7 @@ def resume_train(run_dir: str | Path, progress: bool = True, device: str | None 
     """Continue the retraining run in ``run_dir`` after its last good checkpoint (evaluate it when done)."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
-    data = read_json_file(config_path, f"{run_dir} is not a retraining run directory (no config.json)")
+    data = read_run_config(config_path, f"{run_dir} is not a retraining run directory (no config.json)")
     if isinstance(data, dict) and "method" in data and "auxiliary_weight" not in data:
         raise ConfigError(
             f"{run_dir} is a search run directory, not a retraining one; continue it with `fastnas search "
@@ -591,6 +655,100 @@ def resume_train(run_dir: str | Path, progress: bool = True, device: str | None 
         runner = TrainRunner(config, genotype, run_dir, progress=progress, device=device, dist=dist)
         runner.resume()
         return runner.run()
+
+
+def _genotype_differences(given: Genotype, trained: Genotype) -> list[str]:
+    """Where ``given`` (``genotype.json``) differs from ``trained`` (the checkpoint's), edge by edge."""
+    out = []
+    theirs = dict(trained.cells)
+    for name, cell in given.cells:
+        other = theirs.pop(name, None)
+        if other is None:
+            out.append(f"genotype.json has a {name} cell that the checkpoint's genotype lacks")
+            continue
+        if cell.inputs_per_node != other.inputs_per_node:
+            out.append(
+                f"the {name} cell has nodes of {list(cell.inputs_per_node)} inputs in genotype.json, "
+                f"{list(other.inputs_per_node)} in the checkpoint"
+            )
+            continue
+        for node, (mine, trained_node) in enumerate(zip(cell.nodes, other.nodes, strict=True)):
+            for edge, (a, b) in enumerate(zip(mine, trained_node, strict=True)):
+                if a != b:
+                    out.append(
+                        f"{name} cell, node {node + 2}, edge {edge + 1}: {a[0]} from node {a[1]} in "
+                        f"genotype.json, {b[0]} from node {b[1]} in the checkpoint"
+                    )
+        if cell.concat != other.concat:
+            out.append(
+                f"the {name} cell concatenates nodes {list(cell.concat)} in genotype.json, "
+                f"{list(other.concat)} in the checkpoint"
+            )
+    out.extend(f"the checkpoint's genotype has a {name} cell that genotype.json lacks" for name in theirs)
+    if not out and given != trained:
+        out.append("allow_dangling differs")
+    return out
+
+
+def check_bound_to(
+    state: dict[str, Any],
+    path: Path,
+    config: ResolvedTrainConfig,
+    genotype: Genotype | None,
+    config_path: Path,
+    log: Callable[[str], None],
+    advice: str = "start the run again",
+) -> None:
+    """The retraining checkpoint ``state`` (read from ``path``) must belong to the run whose
+    ``config.json`` (``config_path``) gives ``config``: the same run id and settings
+    (:func:`~fastnas.train.checkpoint.check_run_binding`), and, unless ``genotype`` is None, the
+    architecture of the run's ``genotype.json``. A :class:`~fastnas.errors.CheckpointError` names what
+    differs."""
+    recorded = state["config"]
+    try:  # normalised as config.json is (keys added since filled in)
+        settings = ResolvedTrainConfig.from_json(recorded, f"checkpoint {path}").to_json()
+    except ConfigError:  # compared as written
+        settings = recorded
+    recorded_id = recorded.get("run_id")
+    check_run_binding(
+        path, settings, config.to_json(), config_path, log,
+        recorded_run_id=recorded_id if isinstance(recorded_id, str) else None, advice=advice,
+    )  # fmt: skip
+    if genotype is None:
+        return
+    try:
+        trained = Genotype.from_json(state["genotype"])
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: its genotype is malformed ({exc}); {advice}") from None
+    differences = _genotype_differences(genotype, trained)
+    if differences:
+        more = f" (and {len(differences) - 1} more difference(s))" if len(differences) > 1 else ""
+        genotype_path = config_path.parent / "genotype.json"
+        raise CheckpointError(
+            f"{genotype_path} is not the architecture that {path.name} was trained with: "
+            f"{differences[0]}{more}; genotype.json was edited or replaced after the run started - put it "
+            "back, or start a new run to train that genotype"
+        )
+
+
+def _check_run_directory_of(state: dict[str, Any], path: Path) -> None:
+    """--eval-only of a checkpoint inside a run directory: it must be that run's (its ``config.json``
+    and ``genotype.json``; a checkpoint on its own carries everything it needs)."""
+    config_path = path.parent / "config.json"
+    if not config_path.is_file():
+        return
+    data = read_run_config(config_path, f"{config_path} does not exist")
+    if isinstance(data, dict) and "method" in data and "auxiliary_weight" not in data:
+        raise CheckpointError(
+            f"checkpoint {path} is a retraining checkpoint, but {config_path} is a search run's: it was "
+            "moved into another run's directory - evaluate it in its own run directory"
+        )
+    current = ResolvedTrainConfig.from_json(data, str(config_path))
+    genotype_path = path.parent / "genotype.json"
+    genotype = load_genotype(genotype_path) if genotype_path.is_file() else None
+    check_bound_to(
+        state, path, current, genotype, config_path, print, advice="evaluate a checkpoint of this run"
+    )
 
 
 def evaluate_checkpoint(
@@ -617,6 +775,14 @@ def evaluate_checkpoint(
         )
     check_state(state, CHECKPOINT_SCHEMA, path)
     config = ResolvedTrainConfig.from_json(state["config"], f"{path} (its config)")
+    _check_run_directory_of(state, path)
+    check_epoch(state["epoch"], config.epochs, path, epoch_base=config.epoch_base)
+    epoch = int(state["epoch"]) - config.epoch_base + 1  # the last finished epoch, from 1
+    unusable = "it cannot be evaluated - evaluate another checkpoint of the run, or retrain"
+    check_finite(state, path, advice=unusable)
+    check_counters(
+        state, path, epoch=epoch, schedules={"scheduler": epoch}, scalers=("scaler",), advice=unusable
+    )
     changes: dict[str, Any] = {}
     if data_dir is not None:
         changes["data_dir"] = data_dir
@@ -645,10 +811,22 @@ def evaluate_checkpoint(
     model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    monitor = NonFiniteMonitor(dev, ("test",))
+    metrics = evaluate_model(model, test_loader, dev, precision, channels_last, progress, monitor=monitor)
+    first = int(monitor.first_bad["test"])
+    if first >= 0 or not math.isfinite(metrics["test_loss"]):
+        value = float(monitor.value["test"]) if first >= 0 else metrics["test_loss"]
+        at = f" at test step {first + 1}" if first >= 0 else ""
+        kind = "NaN" if math.isnan(value) else "infinite"
+        raise NonFiniteError(
+            f"the test loss of checkpoint {path} (after epoch {epoch}) is {kind}{at}: its network gives "
+            "non-finite outputs, so nothing is written - evaluate another checkpoint of the run, or retrain "
+            "with a lower learning rate or --precision fp32"
+        )
     result = {
-        **evaluate_model(model, test_loader, dev, precision, channels_last, progress),
+        **metrics,
         "checkpoint": str(path),
-        "epoch": int(state["epoch"]) + 1,
+        "epoch": epoch,
         "device": str(dev),
         "precision": precision,
     }

@@ -1,4 +1,5 @@
-"""The shared bilevel search loop (DARTS Alg. 1; REFERENCE.md section 2).
+"""The shared bilevel search loop (Alg. 1 of Liu, Simonyan & Yang, "DARTS: Differentiable Architecture
+Search", ICLR 2019).
 
 Each iteration updates the architecture first (on a batch of the architecture half of the split),
 then the weights (on a batch of the weight half). Weights: SGD with momentum and weight decay, a cosine
@@ -6,12 +7,21 @@ schedule and gradient-norm clipping; architecture: Adam. Every method plugs in a
 :class:`~fastnas.algorithms.SearchAlgorithm` and reuses this loop unchanged.
 
 A run directory holds ``config.json``, ``metrics.jsonl`` (one line per epoch), ``alphas.jsonl`` (the
-edge weights after each epoch), ``checkpoint.pt`` (written atomically after every epoch),
+edge weights after each epoch; every file numbers epochs from 1, as the log does, see
+:data:`~fastnas.train.run_state.EPOCH_BASE`), ``checkpoint.pt`` (written atomically after every epoch),
 ``genotype.json`` / ``genotype.txt`` and ``log.txt``. ``resume_search(run_dir)`` continues a killed run;
 all randomness of an epoch is seeded from (seed, epoch), so a resumed run ends with the same
 architecture parameters and genotype as an uninterrupted one. Checkpoints carry a checksum and the
-previous one is kept (:mod:`fastnas.train.run_state`); a loss that becomes NaN or infinite stops the run
-with a message naming the epoch, the step and the level.
+previous one is kept (:mod:`fastnas.train.run_state`); a loss that becomes NaN or infinite (of the
+architecture step, the weight step or the validation pass) stops the run with a message naming the epoch,
+the step and the level, and a state that is no longer finite (BatchNorm statistics, weights, optimiser
+moments) stops it before its checkpoint or history is written: a checkpoint always holds a finite state.
+
+Each checkpoint records the run's id and resolved settings (``"config"``); ``resume_search`` refuses a
+checkpoint of another run, a ``config.json`` edited since (a key given twice included) and a loaded state
+that is not finite or whose schedule is not at its epoch, naming the setting or tensor
+(:func:`~fastnas.train.checkpoint.check_run_binding`). Checkpoints of earlier versions, which record
+neither, resume with a logged note.
 """
 
 from __future__ import annotations
@@ -35,15 +45,27 @@ from fastnas.algorithms.architect import unrolled_arch_gradients
 from fastnas.algorithms.derivation import arch_cosine_distance
 from fastnas.data.loader import EpochBatches
 from fastnas.errors import CheckpointError, ConfigError, DataError
-from fastnas.fields import read_json_file
-from fastnas.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from fastnas.fileio import append_jsonl, atomic_write_json, atomic_write_text, read_json_file, read_jsonl
 from fastnas.genotype import Genotype
 from fastnas.methods import get_method
 from fastnas.nb201 import NB201Arch, NB201Table
 from fastnas.search_model import SearchModel
 from fastnas.spaces import DartsSpace
 from fastnas.spaces.base import SearchSpace
-from fastnas.train.checkpoint import CHECKPOINT_NAME, numpy_rng_state, save_checkpoint, set_numpy_rng_state
+from fastnas.train.checkpoint import (
+    CHECKPOINT_NAME,
+    LoadedCheckpoint,
+    check_counters,
+    check_finite,
+    check_run_binding,
+    find_non_finite,
+    new_run_id,
+    non_finite_state_error,
+    numpy_rng_state,
+    read_run_config,
+    save_checkpoint,
+    set_numpy_rng_state,
+)
 from fastnas.train.compiled import CompiledLevels, check_compilable
 from fastnas.train.config import ResolvedSearchConfig, SearchConfig
 from fastnas.train.cuda_graph import (
@@ -180,7 +202,9 @@ class SearchRunner:
                 f"config says {config.epochs}"
             )
         self.monitor = NonFiniteMonitor(self.device, ("architecture", "weights"))
-        self.start_epoch = 0
+        self.eval_monitor = NonFiniteMonitor(self.device, ("validation",))
+        self.start_epoch = 0  # 0-based: epochs finished; the files number epoch e as e + epoch_base
+        self.epoch_base = config.epoch_base
         self.previous_arch: Architecture | None = None  # the last epoch's genotype (cosine distance)
         self._build_stage(0, self.base_space, previous=None)
 
@@ -305,7 +329,7 @@ class SearchRunner:
     # ----------------------------------------------------------------- state
     def state_dict(self, epoch: int, genotype: Architecture) -> dict[str, Any]:
         return {
-            "epoch": epoch,
+            "epoch": epoch + self.epoch_base,  # the last finished epoch, numbered as in the run's files
             "model": self.model.state_dict(),
             "weight_optimizer": self.weight_optimizer.state_dict(),
             "arch_optimizer": self.arch_optimizer.state_dict(),
@@ -316,6 +340,7 @@ class SearchRunner:
             "genotype": genotype.to_json(),
             "stage": self.stage,
             "candidates": self._stage_candidates(),
+            "config": self.config.to_json(),  # the run's id and settings: resuming checks config.json
         }
 
     def _stage_candidates(self) -> dict[str, list[list[str]]]:
@@ -346,7 +371,7 @@ class SearchRunner:
                 f"{where} does not fit this run's model and optimisers ({type(exc).__name__}: "
                 f"{str(exc)[:300]}); it belongs to another configuration - start the run again"
             ) from None
-        self.start_epoch = state["epoch"] + 1
+        self.start_epoch = state["epoch"] - self.epoch_base + 1
 
     # ----------------------------------------------------------------- steps
     def _autocast(self) -> Any:
@@ -416,20 +441,26 @@ class SearchRunner:
         return loss.detach(), n_correct
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """Loss and accuracy (%) of the supernet on the architecture half, without augmentation."""
+    def evaluate(self, epoch: int) -> tuple[float, float]:
+        """Loss and accuracy (%) of the supernet on the architecture half, without augmentation, after
+        ``epoch`` (0-based); a NaN or infinite validation loss raises
+        :class:`~fastnas.errors.NonFiniteError` naming the epoch and the step."""
         self.model.eval()
         total_loss = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         count = 0
         self.eval_loader.set_epoch(0)
-        for x, y in self.eval_loader:
+        self.eval_monitor.reset()
+        for step, (x, y) in enumerate(self.eval_loader):
             with autocast(self.device, self.config.precision):
                 logits = self.model(x)
-            total_loss += torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum").double()
+            loss = torch.nn.functional.cross_entropy(logits.float(), y, reduction="sum")
+            self.eval_monitor.observe("validation", step, loss)
+            total_loss += loss.double()
             correct += (logits.argmax(1) == y).sum()
             count += len(y)
         self.model.train()
+        self.eval_monitor.check(epoch)
         loss_sum, n_correct, n = self.dist.sum([total_loss, correct, count], self.device)  # over the shards
         return loss_sum / n, 100.0 * n_correct / n
 
@@ -524,7 +555,8 @@ class SearchRunner:
         }
 
     def write_consistency(self) -> None:
-        """Super-net vs child-net validation accuracy (seed 002 Table 1) -> ``consistency.json``."""
+        """Super-net vs child-net validation accuracy (Yang et al., CVPR 2021, Table 1) ->
+        ``consistency.json``."""
         from fastnas.train.consistency import measure_consistency
 
         self.eval_loader.set_epoch(0)
@@ -555,22 +587,57 @@ class SearchRunner:
             self.device,
             self.log,
             clean=self.dist.is_main,
+            epoch_base=self.epoch_base,
+            bind=self._check_bound,
         )
         if loaded is not None:
+            check_finite(loaded.state, loaded.path)
             self._rebuild_stage_of(loaded.state, loaded.path)
+            epoch = loaded.state["epoch"] - self.epoch_base  # 0-based, checked by open_checkpoint
+            check_counters(
+                loaded.state,
+                loaded.path,
+                epoch=epoch + 1,
+                schedules={"scheduler": epoch - self.stage_starts[self.stage] + 1},  # one step per epoch
+                scalers=("weight_scaler", "arch_scaler"),
+            )
             self.load_state_dict(loaded.state, loaded.path)
             self.previous_arch = self._architecture_from_json(loaded.state["genotype"], loaded.path)
         # before the run announces itself: a damaged history file stops it here
         if self.dist.is_main:
-            trim_histories(self.history_files, self.start_epoch, self.log)
+            trim_histories(self.history_files, self.start_epoch, self.log, epoch_base=self.epoch_base)
         if loaded is None:
             self.log(f"{self.run_dir} has no checkpoint yet; starting it from epoch 1")
         else:
             self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}/{self.config.epochs}")
 
+    def _check_bound(self, loaded: LoadedCheckpoint) -> None:
+        """The checkpoint must be this run's, and ``config.json`` must give the settings it was written
+        with (:func:`~fastnas.train.checkpoint.check_run_binding`)."""
+        recorded = loaded.state.get("config")
+        settings = None
+        if recorded is not None:
+            if not isinstance(recorded, dict):
+                raise CheckpointError(
+                    f"checkpoint {loaded.path}: 'config' should be dict but is {type(recorded).__name__}; "
+                    "start the run again"
+                )
+            try:  # normalised as config.json is (keys added since filled in)
+                settings = ResolvedSearchConfig.from_json(recorded, f"checkpoint {loaded.path}").to_json()
+            except ConfigError:  # e.g. its nb201_table moved: compared as written
+                settings = recorded
+        check_run_binding(
+            loaded.path,
+            settings,
+            self.config.to_json(),
+            self.run_dir / "config.json",
+            self.log,
+            recorded_run_id=recorded.get("run_id") if isinstance(recorded, dict) else None,
+        )
+
     def _rebuild_stage_of(self, state: dict[str, Any], path: Path) -> None:
         """A checkpoint of a later stage needs that stage's supernet (its depth and candidate sets)."""
-        stage, epoch = state["stage"], state["epoch"]
+        stage, epoch = state["stage"], state["epoch"] - self.epoch_base  # 0-based
         if not 0 <= stage < len(self.stages) or self.stage_of(epoch) != stage:
             raise CheckpointError(
                 f"{path} says epoch {epoch + 1} belongs to stage {stage + 1}, but this run's stages "
@@ -595,13 +662,25 @@ class SearchRunner:
         except ValueError as exc:
             raise CheckpointError(f"{path}: its genotype is malformed ({exc}); start the run again") from None
 
+    def _check_finite_state(self, epoch: int, genotype: Architecture) -> None:
+        """The state the checkpoint of ``epoch`` (0-based) would hold must be finite on every process: a
+        :class:`~fastnas.errors.NonFiniteError` naming the first tensor that is not, before anything of
+        the epoch is written (the last good checkpoint stays)."""
+        bad = find_non_finite(self.state_dict(epoch, genotype))
+        if self.dist.sum([bad is not None], self.device)[0]:
+            raise non_finite_state_error(bad, epoch + 1)
+
     def _write_records(self, epoch: int) -> None:
-        """Append the method's records of ``epoch`` (e.g. DDSAS's resamples) to their JSON-lines files."""
+        """Append the method's records of ``epoch`` (e.g. DDSAS's resamples) to their JSON-lines files,
+        numbering ``epoch`` and a record's ``stage_epoch`` (0-based in the algorithm) as the run's files
+        do."""
         for stem, record in self.algorithm.drain_records():
             if stem not in self.algorithm.record_files:
                 raise ConfigError(f"{self.algorithm.name} wrote a {stem!r} record it does not declare")
+            if "stage_epoch" in record:
+                record = {**record, "stage_epoch": record["stage_epoch"] + self.epoch_base}
             if self.dist.is_main:
-                append_jsonl(self.run_dir / f"{stem}.jsonl", {"epoch": epoch, **record})
+                append_jsonl(self.run_dir / f"{stem}.jsonl", {"epoch": epoch + self.epoch_base, **record})
 
     def run(self) -> SearchResult:
         cfg = self.config
@@ -616,11 +695,11 @@ class SearchRunner:
             if self.stage_of(epoch) != self.stage:
                 self._next_stage(self.stage_of(epoch))
             started = time.perf_counter()
-            row: dict[str, Any] = {"epoch": epoch, **self.train_epoch(epoch)}
+            row: dict[str, Any] = {"epoch": epoch + self.epoch_base, **self.train_epoch(epoch)}
             if staged:
                 row["stage"] = self.stage + 1
                 row["stage_epoch"] = epoch - self.stage_starts[self.stage] + 1
-            row["val_loss"], row["val_acc"] = self.evaluate()
+            row["val_loss"], row["val_acc"] = self.evaluate(epoch)
             genotype = self.algorithm.derive()
             entropy = self.algorithm.arch_entropy()
             previous, self.previous_arch = self.previous_arch, genotype
@@ -643,10 +722,12 @@ class SearchRunner:
             self.dist.check_identical(
                 self.model.arch_parameters(), f"the architecture after epoch {epoch + 1}"
             )
+            self._check_finite_state(epoch, genotype)  # nothing of the epoch is written otherwise
             # history first: a kill before the checkpoint redoes this epoch and trims its rows on resume
             if self.dist.is_main:  # rank 0 alone writes the run directory
                 append_jsonl(metrics_path, row)
-                append_jsonl(alphas_path, {"epoch": epoch, **self.algorithm.arch_snapshot()})
+                snapshot = self.algorithm.arch_snapshot()
+                append_jsonl(alphas_path, {"epoch": epoch + self.epoch_base, **snapshot})
             self._write_records(epoch)
             if self.dist.is_main:
                 save_checkpoint(self.run_dir / CHECKPOINT_NAME, self.state_dict(epoch, genotype))
@@ -684,7 +765,8 @@ def run_search(config: SearchConfig, progress: bool = True, overwrite: bool = Fa
     share rank 0's run name and rank 0 alone writes the run directory."""
     with distributed_session(config.device, config.dist_backend) as dist:
         resolved = config.resolved()
-        resolved = dataclasses.replace(resolved, run_name=dist.broadcast(resolved.run_name))
+        run_name, run_id = dist.broadcast((resolved.run_name, new_run_id()))
+        resolved = dataclasses.replace(resolved, run_name=run_name, run_id=run_id)
         run_dir = resolved.run_dir
         check_run_dir_free(run_dir, overwrite, "search")
         dist.barrier()  # every rank has checked the folder before rank 0 writes into it
@@ -704,7 +786,7 @@ def resume_search(run_dir: str | Path, progress: bool = True, device: str | None
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a run directory (no such folder)")
     config_path = run_dir / "config.json"
-    data = read_json_file(config_path, f"{run_dir} is not a search run directory (no config.json)")
+    data = read_run_config(config_path, f"{run_dir} is not a search run directory (no config.json)")
     if isinstance(data, dict) and "auxiliary_weight" in data and "method" not in data:
         raise ConfigError(
             f"{run_dir} is a retraining run directory, not a search one; continue it with `fastnas train "

@@ -1,4 +1,5 @@
-"""Configuration of a retraining run and the published recipes (REFERENCE.md section 3).
+"""Configuration of a retraining run and the published recipes (those of Liu, Simonyan & Yang, "DARTS:
+Differentiable Architecture Search", ICLR 2019).
 
 :class:`TrainConfig` is what a user asks for: ``None`` in a hyper-parameter means "the published recipe
 of the dataset". :meth:`TrainConfig.resolved` fills it in from :data:`RECIPES` (``cifar10`` /
@@ -17,11 +18,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastnas.errors import ConfigError
-from fastnas.fields import field_types, load_fields, read_json_file, setting
+from fastnas.fields import field_types, load_fields, setting
+from fastnas.fileio import check_folder_name, expand_user, read_json_file
 from fastnas.genotype import Genotype, load_genotype
 from fastnas.genotype_zoo import resolve_zoo_name
+from fastnas.nn.sizing import check_supernet_size, estimate_supernet
 from fastnas.train.device import PRECISIONS
 from fastnas.train.distributed import env_world_size
+from fastnas.train.run_state import EPOCH_BASE, check_epoch_base
 from fastnas.train.scaling import (
     check_scaling_choices,
     dist_backend_setting,
@@ -117,6 +121,34 @@ DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
 }
 """Dataset -> (classes, input channels, image size) of its standard form (ImageNet: 224x224 crops)."""
 
+
+def check_cutout(cutout: int, dataset: str) -> None:
+    """Refuse a ``cutout`` that blanks every training image, and one the dataset's loader ignores.
+
+    The retraining loader (:func:`fastnas.data.loader.cutout_mask`, DARTS ``Cutout``) zeroes rows
+    ``clip(y - cutout // 2, 0, H) .. clip(y + cutout // 2, 0, H)`` (end exclusive) around a centre row ``y``
+    drawn from ``0 .. H-1``, and likewise for columns. The square covers every row for every centre exactly
+    when ``cutout // 2 >= H`` (the centre ``y = 0`` needs ``cutout // 2 >= H``, the centre ``y = H-1`` only
+    ``>= H-1``), i.e. when ``cutout >= 2H``: then every image is blank, whatever its centre. A smaller
+    cutout, even one larger than the image (``H <= cutout < 2H``), leaves a strip of the image wherever the
+    centre falls near a border, so it is allowed. The ImageNet loaders apply no cutout at all.
+    """
+    if cutout <= 0:
+        return
+    if RECIPES[dataset].network == "imagenet":
+        raise ConfigError(
+            f"--cutout {cutout} has no effect on {dataset}: its loaders apply no cutout (the DARTS ImageNet "
+            "recipe has none); use --cutout 0"
+        )
+    size = DATASET_SHAPES[dataset][2]
+    if cutout // 2 >= size:
+        raise ConfigError(
+            f"--cutout {cutout} blanks every {size}x{size} {dataset} image wherever its square is centred "
+            f"(a square of side >= {2 * size} covers the whole image from any centre); give --cutout below "
+            f"{2 * size} (the recipe's is {RECIPES[dataset].cutout})"
+        )
+
+
 _RECIPE_FIELDS = tuple(f.name for f in dataclasses.fields(Recipe) if f.name != "network")
 
 
@@ -191,7 +223,11 @@ class TrainConfig:
     layers: int | None = setting(None, "number of cells")
     auxiliary: bool = setting(True, "no auxiliary head", flag="--no-auxiliary", const=False)
     auxiliary_weight: float | None = setting(None, "weight of the auxiliary loss")
-    cutout: int | None = setting(None, "cutout square side in pixels (0 = off)")
+    cutout: int | None = setting(
+        None,
+        "cutout square side in pixels (0 = off; CIFAR and digits only; below twice the image side, as a "
+        "larger square blanks every image)",
+    )
     drop_path: float | None = setting(None, "final drop-path probability (grows linearly over the epochs)")
     label_smoothing: float | None = setting(None, "label smoothing of the cross-entropy")
     lr: float | None = setting(None, "initial learning rate")
@@ -298,6 +334,10 @@ class ResolvedTrainConfig:
     tensorboard: bool
     out_dir: str
     run_name: str
+    #: how the run's files number epochs: 1 (the first epoch is ``"epoch": 1``, as in the log); 0 in the
+    #: config.json of a run of an earlier fastnas, which keeps its numbering when resumed
+    epoch_base: int = EPOCH_BASE
+    run_id: str = ""  # set when the run starts (config.json, every checkpoint); "" before fastnas wrote it
 
     @property
     def recipe(self) -> Recipe:
@@ -310,7 +350,7 @@ class ResolvedTrainConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.run_name
+        return expand_user(self.out_dir, "--out-dir") / self.run_name
 
     def replace(self, **changes: Any) -> ResolvedTrainConfig:
         """A validated copy with ``changes`` applied."""
@@ -321,6 +361,7 @@ class ResolvedTrainConfig:
     def validate(self) -> None:
         """Range checks of every value (:class:`~fastnas.errors.ConfigError` naming the option)."""
         normalise_dataset(self.dataset)
+        check_epoch_base(self.epoch_base)
         for name in ("epochs", "batch_size", "C", "layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -360,6 +401,7 @@ class ResolvedTrainConfig:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.cutout < 0:
             raise ConfigError(f"--cutout must be >= 0 (0 = off), got {self.cutout}")
+        check_cutout(self.cutout, normalise_dataset(self.dataset))
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown lr schedule {self.schedule!r}; use {' or '.join(SCHEDULES)}")
         if self.precision not in PRECISION_CHOICES:
@@ -372,8 +414,22 @@ class ResolvedTrainConfig:
         if self.eval_every < 0:
             raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
         check_scaling_choices(self)
-        if not self.run_name or Path(self.run_name).name != self.run_name or self.run_name in (".", ".."):
-            raise ConfigError(f"--run-name must be a plain folder name, got {self.run_name!r}")
+        check_folder_name(self.run_name, "--run-name")
+        self.check_network_size()
+
+    def check_network_size(self) -> None:
+        """Refuse, before anything is built, an evaluation network that cannot fit this machine (a
+        closed-form lower bound of its weights and modules: one op per genotype pair)."""
+        nodes = max(len(cell.nodes) for _, cell in self.load_genotype().cells)
+        estimate = estimate_supernet(
+            "darts", self.C, self.layers, nodes, conv_ops=1, op_copies=2 * nodes,
+            stem="imagenet" if normalise_dataset(self.dataset) == "imagenet" else "cifar",
+        )  # fmt: skip
+        sizes = f"--C {self.C}, --layers {self.layers}"
+        check_supernet_size(
+            estimate, sizes, activations=False, what="the evaluation network",
+            typical="the DARTS CIFAR network: C=36, 20 cells; ImageNet: C=48, 14 cells",
+        )  # fmt: skip
 
     def load_genotype(self) -> Genotype:
         return load_genotype(self.genotype)
