@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -114,66 +109,6 @@ def test_resume_after_crash_equals_uninterrupted_run(tmp_path: Path, monkeypatch
     assert resumed.genotype == reference.genotype
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
     assert [r["train_loss"] for r in resumed.metrics] == [r["train_loss"] for r in reference.metrics]
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fastnas", *args]
-
-
-def test_cli_kill_and_resume(tmp_path: Path) -> None:
-    """A real SIGKILL of `fastnas search` after its first checkpoint, then `--resume`."""
-    common = [
-        "search",
-        "--dataset",
-        "digits",
-        "--limit",
-        "64",
-        "--batch-size",
-        "16",
-        "--C",
-        "4",
-        "--layers",
-        "3",
-        "--epochs",
-        "3",
-        "--seed",
-        "3",
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        _cli(*common, "--out-dir", str(tmp_path / "a"), "--run-name", "run"),
-        check=True,
-        env=env,
-        capture_output=True,
-    )
-    run_b = tmp_path / "b" / "run"
-    proc = subprocess.Popen(
-        _cli(*common, "--out-dir", str(tmp_path / "b"), "--run-name", "run"),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    while not (run_b / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert (run_b / "checkpoint.pt").exists()
-    assert not (run_b / "genotype.json").exists(), "the run finished before it could be killed"
-    out = subprocess.run(
-        _cli("search", "--resume", str(run_b), "--no-progress"),
-        check=True,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert "resuming" in out.stdout and "genotype = Genotype(" in out.stdout
-    last = lambda run: json.loads((run / "alphas.jsonl").read_text().splitlines()[-1])  # noqa: E731
-    assert last(run_b) == last(tmp_path / "a" / "run")
-    assert load_genotype(run_b) == load_genotype(tmp_path / "a" / "run")
 
 
 def test_second_order_search_runs(tmp_path: Path) -> None:
