@@ -96,11 +96,11 @@ def check_image_pixels(size: tuple[int, int], where: str) -> None:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """``img`` as 8-bit RGB; a 16-bit grayscale image ("I;16", or "I" in older Pillow) is scaled to 8 bits
-    (``x >> 8``, 65535 -> 255) where ``convert("RGB")`` would clip every value above 255."""
+    """``img`` as a decoded 8-bit RGB copy; a 16-bit grayscale image ("I;16", or "I" in older Pillow) is
+    scaled to 8 bits (``x >> 8``, 65535 -> 255) where ``convert("RGB")`` would clip every value above 255."""
     if img.mode.startswith("I"):
         img = Image.fromarray((np.asarray(img).clip(0, 65535) >> 8).astype(np.uint8))
-    return img if img.mode == "RGB" else img.convert("RGB")
+    return img.convert("RGB")  # a loaded copy even when already RGB: the file may be closed next
 
 
 def open_image(source: str | Path | IO[bytes], where: str) -> Image.Image:
