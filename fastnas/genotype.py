@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastnas.errors import FastnasError, MissingPathError
-from fastnas.fileio import atomic_write_text
+from fastnas.fileio import atomic_write_text, file_kind
 from fastnas.genotype_zoo import ZOO_ALIASES, ZOO_LITERALS, ZOO_NAMES, resolve_zoo_name
 from fastnas.ops import available_ops, get_op_spec, is_registered
 
@@ -982,17 +982,6 @@ def _accepted_forms() -> str:
     )
 
 
-def _file_kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISDIR, "a directory"),
-        (stat.S_ISFIFO, "a FIFO (named pipe)"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISSOCK, "a socket"),
-    )
-    return next((kind for test, kind in kinds if test(mode)), "a special file")
-
-
 def _read_genotype_file(path: Path) -> str:
     """Text of genotype file ``path``: a regular file of at most :data:`MAX_GENOTYPE_FILE_BYTES`, UTF-8.
 
@@ -1011,7 +1000,7 @@ def _read_genotype_file(path: Path) -> str:
     def check(mode: int, size: int) -> None:
         if not stat.S_ISREG(mode):
             raise GenotypeError(
-                f"genotype file {shown} is {_file_kind(mode)}, not a regular file; give a JSON file, a text "
+                f"genotype file {shown} is {file_kind(mode)}, not a regular file; give a JSON file, a text "
                 "file holding a literal, or a run directory"
             )
         if size > limit:
