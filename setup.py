@@ -23,8 +23,7 @@ import sysconfig
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-PACKAGES = [*find_packages(include=["fastnas", "fastnas.*"]), "fastnas.kernels"]
-PACKAGE_DIR = {"fastnas.kernels": "kernels"}
+PACKAGES = find_packages(include=["fastnas", "fastnas.*"])  # fastnas/kernels links to the top-level kernels/
 
 
 def _extra_cuda_includes() -> list[str]:
@@ -95,4 +94,4 @@ def _extensions() -> tuple[list, dict]:
 
 
 ext_modules, cmdclass = _extensions()
-setup(packages=PACKAGES, package_dir=PACKAGE_DIR, ext_modules=ext_modules, cmdclass=cmdclass)
+setup(packages=PACKAGES, ext_modules=ext_modules, cmdclass=cmdclass)

@@ -2,7 +2,7 @@
 and the fast executor launch, compiled ahead of time for sm_80 and sm_90 on a machine without a GPU,
 and of the CUDA C++ kernels of the extension (``csrc/cuda/weighted_sum_kernel.cu``, nvcc).
 
-The configurations are traced, not listed (:mod:`fastnas.kernels.aot`): every scenario below runs its
+The configurations are traced, not listed (:mod:`benchmarks.aot`): every scenario below runs its
 model code under ``FakeTensorMode`` and logs the ``fastnas::`` operator calls, whose launchers are then
 replayed on meta tensors with the launches recorded. A scenario is what a benchmark section runs:
 
@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from fastnas.kernels import aot
+
+from benchmarks import aot
 
 Row = dict[str, Any]
 REPO = Path(__file__).resolve().parents[1]

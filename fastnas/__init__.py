@@ -28,7 +28,7 @@ from fastnas.search_model import SearchModel
 from fastnas.spaces import DartsSpace, build_space
 from fastnas.train import SearchConfig, SearchResult, resume_search, run_search
 from fastnas.train.retrain import TrainResult, evaluate_checkpoint, resume_train, run_train
-from fastnas.train.train_config import TrainConfig
+from fastnas.train.retrain_config import TrainConfig
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """Command line: ``fastnas search``, ``fastnas sweep``, ``fastnas train`` and ``fastnas info``.
 
 Flags are generated, never copied by hand: the run settings from the fields of
-:class:`~fastnas.train.config.SearchConfig` and :class:`~fastnas.train.train_config.TrainConfig`
+:class:`~fastnas.train.search_config.SearchConfig` and :class:`~fastnas.train.retrain_config.TrainConfig`
 (their ``setting`` metadata), each method's options from its options dataclass (``fastnas search
 --method NAME --help`` shows that method's section). Errors in what the user gave
 (:class:`~fastnas.errors.FastnasError`) print one line and exit with status 2 (``--debug`` shows
@@ -20,9 +20,9 @@ from typing import Any, Literal, get_args, get_origin
 from fastnas.errors import ConfigError, FastnasError
 from fastnas.fields import field_types, parse_text
 from fastnas.methods import METHODS, PAPERS, Method
-from fastnas.train.config import SearchConfig
 from fastnas.train.distributed import is_main_process
-from fastnas.train.train_config import TRAIN_DATASETS, TrainConfig
+from fastnas.train.retrain_config import TRAIN_DATASETS, TrainConfig
+from fastnas.train.search_config import SearchConfig
 
 __all__ = ["build_parser", "config_from_args", "main"]
 

@@ -15,7 +15,7 @@ from fastnas.nn.counting import count_flops, count_parameters, count_parameters_
 from fastnas.nn.eval_network import build_eval_network
 from fastnas.search_model import SearchModel
 from fastnas.spaces import build_space
-from fastnas.train.train_config import DATASET_SHAPES, RECIPES, normalise_dataset
+from fastnas.train.retrain_config import DATASET_SHAPES, RECIPES, normalise_dataset
 
 __all__ = [
     "count_flops",

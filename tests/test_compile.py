@@ -29,9 +29,9 @@ from fastnas.cli import main
 from fastnas.errors import ConfigError, DeviceError
 from fastnas.methods import get_method
 from fastnas.train.compiled import CompiledLevels
-from fastnas.train.config import ResolvedSearchConfig
 from fastnas.train.cuda_graph import check_cuda_graph
 from fastnas.train.search import SearchRunner, run_search
+from fastnas.train.search_config import ResolvedSearchConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

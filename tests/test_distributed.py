@@ -22,7 +22,7 @@ from fastnas import SearchConfig, run_search
 from fastnas.data import TensorBatchLoader, load_dataset
 from fastnas.errors import ConfigError, DeviceError
 from fastnas.train.distributed import Distributed, distributed_session
-from fastnas.train.train_config import TrainConfig
+from fastnas.train.retrain_config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -316,9 +316,9 @@ def test_sync_batch_norm_on_cpu_processes_is_refused(tmp_path: Path, monkeypatch
 def test_config_json_of_an_earlier_version_still_loads(tmp_path: Path) -> None:
     """Runs written before --loader / --lr-scaling / --tensorboard existed resume with the values they
     ran with (one process, the torch loader, no events)."""
-    from fastnas.train.config import ResolvedSearchConfig
+    from fastnas.train.retrain_config import ResolvedTrainConfig
     from fastnas.train.scaling import ADDED_KEYS
-    from fastnas.train.train_config import ResolvedTrainConfig
+    from fastnas.train.search_config import ResolvedSearchConfig
 
     search = SearchConfig(dataset="digits").resolved().to_json()
     train = TrainConfig(dataset="digits").resolved().to_json()

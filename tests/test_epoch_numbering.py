@@ -24,9 +24,9 @@ from fastnas.train.checkpoint import (
     save_checkpoint,
 )
 from fastnas.train.retrain import evaluate_checkpoint, resume_train, run_train
+from fastnas.train.retrain_config import TrainConfig
 from fastnas.train.run_state import EPOCH_BASE, read_history, run_epoch_base
 from fastnas.train.search import resume_search
-from fastnas.train.train_config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

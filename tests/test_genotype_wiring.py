@@ -18,7 +18,7 @@ import pytest
 
 from fastnas.genotype import GENOTYPE_JSON_FORMAT, Genotype, GenotypeError, get_zoo_genotype, load_genotype
 from fastnas.genotype_zoo import ZOO_ALIASES, ZOO_LITERALS, ZOO_NAMES
-from fastnas.train.train_config import TrainConfig
+from fastnas.train.retrain_config import TrainConfig
 
 Nodes = list[list[tuple[str, int]]]
 Cells = dict[str, tuple[Nodes, list[int] | None]]  # cell keyword -> (nodes, concat or None = default)

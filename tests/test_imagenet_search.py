@@ -194,7 +194,7 @@ def test_dali_loader_feeds_the_imagenet_search_and_retraining(imagenet_tree: Pat
     result = run_search(config, progress=False)
     assert result.metrics[0]["images_per_s"] > 0
     from fastnas.train.retrain import run_train
-    from fastnas.train.train_config import TrainConfig
+    from fastnas.train.retrain_config import TrainConfig
 
     train = TrainConfig(
         genotype=str(tmp_path / "run"), dataset="imagenet", data_dir=str(imagenet_tree), limit=16,

@@ -23,7 +23,8 @@ from argparse import Namespace
 import pytest
 import torch
 from conftest import REPO_ROOT
-from fastnas.kernels import aot
+
+from benchmarks import aot
 
 if str(REPO_ROOT) not in sys.path:  # `benchmarks` is a folder of the repository, not an installed package
     sys.path.insert(0, str(REPO_ROOT))

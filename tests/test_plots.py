@@ -130,7 +130,7 @@ def test_tensorboard_events_of_a_search_survive_a_resume(
 
 def test_tensorboard_events_of_a_retraining(tmp_path: Path) -> None:
     from fastnas.train.retrain import run_train
-    from fastnas.train.train_config import TrainConfig
+    from fastnas.train.retrain_config import TrainConfig
 
     config = TrainConfig(
         genotype="DARTS_V2", dataset="digits", limit=32, test_limit=16, batch_size=16, C=4, layers=3,

@@ -22,7 +22,7 @@ from fastnas.data.loader import cutout_mask
 from fastnas.errors import ConfigError, DataError
 from fastnas.methods import METHODS
 from fastnas.nb201 import NB201Result, NB201Table
-from fastnas.train.train_config import DATASET_SHAPES, TrainConfig
+from fastnas.train.retrain_config import DATASET_SHAPES, TrainConfig
 
 TINY = ["--dataset", "digits", "--limit", "32", "--C", "4", "--layers", "3", "--epochs", "1"]
 TINY += ["--device", "cpu", "--no-progress"]

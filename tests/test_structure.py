@@ -19,8 +19,8 @@ from fastnas.cli import main
 from fastnas.methods import METHODS
 from fastnas.nn import EnTranNASSupernet, NetworkCIFAR, NetworkImageNet, Supernet
 from fastnas.nn.skeleton import DartsSkeleton
-from fastnas.train.config import ResolvedSearchConfig, SearchConfig
-from fastnas.train.train_config import RECIPES, ResolvedTrainConfig, TrainConfig
+from fastnas.train.retrain_config import RECIPES, ResolvedTrainConfig, TrainConfig
+from fastnas.train.search_config import ResolvedSearchConfig, SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -52,7 +52,7 @@ from torch.nn.utils import parametrize
 
 from fastnas.compat._base import CompatNetwork
 from fastnas.errors import ConfigError
-from fastnas.nn.supernet import Supernet
+from fastnas.nn.darts_supernet import Supernet
 from fastnas.spaces import DartsSpace
 
 __all__ = ["Network", "SwitchedOn", "switched_on"]

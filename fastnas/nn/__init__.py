@@ -2,6 +2,7 @@
 evaluation networks. Imports spaces, ops, kernels and the derivation rules of :mod:`fastnas.algorithms`."""
 
 from fastnas.nn.cell import SearchCell
+from fastnas.nn.darts_supernet import Supernet
 from fastnas.nn.entrannas import EnTranCell, EnTranNASSupernet, build_entrannas_supernet
 from fastnas.nn.eval_network import (
     AuxiliaryHeadCIFAR,
@@ -18,8 +19,7 @@ from fastnas.nn.fast_executor import FastExecutor
 from fastnas.nn.mixed import MixedEdge, PartialChannels
 from fastnas.nn.nb201 import NB201Network, NB201Supernet
 from fastnas.nn.skeleton import CellPlan, DartsSkeleton, SupernetShape, preprocessors, reduction_layers
-from fastnas.nn.supernet import Supernet
-from fastnas.nn.supernets import build_space_supernet
+from fastnas.nn.supernet_builders import build_space_supernet
 
 __all__ = [
     "AuxiliaryHeadCIFAR",

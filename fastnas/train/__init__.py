@@ -1,8 +1,8 @@
 """The search loop, the retraining loop, the sweep harness, checkpoints, devices and precision."""
 
-from fastnas.train.config import ResolvedSearchConfig, SearchConfig
+from fastnas.train.retrain_config import ResolvedTrainConfig, TrainConfig
 from fastnas.train.search import SearchResult, SearchRunner, resume_search, run_search
-from fastnas.train.train_config import ResolvedTrainConfig, TrainConfig
+from fastnas.train.search_config import ResolvedSearchConfig, SearchConfig
 
 __all__ = [
     "ResolvedSearchConfig",

@@ -65,7 +65,7 @@ def _rows(run_dir: Path, name: str) -> list[dict[str, Any]]:
 
 
 def _ops(run_dir: Path) -> list[str]:
-    from fastnas.train.config import ResolvedSearchConfig
+    from fastnas.train.search_config import ResolvedSearchConfig
 
     return list(ResolvedSearchConfig.load(run_dir / "config.json").build_space().ops)
 

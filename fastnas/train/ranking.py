@@ -31,8 +31,8 @@ from fastnas.errors import CheckpointError, ConfigError, DataError
 from fastnas.fileio import atomic_write_json
 from fastnas.nb201 import NB201Arch, NB201Table
 from fastnas.train.checkpoint import has_checkpoint
-from fastnas.train.config import ResolvedSearchConfig
 from fastnas.train.consistency import child_weights, evaluate_weights
+from fastnas.train.search_config import ResolvedSearchConfig
 
 __all__ = ["choose_archs", "rank_architectures", "rank_correlations"]
 

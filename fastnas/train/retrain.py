@@ -63,6 +63,7 @@ from fastnas.train.checkpoint import (
 )
 from fastnas.train.device import autocast, resolve_device, seed_everything
 from fastnas.train.distributed import Distributed, check_world_size, distributed_session
+from fastnas.train.retrain_config import DATASET_SHAPES, ResolvedTrainConfig, TrainConfig, genotype_label
 from fastnas.train.run_state import (
     NonFiniteMonitor,
     RunLog,
@@ -72,7 +73,6 @@ from fastnas.train.run_state import (
     trim_histories,
 )
 from fastnas.train.tensorboard import TensorBoardLog
-from fastnas.train.train_config import DATASET_SHAPES, ResolvedTrainConfig, TrainConfig, genotype_label
 
 __all__ = [
     "TrainResult",

@@ -67,7 +67,6 @@ from fastnas.train.checkpoint import (
     set_numpy_rng_state,
 )
 from fastnas.train.compiled import CompiledLevels, check_compilable
-from fastnas.train.config import ResolvedSearchConfig, SearchConfig
 from fastnas.train.cuda_graph import (
     GraphedStep,
     check_cuda_graph,
@@ -85,6 +84,7 @@ from fastnas.train.run_state import (
     prepare_run_dir,
     trim_histories,
 )
+from fastnas.train.search_config import ResolvedSearchConfig, SearchConfig
 from fastnas.train.search_data import build_search_data
 from fastnas.train.tensorboard import TensorBoardLog
 

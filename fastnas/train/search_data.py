@@ -23,7 +23,7 @@ from fastnas.data import TensorBatchLoader, limit_indices, load_dataset, search_
 from fastnas.data.imagenet import FolderBatchLoader, class_subsets, imagenet_transform, load_imagenet_folder
 from fastnas.data.loader import EpochBatches
 from fastnas.errors import ConfigError
-from fastnas.train.config import ResolvedSearchConfig
+from fastnas.train.search_config import ResolvedSearchConfig
 
 __all__ = ["SearchData", "build_search_data"]
 

@@ -20,8 +20,8 @@ from typing import Any
 from fastnas.errors import ConfigError
 from fastnas.fileio import atomic_write_json, atomic_write_text, read_jsonl
 from fastnas.methods import get_method
-from fastnas.train.config import SearchConfig
 from fastnas.train.search import resume_search, run_search
+from fastnas.train.search_config import SearchConfig
 
 TABLE_METRICS = ("c10_valid", "c10_test", "c100_test", "in16_test")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from fastnas.errors import ConfigError
+from fastnas.nn.darts_supernet import Supernet
 from fastnas.nn.mixed import PartialChannels
 from fastnas.nn.nb201 import NB201Supernet
 from fastnas.nn.skeleton import SupernetShape
-from fastnas.nn.supernet import Supernet
 from fastnas.spaces import DartsSpace, NB201Space
 from fastnas.spaces.base import SearchSpace
 

@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 PACKAGE = "fastnas.kernels"
-_NOT_KERNEL_MODULES = frozenset({"_common", "aot"})
+_NOT_KERNEL_MODULES = frozenset({"_common"})
 DEFAULT_ARCHS: tuple[int, ...] = (80, 90)
 RESERVED_SMEM_PER_BLOCK = 1024
 """Shared memory the CUDA runtime reserves for every block on compute capability 8.0 and newer. sm_90
@@ -116,7 +116,7 @@ def nvcc_path() -> str | None:
 
 def kernel_modules() -> list[str]:
     """Names of the modules of ``fastnas.kernels`` that define Triton kernels (every module but the shared
-    helpers and this one)."""
+    helpers)."""
     package = importlib.import_module(PACKAGE)
     names = [
         f"{PACKAGE}.{info.name}"
@@ -561,9 +561,8 @@ def _model_kernels_on_cpu() -> Iterator[None]:
     """Model code takes its kernel path on CPU tensors, as it does on CUDA tensors: the Triton switch of
     the kernels (``TRITON_INTERPRET`` of ``fastnas.kernels._common``), ``kernels_in_cpu_models`` and the
     reference switch off (even when ``FASTNAS_FORCE_REFERENCE`` is set)."""
-    from fastnas.kernels import _common
-
     from fastnas.backend import force_reference
+    from fastnas.kernels import _common
 
     if not _common.HAS_TRITON:
         raise RuntimeError(f"triton is not importable: {_common.TRITON_IMPORT_ERROR}")
