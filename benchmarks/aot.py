@@ -18,7 +18,7 @@ the JIT's specialisations of the runtime arguments), is found out rather than wr
    :class:`KernelConfig` with the type and specialisation the Triton JIT would give every argument
    (:func:`specialize`). Autotuned and heuristic kernels expand to one configuration per ``triton.Config``.
 3. :func:`compile_configs` compiles the configurations for the requested targets in worker processes
-   (``python kernels/aot.py --worker ...``) that run without ``TRITON_INTERPRET``: under the
+   (``python benchmarks/aot.py --worker ...``) that run without ``TRITON_INTERPRET``: under the
    interpreter ``@triton.jit`` makes ``InterpretedFunction`` objects that the compiler cannot lower, and
    helper functions called by a kernel are looked up in its module, so a fresh import is the only clean
    way to get real ``JITFunction`` objects. Triton's cache goes to a temporary directory that is deleted.
@@ -717,7 +717,7 @@ def make_source(fn: Any, config: KernelConfig) -> Any:
 
         raise RuntimeError(
             f"triton {triton.__version__}: ASTSource{tuple(accepted)[1:]} is the pre-3.3 API "
-            "(constants=, AttrsDescriptor); fastnas.kernels.aot needs triton >= 3.3"
+            "(constants=, AttrsDescriptor); benchmarks.aot needs triton >= 3.3"
         )
     index = {name: i for i, name in enumerate(config.params)}
     signature = dict(zip(config.params, config.types, strict=True))
@@ -825,8 +825,8 @@ def _worker_main(tasks_path: str, out_path: str) -> int:
 
 
 _THIS_FILE = str(Path(__file__).resolve())
-"""The worker runs this file as a script (not ``-m fastnas.kernels.aot``), so that it does not depend on
-where the installed ``fastnas.kernels`` points; it imports the kernel modules by name, as this process."""
+"""The worker runs this file as a script (not ``-m benchmarks.aot``), so that it does not depend on the
+current directory; it imports the kernel modules by name, as this process."""
 
 
 def _worker_env(cache_dir: str) -> dict[str, str]:
@@ -1068,7 +1068,7 @@ def compile_cuda_source(
 def _main(argv: Sequence[str]) -> int:
     if len(argv) == 3 and argv[0] == "--worker":
         return _worker_main(argv[1], argv[2])
-    print("usage: python kernels/aot.py --worker TASKS.json OUT.jsonl", file=sys.stderr)
+    print("usage: python benchmarks/aot.py --worker TASKS.json OUT.jsonl", file=sys.stderr)
     return 2
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 
-from benchmarks import run
+from benchmarks import report, run
 from benchmarks.step import RESULT_KEYS, build_search_step, measure_search_step
 
 # Small enough for < 30 s for the whole file on 2 shared CPU cores; both cell types are still present.
@@ -53,30 +53,9 @@ def test_fp16_second_order_is_refused() -> None:
 
 def test_run_main_writes_json_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "bench.json"
-    argv = [
-        "--device",
-        "cpu",
-        "--C",
-        "4",
-        "--layers",
-        "3",
-        "--image-size",
-        "8",
-        "--batch-sizes",
-        "4",
-        "--precision",
-        "fp32",
-        "fp16",
-        "--order",
-        "1",
-        "--warmup",
-        "0",
-        "--repeats",
-        "1",
-        "--json",
-        str(out),
-    ]
-    assert run.main(argv) == 0
+    argv = ["--device", "cpu", "--C", "4", "--layers", "3", "--image-size", "8", "--batch-sizes", "4"]
+    argv += ["--precision", "fp32", "fp16", "--order", "1", "--warmup", "0", "--repeats", "1"]
+    assert run.main([*argv, "--json", str(out)]) == 0
     table = capsys.readouterr().out
     assert "| executor | order | precision | batch | median ms |" in table
     payload = json.loads(out.read_text(encoding="utf-8"))
@@ -112,8 +91,8 @@ def test_run_main_skips_unsupported_combination(tmp_path: Path, capsys: pytest.C
 
 
 def test_markdown_table_escapes_pipes() -> None:
-    columns = (run.Column("a", "A"), run.Column("b", "B", "{:.1f}"))
-    table = run.markdown_table(columns, [{"a": "x|y", "b": 1.26}, {"a": None}])
+    columns = (report.Column("a", "A"), report.Column("b", "B", "{:.1f}"))
+    table = report.markdown_table(columns, [{"a": "x|y", "b": 1.26}, {"a": None}])
     assert table.splitlines() == ["| A | B |", "|---|---|", "| x\\|y | 1.3 |", "| - | - |"]
 
 

@@ -13,9 +13,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.report import Row
 from benchmarks.step import summarize, time_cuda
-
-Row = dict[str, Any]
 
 #: (channels, spatial size) of the three supernet stages at C=16.
 DARTS_STAGE_SHAPES: tuple[tuple[int, int], ...] = ((16, 32), (32, 16), (64, 8))

@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import functools
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,16 +42,13 @@ from typing import Any
 
 import torch
 
-from benchmarks import aot
+from benchmarks import aot, report
+from benchmarks.report import Column, Row, Section
 
-Row = dict[str, Any]
 REPO = Path(__file__).resolve().parents[1]
 CUDA_SOURCE = REPO / "csrc" / "cuda" / "weighted_sum_kernel.cu"
 PRECISIONS = ("fp32", "bf16")
-
-
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+KERNEL, TARGET = Column("kernel"), Column("target")  # the columns of both tables
 
 
 # ----------------------------------------------------------------------------- scenarios
@@ -149,9 +145,9 @@ def scenarios(args: argparse.Namespace, scope: str = "full") -> list[Scenario]:
         "image_size": getattr(args, "image_size", 32),
     }
     method = getattr(args, "method", "darts")
-    # the architecture step runs the same supernet again; at this commit it launches no configuration
-    # the weight step does not (checked for every scenario of the full scope), so it is left out unless
-    # --aot-arch-step asks for it (it doubles the tracing time)
+    # the architecture step runs the same supernet again and launches no configuration the weight step
+    # does not (checked for every scenario of the full scope), so it is left out unless --aot-arch-step
+    # asks for it (it doubles the tracing time)
     with_arch_step = bool(getattr(args, "aot_arch_step", False))
     out: list[Scenario] = []
 
@@ -223,14 +219,14 @@ def launch_plan(chosen: Sequence[Scenario], progress: bool = False) -> LaunchPla
     failed: dict[str, str] = {}
     for scenario in chosen:
         if progress:
-            _progress(f"kernel_resources: tracing {scenario.group}: {scenario.name}")
+            report.progress(f"kernel_resources: tracing {scenario.group}: {scenario.name}")
         try:
             calls = aot.trace_ops(scenario.build())
         except aot.TraceError as exc:  # a broken benchmark case: keep what it launched before
             calls = exc.calls
             failed[scenario.name] = str(exc)[:200]
             if progress:
-                _progress(f"kernel_resources:   {scenario.name} raised {exc}")
+                report.progress(f"kernel_resources:   {scenario.name} raised {exc}")
         configs, _, skipped = aot.replay(calls)
         for config in configs:
             used_by.setdefault(config, []).append(scenario.name)
@@ -392,13 +388,13 @@ def kernel_resource_rows(args: argparse.Namespace) -> Iterator[Row]:
     groups = plan.launch_configurations()
     every = getattr(args, "aot_specializations", "all") == "all"
     chosen = [c for group in groups.values() for c in (group if every else group[:1])]
-    _progress(
+    report.progress(
         f"kernel_resources: {len(plan.configs)} specialisations in {len(groups)} launch configurations "
         f"(traced in {plan.seconds:.0f} s); compiling {len(chosen)} for {', '.join(f'sm_{a}' for a in archs)}"
     )
     started = time.perf_counter()
     results = aot.compile_configs(chosen, archs, jobs=getattr(args, "aot_jobs", None))
-    _progress(f"kernel_resources: compiled in {time.perf_counter() - started:.0f} s")
+    report.progress(f"kernel_resources: compiled in {time.perf_counter() - started:.0f} s")
     variants = {key: len(group) for key, group in groups.items()}
     rows = sorted(triton_rows(results, variants), key=lambda r: (r["kernel"], r["config"], r["target"]))
     if len(rows):
@@ -466,31 +462,26 @@ def _footer(rows: list[Row]) -> list[str]:
     return lines
 
 
-COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("kernel", "kernel", "{}"),
-    ("config", "config", "{}"),
-    ("target", "target", "{}"),
-    ("warps", "warps", "{}"),
-    ("registers_range", "regs", "{}"),
-    ("smem", "smem B", "{}"),
-    ("local", "local B", "{}"),
-    ("blocks_per_sm", "blocks/SM", "{}"),
-    ("warps_per_sm", "warps/SM", "{}"),
-    ("occupancy_pct", "occupancy", "{:.0f}%"),
-    ("limiter", "limited by", "{}"),
-    ("variants", "variants", "{}"),
-    ("status", "status", "{}"),
-)
-
-
-def kernel_resources_section(section_cls: Any, column_cls: Any) -> Any:
-    """The ``kernel_resources`` benchmark section, built with ``benchmarks.run``'s ``Section`` and
-    ``Column`` (passed in, so that this module never imports ``benchmarks.run``, which may be
-    ``__main__``): ``register(kernel_resources_section(Section, Column))``."""
-    return section_cls(
+def kernel_resources_section() -> Section:
+    """The ``kernel_resources`` section of ``benchmarks/run.py``."""
+    return Section(
         name="kernel_resources",
         title="Kernel resources (AOT, no GPU): registers, shared/local memory, occupancy on sm_80 / sm_90",
-        columns=tuple(column_cls(key, header, fmt) for key, header, fmt in COLUMNS),
+        columns=(
+            KERNEL,
+            Column("config"),
+            TARGET,
+            Column("warps"),
+            Column("registers_range", "regs"),
+            Column("smem", "smem B"),
+            Column("local", "local B"),
+            Column("blocks_per_sm", "blocks/SM"),
+            Column("warps_per_sm", "warps/SM"),
+            Column("occupancy_pct", "occupancy", "{:.0f}%"),
+            Column("limiter", "limited by"),
+            Column("variants"),
+            Column("status"),
+        ),
         rows=kernel_resource_rows,
         add_arguments=_arguments,
         footer=_footer,
@@ -564,25 +555,14 @@ def summary_rows(rows: Sequence[Row]) -> list[Row]:
     return sorted(out.values(), key=lambda s: (s["kernel"], s["target"]))
 
 
-SUMMARY_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("kernel", "kernel", "{}"),
-    ("target", "target", "{}"),
-    ("configs", "configs", "{}"),
-    ("registers", "regs", "{}"),
-    ("smem_max", "max smem B", "{}"),
-    ("occupancy_min", "min occupancy", "{:.0f}%"),
-    ("spills", "spilling", "{}"),
-    ("errors", "not compiling", "{}"),
+#: The columns of :func:`summary_rows` (the per-kernel table of ``benchmarks/README.md``).
+SUMMARY_COLUMNS: tuple[Column, ...] = (
+    KERNEL,
+    TARGET,
+    Column("configs"),
+    Column("registers", "regs"),
+    Column("smem_max", "max smem B"),
+    Column("occupancy_min", "min occupancy", "{:.0f}%"),
+    Column("spills", "spilling"),
+    Column("errors", "not compiling"),
 )
-
-
-def markdown(columns: Sequence[tuple[str, str, str]], rows: Sequence[Row]) -> str:
-    """A markdown table (as ``benchmarks.run.markdown_table``, without importing it)."""
-
-    def cell(row: Row, key: str, fmt: str) -> str:
-        value = row.get(key)
-        return "-" if value is None else fmt.format(value).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in columns) + " |" for r in rows]
-    return "\n".join(lines)

@@ -39,6 +39,10 @@ alphas. A read of a tensor without one (DARTS' finite-difference ``||v||``) answ
 (``host_reads_guessed``); a tensor updated in place from values without shadows (the alphas after the
 Adam step: their gradient comes from activations) keeps its value from before, read as ``stale``.
 
+Every registered search method (:data:`fastnas.methods.METHODS`) and cell executor is counted, with
+``plain`` (the reference executor with every op forced to PyTorch) first; a case a method cannot run is a
+row saying why (:func:`applies`, or the method's own refusal).
+
 Run it alone (``python -m benchmarks.launches --help``) or as the ``launches`` section of
 ``benchmarks/run.py``. ``count_search_step(..., device="cpu")`` counts a real CPU run with the same
 dispatch, to check the meta count (``tests/test_launches.py``).
@@ -48,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import importlib
 import math
@@ -65,16 +68,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
-from benchmarks.step import build_search_step
-from fastnas.methods import get_method
+from benchmarks.report import Column, Row, Section, progress, section_markdown
+from benchmarks.step import build_search_step, executor_names, method_names, takes_order
+from fastnas.errors import ConfigError
 from fastnas.nn import fast_executor
 from fastnas.search_model import SearchModel
 
 __all__ = [
     "BANDWIDTH_BYTES_PER_S",
-    "EXECUTORS",
     "LAUNCH_US",
-    "METHODS",
     "NO_KERNEL_OPS",
     "SELF_NOT_READ",
     "UNMARKED_WRITES",
@@ -84,6 +86,7 @@ __all__ = [
     "count_search_step",
     "emulate_cuda_dispatch",
     "foreach_launches",
+    "launch_executors",
     "launches_rows",
     "launches_section",
     "record_triton_launches",
@@ -93,8 +96,6 @@ __all__ = [
 BANDWIDTH_BYTES_PER_S = 3e12  # the bandwidth floor's memory speed: 3 TB/s
 LAUNCH_US = 4.0  # the launch floor: microseconds per kernel launch
 SHADOW_NUMEL = 1024  # device tensors up to this many elements carry real values (host reads)
-METHODS = ("darts", "pdarts", "pc-darts", "edas", "ddsas", "entrannas", "entrannas-dst")
-EXECUTORS = ("plain", "reference", "fast")
 GOAL_LAUNCH_RATIO = 0.25  # fast <= 1/4 of the reference executor's launches
 GOAL_BYTE_RATIO = 0.5  # fast <= 1/2 of the reference executor's bytes
 
@@ -316,7 +317,8 @@ _unpatched_getitem: list[Any] = []  # KernelInterface.__getitem__ while it is pa
 
 def _record_launch(self: Any, grid: Any) -> Callable[..., Any]:
     """``kernel[grid]`` while recording: a launcher that records the kernel's name (and runs it if asked)."""
-    name = getattr(getattr(self, "fn", None), "__name__", None) or getattr(self, "__name__", "triton_kernel")
+    fn = getattr(self, "fn", None)
+    name = str(getattr(fn, "__name__", None) or getattr(self, "__name__", "triton_kernel"))
 
     def launcher(*args: Any, **kwargs: Any) -> Any:
         record, run = _triton_records[-1]
@@ -338,14 +340,14 @@ def record_triton_launches(run: bool = False) -> Iterator[list[str]]:
     record: list[str] = []
     if not _triton_records:
         _unpatched_getitem.append(KernelInterface.__getitem__)
-        KernelInterface.__getitem__ = _record_launch  # type: ignore[method-assign]
+        KernelInterface.__getitem__ = _record_launch
     _triton_records.append((record, run))
     try:
         yield record
     finally:
         _triton_records.pop()
         if not _triton_records:
-            KernelInterface.__getitem__ = _unpatched_getitem.pop()  # type: ignore[method-assign]
+            KernelInterface.__getitem__ = _unpatched_getitem.pop()
 
 
 WEIGHTED_SUM_MAX_INPUTS = 32  # FASTNAS_WS_MAX_INPUTS_PER_LAUNCH, csrc/cuda/weighted_sum_kernel.h
@@ -730,10 +732,18 @@ def _literals_keep_values() -> Iterator[None]:
     counter sees (a host-to-device copy), and the meta tensor keeps the data as its shadow."""
     literal = torch.tensor
 
-    def tensor(data: Any, *args: Any, device: Any = None, requires_grad: bool = False, **kwargs: Any):
+    def tensor(
+        data: Any,
+        dtype: torch.dtype | None = None,
+        device: Any = None,
+        requires_grad: bool = False,
+        pin_memory: bool = False,
+    ) -> torch.Tensor:
         if device is None or torch.device(device).type != "meta":
-            return literal(data, *args, device=device, requires_grad=requires_grad, **kwargs)
-        return literal(data, *args, **kwargs).to(device).requires_grad_(requires_grad)
+            return literal(
+                data, dtype=dtype, device=device, requires_grad=requires_grad, pin_memory=pin_memory
+            )
+        return literal(data, dtype=dtype, pin_memory=pin_memory).to(device).requires_grad_(requires_grad)
 
     with mock.patch.object(torch, "tensor", tensor):
         yield
@@ -749,8 +759,7 @@ def _named_tensors(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
 
 def applies(method: str, order: int, executor: str) -> str | None:
     """Why the case (method, order, executor) does not exist (an ``n/a`` row), or None."""
-    takes_order = "order" in {f.name for f in dataclasses.fields(get_method(method).Options)}
-    if order != 1 and not takes_order:
+    if order != 1 and not takes_order(method):
         return f"{method} has first-order architecture steps only"
     if executor == "fast" and method.startswith("entrannas"):
         return "the fast executor applies to DARTS-space supernets only"
@@ -857,13 +866,21 @@ def floors(row: dict[str, Any]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------- the section
+def launch_executors() -> tuple[str, ...]:
+    """The executor cases: ``plain``, ``reference`` (the ``fast`` rows' ratios are to it), then every
+    other registered cell executor."""
+    return ("plain", "reference", *(name for name in executor_names() if name != "reference"))
+
+
 def add_launches_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the section; the shape comes from the shared ``--C``, ``--layers``, ``--image-size``,
-    first ``--batch-sizes`` entry and ``--seed`` of ``benchmarks/run.py``."""
+    """Options of the section (by default every registered method and executor); the shape comes from the
+    shared ``--C``, ``--layers``, ``--image-size``, first ``--batch-sizes`` entry and ``--seed`` of
+    ``benchmarks/run.py``."""
     group = parser.add_argument_group("launches (kernel launches and bytes of a search step, counted on CPU)")
-    group.add_argument("--launch-methods", nargs="+", default=list(METHODS), metavar="METHOD")
+    group.add_argument("--launch-methods", nargs="+", default=list(method_names()), metavar="METHOD")
     group.add_argument("--launch-orders", type=int, nargs="+", default=[1, 2], choices=(1, 2))
-    group.add_argument("--launch-executors", nargs="+", default=list(EXECUTORS), choices=EXECUTORS)
+    executors = launch_executors()
+    group.add_argument("--launch-executors", nargs="+", default=list(executors), choices=executors)
     group.add_argument(
         "--launch-warmup",
         type=int,
@@ -873,11 +890,7 @@ def add_launches_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def launches_rows(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
+def launches_rows(args: argparse.Namespace) -> Iterator[Row]:
     """One row per (method, order, executor); ``fast`` rows carry their ratios to ``reference``."""
     shape = {
         "batch_size": args.batch_sizes[0],
@@ -896,10 +909,13 @@ def launches_rows(args: argparse.Namespace) -> Iterator[dict[str, Any]]:
                 if reason:
                     yield {**case, "status": "n/a", "note": reason}
                     continue
-                _progress(f"launches: {case}")
+                progress(f"launches: {case}")
                 started = time.perf_counter()
                 try:
                     row = {**count_search_step(method, order, executor, **shape)[0], "status": "ok"}
+                except ConfigError as exc:  # the method refuses the case (e.g. an executor it does not run)
+                    yield {**case, "status": "n/a", "note": str(exc)}
+                    continue
                 except Exception as exc:  # keep the grid going; the exit status reports it
                     traceback.print_exc()
                     yield {**case, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
@@ -949,16 +965,15 @@ def launches_footer(rows: list[dict[str, Any]]) -> list[str]:
                 f"({'met' if byte_ok else 'not met'})"
             )
     for executor in ("reference", "fast"):
-        r = next(
+        top = next(
             (x for x in ok if x["method"] == "darts" and x["order"] == 1 and x["executor"] == executor), None
         )
-        if r is None:
+        if top is None:
             continue
+        launches = _op_list(top["top_launches"], "launches")
         lines.append("")
-        lines.append(
-            f"DARTS first order, `{executor}`: top 5 by launches: {_op_list(r['top_launches'], 'launches')}."
-        )
-        lines.append(f"Top 5 by bytes: {_op_list(r['top_bytes'], 'bytes')}.")
+        lines.append(f"DARTS first order, `{executor}`: top 5 by launches: {launches}.")
+        lines.append(f"Top 5 by bytes: {_op_list(top['top_bytes'], 'bytes')}.")
     reads = [r for r in ok if r["host_reads_guessed"] or r["host_reads_stale"]]
     if reads:
         lines.append("")
@@ -976,28 +991,24 @@ def launches_footer(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-LAUNCH_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("method", "method", "{}"),
-    ("order", "order", "{}"),
-    ("executor", "executor", "{}"),
-    ("launches", "launches", "{}"),
-    ("mb_read", "MB read", "{:.0f}"),
-    ("mb_written", "MB written", "{:.0f}"),
-    ("bandwidth_us", "bandwidth floor us", "{:.0f}"),
-    ("launch_us", "launch floor us", "{:.0f}"),
-    ("launch_ratio", "launches / ref", "{:.3f}"),
-    ("byte_ratio", "bytes / ref", "{:.3f}"),
-    ("note", "note", "{}"),
-)
-
-
-def launches_section(section_cls: type, column_cls: type) -> Any:
-    """The ``launches`` section, built with ``benchmarks/run.py``'s ``Section`` and ``Column`` (passed in:
-    this module does not import ``run.py``): ``register(launches_section(Section, Column))``."""
-    return section_cls(
+def launches_section() -> Section:
+    """The ``launches`` section of ``benchmarks/run.py``."""
+    return Section(
         name="launches",
         title="Launches and bytes of a search step (CPU count)",
-        columns=tuple(column_cls(key, header, fmt) for key, header, fmt in LAUNCH_COLUMNS),
+        columns=(
+            Column("method"),
+            Column("order"),
+            Column("executor"),
+            Column("launches"),
+            Column("mb_read", "MB read", "{:.0f}"),
+            Column("mb_written", "MB written", "{:.0f}"),
+            Column("bandwidth_us", "bandwidth floor us", "{:.0f}"),
+            Column("launch_us", "launch floor us", "{:.0f}"),
+            Column("launch_ratio", "launches / ref", "{:.3f}"),
+            Column("byte_ratio", "bytes / ref", "{:.3f}"),
+            Column("note"),
+        ),
         rows=launches_rows,
         add_arguments=add_launches_arguments,
         footer=launches_footer,
@@ -1009,8 +1020,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the section alone and print its table (``--json PATH`` writes the rows too)."""
     import json
     from pathlib import Path
-
-    from benchmarks import run
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.launches",
@@ -1025,10 +1034,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     add_launches_arguments(parser)
     args = parser.parse_args(argv)
-    section = launches_section(run.Section, run.Column)
-    rows = list(section.rows(args))
-    text = f"## {section.title}\n\n{run.markdown_table(section.columns, rows)}"
-    print(text + "\n\n" + "\n".join(section.footer(rows)), flush=True)
+    rows = list(launches_rows(args))
+    print(section_markdown(launches_section(), rows), flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     return 1 if any(r.get("status") == "error" for r in rows) else 0

@@ -3,10 +3,12 @@
     python -m benchmarks.run --device auto --batch-sizes 64 256 --precision fp32 bf16 --order 1 2 \\
         --C 16 --layers 8 --json out.json
 
-A benchmark is a :class:`Section` in :data:`SECTIONS`: its own command-line options, a generator of
-result rows (plain dicts) and the columns of its table. New benchmarks (per-op kernels, fused vs
-reference vs ``torch.compile``, achieved GB/s) are added with :func:`register` and appear as more
-sections of the same report; ``--only NAME ...`` selects some of them.
+A benchmark is a :class:`~benchmarks.report.Section` registered in :data:`SECTIONS` with :func:`register`:
+its own command-line options, a generator of result rows (plain dicts) and the columns of its table. The
+search-step, P-DARTS-stage, per-method, input-pipeline and per-kernel sections are defined here; the
+launch count (``benchmarks/launches.py``) and the kernel resources (``benchmarks/kernel_resources.py``)
+build their sections in their own modules. Sections without ``default`` run only when named with
+``--only NAME ...``.
 """
 
 from __future__ import annotations
@@ -17,54 +19,38 @@ import json
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 import torch
 
 from benchmarks.kernel_resources import kernel_resources_section
 from benchmarks.launches import launches_section
+from benchmarks.report import Column, Row, Section, markdown_table, progress, section_markdown
 from benchmarks.step import (
     MODES,
+    build_search_step,
     environment,
+    executor_names,
     measure_search_step,
+    method_names,
     mode_unsupported_reason,
     stage_space,
     unsupported_reason,
 )
 from fastnas.train.device import PRECISIONS, resolve_device
 
-Row = dict[str, Any]
+__all__ = ["SECTIONS", "Column", "Row", "Section", "build_parser", "format_report", "main", "markdown_table"]
 
+P = ParamSpec("P")
 
-@dataclass(frozen=True)
-class Column:
-    """One table column: the row key, its header and a format spec (``"{:.2f}"``)."""
-
-    key: str
-    header: str
-    fmt: str = "{}"
-
-    def cell(self, row: Row) -> str:
-        value = row.get(self.key)
-        if value is None:
-            return "-"
-        return self.fmt.format(value).replace("|", "\\|")  # keep the markdown table intact
-
-
-@dataclass(frozen=True)
-class Section:
-    """A benchmark: its options, its rows (one per measured case) and its table columns."""
-
-    name: str
-    title: str
-    columns: tuple[Column, ...]
-    rows: Callable[[argparse.Namespace], Iterator[Row]]
-    add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
-    footer: Callable[[list[Row]], list[str]] | None = None
-    default: bool = True  # run without --only
-
+# Columns several sections share.
+BATCH = Column("batch_size", "batch")
+PRECISION = Column("precision")
+MEDIAN_MS = Column("median_ms", "median ms", "{:.2f}")
+IMAGES_PER_S = Column("images_per_s", "img/s", "{:.1f}")
+PEAK_MIB = Column("peak_mem_mb", "peak MiB", "{:.1f}")
+NOTE = Column("note")
 
 #: Registered benchmarks, in report order.
 SECTIONS: dict[str, Section] = {}
@@ -78,14 +64,11 @@ def register(section: Section) -> Section:
     return section
 
 
-def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def guarded(case: Row, measure: Callable[[], Row]) -> Row:
-    """``measure()`` with ``status`` ok, or ``case`` with ``status`` oom / error where it raised."""
+def guarded(case: Row, measure: Callable[P, Row], *args: P.args, **kwargs: P.kwargs) -> Row:
+    """``measure(*args, **kwargs)`` with ``status`` ok, or ``case`` with ``status`` oom / error where it
+    raised."""
     try:
-        return {**measure(), "status": "ok", "note": ""}
+        return {**measure(*args, **kwargs), "status": "ok", "note": ""}
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
         return {**case, "status": "oom", "note": "out of memory"}
@@ -121,8 +104,8 @@ def _search_step_arguments(parser: argparse.ArgumentParser) -> None:
         "--executor",
         nargs="+",
         default=["reference"],
-        help="cell executors to compare: reference, fast, or plain (the reference executor with every op "
-        "forced to its PyTorch reference: the plain baseline)",
+        help=f"cell executors to compare: {', '.join(executor_names())}, or plain (the reference executor "
+        "with every op forced to its PyTorch reference: the plain baseline)",
     )
     group.add_argument(
         "--mode",
@@ -133,7 +116,7 @@ def _search_step_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile; the warm-up iterations compile); graph (the first-order iteration replayed from a CUDA "
         "graph, as --cuda-graph; CUDA only, other devices report the row unsupported with the reason)",
     )
-    group.add_argument("--method", default="darts")
+    group.add_argument("--method", default="darts", help=f"one of {', '.join(method_names())}")
     group.add_argument("--C", type=int, default=16, help="initial channels")
     group.add_argument("--layers", type=int, default=8, help="cells in the supernet")
     group.add_argument("--image-size", type=int, default=32)
@@ -156,7 +139,7 @@ def _search_step_rows(args: argparse.Namespace) -> Iterator[Row]:
             "precision": precision,
             "batch_size": batch_size,
         }
-        _progress(f"search_step: {case}")
+        progress(f"search_step: {case}")
         plain = executor == "plain"
         reason = unsupported_reason(precision, order) or mode_unsupported_reason(
             mode, device, args.method, order, precision
@@ -166,16 +149,15 @@ def _search_step_rows(args: argparse.Namespace) -> Iterator[Row]:
             continue
         row = guarded(
             case,
-            lambda e=executor, o=order, p=precision, b=batch_size, pl=plain, m=mode: _measure(
-                args,
-                batch_size=b,
-                precision=p,
-                order=o,
-                executor="reference" if e == "plain" else e,
-                method=args.method,
-                reference_ops=args.reference_ops or pl,
-                mode=m,
-            ),
+            _measure,
+            args,
+            batch_size=batch_size,
+            precision=precision,
+            order=order,
+            executor="reference" if plain else executor,
+            method=args.method,
+            reference_ops=args.reference_ops or plain,
+            mode=mode,
         )
         if plain and row.get("status") == "ok":
             row["executor"] = "plain"  # the reference executor with every op forced to PyTorch
@@ -202,17 +184,17 @@ register(
         name="search_step",
         title="Search step (architecture step + weight step)",
         columns=(
-            Column("mode", "mode"),
-            Column("executor", "executor"),
-            Column("order", "order"),
-            Column("precision", "precision"),
-            Column("batch_size", "batch"),
-            Column("median_ms", "median ms", "{:.2f}"),
+            Column("mode"),
+            Column("executor"),
+            Column("order"),
+            PRECISION,
+            BATCH,
+            MEDIAN_MS,
             Column("p10_ms", "p10 ms", "{:.2f}"),
             Column("p90_ms", "p90 ms", "{:.2f}"),
-            Column("images_per_s", "img/s", "{:.1f}"),
-            Column("peak_mem_mb", "peak MiB", "{:.1f}"),
-            Column("note", "note"),
+            IMAGES_PER_S,
+            PEAK_MIB,
+            NOTE,
         ),
         rows=_search_step_rows,
         add_arguments=_search_step_arguments,
@@ -233,13 +215,8 @@ def _pdarts_rows(args: argparse.Namespace) -> Iterator[Row]:
         raise SystemExit("--pdarts-layers and --pdarts-ops need one entry per stage")
     for stage, (layers, ops) in enumerate(zip(args.pdarts_layers, args.pdarts_ops, strict=True), start=1):
         case = {"benchmark": "pdarts_stage", "stage": stage, "layers": layers, "ops_per_edge": ops}
-        _progress(f"pdarts_stages: {case}")
-        row = guarded(
-            case,
-            lambda n=layers, k=ops: _measure(
-                args, layers=n, method="pdarts", space=stage_space(k, args.seed)
-            ),
-        )
+        progress(f"pdarts_stages: {case}")
+        row = guarded(case, _measure, args, layers=layers, method="pdarts", space=stage_space(ops, args.seed))
         yield {**row, **case}
 
 
@@ -248,15 +225,15 @@ register(
         name="pdarts_stages",
         title="P-DARTS stages (search step at each stage's depth and candidate count)",
         columns=(
-            Column("stage", "stage"),
+            Column("stage"),
             Column("layers", "cells"),
             Column("ops_per_edge", "ops/edge"),
-            Column("batch_size", "batch"),
-            Column("precision", "precision"),
-            Column("median_ms", "median ms", "{:.2f}"),
-            Column("images_per_s", "img/s", "{:.1f}"),
-            Column("peak_mem_mb", "peak MiB", "{:.1f}"),
-            Column("note", "note"),
+            BATCH,
+            PRECISION,
+            MEDIAN_MS,
+            IMAGES_PER_S,
+            PEAK_MIB,
+            NOTE,
         ),
         rows=_pdarts_rows,
         add_arguments=_pdarts_arguments,
@@ -269,7 +246,11 @@ register(
 def _methods_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("methods (one search step per method, against DARTS)")
     group.add_argument(
-        "--methods", nargs="+", default=["darts", "pc-darts", "edas", "ddsas"], metavar="METHOD"
+        "--methods",
+        nargs="+",
+        default=["darts", "pc-darts", "edas", "ddsas"],
+        metavar="METHOD",
+        help=f"any of {', '.join(method_names())} (default: %(default)s)",
     )
 
 
@@ -278,13 +259,8 @@ def _methods_rows(args: argparse.Namespace) -> Iterator[Row]:
     rows = []
     for method in args.methods:
         case = {"benchmark": "methods", "method": method, "batch_size": args.batch_sizes[0]}
-        _progress(f"methods: {case}")
-        rows.append(
-            guarded(
-                case,
-                lambda m=method: _measure(args, method=m),
-            )
-        )
+        progress(f"methods: {case}")
+        rows.append(guarded(case, _measure, args, method=method))
     darts = next((r for r in rows if r.get("method") == "darts" and r["status"] == "ok"), None)
     for row in rows:
         if darts is not None and row["status"] == "ok":
@@ -298,16 +274,16 @@ register(
         name="methods",
         title="One search step per method at one shape, against DARTS (PC-DARTS K=4, DDSAS L=28)",
         columns=(
-            Column("method", "method"),
+            Column("method"),
             Column("layers", "cells"),
-            Column("C", "C"),
-            Column("batch_size", "batch"),
-            Column("precision", "precision"),
-            Column("median_ms", "median ms", "{:.2f}"),
+            Column("C"),
+            BATCH,
+            PRECISION,
+            MEDIAN_MS,
             Column("time_vs_darts", "time / DARTS", "{:.3f}"),
-            Column("peak_mem_mb", "peak MiB", "{:.1f}"),
+            PEAK_MIB,
             Column("mem_vs_darts", "memory / DARTS", "{:.3f}"),
-            Column("note", "note"),
+            NOTE,
         ),
         rows=_methods_rows,
         add_arguments=_methods_arguments,
@@ -332,47 +308,25 @@ def _loaders_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--loaders", nargs="+", default=["torch", "dali"], choices=("torch", "dali"))
 
 
-def _imagenet_search_step(args: argparse.Namespace, device: torch.device, batch: int, size: int) -> Any:
-    """:class:`benchmarks.step.SearchStep` of the ImageNet DARTS supernet (ImageNet stem, 100 classes,
-    ``--C``/``--layers``) on random ``size`` x ``size`` batches, with DARTS' published optimisers."""
-    from benchmarks.step import SearchStep, random_batch
-    from fastnas.search_model import SearchModel
-
-    torch.manual_seed(args.seed)
-    model = SearchModel.build("darts", C=args.C, layers=args.layers, num_classes=100, stem="imagenet")
-    model = model.to(device).train()
-    hp = model.algorithm.defaults
-    model.start_epoch(0, hp.epochs)
-    weights = torch.optim.SGD(
-        model.weight_parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
-    )
-    arch = torch.optim.Adam(
-        model.arch_parameters(), lr=hp.arch_lr, betas=tuple(hp.arch_betas), weight_decay=hp.arch_weight_decay
-    )
-    precision = args.precision[0]
-    return SearchStep(
-        model=model,
-        weight_optimizer=weights,
-        arch_optimizer=arch,
-        weight_scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
-        arch_scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
-        train_batch=random_batch(batch, size, 100, device),
-        val_batch=random_batch(batch, size, 100, device),
-        device=device,
-        precision=precision,
-        lr=hp.lr,
-        grad_clip=hp.grad_clip,
-        arch_grad_clip=hp.arch_grad_clip,
-    )
-
-
 def _supernet_row(args: argparse.Namespace, device: torch.device, case: Row) -> Row:
+    """The DARTS search step on the ImageNet supernet (ImageNet stem, 100 classes, ``--C``/``--layers``)
+    at the pipelines' batch and image size: the images per second the supernet consumes."""
     from benchmarks.step import CpuMemoryProbe, CudaMemoryProbe, run_timed, summarize
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     probe = CudaMemoryProbe(device) if device.type == "cuda" else CpuMemoryProbe()
-    step = _imagenet_search_step(args, device, args.loader_batch, args.loader_image_size)
+    step = build_search_step(
+        args.loader_batch,
+        device,
+        args.precision[0],
+        C=args.C,
+        layers=args.layers,
+        image_size=args.loader_image_size,
+        seed=args.seed,
+        num_classes=100,
+        stem="imagenet",
+    )
     times = run_timed(step, device, args.warmup, args.repeats, probe)
     stats = summarize(times)
     seconds = stats["median_ms"] / 1e3
@@ -425,8 +379,8 @@ def _loaders_rows(args: argparse.Namespace) -> Iterator[Row]:
     base = {"benchmark": "loaders", "device": str(device), "batch_size": args.loader_batch,
             "image_size": args.loader_image_size}  # fmt: skip
     case = {**base, "pipeline": "supernet", "workers": None}
-    _progress(f"loaders: {case}")
-    supernet = guarded(case, lambda: _supernet_row(args, device, case))
+    progress(f"loaders: {case}")
+    supernet = guarded(case, _supernet_row, args, device, case)
     supernet["note"] = supernet["note"] or f"DARTS C={args.C} {args.layers} cells, ImageNet stem"
     yield supernet
     folder = None
@@ -435,14 +389,14 @@ def _loaders_rows(args: argparse.Namespace) -> Iterator[Row]:
         folder.transform = imagenet_transform(True, args.loader_image_size)
     for name in args.loaders:
         case = {**base, "pipeline": name, "workers": args.loader_workers}
-        _progress(f"loaders: {case}")
+        progress(f"loaders: {case}")
         if folder is None:
             yield {**case, "status": "skipped", "note": f"no ImageNet data at {args.loader_data}"}
             continue
         if name == "dali" and not dali_available():
             yield {**case, "status": "skipped", "note": "NVIDIA DALI is not installed"}
             continue
-        row = guarded(case, lambda c=case: _loader_row(args, device, c, folder))
+        row = guarded(case, _loader_row, args, device, case, folder)
         if row["status"] == "ok" and supernet["status"] == "ok":
             row["vs_supernet"] = row["images_per_s"] / supernet["images_per_s"]
         yield row
@@ -470,16 +424,16 @@ register(
         name="loaders",
         title="ImageNet input pipelines (train transforms) against the supernet's consumption",
         columns=(
-            Column("pipeline", "pipeline"),
-            Column("device", "device"),
-            Column("batch_size", "batch"),
+            Column("pipeline"),
+            Column("device"),
+            BATCH,
             Column("image_size", "size"),
-            Column("workers", "workers"),
-            Column("images", "images"),
+            Column("workers"),
+            Column("images"),
             Column("seconds", "seconds", "{:.2f}"),
-            Column("images_per_s", "img/s", "{:.1f}"),
+            IMAGES_PER_S,
             Column("vs_supernet", "x supernet", "{:.2f}"),
-            Column("note", "note"),
+            NOTE,
         ),
         rows=_loaders_rows,
         add_arguments=_loaders_arguments,
@@ -495,7 +449,7 @@ def _kernel_rows(args: argparse.Namespace) -> Iterator[Row]:
 
     device = resolve_device(args.device)
     kernels = args.kernels or list(KERNEL_CASES)
-    _progress(f"kernels: {', '.join(kernels)}")
+    progress(f"kernels: {', '.join(kernels)}")
     yield from kernel_rows(kernels, args.batch_sizes, args.precision, device, args.warmup, args.repeats)
 
 
@@ -509,15 +463,15 @@ register(
         name="kernels",
         title="Fused kernels vs the PyTorch reference and torch.compile (forward + backward)",
         columns=(
-            Column("kernel", "kernel"),
-            Column("impl", "impl"),
-            Column("precision", "precision"),
-            Column("batch_size", "batch"),
-            Column("C", "C"),
+            Column("kernel"),
+            Column("impl"),
+            PRECISION,
+            BATCH,
+            Column("C"),
             Column("size", "HxW"),
             Column("median_ms", "median ms", "{:.3f}"),
             Column("gb_per_s", "GB/s", "{:.0f}"),
-            Column("note", "note"),
+            NOTE,
         ),
         rows=_kernel_rows,
         add_arguments=_kernel_arguments,
@@ -525,21 +479,11 @@ register(
 )
 
 # Counted and compiled without a GPU: launches and bytes of a search step, kernel resources.
-register(launches_section(Section, Column))
-register(kernel_resources_section(Section, Column))
+register(launches_section())
+register(kernel_resources_section())
 
 
 # ----------------------------------------------------------------------------- report
-def markdown_table(columns: Sequence[Column], rows: Sequence[Row]) -> str:
-    """A GitHub-flavoured markdown table of ``rows``."""
-    lines = [
-        "| " + " | ".join(c.header for c in columns) + " |",
-        "|" + "|".join("---" for _ in columns) + "|",
-    ]
-    lines += ["| " + " | ".join(c.cell(r) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def format_report(env: Row, results: dict[str, list[Row]]) -> str:
     """The whole report: an environment line, then one titled table per section."""
     parts = [
@@ -547,11 +491,7 @@ def format_report(env: Row, results: dict[str, list[Row]]) -> str:
         f"{env['torch_version']}; CUDA {env['cuda_version'] or 'none'}; "
         f"torch CPU threads: {env['num_threads']}."
     ]
-    for name, rows in results.items():
-        section = SECTIONS[name]
-        text = f"## {section.title}\n\n{markdown_table(section.columns, rows)}"
-        footer = section.footer(rows) if section.footer else []
-        parts.append(text + ("\n\n" + "\n".join(footer) if footer else ""))
+    parts += [section_markdown(SECTIONS[name], rows) for name, rows in results.items()]
     return "\n\n".join(parts)
 
 

@@ -24,15 +24,19 @@ import resource
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
+import fastnas.nn.fast_executor  # noqa: F401  (registers the "fast" cell executor)
+from benchmarks.report import Row
 from fastnas.backend import force_reference
 from fastnas.errors import ConfigError
-from fastnas.methods import get_method
+from fastnas.methods import METHODS, get_method
+from fastnas.nn import executor as cell_executor
+from fastnas.nn.skeleton import Stem
 from fastnas.search_model import SearchModel
 from fastnas.spaces import DartsSpace
 from fastnas.train.compiled import CompiledLevels, check_compilable
@@ -43,6 +47,22 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 #: How an iteration runs: eagerly, with both levels compiled, or replayed from a CUDA graph.
 MODES = ("eager", "compile", "graph")
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered search method (:data:`fastnas.methods.METHODS`), in registration order."""
+    return tuple(METHODS)
+
+
+def executor_names() -> tuple[str, ...]:
+    """Every registered cell executor (``reference``, ``fast`` and any added with ``register_executor``)."""
+    return cell_executor.executor_names()
+
+
+def takes_order(method: str) -> bool:
+    """Whether ``method`` has a second-order architecture step (an ``order`` option)."""
+    return "order" in {f.name for f in dataclasses.fields(get_method(method).Options)}
+
 
 #: Keys every result of :func:`measure_search_step` has.
 RESULT_KEYS = (
@@ -97,9 +117,16 @@ class SearchStep:
     mode: str = "eager"
     compiled: CompiledLevels | None = None  # mode "compile"
     graphed: GraphedStep | None = None  # mode "graph"
+    settings: Row = field(default_factory=dict)  # what it was built with (a result's fields)
 
     def _autocast(self) -> Any:
         return autocast(self.device, self.precision, cache_enabled=self.graphed is None)
+
+    def arch_loss(self, val_batch: Batch) -> torch.Tensor:
+        """The upper-level loss of ``val_batch`` (through ``torch.compile`` in mode ``compile``)."""
+        if self.compiled is not None:
+            return self.compiled.arch_loss(*val_batch)
+        return self.model.loss(*val_batch, level="arch")
 
     def arch_step(self, train_batch: Batch | None = None, val_batch: Batch | None = None) -> torch.Tensor:
         """The architecture update (first or second order), as ``SearchRunner.arch_step``."""
@@ -115,13 +142,12 @@ class SearchStep:
                 grads, loss = unrolled_arch_gradients(
                     self.model, train_batch, val_batch, self.lr, self.weight_optimizer
                 )
-                for p, g in zip(params, grads, strict=True):
-                    p.grad = g.to(p.dtype)
-            elif self.compiled is not None:
-                loss = self.compiled.arch_loss(*val_batch)
             else:
-                loss = self.model.loss(*val_batch, level="arch")
-        if not second_order:
+                loss = self.arch_loss(val_batch)
+        if second_order:  # the gradients as the unrolled step computed them, in the parameters' dtype
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.to(p.dtype)
+        else:
             self.arch_scaler.scale(loss).backward(inputs=params)
         if self.arch_grad_clip:
             self.arch_scaler.unscale_(self.arch_optimizer)
@@ -131,16 +157,19 @@ class SearchStep:
         self.model.algorithm.after_arch_step()
         return loss.detach()
 
+    def weight_loss(self, train_batch: Batch) -> torch.Tensor:
+        """The lower-level loss of ``train_batch`` (through ``torch.compile`` in mode ``compile``)."""
+        x, y = train_batch
+        if self.compiled is not None:
+            return self.compiled.weight_loss(x, y)[0]
+        return self.model.criterion(self.model(x), y, "weights")
+
     def weight_step(self, train_batch: Batch | None = None) -> torch.Tensor:
         """The weight update, as ``SearchRunner.weight_step``."""
-        x, y = train_batch or self.train_batch
         params = self.model.weight_parameters()
         self.weight_optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            if self.compiled is not None:
-                loss, _ = self.compiled.weight_loss(x, y)
-            else:
-                loss = self.model.criterion(self.model(x), y, "weights")
+            loss = self.weight_loss(train_batch or self.train_batch)
         self.weight_scaler.scale(loss).backward(inputs=params)
         self.weight_scaler.unscale_(self.weight_optimizer)
         torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
@@ -233,10 +262,13 @@ def build_search_step(
     seed: int = 0,
     space: DartsSpace | None = None,
     mode: str = "eager",
+    num_classes: int = 10,
+    stem: Stem = "cifar",
 ) -> SearchStep:
     """Build the supernet, optimisers (the method's published settings) and two random batches;
     ``space`` (e.g. one with per-edge candidate sets) replaces the default DARTS space; ``mode``: see
-    the module docstring."""
+    the module docstring; ``num_classes`` and ``stem`` (``imagenet``: the ImageNet stem) shape the
+    supernet and the labels."""
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     reason = unsupported_reason(precision, order) or mode_unsupported_reason(
         mode, dev, method, order, precision
@@ -244,12 +276,19 @@ def build_search_step(
     if reason:
         raise ValueError(reason)
     torch.manual_seed(seed)
-    takes_order = "order" in {f.name for f in dataclasses.fields(get_method(method).Options)}
-    if order != 1 and not takes_order:
+    with_order = takes_order(method)
+    if order != 1 and not with_order:
         raise ValueError(f"{method} has first-order architecture steps only, got order={order}")
-    options = {"order": order} if takes_order else {}
     model = SearchModel.build(
-        method, space=space, C=C, layers=layers, num_classes=10, in_channels=3, executor=executor, **options
+        method,
+        space=space,
+        C=C,
+        layers=layers,
+        num_classes=num_classes,
+        in_channels=3,
+        executor=executor,
+        stem=stem,
+        options={"order": order} if with_order else None,
     ).to(dev)
     model.train()
     hp = model.algorithm.defaults
@@ -266,7 +305,7 @@ def build_search_step(
     arch_opt = torch.optim.Adam(
         model.arch_parameters(),
         **{"lr": hp.arch_lr, **arch_extra},
-        betas=tuple(hp.arch_betas),
+        betas=hp.arch_betas,
         weight_decay=hp.arch_weight_decay,
     )
     for group in arch_opt.param_groups:  # e.g. EDAS' warm-up weight decay
@@ -278,8 +317,8 @@ def build_search_step(
         arch_optimizer=arch_opt,
         weight_scaler=torch.amp.GradScaler(dev.type, enabled=use_scaler),
         arch_scaler=torch.amp.GradScaler(dev.type, enabled=use_scaler),
-        train_batch=random_batch(batch_size, image_size, 10, dev),
-        val_batch=random_batch(batch_size, image_size, 10, dev),
+        train_batch=random_batch(batch_size, image_size, num_classes, dev),
+        val_batch=random_batch(batch_size, image_size, num_classes, dev),
         device=dev,
         precision=precision,
         lr=hp.lr,
@@ -287,6 +326,18 @@ def build_search_step(
         arch_grad_clip=hp.arch_grad_clip,
         reference_ops=reference_ops,
         mode=mode,
+        settings={
+            "method": method,
+            "order": order,
+            "precision": precision,
+            "batch_size": batch_size,
+            "C": C,
+            "layers": layers,
+            "image_size": image_size,
+            "executor": executor,
+            "mode": mode,
+            "reference_ops": reference_ops,
+        },
     )
     if mode == "compile":
         step.compiled = CompiledLevels(model, model.supernet)
@@ -503,62 +554,25 @@ def run_timed(
 
 
 def measure_search_step(
-    batch_size: int,
-    device: str = "auto",
-    precision: str = "fp32",
-    C: int = 16,
-    layers: int = 8,
-    image_size: int = 32,
-    order: int = 1,
-    executor: str = "reference",
-    warmup: int = 3,
-    repeats: int = 10,
-    seed: int = 0,
-    method: str = "darts",
-    reference_ops: bool = False,
-    space: DartsSpace | None = None,
-    mode: str = "eager",
-) -> dict[str, Any]:
-    """Time one full search iteration (both levels); see the module docstring and README.md."""
+    batch_size: int, device: str = "auto", warmup: int = 3, repeats: int = 10, **settings: Any
+) -> Row:
+    """Time one full search iteration (both levels) of ``build_search_step(batch_size, device,
+    **settings)`` (``settings``: its keywords, e.g. ``precision``, ``C``, ``order``, ``method``); see the
+    module docstring and README.md."""
     if warmup < 0 or repeats < 1:
         raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup} repeats={repeats}")
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the search loop does (non-deterministic runs)
     probe: MemoryProbe = CudaMemoryProbe(dev) if dev.type == "cuda" else CpuMemoryProbe()
-    step = build_search_step(
-        batch_size,
-        dev,
-        precision,
-        C=C,
-        layers=layers,
-        image_size=image_size,
-        order=order,
-        executor=executor,
-        method=method,
-        reference_ops=reference_ops,
-        seed=seed,
-        space=space,
-        mode=mode,
-    )
+    step = build_search_step(batch_size, dev, **settings)
+    case = {"benchmark": "search_step", **step.settings, "warmup": warmup, "repeats": repeats}
     times = run_timed(step, dev, warmup, repeats, probe)
     del step  # the probe's end-of-run baseline must not hold the model
     peak_mem_mb = probe.peak_growth_mb()
     stats = summarize(times)
     return {
-        "benchmark": "search_step",
-        "method": method,
-        "order": order,
-        "precision": precision,
-        "batch_size": batch_size,
-        "C": C,
-        "layers": layers,
-        "image_size": image_size,
-        "executor": executor,
-        "mode": mode,
-        "reference_ops": reference_ops,
-        "warmup": warmup,
-        "repeats": repeats,
+        **case,
         **stats,
         "times_ms": times,
         "images_per_s": batch_size / (stats["median_ms"] / 1e3),

@@ -17,9 +17,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args, get_origin
 
+from fastnas.algorithms.options import OptionGroup
 from fastnas.errors import ConfigError, FastnasError
 from fastnas.fields import field_types, parse_text
 from fastnas.methods import METHODS, PAPERS, Method
+from fastnas.nn.supernet_options import supernet_options_class
 from fastnas.train.distributed import is_main_process
 from fastnas.train.retrain_config import TRAIN_DATASETS, TrainConfig
 from fastnas.train.search_config import SearchConfig
@@ -27,6 +29,7 @@ from fastnas.train.search_config import SearchConfig
 __all__ = ["build_parser", "config_from_args", "main"]
 
 _OPTION_DEST = "method_option__"
+_SUPERNET_DEST = "supernet_option__"
 
 
 def _converter(tp: Any, where: str) -> Callable[[str], Any]:
@@ -86,16 +89,31 @@ def _add_method_options(parser: argparse.ArgumentParser, method: Method) -> None
         f"{method.summary}. Paper: {method.paper}. Defaults are the published ones; other methods' options: "
         "`--method NAME --help`.",
     )
-    for spec in method.Options.specs():
-        kwargs: dict[str, Any] = {"dest": _OPTION_DEST + spec.name, "default": argparse.SUPPRESS}
+    _add_option_flags(group, method.Options, _OPTION_DEST)
+
+
+def _add_supernet_options(parser: argparse.ArgumentParser) -> None:
+    """The ``--help`` section and the flags of the supernet's options (every method's)."""
+    group = parser.add_argument_group(
+        "supernet options",
+        "how the supernet's cells run (every method; defaults: the method's published ones)",
+    )
+    _add_option_flags(group, supernet_options_class(), _SUPERNET_DEST)
+
+
+def _add_option_flags(group: argparse._ArgumentGroup, cls: type[OptionGroup], prefix: str) -> None:
+    """One flag per option of ``cls``; a value lands in ``args`` as ``prefix + name`` only when given."""
+    for spec in cls.specs():
+        kwargs: dict[str, Any] = {"dest": prefix + spec.name, "default": argparse.SUPPRESS}
         if spec.type is not bool:
             kwargs["metavar"] = spec.name.upper()
         if spec.type is bool:
             kwargs.update(action=argparse.BooleanOptionalAction, help=f"{spec.help} (default {spec.default})")
         else:
             kwargs.update(type=_converter(spec.type, spec.flag), help=spec.describe())
-            if get_origin(spec.type) is Literal:
-                kwargs["choices"] = get_args(spec.type)
+            choices = get_args(spec.type) if get_origin(spec.type) is Literal else spec.choices
+            if choices is not None:
+                kwargs["choices"] = choices
                 del kwargs["metavar"]
         group.add_argument(spec.flag, **kwargs)
 
@@ -129,6 +147,11 @@ def _refuse_settings(argv: Sequence[str], cls: type, allowed: Sequence[str], mod
 def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     """The method options given on the command line (typed)."""
     return {k[len(_OPTION_DEST) :]: v for k, v in vars(args).items() if k.startswith(_OPTION_DEST)}
+
+
+def _supernet_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The supernet options given on the command line (typed)."""
+    return {k[len(_SUPERNET_DEST) :]: v for k, v in vars(args).items() if k.startswith(_SUPERNET_DEST)}
 
 
 def _selected_method(argv: Sequence[str]) -> str:
@@ -230,6 +253,7 @@ def _add_search_parser(sub: argparse._SubParsersAction, method: Method) -> None:
         epilog=_SEARCH_REFERENCES,
     )
     _add_settings(p, SearchConfig)
+    _add_supernet_options(p)
     _add_method_options(p, method)
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue the run in RUN_DIR")
     _add_repair_flag(p)
@@ -260,6 +284,7 @@ def _add_sweep_parser(sub: argparse._SubParsersAction) -> None:
     _add_settings(
         p, SearchConfig, exclude=("method", "seed", "run_name"), defaults={"out_dir": "sweeps/sweep"}
     )
+    _add_supernet_options(p)
     _common(p)
 
 
@@ -417,7 +442,7 @@ def _run_search(args: argparse.Namespace) -> int:
     repairing = _repairing(args)
     try:
         if args.resume:
-            options = _method_options(args)
+            options = {**_supernet_options(args), **_method_options(args)}
             if options:
                 raise ConfigError(
                     f"--resume continues a run with its recorded options; {', '.join(options)} cannot change"
@@ -428,7 +453,12 @@ def _run_search(args: argparse.Namespace) -> int:
                     args.resume, progress=progress, device=None if args.device == "auto" else args.device
                 )
         else:
-            config = config_from_args(SearchConfig, args, method_options=_method_options(args))
+            config = config_from_args(
+                SearchConfig,
+                args,
+                method_options=_method_options(args),
+                supernet_options=_supernet_options(args),
+            )
             result = run_search(config, progress=progress, overwrite=args.overwrite)
     except KeyboardInterrupt:
         return _interrupted("search")
@@ -442,7 +472,7 @@ def _run_search(args: argparse.Namespace) -> int:
 def _run_sweep(args: argparse.Namespace) -> int:
     from fastnas.train.sweep import format_summary, run_sweep
 
-    base = config_from_args(SearchConfig, args)
+    base = config_from_args(SearchConfig, args, supernet_options=_supernet_options(args))
     result = run_sweep(base, args.methods, args.seeds, args.out_dir, progress=not args.no_progress)
     print(f"\nsweep directory: {args.out_dir}\n")
     print(format_summary(result["summary"]))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from torch import nn
@@ -29,7 +28,14 @@ from fastnas.algorithms import (
     SearchDefaults,
 )
 from fastnas.errors import ConfigError
-from fastnas.nn import SupernetShape, build_entrannas_supernet, build_space_supernet
+from fastnas.nn import (
+    SupernetBuilder,
+    SupernetOptions,
+    SupernetShape,
+    entrannas_supernet,
+    space_supernet,
+    supernet_options_class,
+)
 from fastnas.spaces.base import SearchSpace
 
 __all__ = ["METHODS", "PAPERS", "Method", "build_algorithm", "get_method"]
@@ -52,12 +58,16 @@ PAPERS: dict[str, str] = {
 }
 """The papers fastnas implements, in full (authors, title, venue and year), by short key."""
 
-SupernetBuilder = Callable[[Any, SupernetShape, Any], nn.Module]
-"""``build(space, shape, options) -> supernet`` (space already prepared by the algorithm)."""
+SupernetOf = Callable[[SearchSpace, Any], SupernetBuilder]
+"""``supernet_of(space, options) -> builder``: the supernet a method searches on a (prepared) space."""
 
 
-def _space_supernet(space: SearchSpace, shape: SupernetShape, options: MethodOptions) -> nn.Module:
-    return build_space_supernet(space, shape)
+def _space_supernet(space: SearchSpace, options: MethodOptions) -> SupernetBuilder:
+    return space_supernet(space)
+
+
+def _entrannas(rule: Any) -> SupernetOf:
+    return lambda space, options: entrannas_supernet(options, rule)
 
 
 @dataclass(frozen=True)
@@ -67,10 +77,29 @@ class Method:
 
     name: str
     algorithm: type[SearchAlgorithm]
-    build_supernet: SupernetBuilder
+    supernet_of: SupernetOf
     summary: str
     paper: str = ""
     """The paper the method comes from: authors, title, venue and year (for ``--help`` and docs)."""
+
+    def supernet(self, space: SearchSpace, options: MethodOptions) -> SupernetBuilder:
+        """The builder of the supernet this method searches on ``space`` with ``options``."""
+        return self.supernet_of(space, options)
+
+    def build_supernet(self, space: SearchSpace, shape: SupernetShape, options: MethodOptions) -> nn.Module:
+        """The method's supernet on ``space`` (prepared by the algorithm), built to ``shape``."""
+        return self.supernet(space, options)(space, shape)
+
+    def make_supernet_options(
+        self, values: SupernetOptions | Mapping[str, Any] | None = None
+    ) -> SupernetOptions:
+        """The supernet's options from an options object or a mapping of the values given; the method's
+        published supernet defaults (PC-DARTS: ``partial_k=4``) fill what the mapping leaves out."""
+        cls = supernet_options_class()
+        if isinstance(values, SupernetOptions):
+            return values
+        merged = {**self.algorithm.supernet_defaults, **(values or {})}
+        return cls.from_mapping(merged)
 
     @property
     def Options(self) -> type[MethodOptions]:
@@ -141,14 +170,14 @@ METHODS: dict[str, Method] = {
         Method(
             "entrannas",
             EnTranNAS,
-            partial(build_entrannas_supernet, transit_rule=EnTranNAS.transit_rule),
+            _entrannas(EnTranNAS.transit_rule),
             "EnTranNAS (Yang et al., CVPR 2021): Engine- and Transit-cells, feature sharing, bottleneck",
             PAPERS["entrannas"],
         ),
         Method(
             "entrannas-dst",
             EnTranNASDST,
-            partial(build_entrannas_supernet, transit_rule=EnTranNASDST.transit_rule),
+            _entrannas(EnTranNASDST.transit_rule),
             "EnTranNAS-DST (Yang et al., CVPR 2021): EnTranNAS with differentiable sparsification of the "
             "topology",
             PAPERS["entrannas"],

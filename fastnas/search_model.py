@@ -13,7 +13,8 @@ from fastnas.algorithms import Architecture, MethodOptions, SearchAlgorithm
 from fastnas.errors import ConfigError
 from fastnas.methods import get_method
 from fastnas.nn.sizing import check_supernet_size, estimate_space
-from fastnas.nn.skeleton import Stem, SupernetShape
+from fastnas.nn.skeleton import Stem
+from fastnas.nn.supernet_options import SupernetOptions, SupernetShape
 from fastnas.spaces import DartsSpace
 from fastnas.spaces.base import SearchSpace
 
@@ -44,31 +45,50 @@ class SearchModel(nn.Module):
         layers: int = 8,
         num_classes: int = 10,
         in_channels: int = 3,
-        executor: str = "reference",
+        executor: str | None = None,
         stem: Stem = "cifar",
         partial_k: int | None = None,
-        partial_bypass: str = "max",
+        partial_bypass: str | None = None,
         options: MethodOptions | Mapping[str, Any] | None = None,
+        supernet_options: SupernetOptions | Mapping[str, Any] | None = None,
         **option_values: Any,
     ) -> SearchModel:
         """Build the supernet and the method: ``SearchModel.build("darts", order=2)``, or with an options
         object (``options=DARTSOptions(order=2)``). Option names are the method's (``fastnas search
-        --method NAME --help`` lists them). ``partial_k``: PC-DARTS' partial channels (None: the method's
-        default, 4 for ``"pc-darts"``, else 1)."""
+        --method NAME --help`` lists them). The supernet's options (:class:`SupernetOptions`: executor,
+        PC-DARTS' partial channels...) come as ``supernet_options`` or, one by one, as ``executor``,
+        ``partial_k``, ``partial_bypass`` (None: the method's default, e.g. ``partial_k=4`` for
+        ``"pc-darts"``)."""
         spec = get_method(method)
         if options is not None and option_values:
             raise TypeError("give either options= or option values, not both")
         opts = spec.make_options(options if options is not None else option_values)
+        given = {
+            name: value
+            for name, value in (
+                ("executor", executor),
+                ("partial_k", partial_k),
+                ("partial_bypass", partial_bypass),
+            )
+            if value is not None
+        }
+        if isinstance(supernet_options, SupernetOptions):
+            supernet_options = {**supernet_options.to_json(), **given} if given else supernet_options
+        else:
+            supernet_options = {**(supernet_options or {}), **given}
+        shape = SupernetShape(
+            C, layers, num_classes, in_channels, stem, spec.make_supernet_options(supernet_options)
+        )
         space = spec.algorithm.prepare_space(space if space is not None else DartsSpace())
-        k = spec.defaults.partial_k if partial_k is None else partial_k  # PC-DARTS: 4
+        builder = spec.supernet(space, opts)
+        builder.check(shape)
         estimate = estimate_space(
-            space, C, layers, options=opts, partial_k=k, num_classes=num_classes, in_channels=in_channels,
-            stem=stem,
+            space, C, layers, options=opts, partial_k=shape.options.partial_k, num_classes=num_classes,
+            in_channels=in_channels, stem=stem,
         )  # fmt: skip
         sizes = f"C={C}, layers={layers}, {getattr(space, 'num_nodes', '?')} nodes"
         check_supernet_size(estimate, sizes, activations=False)  # before minutes of building
-        shape = SupernetShape(C, layers, num_classes, in_channels, executor, stem, k, partial_bypass)
-        supernet = spec.build_supernet(space, shape, opts)
+        supernet = builder(space, shape)
         return cls(supernet, spec.algorithm(space, opts))
 
     @property

@@ -1,9 +1,16 @@
 """What every Triton kernel module of fastnas shares: whether Triton imports, whether its kernels run for a
-device and dtype in this process, and the dispatch rule (a CUDA tensor takes the fused path, everything else
-the reference; :func:`fastnas.backend.force_reference` forces the reference everywhere).
+device and dtype in this process, the dispatch rule (a CUDA tensor takes the fused path, everything else
+the reference; :func:`fastnas.backend.force_reference` forces the reference everywhere), the dtype rules,
+the argument checks, buffer allocation and the sizing of tiles and split reductions.
 
 Kernels run for CUDA tensors, and for CPU tensors only when ``TRITON_INTERPRET=1`` was set before the
 kernel modules were imported (the tests do this on machines without a GPU).
+
+A kernel module imports the names its kernels and operators look up at run time (``HAS_TRITON``, ``tl``,
+``triton``, ``triton_supports``, ``TRITON_INTERPRET``) from here into its own namespace, so that tools can
+switch them per module (``benchmarks/aot.py`` records launches for a GPU on CPU or meta tensors), and reaches
+everything else as ``_common.<name>``. Each module allocates the buffers its kernels write in full through a
+module-level ``_empty = _common.empty``, which the tests replace with a NaN fill.
 """
 
 from __future__ import annotations
@@ -11,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
+from torch import Tensor
 
 from fastnas.backend import reference_forced
 
@@ -36,8 +44,17 @@ __all__ = [
     "TRITON_IMPORT_ERROR",
     "TRITON_INTERPRET",
     "acc_dtype",
+    "check_device_match",
+    "check_dtype_match",
+    "check_float_dtype",
+    "check_shape_match",
+    "empty",
     "kernels_in_cpu_models",
     "model_uses_kernels",
+    "num_splits",
+    "pow2_block",
+    "shape_error",
+    "split_chunks",
     "tl",
     "triton",
     "triton_supports",
@@ -53,8 +70,100 @@ FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float64, *KERNEL_DTYPES)
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype of the kernels and references: float64 for float64, float32 otherwise."""
+    """Accumulation dtype of the kernels, the C++/CUDA operators and their references: float64 for float64,
+    float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# --------------------------------------------------------------------------------------------------
+# Argument checks: errors that name the function and the argument and say how to fix the call
+# --------------------------------------------------------------------------------------------------
+
+
+def shape_error(name: str, label: str, value: object, expected: str) -> ValueError:
+    """The error for argument ``label`` of ``name`` when ``value`` is not a tensor of the ``expected``
+    shape (described in words)."""
+    got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+    return ValueError(f"{name}: `{label}` must be {expected}, got {got}.")
+
+
+def check_float_dtype(name: str, label: str, dtype: torch.dtype) -> None:
+    """``TypeError`` unless ``dtype`` (of ``label``, written as it should read) is one of
+    :data:`FLOAT_DTYPES`."""
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name}: {label} must be float32, float64, bfloat16 or float16, got {dtype}.")
+
+
+def check_dtype_match(name: str, label: str, t: Tensor, ref_label: str, ref: Tensor, fix: str) -> None:
+    """``TypeError`` when ``t`` (``label``) and ``ref`` (``ref_label``) differ in dtype; ``fix`` says what
+    to do."""
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name}: {label} has dtype {t.dtype} but {ref_label} has {ref.dtype}; {fix}.")
+
+
+def check_shape_match(name: str, label: str, t: Tensor, ref_label: str, ref: Tensor, fix: str) -> None:
+    """``ValueError`` when ``t`` (``label``) and ``ref`` (``ref_label``) differ in shape."""
+    if t.shape != ref.shape:
+        raise ValueError(
+            f"{name}: {label} has shape {tuple(t.shape)} but {ref_label} has {tuple(ref.shape)}; {fix}."
+        )
+
+
+def check_device_match(name: str, label: str, t: Tensor, ref_label: str, ref: Tensor, fix: str = "") -> None:
+    """``ValueError`` when ``t`` (``label``) and ``ref`` (``ref_label``) are on different devices."""
+    if t.device != ref.device:
+        hint = f"; {fix}." if fix else "."
+        raise ValueError(f"{name}: {label} is on {t.device} but {ref_label} is on {ref.device}{hint}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Buffers, tiles and split reductions of the launchers
+# --------------------------------------------------------------------------------------------------
+
+
+def empty(
+    shape: Sequence[int],
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    channels_last: bool = False,
+    stride: Sequence[int] | None = None,
+) -> Tensor:
+    """``torch.empty`` of ``shape``: with the given ``stride``; else, when ``channels_last``, with dim -3
+    (C) innermost behind any leading dims (memory [..., H, W, C]); else contiguous."""
+    if stride is not None:
+        return torch.empty_strided(tuple(shape), tuple(stride), device=device, dtype=dtype)
+    if not channels_last:
+        return torch.empty(tuple(shape), device=device, dtype=dtype)
+    d = len(shape)
+    lead = list(range(d - 3))
+    perm = [*lead, d - 2, d - 1, d - 3]  # [..., H, W, C]
+    inverse = [*lead, d - 1, d - 3, d - 2]
+    return torch.empty([shape[i] for i in perm], device=device, dtype=dtype).permute(inverse)
+
+
+def pow2_block(extent: int, lo: int = 1, hi: int | None = None) -> int:
+    """A tile dimension for ``extent`` elements: the next power of two of ``extent`` (1 for 0), at most
+    ``hi``, at least ``lo``."""
+    block = 1 << max(0, int(extent) - 1).bit_length()
+    return max(lo, block if hi is None else min(hi, block))
+
+
+def num_splits(length: int, programs: int, block: int, max_splits: int, target_programs: int = 1024) -> int:
+    """How many chunks a reduction over ``length`` elements is split into: enough that ``programs`` times
+    the count reaches ``target_programs`` (a GPU kept busy), while each chunk still covers 4 blocks of
+    ``block`` elements; at most ``max_splits``. (Under the interpreter the launchers use 1.)"""
+    by_size = max(1, length // (4 * block))
+    by_occupancy = max(1, -(-target_programs // max(programs, 1)))
+    return int(max(1, min(by_size, by_occupancy, max_splits)))
+
+
+def split_chunks(length: int, splits: int, block: int) -> tuple[int, int]:
+    """``(chunk, count)`` of a split reduction over ``length`` elements: the chunk length, a multiple of
+    ``block`` such that ``splits`` chunks cover ``length``, and how many chunks it then takes."""
+    per_split = -(-length // splits)
+    chunk = -(-per_split // block) * block
+    return chunk, -(-length // chunk)
 
 
 def triton_supports(device: torch.device, dtype: torch.dtype) -> bool:

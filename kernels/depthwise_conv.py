@@ -1,6 +1,8 @@
 """ReLU fused into a depthwise convolution, batched over the E edges that leave one node of a DARTS cell
 (the first two layers of SepConv and DilConv: ``ReLU -> Conv(k, stride s, padding p, dilation d,
-groups=C)``, k in 3/5/7, s and d in 1/2).
+groups=C)``, k in 3/5/7, s and d in 1/2; Liu, Simonyan & Yang, "DARTS: Differentiable Architecture
+Search", ICLR 2019; depthwise separable convolutions as in Chollet, "Xception: Deep Learning with
+Depthwise Separable Convolutions", CVPR 2017).
 
 With ``x_e`` = ``x`` (one input [N, C, H, W] shared by all edges) or ``x[e]`` (inputs [E, N, C, H, W]),
 weights ``w`` [E, C, k, k], ``r = relu(x)`` (``x`` when ``relu=False``) and
@@ -43,33 +45,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from fastnas.kernels._common import (
-    FLOAT_DTYPES as _FLOAT_DTYPES,
-)
-from fastnas.kernels._common import (
-    HAS_TRITON,
-    KERNEL_DTYPES,
-    TRITON_IMPORT_ERROR,
-    TRITON_INTERPRET,
-    tl,
-    triton,
-    triton_supports,
-    use_kernels,
-)
-from fastnas.kernels._common import (
-    acc_dtype as _acc_dtype,
-)
 from torch import Tensor
 
-__all__ = [
-    "HAS_TRITON",
-    "KERNEL_DTYPES",
-    "TRITON_IMPORT_ERROR",
-    "output_size",
-    "relu_depthwise_conv",
-    "relu_depthwise_conv_reference",
-    "triton_supports",
-]
+from fastnas.kernels import _common
+from fastnas.kernels._common import HAS_TRITON, TRITON_INTERPRET, tl, triton, triton_supports
+
+__all__ = ["output_size", "relu_depthwise_conv", "relu_depthwise_conv_reference"]
 
 
 _TILE = 2048  # elements of the [pixels, channels] tile of the forward and input-gradient kernels
@@ -104,27 +85,14 @@ def _check_args(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: 
     """Validate the arguments of :func:`relu_depthwise_conv`; raises ``TypeError``/``ValueError``."""
     name = "relu_depthwise_conv"
     if not isinstance(x, Tensor) or x.dim() not in (4, 5):
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(
-            f"{name}: `x` must be [N, C, H, W] (one input shared by all edges) or [E, N, C, H, W] "
-            f"(one input per edge), got {shape}."
-        )
+        shapes = "[N, C, H, W] (one input shared by all edges) or [E, N, C, H, W] (one input per edge)"
+        raise _common.shape_error(name, "x", x, shapes)
     if not isinstance(weight, Tensor) or weight.dim() != 4:
-        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-        raise ValueError(
-            f"{name}: `weight` must be [E, C, k, k] (one depthwise filter per edge), got {shape}."
-        )
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: `x` must be float32, float64, bfloat16 or float16, got {x.dtype}.")
-    if weight.dtype != x.dtype:
-        raise TypeError(
-            f"{name}: `weight` has dtype {weight.dtype} but `x` has {x.dtype}; cast one of them "
-            f"(under autocast, cast the weight to the activation dtype)."
-        )
-    if weight.device != x.device:
-        raise ValueError(
-            f"{name}: `weight` is on {weight.device} but `x` is on {x.device}; move one of them."
-        )
+        raise _common.shape_error(name, "weight", weight, "[E, C, k, k] (one depthwise filter per edge)")
+    _common.check_float_dtype(name, "`x`", x.dtype)
+    fix = "cast one of them (under autocast, cast the weight to the activation dtype)"
+    _common.check_dtype_match(name, "`weight`", weight, "`x`", x, fix)
+    _common.check_device_match(name, "`weight`", weight, "`x`", x, "move one of them")
     e, c, kh, kw = weight.shape
     if kh != kw:
         raise ValueError(f"{name}: the depthwise filters must be square, got {kh}x{kw}.")
@@ -162,20 +130,13 @@ def _channels_last(x: Tensor) -> bool:
     return x.shape[-3] > 1 and x.stride(-3) < x.stride(-1)
 
 
-def _layout_empty(shape: tuple[int, ...], x: Tensor, dtype: torch.dtype, channels_last: bool) -> Tensor:
-    """``torch.empty`` of ``shape`` (C at dim -3) on ``x``'s device; C innermost when ``channels_last``."""
-    if not channels_last:
-        return torch.empty(shape, device=x.device, dtype=dtype)
-    d = len(shape)
-    lead = list(range(d - 3))
-    perm = [*lead, d - 2, d - 1, d - 3]  # [..., H, W, C]
-    inverse = [*lead, d - 1, d - 3, d - 2]
-    return torch.empty([shape[i] for i in perm], device=x.device, dtype=dtype).permute(inverse)
+def _like_x(shape: tuple[int, ...], x: Tensor) -> Tensor:
+    """An empty tensor of ``shape`` (C at dim -3) in ``x``'s dtype, device and layout (NCHW or
+    channels-last)."""
+    return _common.empty(shape, x.device, x.dtype, channels_last=_channels_last(x))
 
 
-def _empty(shape: tuple[int, ...], x: Tensor, dtype: torch.dtype, channels_last: bool = False) -> Tensor:
-    """Allocates a buffer every element of which a kernel writes (tests replace it with a NaN fill)."""
-    return _layout_empty(shape, x, dtype, channels_last)
+_empty = _common.empty  # the buffers the kernels write in full (tests replace it with a NaN fill)
 
 
 def _out_shape(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int) -> tuple[int, ...]:
@@ -214,16 +175,15 @@ def relu_depthwise_conv_reference(
 
 
 def _torch_forward(x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, relu: bool) -> Tensor:
-    acc = _acc_dtype(x.dtype)
+    acc = _common.acc_dtype(x.dtype)
     ref = _reference_math(x.to(acc), weight.to(acc), stride, padding, dilation, relu)
-    out = _layout_empty(_out_shape(x, weight, stride, padding, dilation), x, x.dtype, _channels_last(x))
-    return out.copy_(ref)
+    return _like_x(_out_shape(x, weight, stride, padding, dilation), x).copy_(ref)
 
 
 def _torch_backward(
     grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, relu: bool
 ) -> tuple[Tensor, Tensor]:
-    acc = _acc_dtype(x.dtype)
+    acc = _common.acc_dtype(x.dtype)
     xf, wf, g = x.to(acc), weight.to(acc), grad_out.to(acc)
     r = F.relu(xf) if relu else xf
     c = x.shape[-3]
@@ -242,8 +202,7 @@ def _torch_backward(
         grad_ws.append(gw.squeeze(1))
     if relu:
         grad_r = grad_r * (xf > 0)
-    grad_x = _layout_empty(tuple(x.shape), x, x.dtype, _channels_last(x)).copy_(grad_r)
-    return grad_x, torch.stack(grad_ws).to(weight.dtype)
+    return _like_x(tuple(x.shape), x).copy_(grad_r), torch.stack(grad_ws).to(weight.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,78 +239,80 @@ if HAS_TRITON:
         return t
 
     @triton.jit
-    def _forward_kernel(
-        x_ptr,
-        w_ptr,
-        out_ptr,
+    def _pix(p, PC: tl.constexpr):
+        """A [P] vector broadcastable against a [P, C] or [C, P] tile."""
+        if PC:  # noqa: SIM108
+            t = p[:, None]
+        else:
+            t = p[None, :]
+        return t
+
+    @triton.jit
+    def _zeros(BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, PC: tl.constexpr):
+        """A float32 [BLOCK_P, BLOCK_C] (``PC``) or [BLOCK_C, BLOCK_P] accumulator tile of zeros."""
+        if PC:
+            t = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
+        else:
+            t = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+        return t
+
+    @triton.jit
+    def _tile(
         N,
         C,
-        H,
-        W,
-        HO,
-        WO,
-        PAD,
-        sx_e,
-        sx_n,
-        sx_c,
-        sx_h,
-        sx_w,
-        sw_e,
-        sw_c,
-        sw_h,
-        sw_w,
-        so_e,
-        so_n,
-        so_c,
-        so_h,
-        so_w,
+        ROWS,
+        COLS,
         N_PBLK,
         N_CBLK,
-        KSIZE: tl.constexpr,
-        STRIDE: tl.constexpr,
-        DIL: tl.constexpr,
-        RELU: tl.constexpr,
-        PC: tl.constexpr,
         OFF64: tl.constexpr,
         BLOCK_P: tl.constexpr,
         BLOCK_C: tl.constexpr,
     ):
-        """Program ((e*N + n)*N_PBLK + pblk)*N_CBLK + cblk: one pixels x channels tile of out[e, n]."""
+        """The tile of program ((g*N + n)*N_PBLK + pblk)*N_CBLK + cblk over [G, N, C, ROWS, COLS]:
+        ``(g, n)`` (int64), the row and column of each of its pixels, its channels and both masks (pixels
+        and channels int64 when ``OFF64``)."""
         pid = tl.program_id(0)
         cblk = pid % N_CBLK
         rest = pid // N_CBLK
         pblk = rest % N_PBLK
-        en = rest // N_PBLK
-        e = (en // N).to(tl.int64)
-        n = (en % N).to(tl.int64)
+        gn = rest // N_PBLK
+        g = (gn // N).to(tl.int64)
+        n = (gn % N).to(tl.int64)
         p = pblk * BLOCK_P + tl.arange(0, BLOCK_P)
         cs = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
-        pmask = p < HO * WO
+        pmask = p < ROWS * COLS
         cmask = cs < C
         if OFF64:
             p = p.to(tl.int64)
             cs = cs.to(tl.int64)
-        oh = p // WO
-        ow = p - oh * WO
+        row = p // COLS
+        return g, n, row, p - row * COLS, cs, pmask, cmask
+
+    @triton.jit
+    def _forward_kernel(
+        x_ptr, w_ptr, out_ptr,
+        N, C, H, W, HO, WO, PAD,
+        sx_e, sx_n, sx_c, sx_h, sx_w,  # x as [E, N, C, H, W] (sx_e = 0 for a shared x)
+        sw_e, sw_c, sw_h, sw_w,
+        so_e, so_n, so_c, so_h, so_w,
+        N_PBLK, N_CBLK,
+        KSIZE: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, RELU: tl.constexpr,
+        PC: tl.constexpr, OFF64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
+        """Program ((e*N + n)*N_PBLK + pblk)*N_CBLK + cblk: one pixels x channels tile of out[e, n]."""
+        e, n, oh, ow, cs, pmask, cmask = _tile(N, C, HO, WO, N_PBLK, N_CBLK, OFF64, BLOCK_P, BLOCK_C)
         ih0 = oh * STRIDE - PAD
         iw0 = ow * STRIDE - PAD
         x_c = x_ptr + e * sx_e + n * sx_n + _chan(cs * sx_c, PC)
         w_c = w_ptr + e * sw_e + cs * sw_c
-        if PC:
-            acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-        else:
-            acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+        acc = _zeros(BLOCK_P, BLOCK_C, PC)
         for th in range(KSIZE):  # rolled loops: unrolled KSIZE^2 taps hoist their loads and spill
             ih = ih0 + th * DIL
             hmask = pmask & (ih >= 0) & (ih < H)
             for tw in range(KSIZE):
                 iw = iw0 + tw * DIL
                 m = _outer_and(hmask & (iw >= 0) & (iw < W), cmask, PC)
-                pix = ih * sx_h + iw * sx_w
-                if PC:
-                    xv = tl.load(x_c + pix[:, None], mask=m, other=0.0).to(tl.float32)
-                else:
-                    xv = tl.load(x_c + pix[None, :], mask=m, other=0.0).to(tl.float32)
+                xv = tl.load(x_c + _pix(ih * sx_h + iw * sx_w, PC), mask=m, other=0.0).to(tl.float32)
                 if RELU:
                     xv = tl.where(xv > 0.0, xv, 0.0)
                 wv = tl.load(w_c + th * sw_h + tw * sw_w, mask=cmask, other=0.0).to(tl.float32)
@@ -361,70 +322,20 @@ if HAS_TRITON:
 
     @triton.jit
     def _backward_input_kernel(
-        g_ptr,
-        x_ptr,
-        w_ptr,
-        gx_ptr,
-        N,
-        C,
-        H,
-        W,
-        HO,
-        WO,
-        PAD,
-        NE,
-        sg_e,
-        sg_n,
-        sg_c,
-        sg_h,
-        sg_w,
-        sx_e,
-        sx_n,
-        sx_c,
-        sx_h,
-        sx_w,
-        sw_e,
-        sw_c,
-        sw_h,
-        sw_w,
-        sgx_e,
-        sgx_n,
-        sgx_c,
-        sgx_h,
-        sgx_w,
-        N_PBLK,
-        N_CBLK,
-        KSIZE: tl.constexpr,
-        STRIDE: tl.constexpr,
-        DIL: tl.constexpr,
-        RELU: tl.constexpr,
-        PC: tl.constexpr,
-        OFF64: tl.constexpr,
-        BLOCK_P: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-    ):
+        g_ptr, x_ptr, w_ptr, gx_ptr,
+        N, C, H, W, HO, WO, PAD, NE,
+        sg_e, sg_n, sg_c, sg_h, sg_w,
+        sx_e, sx_n, sx_c, sx_h, sx_w,  # x and grad x as [E, N, C, H, W] (e stride 0 when shared)
+        sw_e, sw_c, sw_h, sw_w,
+        sgx_e, sgx_n, sgx_c, sgx_h, sgx_w,
+        N_PBLK, N_CBLK,
+        KSIZE: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, RELU: tl.constexpr,
+        PC: tl.constexpr, OFF64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
         """Program ((q*N + n)*N_PBLK + pblk)*N_CBLK + cblk: one tile of grad x[q, n] (q = 0 for shared x),
         summing edges q .. q + NE - 1 (NE = E for shared x, 1 per edge)."""
-        pid = tl.program_id(0)
-        cblk = pid % N_CBLK
-        rest = pid // N_CBLK
-        pblk = rest % N_PBLK
-        qn = rest // N_PBLK
-        q = (qn // N).to(tl.int64)
-        n = (qn % N).to(tl.int64)
-        p = pblk * BLOCK_P + tl.arange(0, BLOCK_P)
-        cs = cblk * BLOCK_C + tl.arange(0, BLOCK_C)
-        pmask = p < H * W
-        cmask = cs < C
-        if OFF64:
-            p = p.to(tl.int64)
-            cs = cs.to(tl.int64)
-        ih = p // W
-        iw = p - ih * W
-        if PC:
-            acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-        else:
-            acc = tl.zeros([BLOCK_C, BLOCK_P], dtype=tl.float32)
+        q, n, ih, iw, cs, pmask, cmask = _tile(N, C, H, W, N_PBLK, N_CBLK, OFF64, BLOCK_P, BLOCK_C)
+        acc = _zeros(BLOCK_P, BLOCK_C, PC)
         for j in range(0, NE):
             e = q + j
             g_c = g_ptr + e * sg_e + n * sg_n + _chan(cs * sg_c, PC)
@@ -442,11 +353,7 @@ if HAS_TRITON:
                     if STRIDE > 1:
                         pm = pm & (ow * STRIDE == wnum)
                     m = _outer_and(pm, cmask, PC)
-                    pix = oh * sg_h + ow * sg_w
-                    if PC:
-                        gv = tl.load(g_c + pix[:, None], mask=m, other=0.0).to(tl.float32)
-                    else:
-                        gv = tl.load(g_c + pix[None, :], mask=m, other=0.0).to(tl.float32)
+                    gv = tl.load(g_c + _pix(oh * sg_h + ow * sg_w, PC), mask=m, other=0.0).to(tl.float32)
                     wv = tl.load(w_c + th * sw_h + tw * sw_w, mask=cmask, other=0.0).to(tl.float32)
                     acc += gv * _chan(wv, PC)
         m_out = _outer_and(pmask, cmask, PC)
@@ -459,40 +366,15 @@ if HAS_TRITON:
 
     @triton.jit
     def _backward_weight_kernel(
-        g_ptr,
-        x_ptr,
-        part_ptr,
-        E,
-        N,
-        C,
-        H,
-        W,
-        HO,
-        WO,
-        PAD,
-        R,
-        CHUNK,
-        sg_e,
-        sg_n,
-        sg_c,
-        sg_h,
-        sg_w,
-        sx_e,
-        sx_n,
-        sx_c,
-        sx_h,
-        sx_w,
+        g_ptr, x_ptr, part_ptr,
+        E, N, C, H, W, HO, WO, PAD, R, CHUNK,
+        sg_e, sg_n, sg_c, sg_h, sg_w,
+        sx_e, sx_n, sx_c, sx_h, sx_w,  # x as [E, N, C, H, W] (sx_e = 0 for a shared x)
         N_CBLK,
-        KSIZE: tl.constexpr,
-        STRIDE: tl.constexpr,
-        DIL: tl.constexpr,
-        RELU: tl.constexpr,
-        PC: tl.constexpr,
-        OFF64: tl.constexpr,
-        BLOCK_T: tl.constexpr,
-        BLOCK_P: tl.constexpr,
-        BLOCK_C: tl.constexpr,
-    ):
+        KSIZE: tl.constexpr, STRIDE: tl.constexpr, DIL: tl.constexpr, RELU: tl.constexpr,
+        PC: tl.constexpr, OFF64: tl.constexpr,
+        BLOCK_T: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):  # fmt: skip
         """Program (e*N_CBLK + cblk, s): partial grad w[e, channel block, all taps] over output pixels
         [s*CHUNK, (s+1)*CHUNK) of the flattened (n, oh, ow) range, stored to part[s, e, c, tap]."""
         pid = tl.program_id(0)
@@ -551,43 +433,35 @@ if HAS_TRITON:
         tl.store(dst, acc, mask=tmask[:, None] & cmask[None, :])
 
 
-def _np2(v: int) -> int:
-    """Next power of two, at least 2 (the smallest block the kernels use)."""
-    return max(2, 1 << max(0, int(v) - 1).bit_length())
-
-
 def _tiles(n_pix: int, c: int, channels_last: bool) -> tuple[int, int]:
-    """``(BLOCK_P, BLOCK_C)`` of the forward / input-gradient tile, about ``_TILE`` elements, the
-    contiguous dimension first filled: channels for channels-last, pixels for NCHW."""
+    """``(BLOCK_P, BLOCK_C)`` of the forward / input-gradient tile (powers of two, at least 2), about
+    ``_TILE`` elements, the contiguous dimension first filled: channels for channels-last, pixels for NCHW."""
+    block = _common.pow2_block
     if channels_last:
-        bc = min(_np2(c), _MAX_BLOCK_C)
-        bp = min(_np2(n_pix), max(2, _TILE // bc))
+        bc = block(c, 2, _MAX_BLOCK_C)
+        bp = block(n_pix, 2, _TILE // bc)
     else:
-        bp = min(_np2(n_pix), _MAX_BLOCK_P)
-        bc = min(_np2(c), max(2, _TILE // bp))
+        bp = block(n_pix, 2, _MAX_BLOCK_P)
+        bc = block(c, 2, _TILE // bp)
     return bp, bc
 
 
 def _tiles3(r: int, c: int, block_t: int, channels_last: bool) -> tuple[int, int]:
     """``(BLOCK_P, BLOCK_C)`` of the weight-gradient ``[BLOCK_T, BLOCK_P, BLOCK_C]`` tile (~``_TILE3``)."""
+    block = _common.pow2_block
     if channels_last:
-        bc = min(_np2(c), _MAX_BLOCK_C)
-        bp = min(_np2(r), max(2, _TILE3 // (block_t * bc)))
+        bc = block(c, 2, _MAX_BLOCK_C)
+        bp = block(r, 2, _TILE3 // (block_t * bc))
     else:
-        bp = min(_np2(r), max(2, min(_MAX_BLOCK_P, _TILE3 // (block_t * 2))))
-        bc = min(_np2(c), max(2, _TILE3 // (block_t * bp)))
+        bp = block(r, 2, min(_MAX_BLOCK_P, _TILE3 // (block_t * 2)))
+        bc = block(c, 2, _TILE3 // (block_t * bp))
     return bp, bc
 
 
 def _num_splits(r: int, programs: int, block_p: int) -> int:
-    """Chunks the N*Ho*Wo reduction of the weight gradient is split into: enough that ``programs``
-    (E * channel blocks) times the count fills a GPU, each chunk still a few blocks; 1 under the
-    interpreter."""
-    if TRITON_INTERPRET:
-        return 1
-    by_size = max(1, r // (4 * block_p))
-    by_occupancy = max(1, -(-_TARGET_PROGRAMS // max(programs, 1)))
-    return int(max(1, min(by_size, by_occupancy, _MAX_SPLITS)))
+    """Chunks the N*Ho*Wo reduction of the weight gradient is split into (``programs`` = E * channel
+    blocks; :func:`fastnas.kernels._common.num_splits`); 1 under the interpreter."""
+    return 1 if TRITON_INTERPRET else _common.num_splits(r, programs, block_p, _MAX_SPLITS, _TARGET_PROGRAMS)
 
 
 def _span(t: Tensor) -> int:
@@ -608,7 +482,7 @@ def _launch_forward(
     n, h, w = x.shape[-4], x.shape[-2], x.shape[-1]
     _, _, _, ho, wo = shape = _out_shape(x, weight, stride, padding, dilation)
     cl = _channels_last(x)
-    out = _empty(shape, x, x.dtype, cl)
+    out = _empty(shape, x.device, x.dtype, channels_last=cl)
     bp, bc = _tiles(ho * wo, c, cl)
     n_pblk, n_cblk = triton.cdiv(ho * wo, bp), triton.cdiv(c, bc)
     off64 = max(_span(x), _span(out)) >= _INT32_SPAN
@@ -632,7 +506,7 @@ def _launch_backward(
     ho, wo = grad_out.shape[-2], grad_out.shape[-1]
     cl = _channels_last(x)
     shared = x.dim() == 4
-    grad_x = _empty(tuple(x.shape), x, x.dtype, cl)
+    grad_x = _empty(tuple(x.shape), x.device, x.dtype, channels_last=cl)
     sg = tuple(grad_out.stride())
 
     # Input gradient: one program per tile of grad x; a shared x sums the E edges in the program.
@@ -651,13 +525,11 @@ def _launch_backward(
 
     # Weight gradient: split reduction over the N*Ho*Wo output pixels into float32 partials.
     r = n * ho * wo
-    block_t = _np2(k * k)
+    block_t = _common.pow2_block(k * k, 2)
     bp3, bc3 = _tiles3(r, c, block_t, cl)
     n_cblk3 = triton.cdiv(c, bc3)
-    splits = _num_splits(r, e * n_cblk3, bp3)
-    chunk = triton.cdiv(triton.cdiv(r, splits), bp3) * bp3
-    splits = triton.cdiv(r, chunk)
-    part = _empty((splits, e, c, k * k), x, torch.float32)
+    chunk, splits = _common.split_chunks(r, _num_splits(r, e * n_cblk3, bp3), bp3)
+    part = _empty((splits, e, c, k * k), x.device, torch.float32)
     _backward_weight_kernel[(e * n_cblk3, splits)](
         grad_out, x, part,
         e, n, c, h, w, ho, wo, padding, r, chunk,
@@ -690,7 +562,7 @@ def _relu_depthwise_conv_op(
 def _relu_depthwise_conv_fake(
     x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, relu: bool
 ) -> Tensor:
-    return _layout_empty(_out_shape(x, weight, stride, padding, dilation), x, x.dtype, _channels_last(x))
+    return _like_x(_out_shape(x, weight, stride, padding, dilation), x)
 
 
 @torch.library.custom_op("fastnas::relu_depthwise_conv_backward", mutates_args=())
@@ -708,8 +580,7 @@ def _relu_depthwise_conv_backward_op(
 def _relu_depthwise_conv_backward_fake(
     grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, relu: bool
 ) -> tuple[Tensor, Tensor]:
-    grad_x = _layout_empty(tuple(x.shape), x, x.dtype, _channels_last(x))
-    return grad_x, torch.empty(tuple(weight.shape), device=weight.device, dtype=weight.dtype)
+    return _like_x(tuple(x.shape), x), torch.empty_like(weight, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -748,6 +619,6 @@ def relu_depthwise_conv(
     :func:`relu_depthwise_conv_reference`.
     """
     _check_args(x, weight, stride, padding, dilation, relu)
-    if use_kernels(x):
+    if _common.use_kernels(x):
         return torch.ops.fastnas.relu_depthwise_conv(x, weight, stride, padding, dilation, relu)
     return relu_depthwise_conv_reference(x, weight, stride, padding, dilation, relu)

@@ -1,5 +1,9 @@
 """Masked weighted node aggregation: the sum of a cell node's incoming (edge, op) terms, with terms switched
-on and off on the device every step (the sparse searches DST, DDSAS and EDAS).
+on and off on the device every step (the sparse searches: EnTranNAS-DST, Yang, You, Li, Wang, Qian & Lin,
+"Towards Improving the Consistency, Efficiency, and Flexibility of Differentiable Neural Architecture
+Search", CVPR 2021; DDSAS, Yang, Hu, Lu, Sun, Mei, Zeng, Shi, Han & Li, "DDSAS: Dynamic and Differentiable
+Space-Architecture Search", ACML 2021; EDAS, Hong, Ahn & Kim, "EDAS: Efficient and Differentiable
+Architecture Search", arXiv 2019).
 
 Given T terms ``y_t`` of one shape, weights ``w`` [T] and a mask ``m`` [T]::
 
@@ -40,32 +44,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from fastnas.kernels._common import (
-    FLOAT_DTYPES as _FLOAT_DTYPES,
-)
-from fastnas.kernels._common import (
-    HAS_TRITON,
-    KERNEL_DTYPES,
-    TRITON_IMPORT_ERROR,
-    tl,
-    triton,
-    triton_supports,
-    use_kernels,
-)
-from fastnas.kernels._common import (
-    acc_dtype as _acc_dtype,
-)
 from torch import Tensor
 
-__all__ = [
-    "HAS_TRITON",
-    "KERNEL_DTYPES",
-    "MAX_TERMS_PER_LAUNCH",
-    "TRITON_IMPORT_ERROR",
-    "masked_aggregate",
-    "masked_aggregate_reference",
-    "triton_supports",
-]
+from fastnas.kernels import _common
+from fastnas.kernels._common import HAS_TRITON, tl, triton, triton_supports
+
+__all__ = ["MAX_TERMS_PER_LAUNCH", "masked_aggregate", "masked_aggregate_reference"]
 
 
 MAX_TERMS_PER_LAUNCH = 8  # pointer arguments y0..y7 of the kernels
@@ -95,20 +79,12 @@ def _check_args(terms: Sequence[Tensor], weights: Tensor | None, mask: Tensor | 
         if not isinstance(y, Tensor):
             raise TypeError(f"{name}: terms[{t}] is a {type(y).__name__}, not a tensor.")
     y0 = terms[0]
-    if y0.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: terms must be float32, float64, bfloat16 or float16, got {y0.dtype}.")
+    _common.check_float_dtype(name, "terms", y0.dtype)
     for t, y in enumerate(terms[1:], start=1):
-        if y.shape != y0.shape:
-            raise ValueError(
-                f"{name}: terms[{t}] has shape {tuple(y.shape)} but terms[0] has {tuple(y0.shape)}; "
-                "all terms of a node must have one shape."
-            )
-        if y.dtype != y0.dtype:
-            raise TypeError(
-                f"{name}: terms[{t}] has dtype {y.dtype} but terms[0] has {y0.dtype}; cast them to one dtype."
-            )
-        if y.device != y0.device:
-            raise ValueError(f"{name}: terms[{t}] is on {y.device} but terms[0] is on {y0.device}.")
+        label = f"terms[{t}]"
+        _common.check_shape_match(name, label, y, "terms[0]", y0, "all terms of a node must have one shape")
+        _common.check_dtype_match(name, label, y, "terms[0]", y0, "cast them to one dtype")
+        _common.check_device_match(name, label, y, "terms[0]", y0)
     num = len(terms)
     for label, v in (("weights", weights), ("mask", mask)):
         if v is None:
@@ -145,7 +121,7 @@ def masked_aggregate_reference(
     """
     terms = _check_args(terms, weights, mask)
     dtype = terms[0].dtype
-    acc = _acc_dtype(dtype)
+    acc = _common.acc_dtype(dtype)
     if weights is None and mask is None and len(terms) == 1:
         return terms[0].clone()
     w = None if weights is None else weights.to(acc)
@@ -198,19 +174,22 @@ def _as_layout(t: Tensor, like: Tensor) -> Tensor:
     return torch.empty_strided(like.shape, like.stride(), dtype=t.dtype, device=t.device).copy_(t)
 
 
-def _prepare_grad(grad_out: Tensor, terms: list[Tensor], dtype: torch.dtype) -> Tensor:
-    """The incoming gradient in the terms' (prepared) layout, or in its own layout when dense."""
-    g = grad_out.to(dtype)
-    if terms:
-        return _as_layout(g, terms[0])
-    return g if _is_dense(g) else g.contiguous()
+def _prepare_backward(grad_out: Tensor, terms: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """The saved terms (empty when the weights need no gradient) prepared as in the forward, and the
+    incoming gradient in their dtype and layout (without terms: in its own dtype, and its own layout when
+    dense)."""
+    prepared = _prepare_terms(list(terms)) if terms else []
+    if prepared:
+        return prepared, _as_layout(grad_out.to(prepared[0].dtype), prepared[0])
+    return prepared, grad_out if _is_dense(grad_out) else grad_out.contiguous()
 
 
-def _empty(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, stride=None) -> Tensor:
-    """Allocates a buffer every element of which a kernel writes (tests replace it with a NaN fill)."""
-    if stride is None:
-        return torch.empty(shape, device=device, dtype=dtype)
-    return torch.empty_strided(shape, stride, device=device, dtype=dtype)
+def _no_grad_weights(g: Tensor, weights: Tensor | None) -> Tensor:
+    """The empty tensor returned for grad weights when they need no gradient."""
+    return g.new_empty((0,), dtype=torch.float32 if weights is None else weights.dtype)
+
+
+_empty = _common.empty  # the buffers the kernels write in full (tests replace it with a NaN fill)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -225,14 +204,10 @@ def _torch_forward(terms: list[Tensor], weights: Tensor | None, mask: Tensor | N
 
 
 def _torch_backward(
-    g: Tensor,
-    terms: list[Tensor],
-    weights: Tensor | None,
-    mask: Tensor | None,
-    num_terms: int,
-    grad_terms: bool,
-) -> tuple[list[Tensor], Tensor]:
-    acc = _acc_dtype(g.dtype)
+    g: Tensor, terms: list[Tensor], weights: Tensor | None, mask: Tensor | None,
+    num_terms: int, grad_terms: bool,
+) -> tuple[list[Tensor], Tensor]:  # fmt: skip
+    acc = _common.acc_dtype(g.dtype)
     gf = g.to(acc)
     w = None if weights is None else weights.to(acc)
     active = None if mask is None else mask != 0
@@ -245,7 +220,7 @@ def _torch_backward(
             c = c.to(g.dtype)
             grads.append(_as_layout(c.clone() if c is g else c, g))
     if not terms:
-        return grads, g.new_empty((0,), dtype=torch.float32 if weights is None else weights.dtype)
+        return grads, _no_grad_weights(g, weights)
     assert weights is not None
     sums = []
     for t, y in enumerate(terms):
@@ -265,33 +240,31 @@ if HAS_TRITON:
     @triton.jit
     def _pick(t: tl.constexpr, p0, p1, p2, p3, p4, p5, p6, p7):
         """Pointer ``p_t`` for a compile-time ``t`` (resolved at compile time, no runtime select)."""
-        p = p0
-        if t == 1:
-            p = p1
-        if t == 2:
-            p = p2
-        if t == 3:
-            p = p3
-        if t == 4:
-            p = p4
-        if t == 5:
-            p = p5
-        if t == 6:
-            p = p6
-        if t == 7:
-            p = p7
-        return p
+        return (p0, p1, p2, p3, p4, p5, p6, p7)[t]
+
+    @triton.jit
+    def _block(N, BLOCK: tl.constexpr):
+        """Program b's block of the flat tensors: b, the int64 offsets and the in-bounds mask."""
+        pid = tl.program_id(0)
+        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        return pid, offs, offs < N
+
+    @triton.jit
+    def _load(ptr, offs, inb):
+        """A block of a tensor as float32 (0 out of bounds)."""
+        return tl.load(ptr + offs, mask=inb, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _weighted(y_ptr, w_ptr, offs, inb, HAS_W: tl.constexpr):
+        """w_t * y_t over a block, float32 (y_t alone without weights)."""
+        y = _load(y_ptr, offs, inb)
+        if HAS_W:
+            y = y * tl.load(w_ptr).to(tl.float32)
+        return y
 
     @triton.jit
     def _forward_kernel(
-        y0,
-        y1,
-        y2,
-        y3,
-        y4,
-        y5,
-        y6,
-        y7,
+        y0, y1, y2, y3, y4, y5, y6, y7,  # the launch's terms (unused slots: any tensor)
         w_ptr,
         m_ptr,
         prev_ptr,
@@ -304,28 +277,21 @@ if HAS_TRITON:
         HAS_M: tl.constexpr,
         ACCUMULATE: tl.constexpr,
         BLOCK: tl.constexpr,
-    ):
+    ):  # fmt: skip
         """Program b: out[block] = (prev[block] if ACCUMULATE) + sum over active t of w_t * y_t[block]."""
-        pid = tl.program_id(0)
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        inb = offs < N
-        if ACCUMULATE:
-            acc = tl.load(prev_ptr + offs, mask=inb, other=0.0).to(tl.float32)
+        _, offs, inb = _block(N, BLOCK)
+        if ACCUMULATE:  # noqa: SIM108 (a static branch on a constexpr)
+            acc = _load(prev_ptr, offs, inb)
         else:
             acc = tl.zeros([BLOCK], dtype=tl.float32)
         for t in tl.static_range(NUM_TERMS):
             y_ptr = _pick(t, y0, y1, y2, y3, y4, y5, y6, y7)
+            w_t = w_ptr + t * W_STRIDE
             if HAS_M:
                 if tl.load(m_ptr + t * M_STRIDE) != 0:  # scalar branch: an inactive y_t is never loaded
-                    y = tl.load(y_ptr + offs, mask=inb, other=0.0).to(tl.float32)
-                    if HAS_W:
-                        y = y * tl.load(w_ptr + t * W_STRIDE).to(tl.float32)
-                    acc += y
+                    acc += _weighted(y_ptr, w_t, offs, inb, HAS_W)
             else:
-                y = tl.load(y_ptr + offs, mask=inb, other=0.0).to(tl.float32)
-                if HAS_W:
-                    y = y * tl.load(w_ptr + t * W_STRIDE).to(tl.float32)
-                acc += y
+                acc += _weighted(y_ptr, w_t, offs, inb, HAS_W)
         tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=inb)
 
     @triton.jit
@@ -348,28 +314,13 @@ if HAS_TRITON:
                 gy = g * tl.load(w_ptr).to(tl.float32)
             tl.store(gy_ptr + offs, gy.to(gy_ptr.dtype.element_ty), mask=inb)
         if GRAD_W:
-            y = tl.load(y_ptr + offs, mask=inb, other=0.0).to(tl.float32)
-            tl.store(part_ptr, tl.sum(g * y, axis=0))
+            tl.store(part_ptr, tl.sum(g * _load(y_ptr, offs, inb), axis=0))
 
     @triton.jit
     def _backward_kernel(
         g_ptr,
-        y0,
-        y1,
-        y2,
-        y3,
-        y4,
-        y5,
-        y6,
-        y7,
-        gy0,
-        gy1,
-        gy2,
-        gy3,
-        gy4,
-        gy5,
-        gy6,
-        gy7,
+        y0, y1, y2, y3, y4, y5, y6, y7,  # the launch's terms (unused slots: any tensor)
+        gy0, gy1, gy2, gy3, gy4, gy5, gy6, gy7,  # their gradients
         w_ptr,
         m_ptr,
         part_ptr,
@@ -383,11 +334,9 @@ if HAS_TRITON:
         GRAD_Y: tl.constexpr,
         GRAD_W: tl.constexpr,
         BLOCK: tl.constexpr,
-    ):
+    ):  # fmt: skip
         """Program b: grad y_t[block b] for the chunk's terms and part[t, b] = sum(g * y_t) over block b."""
-        pid = tl.program_id(0)
-        offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        inb = offs < N
+        pid, offs, inb = _block(N, BLOCK)
         if HAS_M:
             # g is read only when some term of this launch is active.
             n_active = (tl.load(m_ptr) != 0).to(tl.int32)
@@ -395,9 +344,9 @@ if HAS_TRITON:
                 n_active += (tl.load(m_ptr + t * M_STRIDE) != 0).to(tl.int32)
             g = tl.zeros([BLOCK], dtype=tl.float32)
             if n_active > 0:
-                g = tl.load(g_ptr + offs, mask=inb, other=0.0).to(tl.float32)
+                g = _load(g_ptr, offs, inb)
         else:
-            g = tl.load(g_ptr + offs, mask=inb, other=0.0).to(tl.float32)
+            g = _load(g_ptr, offs, inb)
         for t in tl.static_range(NUM_TERMS):
             y_ptr = _pick(t, y0, y1, y2, y3, y4, y5, y6, y7)
             gy_ptr = _pick(t, gy0, gy1, gy2, gy3, gy4, gy5, gy6, gy7)
@@ -426,19 +375,20 @@ def _pad(ptrs: list[Tensor], dummy: Tensor) -> list[Tensor]:
     return ptrs + [dummy] * (MAX_TERMS_PER_LAUNCH - len(ptrs))
 
 
-def _scalars(v: Tensor | None, dummy: Tensor) -> tuple[Tensor, int]:
-    """A [T] weights/mask vector as a kernel argument (bool viewed as uint8; no copy) and its stride."""
+def _scalars(v: Tensor | None, dummy: Tensor, start: int) -> tuple[Tensor, int]:
+    """A [T] weights/mask vector as the kernel argument of the launch whose terms begin at ``start`` (a view
+    from ``start``; bool viewed as uint8; no copy), and its stride; ``(dummy, 0)`` without one."""
     if v is None:
         return dummy, 0
     if v.dtype == torch.bool:
         v = v.view(torch.uint8)
-    return v, v.stride(0)
+    return v[start:], v.stride(0)
 
 
 def _launch_forward(terms: list[Tensor], weights: Tensor | None, mask: Tensor | None) -> Tensor:
     """Triton forward on terms that share one dense layout (see :func:`_prepare_terms`)."""
     y0 = terms[0]
-    out = _empty(tuple(y0.shape), y0.device, y0.dtype, y0.stride())
+    out = _empty(tuple(y0.shape), y0.device, y0.dtype, stride=y0.stride())
     n = y0.numel()
     if n == 0:
         return out
@@ -446,16 +396,16 @@ def _launch_forward(terms: list[Tensor], weights: Tensor | None, mask: Tensor | 
     # Partial sums between chunks: in `out` for fp32, else in an fp32 buffer (one final rounding).
     partial = out
     if len(chunks) > 1 and y0.dtype != torch.float32:
-        partial = _empty(tuple(y0.shape), y0.device, torch.float32, y0.stride())
-    w, w_stride = _scalars(weights, y0)
-    m, m_stride = _scalars(mask, y0)
+        partial = _empty(tuple(y0.shape), y0.device, torch.float32, stride=y0.stride())
     grid = (triton.cdiv(n, _BLOCK),)
     for i, (start, count) in enumerate(chunks):
         last = i == len(chunks) - 1
+        w, w_stride = _scalars(weights, y0, start)
+        m, m_stride = _scalars(mask, y0, start)
         _forward_kernel[grid](
             *_pad(terms[start : start + count], y0),
-            w[start:] if weights is not None else w,
-            m[start:] if mask is not None else m,
+            w,
+            m,
             partial,
             out if last else partial,
             n,
@@ -471,31 +421,27 @@ def _launch_forward(terms: list[Tensor], weights: Tensor | None, mask: Tensor | 
 
 
 def _launch_backward(
-    g: Tensor,
-    terms: list[Tensor],
-    weights: Tensor | None,
-    mask: Tensor | None,
-    num_terms: int,
-    grad_terms: bool,
-) -> tuple[list[Tensor], Tensor]:
+    g: Tensor, terms: list[Tensor], weights: Tensor | None, mask: Tensor | None,
+    num_terms: int, grad_terms: bool,
+) -> tuple[list[Tensor], Tensor]:  # fmt: skip
     """Triton backward; ``g`` in the layout of the terms (when given); returns ``(grad terms, grad w)``."""
     grad_w = bool(terms)
     assert not grad_w or weights is not None
     n = g.numel()
     shape, stride = tuple(g.shape), g.stride()
-    grads = [_empty(shape, g.device, g.dtype, stride) for _ in range(num_terms)] if grad_terms else []
+    grads = [_empty(shape, g.device, g.dtype, stride=stride) for _ in range(num_terms)] if grad_terms else []
     programs = triton.cdiv(n, _BLOCK)
     part = _empty((num_terms, programs), g.device, torch.float32) if grad_w else g
     if n > 0:
-        w, w_stride = _scalars(weights, g)
-        m, m_stride = _scalars(mask, g)
         for start, count in _chunks(num_terms):
+            w, w_stride = _scalars(weights, g, start)
+            m, m_stride = _scalars(mask, g, start)
             _backward_kernel[(programs,)](
                 g,
                 *_pad(terms[start : start + count] if grad_w else [], g),
                 *_pad(grads[start : start + count], g),
-                w[start:] if weights is not None else w,
-                m[start:] if mask is not None else m,
+                w,
+                m,
                 part[start:] if grad_w else part,
                 n,
                 programs,
@@ -509,7 +455,7 @@ def _launch_backward(
                 BLOCK=_BLOCK,
             )
     if not grad_w:
-        return grads, g.new_empty((0,), dtype=torch.float32 if weights is None else weights.dtype)
+        return grads, _no_grad_weights(g, weights)
     assert weights is not None
     return grads, part.sum(dim=1).to(weights.dtype)
 
@@ -536,18 +482,12 @@ def _masked_aggregate_fake(terms: list[Tensor], weights: Tensor | None, mask: Te
 
 @torch.library.custom_op("fastnas::masked_aggregate_backward", mutates_args=())
 def _masked_aggregate_backward_op(
-    grad_out: Tensor,
-    terms: list[Tensor],
-    weights: Tensor | None,
-    mask: Tensor | None,
-    num_terms: int,
-    grad_terms: bool,
-) -> tuple[list[Tensor], Tensor]:
+    grad_out: Tensor, terms: list[Tensor], weights: Tensor | None, mask: Tensor | None,
+    num_terms: int, grad_terms: bool,
+) -> tuple[list[Tensor], Tensor]:  # fmt: skip
     """``(grad terms, grad weights)``. ``terms`` are given exactly when the weights need a gradient (else
     ``[]`` and grad weights is an empty tensor); ``grad_terms=False`` returns ``[]`` for the terms."""
-    terms = _prepare_terms(list(terms)) if terms else []
-    dtype = terms[0].dtype if terms else grad_out.dtype
-    g = _prepare_grad(grad_out, terms, dtype)
+    terms, g = _prepare_backward(grad_out, terms)
     if triton_supports(g.device, g.dtype):
         return _launch_backward(g, terms, weights, mask, num_terms, grad_terms)
     return _torch_backward(g, terms, weights, mask, num_terms, grad_terms)
@@ -555,20 +495,14 @@ def _masked_aggregate_backward_op(
 
 @_masked_aggregate_backward_op.register_fake
 def _masked_aggregate_backward_fake(
-    grad_out: Tensor,
-    terms: list[Tensor],
-    weights: Tensor | None,
-    mask: Tensor | None,
-    num_terms: int,
-    grad_terms: bool,
-) -> tuple[list[Tensor], Tensor]:
-    terms = _prepare_terms(list(terms)) if terms else []
-    dtype = terms[0].dtype if terms else grad_out.dtype
-    g = _prepare_grad(grad_out, terms, dtype)
+    grad_out: Tensor, terms: list[Tensor], weights: Tensor | None, mask: Tensor | None,
+    num_terms: int, grad_terms: bool,
+) -> tuple[list[Tensor], Tensor]:  # fmt: skip
+    terms, g = _prepare_backward(grad_out, terms)
     grads = [g.new_empty_strided(tuple(g.shape), g.stride()) for _ in range(num_terms)] if grad_terms else []
     if terms and weights is not None:
         return grads, weights.new_empty((num_terms,))
-    return grads, g.new_empty((0,), dtype=torch.float32 if weights is None else weights.dtype)
+    return grads, _no_grad_weights(g, weights)
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -618,6 +552,6 @@ def masked_aggregate(
     :func:`masked_aggregate_reference`. No host synchronisation on either path.
     """
     terms = _check_args(terms, weights, mask)
-    if use_kernels(terms[0]):
+    if _common.use_kernels(terms[0]):
         return torch.ops.fastnas.masked_aggregate(terms, weights, mask)
     return masked_aggregate_reference(terms, weights, mask)

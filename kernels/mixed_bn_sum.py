@@ -1,4 +1,7 @@
-"""Mixed-op weighted sum with BatchNorm(affine=False) folded in: one edge of the DARTS search supernet.
+"""Mixed-op weighted sum with BatchNorm(affine=False) folded in: one edge of the DARTS search supernet
+(Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019; batch normalization as in
+Ioffe & Szegedy, "Batch Normalization: Accelerating Deep Network Training by Reducing Internal Covariate
+Shift", ICML 2015).
 
 Every candidate op of a DARTS edge except ``none`` and the identity ends in ``BatchNorm2d(C, affine=False)``.
 Given the stacked pre-BN outputs ``z`` [K, N, C, H, W] of those K ops, their weights ``w`` [K] and an
@@ -17,10 +20,11 @@ statistics are not differentiable and feed :func:`update_running_stats`. Backwar
     grad w_skip = sum(g * x)
 
 :func:`mixed_bn_sum` runs the operator ``torch.ops.fastnas.mixed_bn_sum`` (Triton; autograd through
-``torch.ops.fastnas.mixed_bn_sum_backward``) where :func:`triton_supports` the tensors and the reference
-is not forced, else :func:`mixed_bn_sum_reference` (``F.batch_norm`` and a weighted sum, autograd). Called
-on a device or dtype the kernels do not handle, the operators compute the same formulas with PyTorch ops;
-both have fake implementations for ``torch.compile(fullgraph=True)``.
+``torch.ops.fastnas.mixed_bn_sum_backward``) where :func:`fastnas.kernels._common.use_kernels` allows (the
+tensors are supported and the reference is not forced), else :func:`mixed_bn_sum_reference`
+(``F.batch_norm`` and a weighted sum, autograd). Called on a device or dtype the kernels do not handle,
+the operators compute the same formulas with PyTorch ops; both have fake implementations for
+``torch.compile(fullgraph=True)``.
 
 Dtypes: ``z`` and ``x`` share one dtype (float32, bfloat16, float16 on the kernels; float64 takes the
 PyTorch math); ``w``/``w_skip`` may have another floating dtype. All math is float32 (float64 for float64);
@@ -39,34 +43,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from fastnas.kernels._common import (
-    FLOAT_DTYPES as _FLOAT_DTYPES,
-)
-from fastnas.kernels._common import (
-    HAS_TRITON,
-    KERNEL_DTYPES,
-    TRITON_IMPORT_ERROR,
-    TRITON_INTERPRET,
-    tl,
-    triton,
-    triton_supports,
-)
-from fastnas.kernels._common import (
-    acc_dtype as _acc_dtype,
-)
 from torch import Tensor
 
-from fastnas.backend import reference_forced
+from fastnas.kernels import _common
+from fastnas.kernels._common import HAS_TRITON, TRITON_INTERPRET, tl, triton, triton_supports
 
-__all__ = [
-    "HAS_TRITON",
-    "KERNEL_DTYPES",
-    "TRITON_IMPORT_ERROR",
-    "mixed_bn_sum",
-    "mixed_bn_sum_reference",
-    "triton_supports",
-    "update_running_stats",
-]
+__all__ = ["mixed_bn_sum", "mixed_bn_sum_reference", "update_running_stats"]
 
 
 _BLOCK_R = 1024  # reduction block of the stats kernel (1-D)
@@ -84,10 +66,8 @@ def _check_args(z: Tensor, w: Tensor, x: Tensor | None, w_skip: Tensor | None) -
     """Validate the arguments of :func:`mixed_bn_sum`; raises ``TypeError``/``ValueError``."""
     name = "mixed_bn_sum"
     if not isinstance(z, Tensor) or z.dim() != 5:
-        shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
-        raise ValueError(f"{name}: `z` must be a stacked [K, N, C, H, W] tensor, got {shape}.")
-    if z.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: `z` must be float32, float64, bfloat16 or float16, got {z.dtype}.")
+        raise _common.shape_error(name, "z", z, "a stacked [K, N, C, H, W] tensor")
+    _common.check_float_dtype(name, "`z`", z.dtype)
     k, n, _, h, wd = z.shape
     if k < 1:
         raise ValueError(f"{name}: `z` holds no op outputs (K = 0).")
@@ -96,12 +76,9 @@ def _check_args(z: Tensor, w: Tensor, x: Tensor | None, w_skip: Tensor | None) -
             f"{name}: batch statistics need more than 1 value per channel, got N*H*W = {n * h * wd}."
         )
     if not isinstance(w, Tensor) or w.dim() != 1 or w.shape[0] != k:
-        shape = tuple(w.shape) if isinstance(w, Tensor) else type(w).__name__
-        raise ValueError(f"{name}: `w` must be a 1-D tensor of K = {k} weights, got {shape}.")
-    if w.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: `w` must be a floating tensor, got {w.dtype}.")
-    if w.device != z.device:
-        raise ValueError(f"{name}: `w` is on {w.device} but `z` is on {z.device}.")
+        raise _common.shape_error(name, "w", w, f"a 1-D tensor of K = {k} weights")
+    _common.check_float_dtype(name, "`w`", w.dtype)
+    _common.check_device_match(name, "`w`", w, "`z`", z)
     if (x is None) != (w_skip is None):
         raise ValueError(f"{name}: pass both `x` and `w_skip` for the identity input, or neither.")
     if x is not None and w_skip is not None:
@@ -110,12 +87,10 @@ def _check_args(z: Tensor, w: Tensor, x: Tensor | None, w_skip: Tensor | None) -
                 f"{name}: `x` must have the shape of one op output {tuple(z.shape[1:])}, "
                 f"got {tuple(x.shape)}."
             )
-        if x.dtype != z.dtype:
-            raise TypeError(f"{name}: `x` has dtype {x.dtype} but `z` has {z.dtype}; use one dtype.")
+        _common.check_dtype_match(name, "`x`", x, "`z`", z, "use one dtype")
         if w_skip.numel() != 1 or w_skip.dim() > 1:
             raise ValueError(f"{name}: `w_skip` must be a scalar tensor, got shape {tuple(w_skip.shape)}.")
-        if w_skip.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name}: `w_skip` must be a floating tensor, got {w_skip.dtype}.")
+        _common.check_float_dtype(name, "`w_skip`", w_skip.dtype)
         if x.device != z.device or w_skip.device != z.device:
             raise ValueError(f"{name}: `x` and `w_skip` must be on the device of `z` ({z.device}).")
 
@@ -131,7 +106,7 @@ def mixed_bn_sum_reference(
         [K, C] in the accumulation dtype, detached.
     """
     _check_args(z, w, x, w_skip)
-    acc = _acc_dtype(z.dtype)
+    acc = _common.acc_dtype(z.dtype)
     zf = z.to(acc)
     wf = w.to(acc)
     out = None
@@ -173,17 +148,16 @@ def _torch_forward(
     return out, mean, var
 
 
+def _no_skip_grads(z: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """``(grad_x, grad_w_skip)`` without an identity input: empty tensors."""
+    return z.new_empty((0,)), w.new_empty((0,))
+
+
 def _torch_backward(
-    grad_out: Tensor,
-    z: Tensor,
-    w: Tensor,
-    x: Tensor | None,
-    w_skip: Tensor | None,
-    mean: Tensor,
-    var: Tensor,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    acc = _acc_dtype(z.dtype)
+    grad_out: Tensor, z: Tensor, w: Tensor, x: Tensor | None, w_skip: Tensor | None,
+    mean: Tensor, var: Tensor, eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    acc = _common.acc_dtype(z.dtype)
     m = z.shape[1] * z.shape[3] * z.shape[4]
     g = grad_out.to(acc)
     rstd = (var.to(acc) + eps).rsqrt()
@@ -199,7 +173,7 @@ def _torch_backward(
         grad_x = (w_skip.to(acc).reshape(()) * g).to(x.dtype)
         grad_ws = (g * x.to(acc)).sum().reshape(w_skip.shape).to(w_skip.dtype)
     else:
-        grad_x, grad_ws = z.new_empty((0,)), w.new_empty((0,))
+        grad_x, grad_ws = _no_skip_grads(z, w)
     return grad_z.to(z.dtype), grad_w, grad_x, grad_ws
 
 
@@ -208,6 +182,25 @@ def _torch_backward(
 # --------------------------------------------------------------------------------------------------
 
 if HAS_TRITON:
+
+    @triton.jit
+    def _row_block(K, C, HW, BLOCK_K: tl.constexpr, BLOCK_HW: tl.constexpr):
+        """Program (n*C + c, block) of the elementwise kernels: ``c``, whether it is the first block of
+        sample 0, the block's int64 offsets into [N, C, H*W] and their mask, the op indices ``ks`` and
+        their mask."""
+        row = tl.program_id(0)
+        blk = tl.program_id(1)
+        hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
+        ks = tl.arange(0, BLOCK_K)
+        return row % C, (row < C) & (blk == 0), row.to(tl.int64) * HW + hw, hw < HW, ks, ks < K
+
+    @triton.jit
+    def _saved_stats(mean_ptr, var_ptr, ks, kmask, c, C, eps):
+        """``mean_k`` and ``rstd_k = 1 / sqrt(var_k + eps)`` of channel ``c`` for the ops ``ks`` ([K, C]
+        statistics of the forward)."""
+        mean = tl.load(mean_ptr + ks * C + c, mask=kmask, other=0.0)
+        rstd = 1.0 / tl.sqrt(tl.load(var_ptr + ks * C + c, mask=kmask, other=0.0) + eps)
+        return mean, rstd
 
     @triton.jit
     def _stats_partial_kernel(z_ptr, psum_ptr, psumsq_ptr, C, HW, M, CHUNK, KC, BLOCK: tl.constexpr):
@@ -256,11 +249,7 @@ if HAS_TRITON:
         BLOCK_HW: tl.constexpr,
     ):
         """Program (n*C + c, block): statistics of channel c for all k, then one block of out[n, c]."""
-        row = tl.program_id(0)
-        blk = tl.program_id(1)
-        c = row % C
-        ks = tl.arange(0, BLOCK_K)
-        kmask = ks < K
+        c, first, roff, hmask, ks, kmask = _row_block(K, C, HW, BLOCK_K, BLOCK_HW)
         KC = K * C
         s1 = tl.zeros([BLOCK_K], dtype=tl.float32)
         s2 = tl.zeros([BLOCK_K], dtype=tl.float32)
@@ -273,14 +262,11 @@ if HAS_TRITON:
         mean = shift + dm
         var = tl.maximum(s2 / M - dm * dm, 0.0)
         rstd = 1.0 / tl.sqrt(var + eps)
-        first = (row < C) & (blk == 0)  # n == 0, first block: the one program that stores (., c)
+        # the statistics of channel c are stored by one program: sample 0's first block
         tl.store(mean_ptr + ks * C + c, mean, mask=kmask & first)
         tl.store(var_ptr + ks * C + c, var, mask=kmask & first)
 
         a = tl.load(w_ptr + ks, mask=kmask, other=0.0).to(tl.float32) * rstd
-        hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
-        hmask = hw < HW
-        roff = row.to(tl.int64) * HW + hw
         zt = tl.load(
             z_ptr + kbase[:, None] + roff[None, :], mask=kmask[:, None] & hmask[None, :], other=0.0
         ).to(tl.float32)
@@ -316,8 +302,7 @@ if HAS_TRITON:
         s = tl.program_id(1)
         ks = tl.arange(0, BLOCK_K)
         kmask = ks < K
-        mean = tl.load(mean_ptr + ks * C + c, mask=kmask, other=0.0)
-        rstd = 1.0 / tl.sqrt(tl.load(var_ptr + ks * C + c, mask=kmask, other=0.0) + eps)
+        mean, rstd = _saved_stats(mean_ptr, var_ptr, ks, kmask, c, C, eps)
         kbase = ks.to(tl.int64) * M * C
         acc_g = tl.zeros([BLOCK_R], dtype=tl.float32)
         acc_gx = tl.zeros([BLOCK_R], dtype=tl.float32)
@@ -399,19 +384,11 @@ if HAS_TRITON:
         BLOCK_HW: tl.constexpr,
     ):
         """Program (n*C + c, block): grad z[:, n, c] (BN backward scaled by w_k) and grad x[n, c]."""
-        row = tl.program_id(0)
-        blk = tl.program_id(1)
-        c = row % C
-        ks = tl.arange(0, BLOCK_K)
-        kmask = ks < K
-        mean = tl.load(mean_ptr + ks * C + c, mask=kmask, other=0.0)
-        rstd = 1.0 / tl.sqrt(tl.load(var_ptr + ks * C + c, mask=kmask, other=0.0) + eps)
+        c, _, roff, hmask, ks, kmask = _row_block(K, C, HW, BLOCK_K, BLOCK_HW)
+        mean, rstd = _saved_stats(mean_ptr, var_ptr, ks, kmask, c, C, eps)
         a = tl.load(w_ptr + ks, mask=kmask, other=0.0).to(tl.float32) * rstd
         mean_g = tl.load(sum_g_ptr + c) / M
         mean_gz = tl.load(sum_gz_ptr + ks * C + c, mask=kmask, other=0.0) / M
-        hw = blk * BLOCK_HW + tl.arange(0, BLOCK_HW)
-        hmask = hw < HW
-        roff = row.to(tl.int64) * HW + hw
         g = tl.load(g_ptr + roff, mask=hmask, other=0.0).to(tl.float32)
         off2 = ks.to(tl.int64)[:, None] * M * C + roff[None, :]
         mask2 = kmask[:, None] & hmask[None, :]
@@ -425,28 +402,12 @@ if HAS_TRITON:
 
 
 def _num_splits(m: int, programs: int) -> int:
-    """Number of chunks the N*H*W reduction is split into, so that ``programs`` (K*C or C) times the
-    split count keeps a GPU busy while each chunk still covers a few blocks; 1 under the interpreter."""
-    if TRITON_INTERPRET:
-        return 1
-    by_size = max(1, m // (4 * _BLOCK_R2))
-    by_occupancy = max(1, -(-1024 // max(programs, 1)))
-    return int(max(1, min(by_size, by_occupancy, _MAX_SPLITS)))
+    """Number of chunks the N*H*W reduction is split into (``programs`` = K*C or C;
+    :func:`fastnas.kernels._common.num_splits`); 1 under the interpreter."""
+    return 1 if TRITON_INTERPRET else _common.num_splits(m, programs, _BLOCK_R2, _MAX_SPLITS)
 
 
-def _chunk(m: int, splits: int, block: int) -> int:
-    """Reduction-chunk length: a multiple of ``block`` with ``splits`` chunks covering ``m``."""
-    per = -(-m // splits)
-    return -(-per // block) * block
-
-
-def _empty(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Allocates a buffer every element of which a kernel writes (tests replace it with a NaN fill)."""
-    return torch.empty(shape, device=device, dtype=dtype)
-
-
-def _block_k(k: int) -> int:
-    return max(2, triton.next_power_of_2(k))
+_empty = _common.empty  # the buffers the kernels write in full (tests replace it with a NaN fill)
 
 
 def _launch_forward(
@@ -456,9 +417,7 @@ def _launch_forward(
     k, n, c, h, wd = z.shape
     hw, m = h * wd, n * h * wd
     kc = k * c
-    splits = _num_splits(m, kc)
-    chunk = _chunk(m, splits, _BLOCK_R)
-    splits = -(-m // chunk)
+    chunk, splits = _common.split_chunks(m, _num_splits(m, kc), _BLOCK_R)
     psum = _empty((splits, kc), z.device, torch.float32)
     psumsq = _empty((splits, kc), z.device, torch.float32)
     _stats_partial_kernel[(kc, splits)](z, psum, psumsq, c, hw, m, chunk, kc, BLOCK=_BLOCK_R)
@@ -466,7 +425,7 @@ def _launch_forward(
     mean = _empty((k, c), z.device, torch.float32)
     var = _empty((k, c), z.device, torch.float32)
     has_skip = x is not None and w_skip is not None
-    block_hw = min(_BLOCK_HW, triton.next_power_of_2(hw))
+    block_hw = _common.pow2_block(hw, hi=_BLOCK_HW)
     grid = (n * c, triton.cdiv(hw, block_hw))
     _forward_kernel[grid](
         z,
@@ -485,32 +444,24 @@ def _launch_forward(
         splits,
         float(eps),
         HAS_SKIP=has_skip,
-        BLOCK_K=_block_k(k),
+        BLOCK_K=_common.pow2_block(k, 2),
         BLOCK_HW=block_hw,
     )
     return out, mean, var
 
 
 def _launch_backward(
-    grad_out: Tensor,
-    z: Tensor,
-    w: Tensor,
-    x: Tensor | None,
-    w_skip: Tensor | None,
-    mean: Tensor,
-    var: Tensor,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    grad_out: Tensor, z: Tensor, w: Tensor, x: Tensor | None, w_skip: Tensor | None,
+    mean: Tensor, var: Tensor, eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Triton backward on contiguous inputs: returns ``(grad_z, grad_w, grad_x, grad_w_skip)`` (the last
     two empty when there is no identity input)."""
     k, n, c, h, wd = z.shape
     hw, m = h * wd, n * h * wd
     dev = z.device
     has_skip = x is not None and w_skip is not None
-    block_k = _block_k(k)
-    splits = _num_splits(m, c)
-    chunk = _chunk(m, splits, _BLOCK_R2)
-    splits = -(-m // chunk)
+    block_k = _common.pow2_block(k, 2)
+    chunk, splits = _common.split_chunks(m, _num_splits(m, c), _BLOCK_R2)
     part_g = _empty((splits, c), dev, torch.float32)
     part_gx = _empty((splits, c), dev, torch.float32)
     part_gz = _empty((splits, k, c), dev, torch.float32)
@@ -536,11 +487,10 @@ def _launch_backward(
     sum_g = _empty((c,), dev, torch.float32)
     sum_gz = _empty((k, c), dev, torch.float32)
     grad_w = _empty((k,), dev, w.dtype)
-    if has_skip:
-        assert w_skip is not None
-        grad_ws = _empty(tuple(w_skip.shape), dev, w_skip.dtype)
+    if x is not None and w_skip is not None:
+        grad_x, grad_ws = _empty((n, c, h, wd), dev, z.dtype), _empty(tuple(w_skip.shape), dev, w_skip.dtype)
     else:
-        grad_ws = w.new_empty((0,))
+        grad_x, grad_ws = _no_skip_grads(z, w)
     _backward_finalize_kernel[(1,)](
         part_g,
         part_gz,
@@ -554,11 +504,10 @@ def _launch_backward(
         splits,
         HAS_SKIP=has_skip,
         BLOCK_K=block_k,
-        BLOCK_C=max(2, triton.next_power_of_2(c)),
+        BLOCK_C=_common.pow2_block(c, 2),
     )
     grad_z = _empty(tuple(z.shape), dev, z.dtype)
-    grad_x = _empty((n, c, h, wd), dev, z.dtype) if has_skip else z.new_empty((0,))
-    block_hw = min(_BLOCK_HW, triton.next_power_of_2(hw))
+    block_hw = _common.pow2_block(hw, hi=_BLOCK_HW)
     _backward_elementwise_kernel[(n * c, triton.cdiv(hw, block_hw))](
         grad_out,
         z,
@@ -591,10 +540,6 @@ def _contig(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.contiguous()
 
 
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    return _acc_dtype(dtype)
-
-
 @torch.library.custom_op("fastnas::mixed_bn_sum", mutates_args=())
 def _mixed_bn_sum_op(
     z: Tensor, w: Tensor, x: Tensor | None, w_skip: Tensor | None, eps: float
@@ -611,7 +556,7 @@ def _mixed_bn_sum_fake(
     z: Tensor, w: Tensor, x: Tensor | None, w_skip: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     k, n, c, h, wd = z.shape
-    sd = _stats_dtype(z.dtype)
+    sd = _common.acc_dtype(z.dtype)
     return (
         z.new_empty((n, c, h, wd)),
         z.new_empty((k, c), dtype=sd),
@@ -621,15 +566,9 @@ def _mixed_bn_sum_fake(
 
 @torch.library.custom_op("fastnas::mixed_bn_sum_backward", mutates_args=())
 def _mixed_bn_sum_backward_op(
-    grad_out: Tensor,
-    z: Tensor,
-    w: Tensor,
-    x: Tensor | None,
-    w_skip: Tensor | None,
-    mean: Tensor,
-    var: Tensor,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    grad_out: Tensor, z: Tensor, w: Tensor, x: Tensor | None, w_skip: Tensor | None,
+    mean: Tensor, var: Tensor, eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """``(grad_z, grad_w, grad_x, grad_w_skip)``; the last two are empty tensors without identity input."""
     grad_out, z, w = grad_out.contiguous(), z.contiguous(), w.contiguous()
     x, w_skip, mean, var = _contig(x), _contig(w_skip), mean.contiguous(), var.contiguous()
@@ -640,19 +579,13 @@ def _mixed_bn_sum_backward_op(
 
 @_mixed_bn_sum_backward_op.register_fake
 def _mixed_bn_sum_backward_fake(
-    grad_out: Tensor,
-    z: Tensor,
-    w: Tensor,
-    x: Tensor | None,
-    w_skip: Tensor | None,
-    mean: Tensor,
-    var: Tensor,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    grad_out: Tensor, z: Tensor, w: Tensor, x: Tensor | None, w_skip: Tensor | None,
+    mean: Tensor, var: Tensor, eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     if x is not None and w_skip is not None:
         grad_x, grad_ws = torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(w_skip)
     else:
-        grad_x, grad_ws = z.new_empty((0,)), w.new_empty((0,))
+        grad_x, grad_ws = _no_skip_grads(z, w)
     return (
         torch.empty_like(z, memory_format=torch.contiguous_format),
         torch.empty_like(w, memory_format=torch.contiguous_format),
@@ -705,10 +638,10 @@ def mixed_bn_sum(
         ``var`` [K, C] (float32; float64 for float64 inputs), not differentiable; pass them to
         :func:`update_running_stats` for BN's running statistics.
 
-    Uses the Triton operator when :func:`triton_supports` the tensors and the reference is not forced
-    (:func:`fastnas.backend.reference_forced`), else :func:`mixed_bn_sum_reference`.
+    Uses the Triton operator when :func:`fastnas.kernels._common.use_kernels` allows, else
+    :func:`mixed_bn_sum_reference`.
     """
     _check_args(z, w, x, w_skip)
-    if not reference_forced() and triton_supports(z.device, z.dtype):
+    if _common.use_kernels(z):
         return torch.ops.fastnas.mixed_bn_sum(z, w, x, w_skip, float(eps))
     return mixed_bn_sum_reference(z, w, x, w_skip, eps)

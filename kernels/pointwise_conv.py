@@ -1,5 +1,7 @@
 """Pointwise (1x1) convolution with the following BN's batch statistics computed in its epilogue, batched
-over the E edges that leave one node of a DARTS cell (SepConv and DilConv end in pointwise conv -> BN).
+over the E edges that leave one node of a DARTS cell (SepConv and DilConv end in pointwise conv -> BN;
+Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019; Ioffe & Szegedy, "Batch
+Normalization: Accelerating Deep Network Training by Reducing Internal Covariate Shift", ICML 2015).
 
 For ``x`` [N, C_in, H, W] shared by all edges (or [E, N, C_in, H, W], one per edge) and ``weight``
 [E, C_out, C_in]::
@@ -12,10 +14,12 @@ For ``x`` [N, C_in, H, W] shared by all edges (or [E, N, C_in, H, W], one per ed
 The sums are shifted by a value of the channel so that the variance ``total_sq / count - (total /
 count)^2`` keeps its precision when |mean| >> std (the one-pass ``E[z^2] - E[z]^2`` of unshifted sums
 loses all of it in float32 once mean^2 / var exceeds ~1e7; the shifted form depends only on how far the
-shift is from the mean, here one sample's spread). ``shift`` is treated as a constant (the mean and
-variance do not depend on it), so ``total``, ``total_sq`` and ``out`` are differentiable: with ``g =
-grad_out + grad_total[e, c] + 2 * (out - shift) * grad_total_sq[e, c]``, ``grad x_e = weight[e]^T @ g[e]``
-(summed over e for a shared ``x``) and ``grad weight[e] = sum_{n, h, w} g[e] x_e^T``.
+shift is from the mean, here one sample's spread: the shifted-data algorithm of Chan, Golub & LeVeque,
+"Algorithms for Computing the Sample Variance: Analysis and Recommendations", The American Statistician
+1983). ``shift`` is treated as a constant (the mean and variance do not depend on it), so ``total``,
+``total_sq`` and ``out`` are differentiable: with ``g = grad_out + grad_total[e, c] + 2 * (out - shift) *
+grad_total_sq[e, c]``, ``grad x_e = weight[e]^T @ g[e]`` (summed over e for a shared ``x``) and
+``grad weight[e] = sum_{n, h, w} g[e] x_e^T``.
 :func:`batch_norm_from_stats` turns ``(out, total, total_sq, shift)`` into BN(affine=False, training) of
 each edge, so autograd through both gives the gradient of ``F.batch_norm``.
 
@@ -47,33 +51,12 @@ wherever a product can exceed 2**31.
 from __future__ import annotations
 
 import torch
-from fastnas.kernels._common import (
-    FLOAT_DTYPES as _FLOAT_DTYPES,
-)
-from fastnas.kernels._common import (
-    HAS_TRITON,
-    KERNEL_DTYPES,
-    TRITON_IMPORT_ERROR,
-    TRITON_INTERPRET,
-    tl,
-    triton,
-    triton_supports,
-    use_kernels,
-)
-from fastnas.kernels._common import (
-    acc_dtype as _acc_dtype,
-)
 from torch import Tensor
 
-__all__ = [
-    "HAS_TRITON",
-    "KERNEL_DTYPES",
-    "TRITON_IMPORT_ERROR",
-    "batch_norm_from_stats",
-    "pointwise_conv_stats",
-    "pointwise_conv_stats_reference",
-    "triton_supports",
-]
+from fastnas.kernels import _common
+from fastnas.kernels._common import HAS_TRITON, TRITON_INTERPRET, tl, triton, triton_supports
+
+__all__ = ["batch_norm_from_stats", "pointwise_conv_stats", "pointwise_conv_stats_reference"]
 
 
 # Tile sizes: each at least 16 (tl.dot), at most these, otherwise the next power of two of the extent.
@@ -93,18 +76,15 @@ def _check_args(x: Tensor, weight: Tensor) -> None:
     """Validate the arguments of :func:`pointwise_conv_stats`; raises ``TypeError``/``ValueError``."""
     name = "pointwise_conv_stats"
     if not isinstance(x, Tensor) or x.dim() not in (4, 5):
-        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(
-            f"{name}: `x` must be [N, C_in, H, W] (one input shared by all edges) or [E, N, C_in, H, W] "
-            f"(one input per edge), got {shape}."
-        )
-    if x.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name}: `x` must be float32, float64, bfloat16 or float16, got {x.dtype}.")
+        shapes = "[N, C_in, H, W] (one input shared by all edges) or [E, N, C_in, H, W] (one input per edge)"
+        raise _common.shape_error(name, "x", x, shapes)
+    _common.check_float_dtype(name, "`x`", x.dtype)
     if not isinstance(weight, Tensor) or weight.dim() != 3:
-        shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-        raise ValueError(
-            f"{name}: `weight` must be [E, C_out, C_in] (the 1x1 kernels of the E edges; squeeze the "
-            f"trailing 1x1 of a conv weight), got {shape}."
+        raise _common.shape_error(
+            name,
+            "weight",
+            weight,
+            "[E, C_out, C_in] (the 1x1 kernels of the E edges; squeeze the trailing 1x1 of a conv weight)",
         )
     c_in = x.shape[-3]
     if weight.shape[2] != c_in:
@@ -119,12 +99,8 @@ def _check_args(x: Tensor, weight: Tensor) -> None:
             f"{name}: `x` holds inputs of {x.shape[0]} edges but `weight` has E = {weight.shape[0]}; pass "
             f"one input per edge or a single shared [N, C_in, H, W] input."
         )
-    if weight.dtype != x.dtype:
-        raise TypeError(
-            f"{name}: `weight` has dtype {weight.dtype} but `x` has {x.dtype}; cast them to one dtype."
-        )
-    if weight.device != x.device:
-        raise ValueError(f"{name}: `weight` is on {weight.device} but `x` is on {x.device}.")
+    _common.check_dtype_match(name, "`weight`", weight, "`x`", x, "cast them to one dtype")
+    _common.check_device_match(name, "`weight`", weight, "`x`", x)
 
 
 def _channels_last(x: Tensor) -> bool:
@@ -142,19 +118,7 @@ def _relayout(t: Tensor, channels_last: bool) -> Tensor:
     return t.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
-def _empty(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """Allocates a buffer every element of which a kernel writes (tests replace it with a NaN fill)."""
-    return torch.empty(shape, device=device, dtype=dtype)
-
-
-def _empty_out(
-    shape: tuple[int, int, int, int, int], channels_last: bool, device: torch.device, dtype: torch.dtype
-) -> Tensor:
-    """``out`` [E, N, C, H, W]: channels-last per edge (memory [E, N, H, W, C]) or contiguous."""
-    e, n, c, h, w = shape
-    if channels_last:
-        return _empty((e, n, h, w, c), device, dtype).permute(0, 1, 4, 2, 3)
-    return _empty(shape, device, dtype)
+_empty = _common.empty  # the buffers the kernel writes in full (tests replace it with a NaN fill)
 
 
 def _out_shape(x: Tensor, weight: Tensor) -> tuple[int, int, int, int, int]:
@@ -162,7 +126,7 @@ def _out_shape(x: Tensor, weight: Tensor) -> tuple[int, int, int, int, int]:
     return (weight.shape[0], n, weight.shape[1], h, w)
 
 
-def pointwise_conv_stats_reference(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def pointwise_conv_stats_reference(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Plain PyTorch reference: per edge the 1x1 conv as an einsum in the accumulation dtype (float32,
     float64 for float64 inputs; IEEE precision on every device), rounded to ``x``'s dtype, and the
     per-channel sums of the rounded values shifted by ``shift = out[:, 0, :, 0, 0]`` (detached; the
@@ -173,7 +137,7 @@ def pointwise_conv_stats_reference(x: Tensor, weight: Tensor) -> tuple[Tensor, T
         ``(out, total, total_sq, shift)`` as :func:`pointwise_conv_stats`.
     """
     _check_args(x, weight)
-    acc = _acc_dtype(x.dtype)
+    acc = _common.acc_dtype(x.dtype)
     xf, wf = x.to(acc), weight.to(acc)
     y = torch.einsum("eoi,nihw->enohw" if x.dim() == 4 else "eoi,enihw->enohw", wf, xf)
     out = _relayout(y.to(x.dtype), _channels_last(x))
@@ -207,19 +171,15 @@ def batch_norm_from_stats(
     """
     name = "batch_norm_from_stats"
     if not isinstance(z, Tensor) or z.dim() != 5:
-        shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
-        raise ValueError(f"{name}: `z` must be [E, N, C, H, W], got {shape}.")
+        raise _common.shape_error(name, "z", z, "[E, N, C, H, W]")
     e, n, c, h, w = z.shape
     for arg, t in (("total", total), ("total_sq", total_sq), ("shift", shift)):
         if not isinstance(t, Tensor) or tuple(t.shape) != (e, c):
-            shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(
-                f"{name}: `{arg}` must be [E, C] = {(e, c)} for `z` {tuple(z.shape)}, got {shape}."
-            )
+            raise _common.shape_error(name, arg, t, f"[E, C] = {(e, c)} for `z` {tuple(z.shape)}")
     count = n * h * w
     if count < 1:
         raise ValueError(f"{name}: `z` {tuple(z.shape)} has no values per channel (N*H*W = 0).")
-    acc = _acc_dtype(z.dtype)
+    acc = _common.acc_dtype(z.dtype)
     d = total.to(acc) / count
     var = (total_sq.to(acc) / count - d * d).clamp_min(0.0)
     mean = shift.detach().to(acc) + d
@@ -376,10 +336,6 @@ if HAS_TRITON:
         tl.atomic_add(total_sq_ptr + s_off, tl.sum(r * r, axis=1), mask=co_mask, sem="relaxed")
 
 
-def _block(extent: int, cap: int) -> int:
-    return max(_MIN_BLOCK, min(cap, triton.next_power_of_2(max(extent, 1))))
-
-
 def _launch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Triton forward: ``x`` with any strides, ``weight`` contiguous; returns ``(out, total, total_sq,
     shift)``."""
@@ -387,16 +343,15 @@ def _launch_forward(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, 
     x5 = x if x.dim() == 5 else x.unsqueeze(0).expand(e, *x.shape)  # stride 0 over edges: no copy
     _, n, _, h, w = x5.shape
     hw = h * w
-    out = _empty_out((e, n, c_out, h, w), _channels_last(x), x.device, x.dtype)
+    out = _empty((e, n, c_out, h, w), x.device, x.dtype, channels_last=_channels_last(x))
     total = torch.zeros((e, c_out), device=x.device, dtype=torch.float32)
     total_sq = torch.zeros((e, c_out), device=x.device, dtype=torch.float32)
     shift = _empty((e, c_out), x.device, torch.float32)  # every (e, c) written by sample 0's first block
     if out.numel() == 0:
         return out, total, total_sq, shift.zero_()
     block_co, block_p, block_k = (
-        _block(c_out, _MAX_BLOCK_CO),
-        _block(hw, _MAX_BLOCK_P),
-        _block(c_in, _MAX_BLOCK_K),
+        _common.pow2_block(extent, _MIN_BLOCK, cap)
+        for extent, cap in ((c_out, _MAX_BLOCK_CO), (hw, _MAX_BLOCK_P), (c_in, _MAX_BLOCK_K))
     )
     co_blks, p_blks = triton.cdiv(c_out, block_co), triton.cdiv(hw, block_p)
     programs = n * p_blks * e * co_blks
@@ -457,29 +412,21 @@ def _pointwise_conv_stats_op(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor,
 
 @_pointwise_conv_stats_op.register_fake
 def _pointwise_conv_stats_fake(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    e, n, c_out, h, w = _out_shape(x, weight)
-    if _channels_last(x):
-        out = x.new_empty((e, n, h, w, c_out)).permute(0, 1, 4, 2, 3)
-    else:
-        out = x.new_empty((e, n, c_out, h, w))
-    sd = _acc_dtype(x.dtype)
-    return out, *(x.new_empty((e, c_out), dtype=sd) for _ in range(3))
+    shape = _out_shape(x, weight)
+    out = _common.empty(shape, x.device, x.dtype, channels_last=_channels_last(x))
+    e, _, c_out, _, _ = shape
+    total, total_sq, shift = (x.new_empty((e, c_out), dtype=_common.acc_dtype(x.dtype)) for _ in range(3))
+    return out, total, total_sq, shift
 
 
 @torch.library.custom_op("fastnas::pointwise_conv_stats_backward", mutates_args=())
 def _pointwise_conv_stats_backward_op(
-    grad_out: Tensor | None,
-    grad_total: Tensor | None,
-    grad_total_sq: Tensor | None,
-    x: Tensor,
-    weight: Tensor,
-    out: Tensor,
-    shift: Tensor,
-    needs_grad_x: bool,
-    needs_grad_weight: bool,
-) -> tuple[Tensor, Tensor]:
+    grad_out: Tensor | None, grad_total: Tensor | None, grad_total_sq: Tensor | None,  # of the outputs
+    x: Tensor, weight: Tensor, out: Tensor, shift: Tensor,  # saved by the forward
+    needs_grad_x: bool, needs_grad_weight: bool,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``(grad_x, grad_weight)``; an empty tensor for a gradient that is not needed."""
-    acc = _acc_dtype(x.dtype)
+    acc = _common.acc_dtype(x.dtype)
     # GEMMs in x's dtype (tensor cores for bf16/fp16; the BLAS accumulates in fp32).
     g = _grad_of_out(grad_out, grad_total, grad_total_sq, out, shift, acc).to(x.dtype)
     weight = weight.to(x.dtype)
@@ -499,24 +446,14 @@ def _pointwise_conv_stats_backward_op(
 
 @_pointwise_conv_stats_backward_op.register_fake
 def _pointwise_conv_stats_backward_fake(
-    grad_out: Tensor | None,
-    grad_total: Tensor | None,
-    grad_total_sq: Tensor | None,
-    x: Tensor,
-    weight: Tensor,
-    out: Tensor,
-    shift: Tensor,
-    needs_grad_x: bool,
-    needs_grad_weight: bool,
-) -> tuple[Tensor, Tensor]:
-    if not needs_grad_x:
-        grad_x = x.new_empty((0,))
-    elif _channels_last(x):
-        perm = (0, 2, 3, 1) if x.dim() == 4 else (0, 1, 3, 4, 2)
-        inv = (0, 3, 1, 2) if x.dim() == 4 else (0, 1, 4, 2, 3)
-        grad_x = x.new_empty(tuple(x.shape[i] for i in perm)).permute(*inv)
+    grad_out: Tensor | None, grad_total: Tensor | None, grad_total_sq: Tensor | None,
+    x: Tensor, weight: Tensor, out: Tensor, shift: Tensor,
+    needs_grad_x: bool, needs_grad_weight: bool,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    if needs_grad_x:
+        grad_x = _common.empty(tuple(x.shape), x.device, x.dtype, channels_last=_channels_last(x))
     else:
-        grad_x = x.new_empty(x.shape)
+        grad_x = x.new_empty((0,))
     grad_weight = weight.new_empty(weight.shape) if needs_grad_weight else weight.new_empty((0,))
     return grad_x, grad_weight
 
@@ -562,6 +499,6 @@ def pointwise_conv_stats(x: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Ten
     :func:`pointwise_conv_stats_reference`.
     """
     _check_args(x, weight)
-    if use_kernels(x):
+    if _common.use_kernels(x):
         return torch.ops.fastnas.pointwise_conv_stats(x, weight)
     return pointwise_conv_stats_reference(x, weight)

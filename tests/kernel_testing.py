@@ -1,5 +1,5 @@
-"""Helpers shared by the tests of the Triton kernels in ``fastnas.kernels`` (test_mixed_bn_sum.py,
-test_depthwise_conv.py, test_pointwise_conv.py, test_masked_aggregate.py).
+"""Helpers shared by the tests of the Triton kernels in ``fastnas.kernels`` (one ``tests/test_<module>.py``
+per kernel module).
 
 Import it as ``import kernel_testing`` or ``from kernel_testing import ...``: pytest puts the folder of the
 test files on ``sys.path``. conftest.py sets ``TRITON_INTERPRET=1`` on a machine without a GPU before any
@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import torch
-from fastnas.kernels._common import HAS_TRITON, TRITON_IMPORT_ERROR, triton_supports
 from torch import Tensor
 
 from fastnas.backend import force_reference
+from fastnas.kernels._common import HAS_TRITON, TRITON_IMPORT_ERROR, triton_supports
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

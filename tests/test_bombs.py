@@ -502,7 +502,7 @@ def test_the_size_estimate_is_a_lower_bound_of_the_real_supernets() -> None:
                 model = SearchModel.build(method, space=build_space(space), C=8, layers=layers)
             except ConfigError:
                 continue  # the method does not search this space
-            k = get_method(method).defaults.partial_k
+            k = get_method(method).make_supernet_options().partial_k
             estimate = estimate_space(model.space, 8, layers, options=model.algorithm.options, partial_k=k)
             weights = [p.numel() for p in model.supernet.parameters()]
             assert 0 < estimate.parameters <= sum(weights) < 10 * estimate.parameters, (method, space)

@@ -1,4 +1,4 @@
-"""``fastnas search --compile`` and ``--cuda-graph`` (issue 15 part 3).
+"""``fastnas search --compile`` and ``--cuda-graph``.
 
 ``--compile``: both levels of the search step through ``torch.compile`` (CPU inductor here) give the
 losses, gradients and alphas of the eager step, and nothing recompiles after the first step of each
@@ -87,9 +87,9 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> None:
 def test_compiled_steps_match_eager_and_never_recompile(tmp_path: Path, executor: str) -> None:
     torch._dynamo.reset()
     counters.clear()
-    compiled, got = _run_steps(tmp_path, "compiled", compile=True, executor=executor)
+    compiled, got = _run_steps(tmp_path, "compiled", compile=True, supernet_options={"executor": executor})
     assert isinstance(compiled.compiled, CompiledLevels)
-    eager, want = _run_steps(tmp_path, "eager", executor=executor)
+    eager, want = _run_steps(tmp_path, "eager", supernet_options={"executor": executor})
     assert eager.compiled is None
 
     # one graph per level, compiled in the first step; steps 2.. with new alphas and lrs reuse them

@@ -1,4 +1,4 @@
-"""DALI input pipelines (issue 14 part 2): ``DaliFolderLoader`` and ``DaliTensorLoader`` against the torch
+"""DALI input pipelines: ``DaliFolderLoader`` and ``DaliTensorLoader`` against the torch
 loaders on the shared ImageNet sample and real CIFAR-10 images; sharding, epochs, partial batches and
 the message when DALI is missing.
 

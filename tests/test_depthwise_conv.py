@@ -14,8 +14,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from fastnas.kernels import depthwise_conv as dc
-from fastnas.kernels.depthwise_conv import output_size, relu_depthwise_conv, relu_depthwise_conv_reference
 from kernel_testing import (
     BF16,
     DEVICE,
@@ -31,6 +29,9 @@ from kernel_testing import (
     per_edge_strides,
     poisoned_fixture,
 )
+
+from fastnas.kernels import depthwise_conv as dc
+from fastnas.kernels.depthwise_conv import output_size, relu_depthwise_conv, relu_depthwise_conv_reference
 
 N, C, H, W = 2, 3, 7, 9  # odd, non-square spatial size
 NAMES = ("out", "grad x", "grad weight")

@@ -1,4 +1,4 @@
-"""Many processes (issue 14): torch.distributed with gloo on CPU, 2 ranks started the way torchrun
+"""Many processes: torch.distributed with gloo on CPU, 2 ranks started the way torchrun
 starts them (``RANK``/``WORLD_SIZE``/``MASTER_*``; :mod:`distributed_worker`), and torchrun itself for
 the command line. Checks: identical alphas and genotype on every rank, rank 0 alone writes the run,
 2 ranks x batch b = 1 rank x batch 2b, kill and resume, host-sampling methods agree across ranks, and

@@ -1,4 +1,4 @@
-"""The fast cell executor and the BN-folded mixed edge against the reference loop (issue 5, item 5).
+"""The fast cell executor and the BN-folded mixed edge against the reference loop.
 
 Two runs of the same model from the same state must agree: outputs, the gradients of every weight and of
 the architecture weights, and the BN running statistics. With ``force_reference()`` the fast executor runs
@@ -12,9 +12,9 @@ import copy
 
 import pytest
 import torch
-from fastnas.kernels._common import kernels_in_cpu_models, triton_supports
 
 from fastnas.backend import force_reference
+from fastnas.kernels._common import kernels_in_cpu_models, triton_supports
 from fastnas.nn import MixedEdge, PartialChannels, Supernet
 from fastnas.nn.fast_executor import FastExecutor, outgoing_edges
 from fastnas.spaces import DartsSpace
@@ -281,7 +281,7 @@ def test_search_with_the_fast_executor_follows_the_reference_run(tmp_path, order
             device="cpu",
             out_dir=str(tmp_path),
             run_name=f"{executor}-{order}",
-            executor=executor,
+            supernet_options={"executor": executor},
             method_options={"order": order},
         )
         with force_reference():

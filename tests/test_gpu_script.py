@@ -1,5 +1,5 @@
 """benchmarks/gpu.py (what benchmarks/gpu_all.sh runs on a lent GPU): every planned command parses, the
-full and quick plans hold what issue 15 asks for, and the summary is written and printed whatever the
+full and quick plans hold what the GPU run needs, and the summary is written and printed whatever the
 pieces do (succeed, fail, time out, no longer fit the budget)."""
 
 from __future__ import annotations

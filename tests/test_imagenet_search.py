@@ -1,4 +1,4 @@
-"""Architecture search directly on ImageNet (issue 13 part 2): per-class subsets, the ImageNet search
+"""Architecture search directly on ImageNet: per-class subsets, the ImageNet search
 network, published defaults, and a search whose genotype retrains as an ImageNet network."""
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def test_class_subsets_round_a_fraction_of_an_image_at_random() -> None:
 
 def test_imagenet_search_defaults_are_the_published_ones() -> None:
     pc = SearchConfig(method="pc-darts", dataset="imagenet").resolved()
-    assert (pc.batch_size, pc.lr, pc.arch_lr, pc.epochs, pc.partial_k) == (1024, 0.5, 6e-3, 50, 4)
+    assert (pc.batch_size, pc.lr, pc.arch_lr, pc.epochs, pc.supernet.partial_k) == (1024, 0.5, 6e-3, 50, 4)
     assert pc.options.arch_start_epoch == 35  # type: ignore[attr-defined]
     assert (pc.subset_weights, pc.subset_arch, pc.image_size) == (0.1, 0.025, 224)
     cifar = SearchConfig(method="pc-darts", dataset="cifar10").resolved()
@@ -144,7 +144,8 @@ def test_a_tiny_imagenet_search_writes_a_genotype_that_builds_and_retrains(
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["images_per_s"] > 0 and metrics[0]["data_wait_s"] >= 0
     config = json.loads((run / "config.json").read_text())
-    assert (config["dataset"], config["partial_k"], config["subset_weights"]) == ("imagenet", 4, 0.2)
+    assert (config["dataset"], config["subset_weights"]) == ("imagenet", 0.2)
+    assert config["supernet_options"]["partial_k"] == 4
     supernet = result.model.supernet
     assert supernet.stem_kind == "imagenet"  # three stride-2 convs before the cells
     assert supernet.classifier.out_features == 100

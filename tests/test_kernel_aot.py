@@ -1,4 +1,4 @@
-"""Ahead-of-time compilation of the Triton kernels for sm_80 and sm_90 without a GPU (issue 15).
+"""Ahead-of-time compilation of the Triton kernels for sm_80 and sm_90 without a GPU.
 
 The configurations are traced from the fast executor's search step (DARTS supernet, C=16, 8 cells,
 32x32, batch 64, fp32 and bf16 autocast) and from every case of ``benchmarks/kernel_bench.py``

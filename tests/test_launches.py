@@ -1,4 +1,4 @@
-"""The kernel-launch and byte counter of a search step (``benchmarks/launches.py``, issue 15 part 2).
+"""The kernel-launch and byte counter of a search step (``benchmarks/launches.py``).
 
 Known small cases are counted against what the operators must do (the numbers come from the shapes, not
 from the counter); the full step on meta tensors is checked against a real CPU run of the same code; the
@@ -8,25 +8,29 @@ section runs at a tiny configuration.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from fastnas.kernels._common import HAS_TRITON
 
-from benchmarks import run
+from benchmarks import report
 from benchmarks.launches import (
     NO_KERNEL_OPS,
     LaunchCounter,
+    add_launches_arguments,
     applies,
     count_search_step,
     emulate_cuda_dispatch,
+    launch_executors,
     launches_rows,
     launches_section,
     record_triton_launches,
     tensor_bytes,
 )
+from fastnas.kernels._common import HAS_TRITON
+from fastnas.methods import METHODS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -206,7 +210,7 @@ def test_section_at_a_tiny_configuration() -> None:
         launch_executors=["plain", "reference", "fast"],
         launch_warmup=0,  # the section's default is 1 (steady state); halves the test
     )
-    section = launches_section(run.Section, run.Column)
+    section = launches_section()
     rows = list(section.rows(args))
     assert [(r["order"], r["executor"], r["status"]) for r in rows] == [
         (o, e, "ok") for o in (1, 2) for e in ("plain", "reference", "fast")
@@ -229,7 +233,7 @@ def test_section_at_a_tiny_configuration() -> None:
         assert fast["byte_ratio"] == pytest.approx((fast["bytes_read"] + fast["bytes_written"]) / ref_bytes)
         # the fused BN-sum edges of the reference executor launch fewer kernels than plain PyTorch
         assert reference["launches"] < by[order, "plain"]["launches"]
-    table = run.markdown_table(section.columns, rows)
+    table = report.markdown_table(section.columns, rows)
     assert table.startswith("| method | order | executor | launches |")
     footer = "\n".join(section.footer(rows))
     assert "DARTS first order, `reference`: top 5 by launches" in footer and "Goals" in footer
@@ -243,3 +247,33 @@ def test_unsupported_cases_are_rows() -> None:
     )  # fmt: skip
     rows = list(launches_rows(args))
     assert [(r["method"], r["status"]) for r in rows] == [("edas", "n/a"), ("entrannas", "n/a")]
+
+
+def test_every_registered_method_and_executor_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The section's defaults are the registries: a method registered after import is counted too, and a
+    method whose supernet refuses an executor gets a row saying why."""
+    monkeypatch.setitem(METHODS, "throwaway", dataclasses.replace(METHODS["darts"], name="throwaway"))
+    monkeypatch.setitem(
+        METHODS, "sparse-throwaway", dataclasses.replace(METHODS["entrannas"], name="sparse-throwaway")
+    )
+    parser = argparse.ArgumentParser()
+    add_launches_arguments(parser)
+    defaults = parser.parse_args([])
+    assert defaults.launch_methods == list(METHODS)
+    assert "throwaway" in defaults.launch_methods and "sparse-throwaway" in defaults.launch_methods
+    assert defaults.launch_executors == list(launch_executors())
+    assert defaults.launch_executors[:3] == ["plain", "reference", "fast"]
+    args = argparse.Namespace(
+        **{**vars(defaults), **TINY, "batch_sizes": [TINY["batch_size"]], "seed": 0, "launch_warmup": 0}
+    )
+    args.launch_methods, args.launch_orders = ["throwaway", "sparse-throwaway"], [1]
+    args.launch_executors = ["reference", "fast"]
+    rows = list(launches_rows(args))
+    assert [(r["method"], r["executor"], r["status"]) for r in rows] == [
+        ("throwaway", "reference", "ok"),
+        ("throwaway", "fast", "ok"),
+        ("sparse-throwaway", "reference", "ok"),
+        ("sparse-throwaway", "fast", "n/a"),
+    ]
+    assert rows[0]["launches"] > 0 and rows[1]["launch_ratio"] > 0
+    assert "fast" in rows[3]["note"]  # the supernet's own refusal of the executor

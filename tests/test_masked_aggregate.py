@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fastnas.kernels import masked_aggregate as ma
-from fastnas.kernels.masked_aggregate import masked_aggregate, masked_aggregate_reference
 from kernel_testing import (
     BF16,
     BF16_VS_FLOAT64,
@@ -30,6 +28,9 @@ from kernel_testing import (
     poisoned_fixture,
 )
 from kernel_testing import F32_SUMS as GRAD_W  # grad w: fp32 reductions of the same data in another order
+
+from fastnas.kernels import masked_aggregate as ma
+from fastnas.kernels.masked_aggregate import masked_aggregate, masked_aggregate_reference
 
 SHAPE = (2, 3, 5, 7)  # 210 elements: odd sizes, not a multiple of any block
 

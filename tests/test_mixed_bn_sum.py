@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fastnas.kernels import mixed_bn_sum as mbs
-from fastnas.kernels.mixed_bn_sum import mixed_bn_sum, mixed_bn_sum_reference, update_running_stats
 from kernel_testing import (
     BF16,
     BF16_VS_FLOAT64,
@@ -28,6 +26,9 @@ from kernel_testing import (
     needs_kernels,
     poisoned_fixture,
 )
+
+from fastnas.kernels import mixed_bn_sum as mbs
+from fastnas.kernels.mixed_bn_sum import mixed_bn_sum, mixed_bn_sum_reference, update_running_stats
 
 SHAPE = (3, 2, 3, 5, 5)  # K, N, C, H, W
 EPS = 1e-5

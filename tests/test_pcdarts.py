@@ -1,4 +1,4 @@
-"""PC-DARTS (REFERENCE.md section 5; issue 13 part 1): partial channel connections, the channel shuffle,
+"""PC-DARTS (REFERENCE.md section 5): partial channel connections, the channel shuffle,
 edge normalisation, its derivation, the delayed architecture updates, short searches, defaults, bad input
 and the parameter saving of the partial edges."""
 
@@ -444,7 +444,11 @@ def test_a_digits_search_gives_a_valid_genotype_from_the_product_weights(
             assert len(node) == 2 and len({s for _, s in node}) == 2
             assert all(op in OPS and op != "none" and 0 <= s < j + 2 for op, s in node)
     config = json.loads((run / "config.json").read_text())
-    assert config["method"] == "pc-darts" and config["partial_k"] == 4 and config["partial_bypass"] == "max"
+    assert config["method"] == "pc-darts" and config["supernet_options"] == {
+        "executor": "reference",
+        "partial_k": 4,
+        "partial_bypass": "max",
+    }
     assert config["method_options"]["edge_norm"] is True and config["method_options"]["arch_start_epoch"] == 2
     supernet = result.model.supernet
     channels = [8, 16, 32]  # C = 8 and two reduction cells (layers 3)
@@ -493,14 +497,16 @@ def test_an_nb201_search_gives_a_valid_cell(tmp_path: Path) -> None:
 
 def test_published_defaults_resolve_from_the_config() -> None:
     resolved = SearchConfig(method="pc-darts").resolved()
-    assert (resolved.batch_size, resolved.epochs, resolved.partial_k) == (256, 50, 4)
+    assert (resolved.batch_size, resolved.epochs, resolved.supernet.partial_k) == (256, 50, 4)
     assert resolved.lr == 0.1 and resolved.arch_lr == 6e-4 and resolved.arch_weight_decay == 1e-3
-    assert resolved.partial_bypass == "max" and (resolved.C, resolved.layers) == (16, 8)
+    assert resolved.supernet.partial_bypass == "max" and (resolved.C, resolved.layers) == (16, 8)
     assert isinstance(resolved.options, PCDARTSOptions)
     assert resolved.options.edge_norm and resolved.options.arch_start_epoch == 15
-    assert SearchConfig(method="darts").resolved().partial_k == 1  # off for the other methods
-    assert SearchConfig(method="pc-darts", partial_k=2).resolved().partial_k == 2
-    assert SearchConfig(method="pc-darts", partial_bypass="avg").resolved().partial_bypass == "avg"
+    assert SearchConfig(method="darts").resolved().supernet.partial_k == 1  # off for the other methods
+    two = SearchConfig(method="pc-darts", supernet_options={"partial_k": 2})
+    assert two.resolved().supernet.partial_k == 2
+    bypass = SearchConfig(method="pc-darts", supernet_options={"partial_bypass": "avg"})
+    assert bypass.resolved().supernet.partial_bypass == "avg"
 
 
 def cli_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -526,7 +532,8 @@ def test_the_cli_partial_k_flag_reaches_the_supernet(
         args += ["--arch-start-epoch", "0"]
     assert main([*args, "--run-name", "cli"]) == 0
     config = json.loads((tmp_path / "cli" / "config.json").read_text())
-    assert config["method"] == method and config["partial_k"] == 2 and config["partial_bypass"] == "avg"
+    assert config["method"] == method and config["supernet_options"]["partial_k"] == 2
+    assert config["supernet_options"]["partial_bypass"] == "avg"
     (runner,) = runners
     edges = [edge for cell in runner.model.supernet.cells for edge in cell.edges]
     assert edges and all(edge.partial == PartialChannels(2, "avg") for edge in edges)
@@ -536,10 +543,16 @@ def test_the_cli_partial_k_flag_reaches_the_supernet(
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--method", "pc-darts", "--partial-k", "3", "--C", "16"], "--partial-k 3 does not divide --C 16"),
-        (["--method", "darts", "--partial-k", "16"], "--partial-k 16 does not divide --C 8"),
-        (["--method", "pc-darts", "--partial-k", "0"], "--partial-k must be >= 1"),
-        (["--method", "pc-darts", "--partial-k", "-2"], "--partial-k must be >= 1"),
+        (
+            ["--method", "pc-darts", "--partial-k", "3", "--C", "16"],
+            "--partial-k 3 does not divide the initial channels --C 16",
+        ),
+        (
+            ["--method", "darts", "--partial-k", "16"],
+            "--partial-k 16 does not divide the initial channels --C 8",
+        ),
+        (["--method", "pc-darts", "--partial-k", "0"], "(--partial-k) must be >= 1"),
+        (["--method", "pc-darts", "--partial-k", "-2"], "(--partial-k) must be >= 1"),
         (["--method", "entrannas", "--partial-k", "2"], "must split into 2 parts of an even size"),
     ],
 )
@@ -556,10 +569,10 @@ def test_bad_bypass_pools_and_channel_counts_are_refused(capsys: pytest.CaptureF
         main(["search", "--method", "pc-darts", "--partial-bypass", "min"])
     assert exit_info.value.code == 2
     assert "--partial-bypass: invalid choice: 'min'" in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="--partial-bypass must be one of max, avg, got 'min'"):
-        SearchConfig(method="pc-darts", partial_bypass="min").resolved()
-    with pytest.raises(ConfigError, match="--partial-k 3 does not divide --C 16"):
-        SearchConfig(method="pc-darts", partial_k=3).resolved()
+    with pytest.raises(ConfigError, match=r"\(--partial-bypass\) must be one of max, avg, got 'min'"):
+        SearchConfig(method="pc-darts", supernet_options={"partial_bypass": "min"}).resolved()
+    with pytest.raises(ConfigError, match="--partial-k 3 does not divide the initial channels --C 16"):
+        SearchConfig(method="pc-darts", supernet_options={"partial_k": 3}).resolved()
     with pytest.raises(ConfigError, match="--partial-k 4 does not divide the initial channels --C 6"):
         SearchModel.build("pc-darts", C=6, layers=3)
     with pytest.raises(ConfigError, match="see 2 channels after the bottleneck"):

@@ -1,4 +1,4 @@
-"""``fastnas plot`` pictures, the sweep's curves and ``--tensorboard`` events (issue 16 part 2). The
+"""``fastnas plot`` pictures, the sweep's curves and ``--tensorboard`` events. The
 pictures were looked at when written; here each file must exist and be a valid PNG of its size."""
 
 from __future__ import annotations

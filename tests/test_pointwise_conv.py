@@ -7,7 +7,7 @@ machine in the interpreter, TRITON_INTERPRET=1 set by conftest.py) against the r
 ``total``, ``total_sq``, ``shift``, the BN mean and variance they give, and the gradients of ``x`` and
 ``weight``, for NCHW and channels-last, shared and per-edge inputs, channel counts that are not multiples
 of 16 and odd spatial sizes; and the shifted sums against the one-pass formula on conv outputs with a large
-mean and a small spread (issue 17). Shapes are tiny: every interpreted launch costs milliseconds.
+mean and a small spread. Shapes are tiny: every interpreted launch costs milliseconds.
 """
 
 from __future__ import annotations
@@ -15,12 +15,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from fastnas.kernels import pointwise_conv as pc
-from fastnas.kernels.pointwise_conv import (
-    batch_norm_from_stats,
-    pointwise_conv_stats,
-    pointwise_conv_stats_reference,
-)
 from kernel_testing import (
     BF16,
     DEVICE,
@@ -37,6 +31,13 @@ from kernel_testing import (
     needs_kernels,
     per_edge_is_channels_last,
     poisoned_fixture,
+)
+
+from fastnas.kernels import pointwise_conv as pc
+from fastnas.kernels.pointwise_conv import (
+    batch_norm_from_stats,
+    pointwise_conv_stats,
+    pointwise_conv_stats_reference,
 )
 
 EPS = 1e-5
@@ -348,7 +349,7 @@ def test_kernel_partial_output_gradients():
 
 def _far_from_centred():
     """Conv outputs with a large mean (~1000) and a small spread (std ~0.025) per channel: mean^2 / var
-    ~ 1.6e9, beyond float32's 2^24 (issue 17)."""
+    ~ 1.6e9, beyond float32's 2^24."""
     gen = torch.Generator().manual_seed(31)
     x = 100.0 + 0.01 * torch.randn(2, 16, 5, 7, generator=gen)
     weight = 0.625 + 0.01 * torch.randn(3, 8, 16, generator=gen)

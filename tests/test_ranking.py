@@ -1,4 +1,4 @@
-"""``fastnas rank``: the supernet's ranking of NAS-Bench-201 cells against the table (issue 16 part 3)."""
+"""``fastnas rank``: the supernet's ranking of NAS-Bench-201 cells against the table."""
 
 from __future__ import annotations
 

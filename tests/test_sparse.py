@@ -1,4 +1,4 @@
-"""Sparse execution (issue 12 section 1): a cell under an active set calls only its active ops."""
+"""Sparse execution: a cell under an active set calls only its active ops."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import typing
 from pathlib import Path
 
@@ -37,56 +38,90 @@ FORBIDDEN: dict[str, set[str]] = {
 LEAVES = {"fastnas.errors", "fastnas.fileio", "fastnas.fields", "fastnas.backend", "fastnas.genotype_zoo"}
 
 
-def _unit_of_file(path: Path) -> str:
-    rel = path.relative_to(ROOT)
-    if rel.parts[0] == "kernels":
-        return "fastnas.kernels"
-    if len(rel.parts) == 2:  # fastnas/<module>.py
-        return "fastnas." + rel.stem
-    return "fastnas." + rel.parts[1]
+def _python_files() -> dict[str, Path]:
+    """Every Python module of the tree by its import name, from every top-level folder. A file reached
+    through a link (``fastnas/kernels`` is the top-level ``kernels/``) is named by its deepest path, the
+    one it is imported by."""
+    by_file: dict[Path, Path] = {}
+    for top in sorted(p for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for folder, _, names in os.walk(top, followlinks=True):
+            for name in names:
+                if name.endswith(".py"):
+                    path = Path(folder, name)
+                    rel, real = path.relative_to(ROOT), path.resolve()
+                    if real not in by_file or len(rel.parts) > len(by_file[real].parts):
+                        by_file[real] = rel
+    modules = {}
+    for real, rel in by_file.items():
+        parts = list(rel.with_suffix("").parts)
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = real
+    return modules
 
 
-def _unit_of_module(name: str) -> str | None:
-    parts = name.split(".")
-    if parts[0] != "fastnas" or len(parts) == 1:
+MODULES = _python_files()
+
+
+def _imported_modules(module: str, path: Path) -> set[str]:
+    """The modules of the tree that ``module`` imports: every import (module level, in functions, under
+    ``TYPE_CHECKING``); ``from package import name`` counts as the module ``package.name`` where that is
+    one; a bare name next to the importer (``from conftest import``, tests/ is no package) as that module."""
+    folder = module.split(".")[0]
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+
+    def known(name: str) -> str | None:
+        while name:
+            if name in MODULES:
+                return name
+            name = name.rpartition(".")[0]
         return None
-    return "fastnas." + parts[1]
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package[: len(package) - node.level + 1] + ([base] if base else []))
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in node.names]
+        for name in names:
+            target = known(name) or (
+                f"{folder}.{name.split('.')[0]}" if f"{folder}.{name.split('.')[0]}" in MODULES else None
+            )
+            if target is not None and target != module:
+                out.add(target)
+    return out
+
+
+MODULE_GRAPH = {module: _imported_modules(module, path) for module, path in MODULES.items()}
+
+
+def _unit(module: str) -> str:
+    """The layering unit of a module: a subpackage or top-level module of fastnas, else the module."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "fastnas" and len(parts) > 1 else module
 
 
 def _import_graph() -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
-    files = [
-        p for p in (ROOT / "fastnas").rglob("*.py") if p.name != "__init__.py" or p.parent.name != "fastnas"
-    ]
-    files += list((ROOT / "kernels").glob("*.py"))
-    for path in files:
-        unit = _unit_of_file(path)
-        edges = graph.setdefault(unit, set())
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names: list[str] = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                if node.module == "fastnas":
-                    names = [f"fastnas.{a.name}" for a in node.names]
-                else:
-                    names = [node.module]
-            for name in names:
-                target = _unit_of_module(name)
-                if target is not None and target != unit:
-                    edges.add(target)
+    for module, targets in MODULE_GRAPH.items():
+        if module == "fastnas":
+            continue  # the package's own __init__ re-exports every unit
+        edges = graph.setdefault(_unit(module), set())
+        edges |= {_unit(t) for t in targets if t != "fastnas" and _unit(t) != _unit(module)}
     return graph
 
 
 GRAPH = _import_graph()
 
 
-def _reaches(start: str, goal: str) -> list[str] | None:
+def _reaches(start: str, goal: str, graph: dict[str, set[str]] = GRAPH) -> list[str] | None:
     """An import path from ``start`` to ``goal``, or None."""
     stack, seen = [[start]], {start}
     while stack:
         path = stack.pop()
-        for nxt in GRAPH.get(path[-1], ()):
+        for nxt in graph.get(path[-1], ()):
             if nxt == goal:
                 return [*path, nxt]
             if nxt not in seen:
@@ -109,8 +144,22 @@ def test_layering(unit: str) -> None:
     )
 
 
-def test_no_import_cycles() -> None:
+def test_graph_covers_every_top_level_python_folder() -> None:
+    tops = {p.name for p in ROOT.iterdir() if p.is_dir() and any(p.glob("*.py"))} - {"kernels"}
+    assert {m.split(".")[0] for m in MODULES} == tops == {"fastnas", "benchmarks", "tests"}
+    assert "fastnas.kernels.pointwise_conv" in MODULES  # kernels/, by the name it is imported with
+    assert "fastnas.nn.supernet_options" in MODULE_GRAPH["fastnas.search_model"]
+
+
+def test_no_import_cycles_between_units() -> None:
     cycles = [path for unit in GRAPH for path in [_reaches(unit, unit)] if path]
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_no_import_cycles_between_modules() -> None:
+    """Not even inside a package (a package's ``__init__`` re-exporting its modules is no cycle: a module
+    that needs a name imports the module that defines it)."""
+    cycles = [path for module in MODULE_GRAPH for path in [_reaches(module, module, MODULE_GRAPH)] if path]
     assert not cycles, f"import cycles: {cycles}"
 
 

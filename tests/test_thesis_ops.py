@@ -14,12 +14,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from fastnas.kernels._common import kernels_in_cpu_models
 from torch import nn
 
 import fastnas
 from fastnas.backend import force_reference
 from fastnas.info import network_info
+from fastnas.kernels._common import kernels_in_cpu_models
 from fastnas.nn import MixedEdge
 from fastnas.nn.fused_edge import split_final_bn
 from fastnas.ops import (

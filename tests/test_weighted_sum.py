@@ -16,7 +16,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from fastnas import backend
 from fastnas._ext import cuda_compiled, extension_available, load_error
 from fastnas.backend import force_reference, reference_forced
-from fastnas.ops.weighted_sum import accumulate_dtype, weighted_sum, weighted_sum_reference
+from fastnas.kernels._common import acc_dtype
+from fastnas.ops.weighted_sum import weighted_sum, weighted_sum_reference
 
 needs_ext = pytest.mark.skipif(not extension_available(), reason=f"fastnas._C is not built: {load_error()}")
 
@@ -107,10 +108,10 @@ def test_reference_gradients_follow_dtype_rules() -> None:
         torch.testing.assert_close(gw[k].double(), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_accumulate_dtype() -> None:
-    assert accumulate_dtype(torch.float64) == torch.float64
+def test_acc_dtype() -> None:
+    assert acc_dtype(torch.float64) == torch.float64
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
-        assert accumulate_dtype(dtype) == torch.float32
+        assert acc_dtype(dtype) == torch.float32
 
 
 @pytest.mark.parametrize("fn", [weighted_sum, weighted_sum_reference])

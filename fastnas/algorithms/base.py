@@ -45,7 +45,6 @@ class SearchDefaults:
     arch_weight_decay: float = 1e-3
     arch_grad_clip: float = 0.0
     train_portion: float = 0.5
-    partial_k: int = 1  # PC-DARTS partial channels: 1/K of each edge's channels enter its ops
 
     def updated(self, **overrides: Any) -> SearchDefaults:
         """A copy with the non-None ``overrides`` applied (unknown names are an error)."""
@@ -80,6 +79,9 @@ class SearchAlgorithm(nn.Module, abc.ABC):
     defaults: ClassVar[SearchDefaults] = SearchDefaults()
     #: published hyper-parameters that differ by dataset (e.g. ``{"imagenet": ...}``); else ``defaults``
     dataset_defaults: ClassVar[Mapping[str, SearchDefaults]] = {}
+    #: the method's published supernet options (:class:`fastnas.nn.SupernetOptions` names, e.g. PC-DARTS'
+    #: ``{"partial_k": 4}``); the options' own defaults apply to the rest
+    supernet_defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, space: SearchSpace, options: MethodOptions | None = None, **option_values: Any):
         super().__init__()

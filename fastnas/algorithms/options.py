@@ -1,4 +1,5 @@
-"""Method options, declared once on the method as a typed, frozen dataclass.
+"""Options declared once as a typed, frozen dataclass: a method's (:class:`MethodOptions`) and the
+supernet's (:class:`fastnas.nn.supernet_options.SupernetOptions`), both :class:`OptionGroup` subclasses.
 
 Each field is made with :func:`option` (default, help text, optional flag name and bounds). From that
 one declaration the command line builds the method's ``--help`` section and flags, values from the
@@ -14,17 +15,17 @@ from __future__ import annotations
 
 import dataclasses
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from fastnas.errors import ConfigError
 from fastnas.fields import check_value, describe_type, field_types, parse_text
 
-__all__ = ["MethodOptions", "OptionSpec", "option"]
+__all__ = ["MethodOptions", "OptionGroup", "OptionSpec", "option"]
 
 T = TypeVar("T")
-O = TypeVar("O", bound="MethodOptions")
+O = TypeVar("O", bound="OptionGroup")
 
 _BOUNDS: dict[str, tuple[Callable[[Any, Any], bool], str]] = {
     "gt": (operator.gt, ">"),
@@ -44,12 +45,14 @@ def option(
     lt: float | None = None,
     le: float | None = None,
     reason: str = "",
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None,
 ) -> T:
-    """A method option: its default, the help text of its flag (``--name-with-dashes`` unless ``flag``
+    """An option: its default, the help text of its flag (``--name-with-dashes`` unless ``flag``
     is given) and numeric bounds (``gt``: value must be > gt, ``ge``: >=, ``lt``: <, ``le``: <=);
-    ``reason``, if given, says why the bounds are what they are (appended to the out-of-bounds error)."""
+    ``reason``, if given, says why the bounds are what they are (appended to the out-of-bounds error);
+    ``choices``, the allowed values (or a function that lists them when asked, e.g. a registry's names)."""
     bounds = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
-    metadata = {"help": help, "flag": flag, "bounds": bounds, "reason": reason}
+    metadata = {"help": help, "flag": flag, "bounds": bounds, "reason": reason, "choices": choices}
     field: Any = dataclasses.field(default=default, metadata=metadata)
     return field  # typed as T so that `x: int = option(...)` type-checks
 
@@ -65,6 +68,14 @@ class OptionSpec:
     flag: str
     bounds: Mapping[str, float]
     reason: str = ""  # why the bounds (part of the out-of-bounds error)
+    choices_of: Sequence[Any] | Callable[[], Sequence[Any]] | None = None
+
+    @property
+    def choices(self) -> tuple[Any, ...] | None:
+        """The allowed values (None: any value of the type); a registry's names as they are now."""
+        if self.choices_of is None:
+            return None
+        return tuple(self.choices_of() if callable(self.choices_of) else self.choices_of)
 
     def describe(self) -> str:
         """The help text with the type, bounds and default appended."""
@@ -74,15 +85,23 @@ class OptionSpec:
 
 
 @dataclass(frozen=True)
-class MethodOptions:
-    """Base class of a method's options (no options of its own). Subclasses add :func:`option` fields
-    and may override :meth:`validate` for checks that involve several options."""
+class OptionGroup:
+    """Base class of a group of options (no options of its own). Subclasses add :func:`option` fields
+    and may override :meth:`validate` for checks that involve several options. Every default and every
+    check of an option is in its declaration: the one place it exists."""
+
+    owner = "this method"  # whose options these are (error messages)
 
     def __post_init__(self) -> None:
         for spec in self.specs():
             where = f"option {spec.name} ({spec.flag})"
             value = check_value(getattr(self, spec.name), spec.type, where)
             object.__setattr__(self, spec.name, value)  # e.g. an int given for a float option
+            choices = spec.choices
+            if choices is not None and value not in choices:
+                raise ConfigError(
+                    f"{where} must be one of {', '.join(map(str, choices))}, got {value!r}"
+                )
             for key, bound in spec.bounds.items():
                 compare, symbol = _BOUNDS[key]
                 if not compare(value, bound):
@@ -115,6 +134,7 @@ class MethodOptions:
                     flag,
                     meta.get("bounds", {}),
                     meta.get("reason", ""),
+                    meta.get("choices"),
                 )
             )
         return tuple(out)
@@ -130,13 +150,15 @@ class MethodOptions:
     def _unknown(cls, name: str) -> str:
         names = [s.name for s in cls.specs()]
         known = ", ".join(names) if names else "none"
-        return f"{name!r} is not an option of this method; its options are: {known}"
+        return f"{name!r} is not an option of {cls.owner}; its options are: {known}"
 
     @classmethod
     def from_mapping(cls: type[O], values: Mapping[str, Any]) -> O:
         """Options from a mapping of typed values (Python or JSON); unknown names are an error."""
         if not isinstance(values, Mapping):
-            raise ConfigError(f"method options must be a mapping of names to values, got {values!r:.80}")
+            raise ConfigError(
+                f"options of {cls.owner} must be a mapping of names to values, got {values!r:.80}"
+            )
         known = {s.name for s in cls.specs()}
         for name in values:
             if name not in known:
@@ -159,6 +181,11 @@ class MethodOptions:
     def changed(self) -> dict[str, Any]:
         """The options whose value differs from the default."""
         return {s.name: getattr(self, s.name) for s in self.specs() if getattr(self, s.name) != s.default}
+
+
+@dataclass(frozen=True)
+class MethodOptions(OptionGroup):
+    """Base class of a search method's options."""
 
 
 @dataclass(frozen=True)

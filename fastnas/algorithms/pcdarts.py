@@ -57,8 +57,9 @@ class PCDARTS(DARTS):
     name = "pc-darts"
     Options = PCDARTSOptions
     defaults = SearchDefaults(
-        batch_size=256, lr=0.1, lr_min=0.0, arch_lr=6e-4, arch_weight_decay=1e-3, partial_k=4
+        batch_size=256, lr=0.1, lr_min=0.0, arch_lr=6e-4, arch_weight_decay=1e-3
     )  # Xu et al. (2020), CIFAR-10
+    supernet_defaults: ClassVar[Mapping[str, Any]] = {"partial_k": 4}  # K = 4 on CIFAR-10 and ImageNet
     #: the direct ImageNet search (Xu et al., 2020: batch 1024 on 8 GPUs, lr 0.5, arch lr 6e-3, 35
     #: weight-only epochs)
     dataset_defaults: ClassVar[Mapping[str, SearchDefaults]] = {

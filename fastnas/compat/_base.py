@@ -7,9 +7,11 @@ DARTS (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2
 Search and Evaluation", ICCV 2019) each ship a ``model_search.Network`` with the same skeleton and the same
 calls: ``forward(x)``, ``_loss(x, target)``, ``arch_parameters()``, ``alphas_normal`` / ``alphas_reduce``,
 ``_criterion`` and (DARTS, PC-DARTS) ``new()`` and ``genotype()``. :class:`CompatNetwork` gives them, the
-method's supernet and architecture parameters coming from fastnas; the subclasses in
-:mod:`fastnas.compat.darts`, :mod:`fastnas.compat.pcdarts` and :mod:`fastnas.compat.pdarts` add each
-original's constructor.
+method's supernet and architecture parameters coming from fastnas. :class:`DartsConstructor` adds DARTS'
+constructor, which PC-DARTS keeps (the networks of :mod:`fastnas.compat.darts` and
+:mod:`fastnas.compat.pcdarts`); :mod:`fastnas.compat.pdarts` and :mod:`fastnas.compat.ddsas` (DDSAS: Yang
+et al., "DDSAS: Dynamic and Differentiable Space-Architecture Search", ACML 2021) add their originals'
+constructors.
 
 Names, as the originals give them:
 
@@ -46,7 +48,13 @@ from fastnas.genotype import Genotype
 from fastnas.search_model import SearchModel
 from fastnas.spaces import DartsSpace
 
-__all__ = ["PDARTS_ARGUMENTS", "CompatNetwork", "WrongNetworkError"]
+__all__ = [
+    "PDARTS_ARGUMENTS",
+    "CompatNetwork",
+    "DartsConstructor",
+    "WrongNetworkError",
+    "refuse_pdarts_arguments",
+]
 
 _ALPHAS = ("alphas_normal", "alphas_reduce")
 _BETAS = ("betas_normal", "betas_reduce")
@@ -65,6 +73,17 @@ _DDSAS_ONLY = (
 """Calls only the DDSAS code's ``Network`` answers (its space parameters and sampler)."""
 
 
+def refuse_pdarts_arguments(options: dict[str, Any], module_name: str) -> None:
+    """P-DARTS' own constructor arguments on a network that is not P-DARTS': a clear error."""
+    given = [name for name in PDARTS_ARGUMENTS if name in options]
+    if given:
+        raise ConfigError(
+            f"Network(..., {', '.join(given)}=...): P-DARTS' own Network arguments (Chen et al., ICCV 2019) "
+            f"are not {module_name}'s; a P-DARTS script imports `from fastnas.compat.pdarts import "
+            "Network`, whose alphas are [14, k] over the switched-on ops as P-DARTS' are"
+        )
+
+
 class WrongNetworkError(ConfigError, AttributeError):
     """A script asked a compat network for what only another method's ``Network`` has (PC-DARTS' betas,
     P-DARTS' ``update_p``): it imports the wrong compat module, and the message names the right one. Also
@@ -78,6 +97,8 @@ class CompatNetwork(nn.Module):
 
     #: the import a script of this network uses (error messages)
     module_name: ClassVar[str] = "fastnas.compat"
+    #: the method a network that builds only one names in its errors ("PC-DARTS"; see :meth:`_refuse_method`)
+    method_title: ClassVar[str] = ""
     #: whether ``named_parameters()`` / ``parameters()`` yield the architecture parameters too (P-DARTS'
     #: alphas are module parameters; DARTS' and PC-DARTS' are not)
     arch_in_parameters: ClassVar[bool] = False
@@ -94,7 +115,7 @@ class CompatNetwork(nn.Module):
         *,
         method: str,
         space: DartsSpace | None = None,
-        executor: str = "reference",
+        executor: str | None = None,
         in_channels: int = 3,
         partial_k: int | None = None,
         options: dict[str, Any] | None = None,
@@ -129,6 +150,15 @@ class CompatNetwork(nn.Module):
         self.register_state_dict_post_hook(_public_state)
         self.register_load_state_dict_pre_hook(_internal_state)
         self.register_load_state_dict_post_hook(_after_load)
+
+    def _refuse_method(self, options: dict[str, Any]) -> None:
+        """``method=`` on a network that builds one method (:attr:`method_title`): a TypeError naming
+        :mod:`fastnas.compat.darts`' network, which takes it."""
+        if "method" in options:
+            raise TypeError(
+                f"{self.module_name}.Network builds {self.method_title}; for method {options['method']!r} "
+                "use fastnas.compat.darts.Network(..., method=...)"
+            )
 
     # ------------------------------------------------------------------ the architecture parameters
     def _named_arch(self) -> list[tuple[str, nn.Parameter]]:
@@ -246,6 +276,47 @@ class CompatNetwork(nn.Module):
     def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
+
+
+class DartsConstructor(CompatNetwork):
+    """A network with the constructor of DARTS' ``model_search.Network``, which PC-DARTS' keeps: ``C,
+    num_classes, layers, criterion=None, steps=4, multiplier=4, stem_multiplier=3``, then the keywords
+    ``executor``, ``in_channels``, ``partial_k`` and the method's options. It builds :attr:`fixed_method`,
+    or (None) the method of the keyword ``method`` (default ``"darts"``); P-DARTS' own arguments are
+    refused (:func:`refuse_pdarts_arguments`)."""
+
+    #: the fastnas method this network always builds (``method=`` is then refused); None: ``method=`` picks
+    fixed_method: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        C: int,
+        num_classes: int,
+        layers: int,
+        criterion: nn.Module | None = None,
+        steps: int = 4,
+        multiplier: int = 4,
+        stem_multiplier: int = 3,
+        *,
+        executor: str | None = None,
+        in_channels: int = 3,
+        partial_k: int | None = None,
+        **options: Any,
+    ) -> None:
+        method: str
+        chosen: dict[str, Any] = {}  # what new() passes again: the method when it was chosen
+        if self.fixed_method is None:
+            method = options.pop("method", "darts")
+            chosen["method"] = method
+        else:
+            self._refuse_method(options)
+            method = self.fixed_method
+        refuse_pdarts_arguments(options, self.module_name)
+        keywords: dict[str, Any] = {"executor": executor, "in_channels": in_channels, "partial_k": partial_k}
+        super().__init__(
+            C, num_classes, layers, criterion, steps, multiplier, stem_multiplier,
+            method=method, **keywords, options=options, rebuild={**chosen, **keywords, **options},
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------- state_dict names (module hooks)

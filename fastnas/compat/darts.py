@@ -34,52 +34,12 @@ every op, with ``[14, 8]`` alphas).
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
-
-from fastnas.compat._base import PDARTS_ARGUMENTS, CompatNetwork
-from fastnas.errors import ConfigError
+from fastnas.compat._base import DartsConstructor
 
 __all__ = ["Network"]
 
 
-def refuse_pdarts_arguments(options: dict[str, Any], module_name: str) -> None:
-    """P-DARTS' own constructor arguments on a network that is not P-DARTS': a clear error."""
-    given = [name for name in PDARTS_ARGUMENTS if name in options]
-    if given:
-        raise ConfigError(
-            f"Network(..., {', '.join(given)}=...): P-DARTS' own Network arguments (Chen et al., ICCV 2019) "
-            f"are not {module_name}'s; a P-DARTS script imports `from fastnas.compat.pdarts import "
-            "Network`, whose alphas are [14, k] over the switched-on ops as P-DARTS' are"
-        )
-
-
-class Network(CompatNetwork):
+class Network(DartsConstructor):
     """The DARTS search network with fastnas underneath (see the module docstring)."""
 
     module_name = "fastnas.compat.darts"
-
-    def __init__(
-        self,
-        C: int,
-        num_classes: int,
-        layers: int,
-        criterion: nn.Module | None = None,
-        steps: int = 4,
-        multiplier: int = 4,
-        stem_multiplier: int = 3,
-        *,
-        method: str = "darts",
-        executor: str = "reference",
-        in_channels: int = 3,
-        partial_k: int | None = None,
-        **options: Any,
-    ) -> None:
-        refuse_pdarts_arguments(options, self.module_name)
-        keywords: dict[str, Any] = {"executor": executor, "in_channels": in_channels, "partial_k": partial_k}
-        super().__init__(
-            C, num_classes, layers, criterion, steps, multiplier, stem_multiplier,
-            method=method, **keywords, options=options,
-            rebuild={"method": method, **keywords, **options},
-        )  # fmt: skip

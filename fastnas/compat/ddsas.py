@@ -34,8 +34,7 @@ import torch
 from torch import nn
 
 from fastnas.algorithms.ddsas import DDSAS, shrink_available
-from fastnas.compat._base import CompatNetwork
-from fastnas.compat.darts import refuse_pdarts_arguments
+from fastnas.compat._base import CompatNetwork, refuse_pdarts_arguments
 from fastnas.spaces import DartsSpace
 
 __all__ = ["Network"]
@@ -63,7 +62,7 @@ class Network(CompatNetwork):
         stem_multiplier: int = 3,
         primitives: Sequence[str] | None = None,
         *,
-        executor: str = "reference",
+        executor: str | None = None,
         in_channels: int = 3,
         **options: Any,
     ) -> None:

@@ -27,44 +27,14 @@ Unlike the original, ``new()`` and the model follow the device of the weights (n
 
 from __future__ import annotations
 
-from typing import Any
-
-from torch import nn
-
-from fastnas.compat._base import CompatNetwork
-from fastnas.compat.darts import refuse_pdarts_arguments
+from fastnas.compat._base import DartsConstructor
 
 __all__ = ["Network"]
 
 
-class Network(CompatNetwork):
+class Network(DartsConstructor):
     """PC-DARTS' search network with fastnas underneath (see the module docstring)."""
 
     module_name = "fastnas.compat.pcdarts"
-
-    def __init__(
-        self,
-        C: int,
-        num_classes: int,
-        layers: int,
-        criterion: nn.Module | None = None,
-        steps: int = 4,
-        multiplier: int = 4,
-        stem_multiplier: int = 3,
-        *,
-        executor: str = "reference",
-        in_channels: int = 3,
-        partial_k: int | None = None,
-        **options: Any,
-    ) -> None:
-        if "method" in options:
-            raise TypeError(
-                f"{self.module_name}.Network builds PC-DARTS; for method {options['method']!r} use "
-                "fastnas.compat.darts.Network(..., method=...)"
-            )
-        refuse_pdarts_arguments(options, self.module_name)
-        keywords: dict[str, Any] = {"executor": executor, "in_channels": in_channels, "partial_k": partial_k}
-        super().__init__(
-            C, num_classes, layers, criterion, steps, multiplier, stem_multiplier,
-            method="pc-darts", **keywords, options=options, rebuild={**keywords, **options},
-        )  # fmt: skip
+    method_title = "PC-DARTS"
+    fixed_method = "pc-darts"

@@ -93,6 +93,7 @@ class Network(CompatNetwork):
     """P-DARTS' search network of one stage, with fastnas underneath (see the module docstring)."""
 
     module_name = "fastnas.compat.pdarts"
+    method_title = "P-DARTS"
     arch_in_parameters = True
 
     def __init__(
@@ -108,16 +109,12 @@ class Network(CompatNetwork):
         switches_reduce: Sequence[Sequence[Any]] | None = None,
         p: float = 0.0,
         *,
-        executor: str = "reference",
+        executor: str | None = None,
         in_channels: int = 3,
         partial_k: int | None = None,
         **options: Any,
     ) -> None:
-        if "method" in options:
-            raise TypeError(
-                f"{self.module_name}.Network builds P-DARTS; for method {options['method']!r} use "
-                "fastnas.compat.darts.Network(..., method=...)"
-            )
+        self._refuse_method(options)
         every_op = DartsSpace(num_nodes=steps, multiplier=min(multiplier, steps))
         on = {
             "normal": switched_on(switches_normal, every_op, "switches_normal"),

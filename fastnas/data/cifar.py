@@ -1,5 +1,8 @@
 """CIFAR-10/100 as uint8 tensors from python batches, image-folder trees/archives or a torchvision download.
 
+The datasets are Krizhevsky's ("Learning Multiple Layers of Features from Tiny Images", technical report,
+University of Toronto, 2009): 32x32 colour images, 50,000 for training and 10,000 for testing.
+
 Sources, tried in this order for ``root``:
 
 1. the official python batches: ``cifar-10-batches-py/`` (``data_batch_1..5``, ``test_batch``,
@@ -11,7 +14,7 @@ Sources, tried in this order for ``root``:
 4. with ``download=True``: torchvision's download of the python batches into ``root``.
 
 JPEG/PNG files are decoded once; the decoded arrays of all splits are cached as an ``.npz`` in
-:func:`fastnas.data.datasets.cache_dir`, keyed by the source path, size and mtime. Within a split, the
+:func:`fastnas.data.base.cache_dir`, keyed by the source path, size and mtime. Within a split, the
 examples of an image folder are interleaved class by class (file-name order within a class), so any
 prefix - such as the weight half of the DARTS split - is class balanced. Normalisation constants and
 augmentation follow the public code of DARTS (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture
@@ -37,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fastnas.data.archives import check_tar_end, damaged_archive
-from fastnas.data.datasets import SPLITS, ImageDataset, cache_dir
+from fastnas.data.base import SPLITS, ImageDataset, cache_dir
 from fastnas.data.limits import check_file_size, check_member_size, check_pickle_opcodes, open_image, to_rgb
 from fastnas.errors import ConfigError, DataError, DownloadError, MissingPathError
 from fastnas.fileio import atomic_write, expand_user

@@ -30,9 +30,10 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from fastnas.data.datasets import ImageDataset
+from fastnas.data.base import ImageDataset
 from fastnas.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from fastnas.data.loader import (
+    DatasetBatches,
     EpochBatches,
     check_shard,
     checked_indices,
@@ -371,7 +372,7 @@ class DaliFolderLoader(EpochBatches):
             yield x.to(self.device), y.to(torch.int64, copy=True).to(self.device, non_blocking=True)
 
 
-class DaliTensorLoader(EpochBatches):
+class DaliTensorLoader(DatasetBatches):
     """CIFAR-style batches of an in-memory :class:`~fastnas.data.ImageDataset` through DALI
     (``fn.external_source``), a drop-in for :class:`~fastnas.data.loader.TensorBatchLoader`.
 
@@ -402,17 +403,11 @@ class DaliTensorLoader(EpochBatches):
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         idx = checked_indices(dataset, indices)
         self.device, self._device_id = _resolve_device(device)
-        self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
-        self.seed = int(seed)
-        self.shard = check_shard(shard)
-        self.padding = dataset.crop_padding if augment else 0
-        self.hflip = bool(augment and dataset.hflip)
-        self.height, self.width = dataset.images.shape[2], dataset.images.shape[3]
+        self._set_options(
+            dataset, batch_size, augment=augment, shuffle=shuffle, seed=seed, shard=shard, drop_last=drop_last
+        )
         self.mean = tuple(255.0 * m for m in dataset.mean)
         self.std = tuple(255.0 * s for s in dataset.std)
-        self._epoch = 0
         padded = pad_images(dataset.images[idx], self.padding)
         self._images = padded.permute(0, 2, 3, 1).contiguous().numpy()  # [N, H+2p, W+2p, C] uint8
         self._labels = dataset.labels[idx].clone()

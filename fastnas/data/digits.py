@@ -1,5 +1,8 @@
 """scikit-learn's built-in 8x8 handwritten digits as a tiny real image dataset (no download needed).
 
+The images are the test set of the UCI "Optical Recognition of Handwritten Digits" data (Alpaydin &
+Kaynak, 1998), as ``sklearn.datasets.load_digits`` ships them.
+
 1,797 grey images with values 0..16, scaled to 0..255 uint8; a fixed seeded split into 1,497 train and
 300 test images. Augmentation: random crop with padding 1, no flip (digits are not mirror-symmetric).
 """
@@ -11,7 +14,7 @@ import functools
 import numpy as np
 import torch
 
-from fastnas.data.datasets import ImageDataset
+from fastnas.data.base import ImageDataset
 from fastnas.errors import ConfigError
 
 DIGITS_TEST_SIZE = 300

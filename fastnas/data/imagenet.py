@@ -1,5 +1,8 @@
 """ImageNet from an image-folder tree (or a .tar of one) with torchvision ``ImageFolder`` and ``DataLoader``.
 
+ImageNet: Deng, Dong, Socher, Li, Li & Fei-Fei, "ImageNet: A Large-Scale Hierarchical Image Database",
+CVPR 2009.
+
 Layout: ``root/train/<wnid>/*.JPEG`` and ``root/val/<wnid>/*.JPEG`` (the usual ImageFolder layout; the
 test split of retraining is ``val``). ``root`` may also be a ``.tar`` / ``.tar.gz`` of such a tree (its
 top level, or one folder inside it, holding ``train/``): it is extracted once into
@@ -29,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from fastnas.data.archives import check_tar_end, damaged_archive
-from fastnas.data.datasets import cache_dir
+from fastnas.data.base import cache_dir
 from fastnas.data.limits import check_member_size, describe_member, open_image, to_rgb
 from fastnas.data.loader import EpochBatches, check_shard, epoch_generator, shard_positions
 from fastnas.errors import ConfigError, DataError, MissingPathError

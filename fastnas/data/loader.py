@@ -6,7 +6,8 @@ and no per-epoch host transfer. All randomness of epoch ``e`` comes from a CPU `
 from ``(seed, e)`` only, so an epoch's batches are identical whether or not earlier epochs ran in this
 process (resumed searches are bit-identical) and do not depend on the device. Augmentation follows
 DARTS (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019): random crop with
-padding 4 and horizontal flip for CIFAR; retraining adds the DARTS Cutout (a square of side ``cutout``
+padding 4 and horizontal flip for CIFAR; retraining adds the Cutout of DARTS' code (DeVries & Taylor,
+"Improved Regularization of Convolutional Neural Networks with Cutout", 2017: a square of side ``cutout``
 zeroed after normalisation).
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 
-from fastnas.data.datasets import ImageDataset
+from fastnas.data.base import ImageDataset
 from fastnas.errors import ConfigError
 
 
@@ -175,7 +176,44 @@ class EpochBatches(abc.ABC):
         """The ``(x, y)`` batches of the current epoch, on the loader's device."""
 
 
-class TensorBatchLoader(EpochBatches):
+class DatasetBatches(EpochBatches):
+    """The options of a batch loader over examples of an in-memory :class:`ImageDataset`
+    (:class:`TensorBatchLoader` and its DALI drop-in, :class:`fastnas.data.dali.DaliTensorLoader`): the
+    order and batching of an epoch and the dataset's augmentation, which ``augment`` switches on."""
+
+    shuffle: bool
+    seed: int
+    shard: tuple[int, int]
+    padding: int
+    hflip: bool
+    height: int
+    width: int
+
+    def _set_options(
+        self,
+        dataset: ImageDataset,
+        batch_size: int,
+        *,
+        augment: bool,
+        shuffle: bool,
+        seed: int,
+        shard: tuple[int, int],
+        drop_last: bool,
+    ) -> None:
+        """Store the epoch and augmentation options (``shard`` checked by :func:`check_shard`) and start
+        at epoch 0."""
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = int(seed)
+        self.shard = check_shard(shard)
+        self.padding = dataset.crop_padding if augment else 0
+        self.hflip = bool(augment and dataset.hflip)
+        self.height, self.width = dataset.images.shape[2], dataset.images.shape[3]
+        self._epoch = 0
+
+
+class TensorBatchLoader(DatasetBatches):
     """Yields ``(x, y)``: x float32 normalised ``[B, C, H, W]``, y int64 ``[B]``, both on ``device``.
 
     ``indices`` selects examples of ``dataset`` (None = all). With ``augment`` the dataset's random crop
@@ -206,16 +244,10 @@ class TensorBatchLoader(EpochBatches):
             raise ValueError(f"cutout must be >= 0 (0 = off), got {cutout}")
         idx = checked_indices(dataset, indices)
         self.device = torch.device(device)
-        self.batch_size = int(batch_size)
-        self.shuffle = bool(shuffle)
-        self.drop_last = bool(drop_last)
-        self.seed = int(seed)
-        self.shard = check_shard(shard)
-        self.padding = dataset.crop_padding if augment else 0
-        self.hflip = bool(augment and dataset.hflip)
+        self._set_options(
+            dataset, batch_size, augment=augment, shuffle=shuffle, seed=seed, shard=shard, drop_last=drop_last
+        )
         self.cutout = int(cutout) if augment else 0
-        self.height, self.width = dataset.images.shape[2], dataset.images.shape[3]
-        self._epoch = 0
         images = dataset.images[idx].to(self.device)
         self._images = pad_images(images, self.padding).contiguous()
         self._labels = dataset.labels[idx].to(self.device)

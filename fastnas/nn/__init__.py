@@ -14,12 +14,29 @@ from fastnas.nn.eval_network import (
     count_parameters_without_auxiliary,
     drop_path,
 )
-from fastnas.nn.executor import CellExecutor, ReferenceExecutor, build_executor, register_executor
+from fastnas.nn.executor import (
+    CellExecutor,
+    ReferenceExecutor,
+    build_executor,
+    executor_names,
+    register_executor,
+)
 from fastnas.nn.fast_executor import FastExecutor
 from fastnas.nn.mixed import MixedEdge, PartialChannels
 from fastnas.nn.nb201 import NB201Network, NB201Supernet
-from fastnas.nn.skeleton import CellPlan, DartsSkeleton, SupernetShape, preprocessors, reduction_layers
-from fastnas.nn.supernet_builders import build_space_supernet
+from fastnas.nn.skeleton import CellPlan, DartsSkeleton, preprocessors, reduction_layers
+from fastnas.nn.supernet_builders import (
+    SupernetBuilder,
+    build_space_supernet,
+    entrannas_supernet,
+    space_supernet,
+)
+from fastnas.nn.supernet_options import (
+    SupernetOptions,
+    SupernetShape,
+    register_supernet_options,
+    supernet_options_class,
+)
 
 __all__ = [
     "AuxiliaryHeadCIFAR",
@@ -40,6 +57,8 @@ __all__ = [
     "ReferenceExecutor",
     "SearchCell",
     "Supernet",
+    "SupernetBuilder",
+    "SupernetOptions",
     "SupernetShape",
     "build_entrannas_supernet",
     "build_eval_network",
@@ -47,7 +66,12 @@ __all__ = [
     "build_space_supernet",
     "count_parameters_without_auxiliary",
     "drop_path",
+    "entrannas_supernet",
+    "executor_names",
     "preprocessors",
     "reduction_layers",
     "register_executor",
+    "register_supernet_options",
+    "space_supernet",
+    "supernet_options_class",
 ]

@@ -1,15 +1,67 @@
 """The search cell of the DARTS supernet (Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search",
-ICLR 2019)."""
+ICLR 2019) and the reference loop that runs it.
+
+A cell owns its modules; an executor decides how to run them (:class:`CellExecutor`). The reference
+executor is the plain loop of the papers (node j = sum over earlier states i of the mixed edge (i, j); Eq. 1
+of Yang, You, Li, Wang, Qian & Lin, "Towards Improving the Consistency, Efficiency, and Flexibility of
+Differentiable Neural Architecture Search", CVPR 2021); a fused executor (batched edges, fused weighted
+sum, :mod:`fastnas.nn.fast_executor`) plugs in through the same interface and must give the same numbers.
+``active`` (EDAS, DDSAS): a bool mask ``[num_edges, num_ops]`` of the (edge, op) pairs that run this step;
+inactive ops are never called (:meth:`fastnas.nn.MixedEdge.forward`). None = every op.
+"""
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 from torch import nn
 
-from fastnas.nn.executor import CellExecutor, ReferenceExecutor
 from fastnas.nn.mixed import MixedEdge, PartialChannels
 from fastnas.nn.skeleton import CellPlan, preprocessors
 from fastnas.spaces import DartsSpace
+
+
+class CellExecutor(Protocol):
+    """Computes all states of ``cell`` from the preprocessed inputs and the edge weights [E, K]."""
+
+    name: str
+
+    def __call__(
+        self,
+        cell: SearchCell,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        weights: torch.Tensor,
+        active: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]: ...
+
+
+class ReferenceExecutor:
+    """The DARTS loop: node by node, a mixed op on every incoming edge, summed."""
+
+    name = "reference"
+
+    def __call__(
+        self,
+        cell: SearchCell,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        weights: torch.Tensor,
+        active: torch.Tensor | None = None,
+    ) -> list[torch.Tensor]:
+        states = [s0, s1]
+        offset = 0
+        for _node in range(cell.num_nodes):
+            node_sum = None
+            for source, state in enumerate(states):
+                e = offset + source
+                y = cell.edges[e](state, weights[e], None if active is None else active[e])
+                node_sum = y if node_sum is None else node_sum + y
+            offset += len(states)
+            assert node_sum is not None  # every node reads the two cell inputs
+            states.append(node_sum)
+        return states
 
 
 class SearchCell(nn.Module):

@@ -3,6 +3,7 @@ ICLR 2019)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import cast
 
@@ -12,6 +13,7 @@ from fastnas.nn.cell import SearchCell
 from fastnas.nn.executor import build_executor
 from fastnas.nn.mixed import MixedEdge, PartialChannels
 from fastnas.nn.skeleton import DartsSkeleton, Stem
+from fastnas.nn.supernet_options import SupernetOptions, SupernetShape, supernet_options_class
 from fastnas.spaces import DartsSpace
 
 
@@ -35,12 +37,19 @@ class Supernet(DartsSkeleton):
         num_classes: int = 10,
         in_channels: int = 3,
         stem_multiplier: int = 3,
-        executor: str = "reference",
+        executor: str | None = None,
         stem: Stem = "cifar",
         partial: PartialChannels | None = None,
+        options: SupernetOptions | None = None,
     ):
+        """``executor`` and ``partial`` override ``options`` (default: :class:`SupernetOptions`' defaults)."""
         space = space or DartsSpace()
-        shared_executor = build_executor(executor)
+        options = options or supernet_options_class()()
+        if executor is not None:
+            options = dataclasses.replace(options, executor=executor)
+        if partial is None:
+            partial = options.partial
+        shared_executor = build_executor(options.executor, options)
         super().__init__(
             C,
             layers,
@@ -52,13 +61,28 @@ class Supernet(DartsSkeleton):
             stem_multiplier=stem_multiplier,
         )
         self.space = space
-        self.executor_name = executor
+        self.supernet_options = options
+        self.executor_name = options.executor
+
+    @classmethod
+    def from_shape(cls, space: DartsSpace, shape: SupernetShape) -> Supernet:
+        """The supernet of ``shape`` (sizes and options)."""
+        return cls(
+            space,
+            C=shape.C,
+            layers=shape.layers,
+            num_classes=shape.num_classes,
+            in_channels=shape.in_channels,
+            stem=shape.stem,
+            options=shape.options,
+        )
 
     def set_executor(self, name: str) -> None:
         """Switch every cell to executor ``name`` (outputs must not change)."""
-        executor = build_executor(name)
+        executor = build_executor(name, self.supernet_options)
         for cell in self.cells:
             cast(SearchCell, cell).executor = executor
+        self.supernet_options = dataclasses.replace(self.supernet_options, executor=name)
         self.executor_name = name
 
     def set_skip_dropout(self, rate: float) -> None:

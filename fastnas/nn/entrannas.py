@@ -39,8 +39,10 @@ from fastnas.algorithms.entrannas import ENGINE_CELL_KEYWORDS, EnTranNASOptions,
 from fastnas.errors import ConfigError
 from fastnas.kernels._common import model_uses_kernels
 from fastnas.kernels.masked_aggregate import masked_aggregate, masked_aggregate_reference
+from fastnas.nn.cell import ReferenceExecutor
 from fastnas.nn.mixed import PartialChannels, join_partial
-from fastnas.nn.skeleton import CellPlan, DartsSkeleton, Stem, SupernetShape, cell_types_of, preprocessors
+from fastnas.nn.skeleton import CellPlan, DartsSkeleton, Stem, cell_types_of, preprocessors
+from fastnas.nn.supernet_options import SupernetShape
 from fastnas.ops import build_op, get_op_spec
 from fastnas.spaces import DartsSpace
 
@@ -427,17 +429,18 @@ class EnTranNASSupernet(DartsSkeleton):
         return self.forward_cells(x, run_cell)
 
 
+EXECUTORS: tuple[str, ...] = (ReferenceExecutor.name,)
+"""EnTranNAS cells run their own sparse loop (shared features, Transit sub-graphs): one executor."""
+
+
 def build_entrannas_supernet(
     space: DartsSpace,
     shape: SupernetShape,
     options: EnTranNASOptions,
     transit_rule: TransitRule,
 ) -> EnTranNASSupernet:
-    """The Engine/Transit supernet of an EnTranNAS method from its options (the Table 3 switches)."""
-    if shape.executor != "reference":
-        raise ConfigError(
-            f"EnTranNAS cells run their own sparse loop; --executor {shape.executor} does not apply to them"
-        )
+    """The Engine/Transit supernet of an EnTranNAS method from its options (the Table 3 switches); its
+    cells run their own loop (:data:`EXECUTORS`)."""
     return EnTranNASSupernet(
         space,
         C=shape.C,
@@ -450,5 +453,5 @@ def build_entrannas_supernet(
         transit_rule=transit_rule,
         stem=shape.stem,
         derive=options.derive,
-        partial=PartialChannels(shape.partial_k, shape.partial_bypass),
+        partial=shape.options.partial,
     )

@@ -22,7 +22,7 @@ whose name does not contain ``auxiliary`` (:func:`count_parameters_without_auxil
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -166,18 +166,22 @@ class AuxiliaryHeadImageNet(_AuxiliaryHead):
 
 class _EvalNetwork(DartsSkeleton):
     """The evaluation network of a genotype: the DARTS skeleton with :class:`EvalCell` s (the cell of
-    each layer's type) and, optionally, the auxiliary head of the stem's dataset family."""
+    each layer's type) and, optionally, the auxiliary head of the stem's dataset family (a subclass sets
+    both: :attr:`family` and :attr:`auxiliary_head_cls`)."""
+
+    #: the stem of the dataset family (:data:`~fastnas.nn.skeleton.Stem`)
+    family: ClassVar[Stem]
+    #: the auxiliary head of the dataset family
+    auxiliary_head_cls: ClassVar[type[AuxiliaryHeadCIFAR] | type[AuxiliaryHeadImageNet]]
 
     def __init__(
         self,
-        genotype: Genotype | str,
         C: int,
         num_classes: int,
         layers: int,
         auxiliary: bool,
-        in_channels: int,
-        stem: Stem,
-        aux_cls: Callable[[int, int], _AuxiliaryHead],
+        genotype: Genotype | str,
+        in_channels: int = 3,
     ) -> None:
         genotype = load_genotype(genotype)
         if genotype.num_normal_types not in (1, 3):
@@ -185,6 +189,8 @@ class _EvalNetwork(DartsSkeleton):
                 f"a genotype with several normal-cell types needs one per stage (3), "
                 f"got {genotype.num_normal_types}"
             )
+
+        aux_cls = self.auxiliary_head_cls
 
         def make_cell(plan: CellPlan) -> EvalCell:
             return EvalCell(genotype.cell("reduce" if plan.reduction else "normal", plan.stage), plan)
@@ -196,7 +202,7 @@ class _EvalNetwork(DartsSkeleton):
             in_channels,
             make_cell,
             num_normal_types=genotype.num_normal_types,
-            stem=stem,
+            stem=self.family,
             auxiliary_head=(lambda channels: aux_cls(channels, num_classes)) if auxiliary else None,
         )
         self.genotype = genotype
@@ -219,18 +225,8 @@ class NetworkCIFAR(_EvalNetwork):
     """DARTS ``NetworkCIFAR`` (Liu et al., 2019): stem Conv3x3(in -> 3C) + BN, reduction_prev
     False for the first cell; published size C=36, 20 layers, auxiliary head on."""
 
-    def __init__(
-        self,
-        C: int,
-        num_classes: int,
-        layers: int,
-        auxiliary: bool,
-        genotype: Genotype | str,
-        in_channels: int = 3,
-    ) -> None:
-        super().__init__(
-            genotype, C, num_classes, layers, auxiliary, in_channels, "cifar", AuxiliaryHeadCIFAR
-        )
+    family = "cifar"
+    auxiliary_head_cls = AuxiliaryHeadCIFAR
 
 
 class NetworkImageNet(_EvalNetwork):
@@ -239,18 +235,8 @@ class NetworkImageNet(_EvalNetwork):
     reduction_prev=True; published size C=48, 14 layers. The final 7x7 average pool is written as a
     global average pool (identical at 224x224, and it also accepts other input sizes)."""
 
-    def __init__(
-        self,
-        C: int,
-        num_classes: int,
-        layers: int,
-        auxiliary: bool,
-        genotype: Genotype | str,
-        in_channels: int = 3,
-    ) -> None:
-        super().__init__(
-            genotype, C, num_classes, layers, auxiliary, in_channels, "imagenet", AuxiliaryHeadImageNet
-        )
+    family = "imagenet"
+    auxiliary_head_cls = AuxiliaryHeadImageNet
 
 
 def build_eval_network(

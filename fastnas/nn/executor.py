@@ -1,82 +1,61 @@
-"""Cell executors: how a search cell computes its intermediate nodes.
-
-A cell owns its modules; an executor decides how to run them. The reference executor is the plain
-loop of the papers (node j = sum over earlier states i of the mixed edge (i, j); Eq. 1 of Yang, You, Li,
-Wang, Qian & Lin, "Towards Improving the Consistency, Efficiency, and Flexibility of Differentiable
-Neural Architecture Search", CVPR 2021);
-a fused executor (batched edges, fused weighted sum) plugs in through the same interface and must
-give the same numbers.
-
-``active`` (EDAS, DDSAS): a host-side bool mask ``[num_edges, num_ops]`` of the (edge, op) pairs that run
-this step; inactive ops are never called (see :meth:`fastnas.nn.MixedEdge.forward`). None = every op.
-"""
+"""The registry of cell executors: the names ``--executor`` accepts and the check of which supernet runs
+which executor. The executors themselves: the reference loop in :mod:`fastnas.nn.cell`, the fused one in
+:mod:`fastnas.nn.fast_executor` (which registers itself as ``fast``)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
 
-import torch
-
+from fastnas.algorithms.options import OptionGroup
 from fastnas.errors import ConfigError
+from fastnas.nn.cell import CellExecutor, ReferenceExecutor
 
-if TYPE_CHECKING:
-    from fastnas.nn.cell import SearchCell
-
-
-class CellExecutor(Protocol):
-    """Computes all states of ``cell`` from the preprocessed inputs and the edge weights [E, K]."""
-
-    name: str
-
-    def __call__(
-        self,
-        cell: SearchCell,
-        s0: torch.Tensor,
-        s1: torch.Tensor,
-        weights: torch.Tensor,
-        active: torch.Tensor | None = None,
-    ) -> list[torch.Tensor]: ...
+__all__ = [
+    "CellExecutor",
+    "ExecutorFactory",
+    "ReferenceExecutor",
+    "build_executor",
+    "check_executor",
+    "executor_names",
+    "register_executor",
+]
 
 
-class ReferenceExecutor:
-    """The DARTS loop: node by node, a mixed op on every incoming edge, summed."""
+ExecutorFactory = Callable[[OptionGroup | None], CellExecutor]
+"""``factory(options) -> executor``: makes a cell executor from the supernet's options
+(:class:`~fastnas.nn.supernet_options.SupernetOptions`; None: the defaults)."""
 
-    name = "reference"
-
-    def __call__(
-        self,
-        cell: SearchCell,
-        s0: torch.Tensor,
-        s1: torch.Tensor,
-        weights: torch.Tensor,
-        active: torch.Tensor | None = None,
-    ) -> list[torch.Tensor]:
-        states = [s0, s1]
-        offset = 0
-        for _node in range(cell.num_nodes):
-            node_sum = None
-            for source, state in enumerate(states):
-                e = offset + source
-                y = cell.edges[e](state, weights[e], None if active is None else active[e])
-                node_sum = y if node_sum is None else node_sum + y
-            offset += len(states)
-            assert node_sum is not None  # every node reads the two cell inputs
-            states.append(node_sum)
-        return states
+_EXECUTORS: dict[str, ExecutorFactory] = {ReferenceExecutor.name: lambda options: ReferenceExecutor()}
 
 
-_EXECUTORS: dict[str, type] = {"reference": ReferenceExecutor}
+def executor_names() -> tuple[str, ...]:
+    """The names ``--executor`` accepts: every registered executor (``reference``; ``fast`` once
+    :mod:`fastnas.nn.fast_executor` is imported, which :mod:`fastnas.nn` does)."""
+    return tuple(_EXECUTORS)
 
 
-def build_executor(name: str) -> CellExecutor:
-    """Executor by name: ``reference`` (the DARTS loop) or ``fast`` (batched edges and fused kernels,
-    :mod:`fastnas.nn.fast_executor`)."""
+def build_executor(name: str, options: OptionGroup | None = None) -> CellExecutor:
+    """The executor registered as ``name``, made for a supernet with ``options``."""
     try:
-        return _EXECUTORS[name]()
+        factory = _EXECUTORS[name]
     except KeyError:
         raise ConfigError(f"unknown cell executor {name!r}; available: {', '.join(_EXECUTORS)}") from None
+    return factory(options)
 
 
-def register_executor(name: str, cls: type) -> None:
-    """Make a new executor selectable by name."""
-    _EXECUTORS[name] = cls
+def check_executor(name: str, supported: tuple[str, ...] | None, supernet: str) -> None:
+    """Refuse executor ``name`` for a ``supernet`` that runs only ``supported`` (None: every registered
+    executor): the one check and message of which supernet runs which executor."""
+    if name not in _EXECUTORS:
+        raise ConfigError(f"unknown cell executor {name!r}; available: {', '.join(_EXECUTORS)}")
+    if supported is not None and name not in supported:
+        raise ConfigError(
+            f"--executor {name} does not apply to the {supernet} supernet, which runs its cells with "
+            f"{' or '.join(supported)} only; use --executor {supported[0]}"
+        )
+
+
+def register_executor(name: str, factory: ExecutorFactory) -> None:
+    """Make an executor selectable by name (``--executor NAME``, ``SupernetOptions(executor=NAME)``); the
+    supernets that run every executor (the DARTS one) accept it at once."""
+    _EXECUTORS[name] = factory

@@ -48,7 +48,14 @@ from fastnas.kernels.masked_aggregate import masked_aggregate
 from fastnas.kernels.pointwise_conv import batch_norm_from_stats, pointwise_conv_stats
 from fastnas.nn.executor import ReferenceExecutor, register_executor
 from fastnas.nn.fused_edge import edge_from_pre_bn, foldable_bn, split_final_bn, update_bns_running_stats
-from fastnas.ops.darts_ops import DilConv, FactorizedReduce, Identity, SepConv, autocast_dtype
+from fastnas.ops.darts_ops import (
+    DilConv,
+    FactorizedReduce,
+    Identity,
+    SepConv,
+    autocast_dtype,
+    depthwise_conv_args,
+)
 
 if TYPE_CHECKING:
     from fastnas.nn.cell import SearchCell
@@ -139,7 +146,7 @@ def _dil_stage(x: Tensor, blocks: Sequence[DilConv]) -> tuple[Tensor, Tensor, Te
     first = depthwise[0]
     e, c, k = len(blocks), first.in_channels, first.kernel_size[0]
     dw_weight = torch.stack([m.weight for m in depthwise]).view(e, c, k, k).to(x.dtype)
-    h = relu_depthwise_conv(x, dw_weight, first.stride[0], first.padding[0], first.dilation[0])
+    h = relu_depthwise_conv(x, dw_weight, *depthwise_conv_args(first))
     pw_weight = torch.stack([m.weight for m in pointwise]).view(e, pointwise[0].out_channels, c).to(x.dtype)
     return pointwise_conv_stats(h, pw_weight)
 
@@ -256,4 +263,4 @@ class FastExecutor:
         return edge_from_pre_bn(zs, bns, op_weights, x, w[identity])
 
 
-register_executor("fast", FastExecutor)
+register_executor("fast", lambda options: FastExecutor())

@@ -18,6 +18,8 @@ from torch import nn
 
 from fastnas.errors import ConfigError
 from fastnas.nb201.arch import NB201_EDGES, NB201_NUM_NODES, NB201Arch
+from fastnas.nn.cell import ReferenceExecutor
+from fastnas.nn.executor import check_executor
 from fastnas.nn.mixed import MixedEdge, PartialChannels
 from fastnas.ops import ReLUConvBN, build_op
 from fastnas.spaces.nb201 import NB201Space
@@ -146,20 +148,22 @@ class NB201Supernet(_NB201Skeleton):
         N: int = 5,
         num_classes: int = 10,
         in_channels: int = 3,
-        executor: str = "reference",
+        executor: str | None = None,
         partial: PartialChannels | None = None,
     ):
         space = space or NB201Space()
         super().__init__(C, N, num_classes, in_channels, lambda width: NB201SearchCell(space, width, partial))
         self.space = space
         self.cell_types: list[str] = ["cell"] * len(self.cells)
-        self.executor_name = "reference"
-        self.set_executor(executor)
+        self.executor_name = self.EXECUTORS[0]
+        if executor is not None:
+            self.set_executor(executor)
+
+    EXECUTORS: tuple[str, ...] = (ReferenceExecutor.name,)
+    """The executors of NB201 cells: the reference loop only."""
 
     def set_executor(self, name: str) -> None:
-        """Only the reference loop exists for NB201 cells; any other name is an error."""
-        if name != "reference":
-            raise ConfigError(f"the NB201 supernet has only the 'reference' executor, got {name!r}")
+        check_executor(name, self.EXECUTORS, "NAS-Bench-201")
         self.executor_name = name
 
     def forward(

@@ -30,7 +30,6 @@ __all__ = [
     "CellPlan",
     "DartsSkeleton",
     "Stem",
-    "SupernetShape",
     "cell_types_of",
     "normal_type_name",
     "preprocessors",
@@ -39,22 +38,6 @@ __all__ = [
 
 Stem = Literal["cifar", "imagenet"]
 STEMS: tuple[Stem, ...] = ("cifar", "imagenet")
-
-
-@dataclass(frozen=True)
-class SupernetShape:
-    """The sizes a method's supernet is built with: initial channels, cells (cells per stage on
-    NAS-Bench-201), classes, input channels, the cell executor, the stem and PC-DARTS' partial channels
-    (:class:`~fastnas.nn.mixed.PartialChannels`)."""
-
-    C: int = 16
-    layers: int = 8
-    num_classes: int = 10
-    in_channels: int = 3
-    executor: str = "reference"
-    stem: Stem = "cifar"
-    partial_k: int = 1  # PC-DARTS partial channels (1 = off)
-    partial_bypass: str = "max"
 
 
 def reduction_layers(layers: int) -> tuple[int, int]:

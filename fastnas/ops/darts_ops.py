@@ -66,9 +66,7 @@ class DilConv(nn.Sequential):
         dtype = autocast_dtype(x)
         c, k = depthwise.in_channels, depthwise.kernel_size[0]
         weight = depthwise.weight.view(1, c, k, k).to(dtype)
-        h = relu_depthwise_conv(
-            x.to(dtype), weight, depthwise.stride[0], depthwise.padding[0], depthwise.dilation[0]
-        )
+        h = relu_depthwise_conv(x.to(dtype), weight, *depthwise_conv_args(depthwise))
         return pointwise(h[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,6 +96,19 @@ def autocast_dtype(x: torch.Tensor) -> torch.dtype:
     if torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
+
+
+def depthwise_conv_args(conv: nn.Conv2d) -> tuple[int, int, int]:
+    """``(stride, padding, dilation)`` of the (square, symmetric) depthwise ``conv`` of a ``DilConv``, the
+    ints :func:`~fastnas.kernels.depthwise_conv.relu_depthwise_conv` takes. A padding mode (``"same"``,
+    ``"valid"``) has no fused form: ``TypeError``."""
+    padding = conv.padding
+    if isinstance(padding, str):
+        raise TypeError(
+            f"relu_depthwise_conv: the depthwise conv has padding mode {padding!r}; the fused kernel takes "
+            "an int padding (build the conv with `padding=<int>`)."
+        )
+    return conv.stride[0], padding[0], conv.dilation[0]
 
 
 class Identity(nn.Module):

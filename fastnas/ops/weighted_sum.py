@@ -6,9 +6,10 @@ This is the DARTS mixed op's reduction (``sum_k softmax(alpha)_k * op_k(x)``; Li
 is built for the inputs' device and the reference is not forced (:mod:`fastnas.backend`), else
 :func:`weighted_sum_reference`. Both follow the same dtype rules: the inputs share one dtype (float32,
 float64, float16 or bfloat16), the weights may have another floating dtype (fp32 weights with bf16
-inputs under autocast), accumulation is in float32 (float64 for float64 inputs), and the output has
-the inputs' dtype. Gradients: ``grad inputs[k] = weights[k] * grad_out`` (inputs' dtype) and
-``grad weights[k] = sum(grad_out * inputs[k])`` (weights' dtype).
+inputs under autocast), accumulation is in float32 (float64 for float64 inputs; the rule of the Triton
+kernels too, :func:`fastnas.kernels._common.acc_dtype`), and the output has the inputs' dtype.
+Gradients: ``grad inputs[k] = weights[k] * grad_out`` (inputs' dtype) and ``grad weights[k] =
+sum(grad_out * inputs[k])`` (weights' dtype).
 
 Importing this module registers the fake (meta) implementations of the operators, so that
 ``torch.compile`` can trace them.
@@ -23,19 +24,20 @@ from torch import Tensor
 
 from fastnas._ext import cuda_compiled, extension_available
 from fastnas.backend import reference_forced
+from fastnas.kernels._common import (
+    acc_dtype,
+    check_device_match,
+    check_dtype_match,
+    check_float_dtype,
+    check_shape_match,
+)
 
-__all__ = ["SUPPORTED_DTYPES", "accumulate_dtype", "weighted_sum", "weighted_sum_reference"]
-
-SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype for inputs of ``dtype``: float64 for float64, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["weighted_sum", "weighted_sum_reference"]
 
 
 def _check_args(inputs: Sequence[Tensor], weights: Tensor) -> list[Tensor]:
     """Validate the arguments of a weighted sum; returns ``inputs`` as a list."""
+    name = "weighted_sum"
     if isinstance(inputs, Tensor):
         raise TypeError(
             "weighted_sum: `inputs` must be a sequence of tensors (one per candidate op), got a single "
@@ -56,46 +58,24 @@ def _check_args(inputs: Sequence[Tensor], weights: Tensor) -> list[Tensor]:
             f"weighted_sum: got {len(xs)} inputs but {weights.shape[0]} weights; "
             "pass exactly one weight per input."
         )
-    if weights.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(
-            f"weighted_sum: `weights` must be float32, float64, float16 or bfloat16, got {weights.dtype}."
-        )
+    check_float_dtype(name, "`weights`", weights.dtype)
     x0 = xs[0]
     for k, x in enumerate(xs):
         if not isinstance(x, Tensor):
             raise TypeError(f"weighted_sum: inputs[{k}] is a {type(x).__name__}, not a tensor.")
-        if x.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(
-                f"weighted_sum: inputs[{k}] has dtype {x.dtype}; inputs must be float32, float64, float16 "
-                "or bfloat16."
-            )
-        if x.dtype != x0.dtype:
-            raise TypeError(
-                f"weighted_sum: inputs[{k}] has dtype {x.dtype} but inputs[0] has {x0.dtype}; "
-                "cast all inputs to one dtype."
-            )
-        if x.shape != x0.shape:
-            raise ValueError(
-                f"weighted_sum: inputs[{k}] has shape {tuple(x.shape)} but inputs[0] has shape "
-                f"{tuple(x0.shape)}; all inputs must have the same shape."
-            )
-        if x.device != x0.device:
-            raise ValueError(
-                f"weighted_sum: inputs[{k}] is on {x.device} but inputs[0] is on {x0.device}; "
-                "all inputs must be on one device."
-            )
-    if weights.device != x0.device:
-        raise ValueError(
-            f"weighted_sum: `weights` is on {weights.device} but the inputs are on {x0.device}; "
-            "move the weights to the inputs' device."
-        )
+        label = f"inputs[{k}]"
+        check_float_dtype(name, label, x.dtype)
+        check_dtype_match(name, label, x, "inputs[0]", x0, "cast all inputs to one dtype")
+        check_shape_match(name, label, x, "inputs[0]", x0, "all inputs must have the same shape")
+        check_device_match(name, label, x, "inputs[0]", x0, "all inputs must be on one device")
+    check_device_match(name, "`weights`", weights, "inputs[0]", x0, "move the weights to the inputs' device")
     return xs
 
 
 def weighted_sum_reference(inputs: Sequence[Tensor], weights: Tensor) -> Tensor:
     """Plain PyTorch ``sum_k weights[k] * inputs[k]`` with the dtype rules of the module docstring."""
     xs = _check_args(inputs, weights)
-    acc = accumulate_dtype(xs[0].dtype)
+    acc = acc_dtype(xs[0].dtype)
     w = weights.to(acc)
     out = w[0] * xs[0].to(acc)
     for k in range(1, len(xs)):

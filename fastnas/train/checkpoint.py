@@ -12,7 +12,9 @@ File format: the bytes of ``torch.save(state)`` followed by one trailer line ::
   good checkpoint: the old one, or only the previous one (between the two renames), or both.
 - :func:`load_checkpoint` verifies size and SHA-256, then loads with ``weights_only=True``; if the newest
   checkpoint is missing or unusable, it continues from the previous one with a warning.
-- :func:`check_state` / :func:`check_epoch` check that a loaded state fits the run it should continue.
+- :func:`check_state` / :func:`check_epoch` check that a loaded state fits the run it should continue;
+  :func:`restoring` / :func:`load_states` put it into the run's objects (model, optimisers, schedulers,
+  loss scalers), a state that does not fit them being a :class:`~fastnas.errors.CheckpointError`.
 
 Binding a checkpoint to its run: a run gets a random ``run_id`` when it starts, written into its
 ``config.json`` and, with every resolved setting, into each checkpoint (``state["config"]``). Resuming or
@@ -40,6 +42,7 @@ state through :func:`numpy_rng_state` / :func:`set_numpy_rng_state`. A kill leav
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import io
 import json
@@ -49,7 +52,7 @@ import pickle
 import re
 import uuid
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -79,11 +82,13 @@ __all__ = [
     "find_non_finite",
     "has_checkpoint",
     "load_checkpoint",
+    "load_states",
     "new_run_id",
     "non_finite_state_error",
     "numpy_rng_state",
     "previous_checkpoint_path",
     "read_run_config",
+    "restoring",
     "save_checkpoint",
     "set_numpy_rng_state",
     "verify_checkpoint",
@@ -384,6 +389,32 @@ def check_epoch(epoch: Any, epochs: int, path: str | os.PathLike[str], epoch_bas
 
 
 # ------------------------------------------------------------------------------------ numpy random
+@contextlib.contextmanager
+def restoring(path: str | os.PathLike[str] | None, objects: str) -> Iterator[None]:
+    """Turn the errors of putting a loaded state into the run's ``objects`` (e.g. "model and
+    optimisers") into a :class:`~fastnas.errors.CheckpointError` naming ``path``: the checkpoint belongs to
+    another configuration."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+        raise CheckpointError(
+            f"{path or 'the checkpoint'} does not fit this run's {objects} ({type(exc).__name__}: "
+            f"{str(exc)[:300]}); it belongs to another configuration - start the run again"
+        ) from None
+
+
+def load_states(
+    state: Mapping[str, Any],
+    parts: Mapping[str, Any],
+    path: str | os.PathLike[str] | None,
+    objects: str,
+) -> None:
+    """``parts[key].load_state_dict(state[key])`` for each key of ``parts``, inside :func:`restoring`."""
+    with restoring(path, objects):
+        for key, part in parts.items():
+            part.load_state_dict(state[key])
+
+
 def numpy_rng_state() -> dict[str, Any]:
     """NumPy's global random state (``np.random.get_state()``) as plain types a checkpoint can hold."""
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
@@ -466,15 +497,23 @@ def _show(value: Any) -> str:
 
 
 def _setting_values(settings: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
-    """``{key: (label, value)}`` of a run's settings, method options one by one."""
+    """``{key: (label, value)}`` of a run's settings, method and supernet options one by one (the flat
+    ``executor``, ``partial_k``, ``partial_bypass`` of an earlier ``config.json`` as supernet options)."""
     out: dict[str, tuple[str, Any]] = {}
     for key, value in settings.items():
-        if key == "method_options" and isinstance(value, Mapping):
+        if key in ("method_options", "supernet_options") and isinstance(value, Mapping):
+            kind = key.split("_")[0]
             for name, option in value.items():
-                out[f"method_options.{name}"] = (f"method option {name!r}", option)
+                out[f"{key}.{name}"] = (f"{kind} option {name!r}", option)
+        elif key in _FLAT_SUPERNET_KEYS:
+            out[f"supernet_options.{key}"] = (f"supernet option {key!r}", value)
         else:
             out[key] = (repr(key), value)
     return out
+
+
+#: settings of an earlier ``config.json`` that are supernet options now
+_FLAT_SUPERNET_KEYS = ("executor", "partial_k", "partial_bypass")
 
 
 _ABSENT = object()

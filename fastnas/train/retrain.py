@@ -56,6 +56,7 @@ from fastnas.train.checkpoint import (
     check_state,
     find_non_finite,
     load_checkpoint,
+    load_states,
     new_run_id,
     non_finite_state_error,
     read_run_config,
@@ -68,9 +69,8 @@ from fastnas.train.run_state import (
     NonFiniteMonitor,
     RunLog,
     check_run_dir_free,
-    open_checkpoint,
     prepare_run_dir,
-    trim_histories,
+    resume_run,
 )
 from fastnas.train.tensorboard import TensorBoardLog
 
@@ -382,43 +382,31 @@ class TrainRunner:
         }
 
     def load_state_dict(self, state: dict[str, Any], path: Path | None = None) -> None:
-        where = path or "the checkpoint"
-        try:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
-            raise CheckpointError(
-                f"{where} does not fit this run's network and optimiser ({type(exc).__name__}: "
-                f"{str(exc)[:300]}); it belongs to another configuration - start the run again"
-            ) from None
+        parts = {
+            "model": self.model,
+            "optimizer": self.optimizer,
+            "scheduler": self.scheduler,
+            "scaler": self.scaler,
+        }
+        load_states(state, parts, path, "network and optimiser")
         self.start_epoch = state["epoch"] - self.epoch_base + 1
 
     def resume(self) -> None:
         """Continue from the run's newest good checkpoint, if any (validated before any history file
         is touched)."""
-        cfg, main = self.config, self.dist.is_main
-        loaded = open_checkpoint(
-            self.run_dir, CHECKPOINT_SCHEMA, cfg.epochs, self.device, self.log, clean=main,
-            epoch_base=self.epoch_base, bind=self._check_bound,
+        resume_run(
+            self.run_dir, CHECKPOINT_SCHEMA, self.config.epochs, self.device, self.log,
+            main=self.dist.is_main, epoch_base=self.epoch_base, bind=self._check_bound,
+            restore=self._restore, histories=[self.run_dir / "metrics.jsonl"],
         )  # fmt: skip
-        if loaded is not None:
-            check_finite(loaded.state, loaded.path)
-            epoch = loaded.state["epoch"] - self.epoch_base + 1  # the last finished epoch, from 1
-            check_counters(
-                loaded.state, loaded.path, epoch=epoch, schedules={"scheduler": epoch}, scalers=("scaler",)
-            )  # one scheduler step per epoch
-            self.load_state_dict(loaded.state, loaded.path)
-        # before the run announces itself: a damaged history file stops it here
-        if main:
-            trim_histories(
-                [self.run_dir / "metrics.jsonl"], self.start_epoch, self.log, epoch_base=self.epoch_base
-            )
-        if loaded is None:
-            self.log(f"{self.run_dir} has no checkpoint yet; starting it from epoch 1")
-        else:
-            self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}/{self.config.epochs}")
+
+    def _restore(self, loaded: LoadedCheckpoint) -> None:
+        """Put a checked checkpoint into the run (after checking its counters)."""
+        epoch = loaded.state["epoch"] - self.epoch_base + 1  # the last finished epoch, from 1
+        check_counters(
+            loaded.state, loaded.path, epoch=epoch, schedules={"scheduler": epoch}, scalers=("scaler",)
+        )  # one scheduler step per epoch
+        self.load_state_dict(loaded.state, loaded.path)
 
     def _check_bound(self, loaded: LoadedCheckpoint) -> None:
         """The checkpoint must be this run's: the same run id and settings as ``config.json``
@@ -642,14 +630,14 @@ def run_train(config: TrainConfig, progress: bool = True, overwrite: bool = Fals
 def resume_train(run_dir: str | Path, progress: bool = True, device: str | None = None) -> TrainResult:
     """Continue the retraining run in ``run_dir`` after its last good checkpoint (evaluate it when done)."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
-    data = read_run_config(config_path, f"{run_dir} is not a retraining run directory (no config.json)")
-    if isinstance(data, dict) and "method" in data and "auxiliary_weight" not in data:
-        raise ConfigError(
-            f"{run_dir} is a search run directory, not a retraining one; continue it with `fastnas search "
-            f"--resume {run_dir}`, or retrain its genotype with `fastnas train --genotype {run_dir}`"
-        )
-    config = ResolvedTrainConfig.from_json(data, str(config_path))
+    config = ResolvedTrainConfig.read_run(
+        run_dir,
+        foreign_key="method",
+        foreign=(
+            f"a search run directory, not a retraining one; continue it with `fastnas search --resume "
+            f"{run_dir}`, or retrain its genotype with `fastnas train --genotype {run_dir}`"
+        ),
+    )
     genotype = load_genotype(run_dir)  # the genotype.json saved at the start, not the original source
     with distributed_session(device or config.device, config.dist_backend) as dist:
         runner = TrainRunner(config, genotype, run_dir, progress=progress, device=device, dist=dist)

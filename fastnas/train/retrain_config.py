@@ -15,19 +15,18 @@ import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from fastnas.errors import ConfigError
-from fastnas.fields import field_types, load_fields, setting
-from fastnas.fileio import check_folder_name, expand_user, read_json_file
+from fastnas.fields import field_types, setting
 from fastnas.genotype import Genotype, load_genotype
 from fastnas.genotype_zoo import resolve_zoo_name
 from fastnas.nn.sizing import check_supernet_size, estimate_supernet
 from fastnas.train.device import PRECISIONS
 from fastnas.train.distributed import env_world_size
-from fastnas.train.run_state import EPOCH_BASE, check_epoch_base
+from fastnas.train.run_config import RunConfig, device_setting, out_dir_setting, tensorboard_setting
+from fastnas.train.run_state import EPOCH_BASE
 from fastnas.train.scaling import (
-    check_scaling_choices,
     dist_backend_setting,
     global_batch_setting,
     loader_setting,
@@ -85,23 +84,19 @@ _CIFAR = Recipe(
     schedule="cosine",
     lr_gamma=0.97,
 )
-_IMAGENET = Recipe(
+_IMAGENET = dataclasses.replace(  # the same auxiliary weight, lr_min, momentum, clip and gamma
+    _CIFAR,
     network="imagenet",
     epochs=250,
     batch_size=128,
     C=48,
     layers=14,
-    auxiliary_weight=0.4,
     cutout=0,
     drop_path=0.0,
     label_smoothing=0.1,
     lr=0.1,
-    lr_min=0.0,
-    momentum=0.9,
     weight_decay=3e-5,
-    grad_clip=5.0,
     schedule="step",
-    lr_gamma=0.97,
 )
 RECIPES: dict[str, Recipe] = {
     "cifar10": _CIFAR,
@@ -240,7 +235,7 @@ class TrainConfig:
     eval_every: int = setting(1, "test every N epochs (0 = only at the end)", metavar="N")
     workers: int = setting(4, "data-loading processes (ImageNet)")
     seed: int = setting(0, "random seed")
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    device: str = device_setting()
     precision: str = setting("auto", "auto = bf16 on CUDA, fp32 on CPU", choices=PRECISION_CHOICES)
     channels_last: bool | None = setting(
         None, "keep NCHW memory on CUDA", flag="--no-channels-last", const=False
@@ -251,8 +246,8 @@ class TrainConfig:
         flag="--nondeterministic",
         const=False,
     )
-    tensorboard: bool = setting(False, "write TensorBoard events to RUN_DIR/tensorboard", const=True)
-    out_dir: str = setting("runs", "parent folder of run directories")
+    tensorboard: bool = tensorboard_setting()
+    out_dir: str = out_dir_setting()
     run_name: str | None = setting(
         None, "run directory name (default: train-<genotype>-<dataset>-s<seed>-<time>)"
     )
@@ -294,8 +289,11 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class ResolvedTrainConfig:
+class ResolvedTrainConfig(RunConfig):
     """A retraining run's configuration with every value known (written to ``config.json``)."""
+
+    run_kind: ClassVar[str] = "a retraining run directory"
+    own_key: ClassVar[str] = "auxiliary_weight"
 
     genotype: str  # the source as given (zoo name, file, run directory) or a literal
     dataset: str
@@ -334,10 +332,8 @@ class ResolvedTrainConfig:
     tensorboard: bool
     out_dir: str
     run_name: str
-    #: how the run's files number epochs: 1 (the first epoch is ``"epoch": 1``, as in the log); 0 in the
-    #: config.json of a run of an earlier fastnas, which keeps its numbering when resumed
-    epoch_base: int = EPOCH_BASE
-    run_id: str = ""  # set when the run starts (config.json, every checkpoint); "" before fastnas wrote it
+    epoch_base: int = EPOCH_BASE  # see RunConfig
+    run_id: str = ""
 
     @property
     def recipe(self) -> Recipe:
@@ -348,10 +344,6 @@ class ResolvedTrainConfig:
         """``cifar`` or ``imagenet``: which evaluation network the dataset uses."""
         return self.recipe.network
 
-    @property
-    def run_dir(self) -> Path:
-        return expand_user(self.out_dir, "--out-dir") / self.run_name
-
     def replace(self, **changes: Any) -> ResolvedTrainConfig:
         """A validated copy with ``changes`` applied."""
         out = dataclasses.replace(self, **changes)
@@ -361,7 +353,6 @@ class ResolvedTrainConfig:
     def validate(self) -> None:
         """Range checks of every value (:class:`~fastnas.errors.ConfigError` naming the option)."""
         normalise_dataset(self.dataset)
-        check_epoch_base(self.epoch_base)
         for name in ("epochs", "batch_size", "C", "layers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -409,12 +400,9 @@ class ResolvedTrainConfig:
         for name, value in (("--limit", self.limit), ("--test-limit", self.test_limit)):
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1 image, got {value}")
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         if self.eval_every < 0:
             raise ConfigError(f"--eval-every must be >= 0, got {self.eval_every}")
-        check_scaling_choices(self)
-        check_folder_name(self.run_name, "--run-name")
+        self.check_run_settings()
         self.check_network_size()
 
     def check_network_size(self) -> None:
@@ -435,28 +423,11 @@ class ResolvedTrainConfig:
         return load_genotype(self.genotype)
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return self.field_values()
 
     @classmethod
     def from_json(cls, data: Any, where: str = "config.json") -> ResolvedTrainConfig:
         """Read a ``config.json`` back: every key known, every value of the right type and in range."""
         if isinstance(data, dict):
             data = with_added_keys(data, field_types(cls))
-        values = load_fields(cls, data, where)
-        absent = [name for name in field_types(cls) if name not in values]
-        if absent:
-            raise ConfigError(
-                f"{where} lacks the key(s) {absent}; it was not written by this version of fastnas"
-            )
-        try:
-            config = cls(**values)
-            config.validate()
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        return config
-
-    @classmethod
-    def load(cls, path: str | Path) -> ResolvedTrainConfig:
-        path = Path(path)
-        data = read_json_file(path, f"{path.parent} is not a retraining run directory (no config.json)")
-        return cls.from_json(data, str(path))
+        return cls.checked(where, **cls.json_fields(data, where))

@@ -4,7 +4,9 @@ check and the resume protocol.
 Resume protocol (:func:`open_checkpoint`): the checkpoint is verified (checksum), loaded without
 running any code, checked key by key and range-checked *before* anything in the run directory is
 rewritten; only then are the history files trimmed to the checkpoint's epoch. If the newest checkpoint
-fails verification, the previous one is used with a logged warning.
+fails verification, the previous one is used with a logged warning. :func:`resume_run` is the whole
+resume of both kinds of run: open the checkpoint, check it is finite, let the run restore it, trim the
+history files.
 
 Epoch numbering (:data:`EPOCH_BASE`): the files of a run count epochs from 1, as its log does
 (``epoch 1/3`` and ``"epoch": 1`` are the first epoch); the loops count from 0 internally and convert
@@ -65,6 +67,7 @@ from fastnas.train.checkpoint import (
     CHECKPOINT_NAME,
     LoadedCheckpoint,
     check_epoch,
+    check_finite,
     check_state,
     has_checkpoint,
     load_checkpoint,
@@ -85,6 +88,7 @@ __all__ = [
     "prepare_run_dir",
     "read_history",
     "repairing_histories",
+    "resume_run",
     "run_epoch_base",
     "trim_histories",
 ]
@@ -267,6 +271,41 @@ def open_checkpoint(
     check_state(loaded.state, schema, loaded.path)
     bind(loaded)  # before the epoch range: an edited --epochs is named as such
     check_epoch(loaded.state["epoch"], epochs, loaded.path, epoch_base=epoch_base)
+    return loaded
+
+
+def resume_run(
+    run_dir: Path,
+    schema: Mapping[str, type | tuple[type, ...]],
+    epochs: int,
+    map_location: torch.device,
+    log: Callable[[str], None],
+    *,
+    main: bool,
+    epoch_base: int,
+    bind: Callable[[LoadedCheckpoint], None],
+    restore: Callable[[LoadedCheckpoint], None],
+    histories: Sequence[Path],
+) -> LoadedCheckpoint | None:
+    """Continue the run in ``run_dir`` from its newest good checkpoint (:func:`open_checkpoint`), if it has
+    one: its state must be finite (:func:`~fastnas.train.checkpoint.check_finite`), then ``restore`` puts
+    it into the run. The process that writes the run (``main``) then trims the ``histories`` to the epochs
+    the checkpoint finished (:func:`trim_histories`: a damaged history file stops the run here, before it
+    announces itself). Returns the checkpoint, or None when the run starts from its first epoch."""
+    loaded = open_checkpoint(
+        run_dir, schema, epochs, map_location, log, clean=main, epoch_base=epoch_base, bind=bind
+    )
+    finished = 0
+    if loaded is not None:
+        check_finite(loaded.state, loaded.path)
+        restore(loaded)
+        finished = loaded.state["epoch"] - epoch_base + 1
+    if main:
+        trim_histories(histories, finished, log, epoch_base=epoch_base)
+    if loaded is None:
+        log(f"{run_dir} has no checkpoint yet; starting it from epoch 1")
+    else:
+        log(f"resuming {run_dir} after epoch {finished}/{epochs}")
     return loaded
 
 

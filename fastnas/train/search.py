@@ -56,13 +56,13 @@ from fastnas.train.checkpoint import (
     CHECKPOINT_NAME,
     LoadedCheckpoint,
     check_counters,
-    check_finite,
     check_run_binding,
     find_non_finite,
+    load_states,
     new_run_id,
     non_finite_state_error,
     numpy_rng_state,
-    read_run_config,
+    restoring,
     save_checkpoint,
     set_numpy_rng_state,
 )
@@ -80,9 +80,8 @@ from fastnas.train.run_state import (
     NonFiniteMonitor,
     RunLog,
     check_run_dir_free,
-    open_checkpoint,
     prepare_run_dir,
-    trim_histories,
+    resume_run,
 )
 from fastnas.train.search_config import ResolvedSearchConfig, SearchConfig
 from fastnas.train.search_data import build_search_data
@@ -237,18 +236,16 @@ class SearchRunner:
             layers=plan.layers,
             num_classes=self.num_classes,
             in_channels=self.in_channels,
-            executor=cfg.executor,
             stem="imagenet" if cfg.dataset == "imagenet" else "cifar",  # 224 -> 28 before the cells
-            partial_k=cfg.partial_k,
-            partial_bypass=cfg.partial_bypass,
             options=cfg.options,
+            supernet_options=cfg.supernet,
         ).to(self.device)
         self.algorithm = self.model.algorithm
         # the weight step runs through DDP under torchrun (gradients averaged in backward); the
         # architecture step calls the supernet itself and averages its own gradients
         self.weight_net = self.dist.wrap(self.model.supernet, self.device)
         self.algorithm.start_stage(index, previous)
-        if cfg.executor == "fast" and isinstance(space, DartsSpace) and space.restricted:
+        if cfg.supernet.executor == "fast" and isinstance(space, DartsSpace) and space.restricted:
             self.log(
                 f"stage {index + 1}: the fast executor runs the plain loop of cells with per-edge candidates"
             )
@@ -351,14 +348,16 @@ class SearchRunner:
     def load_state_dict(self, state: dict[str, Any], path: Path | None = None) -> None:
         """Restore a checkpoint's state; a state that does not fit this run is a
         :class:`~fastnas.errors.CheckpointError` naming ``path``."""
-        where = path or "the checkpoint"
-        try:
-            self.model.load_state_dict(state["model"])
-            self.weight_optimizer.load_state_dict(state["weight_optimizer"])
-            self.arch_optimizer.load_state_dict(state["arch_optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.weight_scaler.load_state_dict(state["weight_scaler"])
-            self.arch_scaler.load_state_dict(state["arch_scaler"])
+        parts: dict[str, Any] = {
+            "model": self.model,
+            "weight_optimizer": self.weight_optimizer,
+            "arch_optimizer": self.arch_optimizer,
+            "scheduler": self.scheduler,
+            "weight_scaler": self.weight_scaler,
+            "arch_scaler": self.arch_scaler,
+        }
+        load_states(state, parts, path, "model and optimisers")
+        with restoring(path, "model and optimisers"):
             if self.config.cuda_graph:  # the captured steps read their learning rates from the device
                 tensor_lrs(self.weight_optimizer, self.device)
                 tensor_lrs(self.arch_optimizer, self.device)
@@ -366,11 +365,6 @@ class SearchRunner:
             torch.set_rng_state(rng["torch"])
             set_numpy_rng_state(rng["numpy"])
             random.setstate(rng["python"])
-        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
-            raise CheckpointError(
-                f"{where} does not fit this run's model and optimisers ({type(exc).__name__}: "
-                f"{str(exc)[:300]}); it belongs to another configuration - start the run again"
-            ) from None
         self.start_epoch = state["epoch"] - self.epoch_base + 1
 
     # ----------------------------------------------------------------- steps
@@ -580,36 +574,25 @@ class SearchRunner:
     def resume(self) -> None:
         """Continue from the run's newest good checkpoint, if it has one (validated before any history
         file is touched)."""
-        loaded = open_checkpoint(
-            self.run_dir,
-            CHECKPOINT_SCHEMA,
-            self.config.epochs,
-            self.device,
-            self.log,
-            clean=self.dist.is_main,
-            epoch_base=self.epoch_base,
-            bind=self._check_bound,
+        resume_run(
+            self.run_dir, CHECKPOINT_SCHEMA, self.config.epochs, self.device, self.log,
+            main=self.dist.is_main, epoch_base=self.epoch_base, bind=self._check_bound,
+            restore=self._restore, histories=self.history_files,
+        )  # fmt: skip
+
+    def _restore(self, loaded: LoadedCheckpoint) -> None:
+        """Put a checked checkpoint into the run: its stage's supernet, counters, state and architecture."""
+        self._rebuild_stage_of(loaded.state, loaded.path)
+        epoch = loaded.state["epoch"] - self.epoch_base  # 0-based, checked by open_checkpoint
+        check_counters(
+            loaded.state,
+            loaded.path,
+            epoch=epoch + 1,
+            schedules={"scheduler": epoch - self.stage_starts[self.stage] + 1},  # one step per epoch
+            scalers=("weight_scaler", "arch_scaler"),
         )
-        if loaded is not None:
-            check_finite(loaded.state, loaded.path)
-            self._rebuild_stage_of(loaded.state, loaded.path)
-            epoch = loaded.state["epoch"] - self.epoch_base  # 0-based, checked by open_checkpoint
-            check_counters(
-                loaded.state,
-                loaded.path,
-                epoch=epoch + 1,
-                schedules={"scheduler": epoch - self.stage_starts[self.stage] + 1},  # one step per epoch
-                scalers=("weight_scaler", "arch_scaler"),
-            )
-            self.load_state_dict(loaded.state, loaded.path)
-            self.previous_arch = self._architecture_from_json(loaded.state["genotype"], loaded.path)
-        # before the run announces itself: a damaged history file stops it here
-        if self.dist.is_main:
-            trim_histories(self.history_files, self.start_epoch, self.log, epoch_base=self.epoch_base)
-        if loaded is None:
-            self.log(f"{self.run_dir} has no checkpoint yet; starting it from epoch 1")
-        else:
-            self.log(f"resuming {self.run_dir} after epoch {self.start_epoch}/{self.config.epochs}")
+        self.load_state_dict(loaded.state, loaded.path)
+        self.previous_arch = self._architecture_from_json(loaded.state["genotype"], loaded.path)
 
     def _check_bound(self, loaded: LoadedCheckpoint) -> None:
         """The checkpoint must be this run's, and ``config.json`` must give the settings it was written
@@ -785,14 +768,14 @@ def resume_search(run_dir: str | Path, progress: bool = True, device: str | None
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a run directory (no such folder)")
-    config_path = run_dir / "config.json"
-    data = read_run_config(config_path, f"{run_dir} is not a search run directory (no config.json)")
-    if isinstance(data, dict) and "auxiliary_weight" in data and "method" not in data:
-        raise ConfigError(
-            f"{run_dir} is a retraining run directory, not a search one; continue it with `fastnas train "
-            f"--resume {run_dir}`"
-        )
-    config = ResolvedSearchConfig.from_json(data, str(config_path))
+    config = ResolvedSearchConfig.read_run(
+        run_dir,
+        foreign_key="auxiliary_weight",
+        foreign=(
+            f"a retraining run directory, not a search one; continue it with `fastnas train --resume "
+            f"{run_dir}`"
+        ),
+    )
     with distributed_session(device or config.device, config.dist_backend) as dist:
         runner = SearchRunner(config, run_dir, progress=progress, device=device, dist=dist)
         runner.resume()

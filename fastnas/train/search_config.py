@@ -15,25 +15,24 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from fastnas.algorithms import MethodOptions, SearchDefaults
 from fastnas.data import DATASET_NAMES
 from fastnas.errors import ConfigError, MissingPathError
-from fastnas.fields import field_types, load_fields, setting
-from fastnas.fileio import check_folder_name, expand_user, read_json_file
+from fastnas.fields import field_types, setting
 from fastnas.genotype import MAX_NODES_PER_CELL
 from fastnas.methods import METHODS, get_method
-from fastnas.nn.mixed import BYPASS_POOLS
 from fastnas.nn.sizing import check_supernet_size, estimate_space
+from fastnas.nn.supernet_options import SupernetOptions, SupernetShape, supernet_options_class
 from fastnas.spaces import SPACE_DEFAULTS, SPACE_NAMES, DartsSpace, NB201Space, build_space
 from fastnas.train.device import PRECISIONS
 from fastnas.train.distributed import env_world_size
-from fastnas.train.run_state import EPOCH_BASE, check_epoch_base
+from fastnas.train.run_config import RunConfig, device_setting, out_dir_setting, tensorboard_setting
+from fastnas.train.run_state import EPOCH_BASE
 from fastnas.train.scaling import (
-    check_scaling_choices,
     dist_backend_setting,
     global_batch_setting,
     loader_setting,
@@ -43,12 +42,13 @@ from fastnas.train.scaling import (
     with_added_keys,
 )
 
-__all__ = ["EXECUTORS", "ResolvedSearchConfig", "SearchConfig", "check_hyper_parameters"]
+__all__ = ["ResolvedSearchConfig", "SearchConfig", "check_hyper_parameters"]
 
-EXECUTORS: tuple[str, ...] = ("reference", "fast")
 _HYPER = tuple(f.name for f in dataclasses.fields(SearchDefaults))
 #: asked-for settings that the resolved config records in another form
-_NOT_RESOLVED = ("method", "method_options", "run_name", "global_batch_size")
+_NOT_RESOLVED = ("method", "method_options", "supernet_options", "run_name", "global_batch_size")
+#: keys of the config.json of earlier versions, now under "supernet_options"
+_FLAT_SUPERNET_KEYS = ("executor", "partial_k", "partial_bypass")
 
 
 SEARCH_DATASETS: tuple[str, ...] = (*DATASET_NAMES, "imagenet")
@@ -70,6 +70,8 @@ class SearchConfig:
 
     method: str = setting("darts", "search method", choices=lambda: tuple(METHODS))
     method_options: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})  # {"order": 2}
+    #: the supernet options given (:class:`~fastnas.nn.SupernetOptions`), e.g. {"executor": "fast"}
+    supernet_options: dict[str, Any] = field(default_factory=dict, metadata={"cli": False})
     space: str = setting("darts", "search space", choices=SPACE_NAMES)
     nodes: int = setting(4, "intermediate nodes per cell (darts space; the cell concatenates all of them)")
     normal_types: int = setting(
@@ -127,34 +129,16 @@ class SearchConfig:
         None,
         "share of the training set that trains the weights (default 0.5); the rest trains the architecture",
     )
-    partial_k: int | None = setting(
-        None,
-        "partial channels (PC-DARTS): 1/K of each edge's channels enter its mixed op, the rest bypass it "
-        "(1 = off; default: the method's, 4 for pc-darts)",
-        metavar="K",
-    )
-    partial_bypass: str = setting(
-        "max",
-        "how a stride-2 edge downsamples its bypassed channels with --partial-k: a 2x2 max pool (PC-DARTS' "
-        "code) or avg pool",
-        choices=BYPASS_POOLS,
-    )
     seed: int = setting(2, "random seed (data order, augmentation, initialisation)")
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    device: str = device_setting()
     precision: str = setting("fp32", "autocast precision (GPU runs)", choices=PRECISIONS)
-    executor: str = setting(
-        "reference",
-        "how search cells run: reference (the DARTS loop) or fast (batched edges, fused kernels on CUDA; "
-        "DARTS-space supernets)",
-        choices=EXECUTORS,
-    )
     deterministic: bool = setting(
         True,
         "allow non-deterministic kernels (CPU runs are deterministic by default)",
         flag="--nondeterministic",
         const=False,
     )
-    tensorboard: bool = setting(False, "write TensorBoard events to RUN_DIR/tensorboard", const=True)
+    tensorboard: bool = tensorboard_setting()
     compile: bool = setting(
         False,
         "torch.compile the forward and backward of both levels of the search step (the first step of "
@@ -167,7 +151,7 @@ class SearchConfig:
         "it every iteration (CUDA, one process, fp32 or bf16, first order; not for EDAS, DDSAS, EnTranNAS)",
         const=True,
     )
-    out_dir: str = setting("runs", "parent folder of run directories")
+    out_dir: str = out_dir_setting()
     run_name: str | None = setting(None, "run directory name (default: method-dataset-seed-time)")
 
     def resolved(self) -> ResolvedSearchConfig:
@@ -185,6 +169,10 @@ class SearchConfig:
                 )
             values[name] = (default if values[name] is None else values[name]) if imagenet else 0
         options = method.make_options(self.method_options, dataset=self.dataset)
+        try:
+            supernet = method.make_supernet_options(self.supernet_options)
+        except ConfigError as exc:
+            raise ConfigError(f"supernet options: {exc}") from None
         world_size = env_world_size()
         values["batch_size"] = per_rank_batch(self.batch_size, self.global_batch_size, world_size)
         given = {k: values[k] for k in _HYPER}
@@ -203,6 +191,7 @@ class SearchConfig:
         resolved = ResolvedSearchConfig(
             method=method.name,
             options=options,
+            supernet=supernet,
             **{k: v for k, v in values.items() if k not in (*_HYPER, *_NOT_RESOLVED)},
             **dataclasses.asdict(hyper),
             run_name=run_name,
@@ -216,11 +205,15 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
-class ResolvedSearchConfig:
+class ResolvedSearchConfig(RunConfig):
     """A search run's configuration with every value known (written to ``config.json``)."""
+
+    run_kind: ClassVar[str] = "a search run directory"
+    own_key: ClassVar[str] = "method"
 
     method: str
     options: MethodOptions
+    supernet: SupernetOptions  # config.json: "supernet_options"
     space: str
     nodes: int
     normal_types: int
@@ -253,26 +246,17 @@ class ResolvedSearchConfig:
     lr_scaling: str  # lr and lr_min above are already scaled
     dist_backend: str
     world_size: int  # processes of the run (torchrun); batch_size is per process
-    partial_k: int  # 1: off
-    partial_bypass: str
     seed: int
     device: str
     precision: str
-    executor: str
     deterministic: bool
     tensorboard: bool
     compile: bool
     cuda_graph: bool
     out_dir: str
     run_name: str
-    #: how the run's files number epochs: 1 (the first epoch is ``"epoch": 1``, as in the log); 0 in the
-    #: config.json of a run of an earlier fastnas, which keeps its numbering when resumed
-    epoch_base: int = EPOCH_BASE
-    run_id: str = ""  # set when the run starts (config.json, every checkpoint); "" before fastnas wrote it
-
-    @property
-    def run_dir(self) -> Path:
-        return expand_user(self.out_dir, "--out-dir") / self.run_name
+    epoch_base: int = EPOCH_BASE  # see RunConfig
+    run_id: str = ""
 
     def build_space(self) -> DartsSpace | NB201Space:
         """The search space this config names (op list, node count)."""
@@ -315,31 +299,14 @@ class ResolvedSearchConfig:
                 raise ConfigError(
                     "the NAS-Bench-201 space is searched on CIFAR-sized images; use --space darts"
                 )
-        if self.workers < 0:
-            raise ConfigError(f"--workers must be >= 0, got {self.workers}")
-        check_epoch_base(self.epoch_base)
-        check_scaling_choices(self)
+        self.check_run_settings()
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
-        if self.executor not in EXECUTORS:
-            raise ConfigError(f"unknown executor {self.executor!r}; use one of {', '.join(EXECUTORS)}")
         if self.nb201_table is not None and self.space != "nb201":
             raise ConfigError("--nb201-table needs --space nb201")
         if self.nb201_table is not None and not Path(self.nb201_table).is_file():
             raise MissingPathError(
                 f"the NAS-Bench-201 table {self.nb201_table} does not exist or is not a file"
-            )
-        if self.partial_k < 1:
-            raise ConfigError(f"--partial-k must be >= 1 (1 = off), got {self.partial_k}")
-        if self.C % self.partial_k:
-            raise ConfigError(
-                f"--partial-k {self.partial_k} does not divide --C {self.C}: each edge splits its channels "
-                f"into K equal parts; choose a K that divides C (e.g. "
-                f"{', '.join(str(k) for k in range(1, self.C + 1) if self.C % k == 0 and k <= 8)})"
-            )
-        if self.partial_bypass not in BYPASS_POOLS:
-            raise ConfigError(
-                f"--partial-bypass must be one of {', '.join(BYPASS_POOLS)}, got {self.partial_bypass!r}"
             )
         if self.space == "nb201" and self.normal_types != 1:
             raise ConfigError(
@@ -364,7 +331,6 @@ class ResolvedSearchConfig:
                 f"--limit must be >= 2 images (half train the weights, half the architecture), "
                 f"got {self.limit}"
             )
-        check_folder_name(self.run_name, "--run-name")
         check_hyper_parameters(self.hyper_parameters, space=self.space)
         self.check_supernet_size()
         if self.cuda_graph and self.precision == "fp16":
@@ -376,8 +342,10 @@ class ResolvedSearchConfig:
     def check_supernet_size(self) -> None:
         """Refuse, before anything is built, a supernet (of any stage) that cannot fit this machine: a
         closed-form lower bound of its size (:func:`fastnas.nn.sizing.check_supernet_size`)."""
+        method = get_method(self.method)
         space = self.build_space()
-        plans = get_method(self.method).algorithm.stage_plans(self.options, self.C, self.layers, self.epochs)
+        builder = method.supernet(method.algorithm.prepare_space(space), self.options)
+        plans = method.algorithm.stage_plans(self.options, self.C, self.layers, self.epochs)
         imagenet = self.dataset == "imagenet"
         on_cpu = self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available())
         nodes = "" if self.space == "nb201" else f", --nodes {self.nodes}"
@@ -385,8 +353,10 @@ class ResolvedSearchConfig:
         images = self.limit or _TRAIN_IMAGES.get(self.dataset)  # a batch holds at most that many
         batch = min(self.batch_size, images) if images else self.batch_size
         for plan in plans:
+            # the options' checks against the sizes and the supernet's executors, before anything is built
+            builder.check(SupernetShape(plan.C, plan.layers, options=self.supernet))
             estimate = estimate_space(
-                space, plan.C, plan.layers, options=self.options, partial_k=self.partial_k,
+                space, plan.C, plan.layers, options=self.options, partial_k=self.supernet.partial_k,
                 num_classes=_NUM_CLASSES.get(self.dataset, 2),
                 in_channels=1 if self.dataset == "digits" else 3,
                 image_size=self.image_size if imagenet else _IMAGE_SIZES.get(self.dataset, 32),
@@ -397,8 +367,9 @@ class ResolvedSearchConfig:
             check_supernet_size(estimate, sizes, batch_size=batch, on_cpu=on_cpu)
 
     def to_json(self) -> dict[str, Any]:
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values = self.field_values()
         values["method_options"] = values.pop("options").to_json()
+        values["supernet_options"] = values.pop("supernet").to_json()
         values["arch_betas"] = list(self.arch_betas)
         values["ops"], values["exclude_ops"] = list(self.ops), list(self.exclude_ops)
         return values
@@ -410,32 +381,20 @@ class ResolvedSearchConfig:
             raise ConfigError(f"{where} must be a JSON object of settings, got {type(data).__name__}")
         data = with_added_keys(dict(data), field_types(cls))
         options = data.pop("method_options", {})
+        supernet_values = data.pop("supernet_options", None)
+        if supernet_values is None:  # earlier versions: flat keys
+            supernet_values = {k: data.pop(k) for k in _FLAT_SUPERNET_KEYS if k in data}
         method_name = data.get("method")
         if not isinstance(method_name, str):
             raise ConfigError(f"{where}: 'method' must be a method name, got {method_name!r}")
         method = get_method(method_name)
-        fields_ = load_fields(cls, data, where, exclude=("options",))
-        absent = [name for name in field_types(cls) if name != "options" and name not in fields_]
-        if absent:
-            raise ConfigError(
-                f"{where} lacks the key(s) {absent}; it was not written by this version of fastnas"
-            )
+        fields_ = cls.json_fields(data, where, exclude=("options", "supernet"))
         try:
             opts = method.make_options(options)
+            supernet = supernet_options_class().from_mapping(supernet_values)
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        try:
-            config = cls(options=opts, **fields_)
-            config.validate()
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-        return config
-
-    @classmethod
-    def load(cls, path: str | Path) -> ResolvedSearchConfig:
-        path = Path(path)
-        data = read_json_file(path, f"{path.parent} is not a search run directory (no config.json)")
-        return cls.from_json(data, str(path))
+        return cls.checked(where, options=opts, supernet=supernet, **fields_)
 
 
 def check_hyper_parameters(h: SearchDefaults, space: str = "darts") -> None:
