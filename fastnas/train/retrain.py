@@ -63,14 +63,14 @@ from fastnas.train.checkpoint import (
     save_checkpoint,
 )
 from fastnas.train.device import autocast, resolve_device, seed_everything
-from fastnas.train.distributed import Distributed, check_world_size, distributed_session
+from fastnas.train.distributed import Distributed, distributed_session
 from fastnas.train.retrain_config import DATASET_SHAPES, ResolvedTrainConfig, TrainConfig, genotype_label
 from fastnas.train.run_state import (
     NonFiniteMonitor,
-    RunLog,
     check_run_dir_free,
     prepare_run_dir,
     resume_run,
+    start_process,
 )
 from fastnas.train.tensorboard import TensorBoardLog
 
@@ -97,10 +97,6 @@ class TrainResult:
     metrics: list[dict[str, Any]]
     result: dict[str, Any]
     model: torch.nn.Module
-
-
-def _silent(line: str) -> None:
-    """The log of ranks other than 0 (rank 0 alone prints and writes ``log.txt``)."""
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -324,11 +320,8 @@ class TrainRunner:
         self.config = config
         self.genotype = genotype
         self.run_dir = run_dir
-        self.dist = dist or Distributed()
-        check_world_size(config.world_size, self.dist)
-        self.progress = progress and self.dist.is_main
-        self.log: Callable[[str], None] = RunLog(run_dir, self.progress) if self.dist.is_main else _silent
-        self.device = resolve_device(self.dist.device_for(device or config.device))
+        process = start_process(run_dir, config.device, config.world_size, progress, device, dist)
+        self.dist, self.progress, self.log, self.device = process
         if config.sync_bn and self.dist.enabled and self.device.type != "cuda":
             raise ConfigError(
                 "--sync-bn needs CUDA devices (SyncBatchNorm has no CPU implementation); drop it on CPU"

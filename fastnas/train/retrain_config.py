@@ -25,7 +25,6 @@ from fastnas.nn.sizing import check_supernet_size, estimate_supernet
 from fastnas.train.device import PRECISIONS
 from fastnas.train.distributed import env_world_size
 from fastnas.train.run_config import RunConfig, device_setting, out_dir_setting, tensorboard_setting
-from fastnas.train.run_state import EPOCH_BASE
 from fastnas.train.scaling import (
     dist_backend_setting,
     global_batch_setting,
@@ -303,11 +302,7 @@ class ResolvedTrainConfig(RunConfig):
     test_limit: int | None  # None: every test image
     epochs: int
     batch_size: int  # per process
-    lr_scaling: str  # lr and lr_min below are already scaled
-    dist_backend: str
     sync_bn: bool
-    loader: str
-    world_size: int  # processes of the run (torchrun)
     C: int
     layers: int
     auxiliary: bool
@@ -323,17 +318,8 @@ class ResolvedTrainConfig(RunConfig):
     schedule: str
     lr_gamma: float
     eval_every: int
-    workers: int
-    seed: int
-    device: str
-    precision: str
     channels_last: Toggle
     deterministic: Toggle
-    tensorboard: bool
-    out_dir: str
-    run_name: str
-    epoch_base: int = EPOCH_BASE  # see RunConfig
-    run_id: str = ""
 
     @property
     def recipe(self) -> Recipe:

@@ -11,6 +11,7 @@ run-level values (worker processes, epoch numbering, world size and scaling choi
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -18,7 +19,7 @@ from fastnas.errors import ConfigError
 from fastnas.fields import field_types, load_fields, setting
 from fastnas.fileio import check_folder_name, expand_user, read_json_file
 from fastnas.train.checkpoint import read_run_config
-from fastnas.train.run_state import check_epoch_base
+from fastnas.train.run_state import EPOCH_BASE, check_epoch_base
 from fastnas.train.scaling import check_scaling_choices
 
 __all__ = ["RunConfig", "device_setting", "out_dir_setting", "tensorboard_setting"]
@@ -41,24 +42,36 @@ def out_dir_setting() -> Any:
     return setting("runs", "parent folder of run directories")
 
 
+@dataclass(frozen=True, kw_only=True)
 class RunConfig:
-    """Base of the resolved (frozen dataclass) configurations of a run.
+    """Base of the resolved configurations of a run: the run-level fields both have (keyword-only, after
+    each subclass's own fields in ``__init__``) and the methods below.
 
-    Its subclasses have the fields ``out_dir``, ``run_name``, ``workers``, ``world_size`` (processes of the
-    run, torchrun), the scaling choices, ``epoch_base`` (how the run's files number epochs: 1, the first
-    epoch is ``"epoch": 1`` as in the log; 0 in the ``config.json`` of a run of an earlier fastnas, which
-    keeps its numbering when resumed) and ``run_id`` (set when the run starts and recorded in
-    ``config.json`` and every checkpoint; ``""`` before fastnas wrote it).
+    ``world_size``: processes of the run (torchrun; batch sizes are per process); ``lr_scaling``: how the
+    learning rates were scaled to it (they are recorded scaled); ``epoch_base``: how the run's files
+    number epochs (1: the first epoch is ``"epoch": 1``, as in the log; 0 in the ``config.json`` of a run
+    of an earlier fastnas, which keeps its numbering when resumed); ``run_id``: set when the run starts and
+    recorded in ``config.json`` and every checkpoint (``""`` before fastnas wrote it).
     """
 
     #: what a folder whose config.json this class reads is (in the error naming a folder without one)
     run_kind: ClassVar[str] = "a run directory"
     #: a key that only this kind of run's config.json has
     own_key: ClassVar[str] = ""
+
+    loader: str
+    lr_scaling: str
+    dist_backend: str
+    world_size: int
+    workers: int
+    seed: int
+    device: str
+    precision: str
+    tensorboard: bool
     out_dir: str
     run_name: str
-    workers: int
-    epoch_base: int
+    epoch_base: int = EPOCH_BASE
+    run_id: str = ""
 
     @property
     def run_dir(self) -> Path:
@@ -77,7 +90,7 @@ class RunConfig:
 
     def field_values(self) -> dict[str, Any]:
         """Every field by name, in the order of the dataclass."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def json_fields(cls, data: Any, where: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -45,7 +45,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -73,6 +73,8 @@ from fastnas.train.checkpoint import (
     load_checkpoint,
     previous_checkpoint_path,
 )
+from fastnas.train.device import resolve_device
+from fastnas.train.distributed import Distributed, check_world_size
 
 __all__ = [
     "EPOCH_BASE",
@@ -230,6 +232,37 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> Path:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
+
+
+def _silent(line: str) -> None:
+    """The log of ranks other than 0 (rank 0 alone prints and writes ``log.txt``)."""
+
+
+class RunProcess(NamedTuple):
+    """This process's part of a run (search or retraining): its process group, whether it shows progress,
+    its log (rank 0 writes ``log.txt``; other ranks are silent) and its device."""
+
+    dist: Distributed
+    progress: bool
+    log: Callable[[str], None]
+    device: torch.device
+
+
+def start_process(
+    run_dir: Path,
+    configured_device: str,
+    world_size: int,
+    progress: bool,
+    device: str | None,
+    dist: Distributed | None,
+) -> RunProcess:
+    """This process's part of the run in ``run_dir`` (``device`` overrides the configured one; the world
+    size must be the one the run was configured for)."""
+    dist = dist or Distributed()
+    check_world_size(world_size, dist)
+    shown = progress and dist.is_main
+    log: Callable[[str], None] = RunLog(run_dir, shown) if dist.is_main else _silent
+    return RunProcess(dist, shown, log, resolve_device(dist.device_for(device or configured_device)))
 
 
 class RunLog:

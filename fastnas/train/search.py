@@ -32,7 +32,7 @@ import hashlib
 import random
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,14 +74,14 @@ from fastnas.train.cuda_graph import (
     host_settings,
     tensor_lrs,
 )
-from fastnas.train.device import autocast, resolve_device, seed_everything
-from fastnas.train.distributed import Distributed, check_world_size, distributed_session
+from fastnas.train.device import autocast, seed_everything
+from fastnas.train.distributed import Distributed, distributed_session
 from fastnas.train.run_state import (
     NonFiniteMonitor,
-    RunLog,
     check_run_dir_free,
     prepare_run_dir,
     resume_run,
+    start_process,
 )
 from fastnas.train.search_config import ResolvedSearchConfig, SearchConfig
 from fastnas.train.search_data import build_search_data
@@ -115,10 +115,6 @@ class SearchResult:
     genotype: Architecture  # a Genotype, or an NB201Arch on the nb201 space
     metrics: list[dict[str, Any]]
     model: SearchModel
-
-
-def _silent(line: str) -> None:
-    """The log of ranks other than 0 (rank 0 alone prints and writes ``log.txt``)."""
 
 
 def _repeat(loader: EpochBatches) -> Iterator[Batch]:
@@ -159,11 +155,8 @@ class SearchRunner:
     ):
         self.config = config
         self.run_dir = run_dir
-        self.dist = dist or Distributed()
-        check_world_size(config.world_size, self.dist)
-        self.progress = progress and self.dist.is_main
-        self.log: Callable[[str], None] = RunLog(run_dir, self.progress) if self.dist.is_main else _silent
-        self.device = resolve_device(self.dist.device_for(device or config.device))
+        process = start_process(run_dir, config.device, config.world_size, progress, device, dist)
+        self.dist, self.progress, self.log, self.device = process
         algorithm = get_method(config.method).algorithm
         if config.compile:  # before any data is read: what is wrong and how to run instead
             check_compilable(algorithm)

@@ -31,7 +31,6 @@ from fastnas.spaces import SPACE_DEFAULTS, SPACE_NAMES, DartsSpace, NB201Space, 
 from fastnas.train.device import PRECISIONS
 from fastnas.train.distributed import env_world_size
 from fastnas.train.run_config import RunConfig, device_setting, out_dir_setting, tensorboard_setting
-from fastnas.train.run_state import EPOCH_BASE
 from fastnas.train.scaling import (
     dist_backend_setting,
     global_batch_setting,
@@ -227,7 +226,6 @@ class ResolvedSearchConfig(RunConfig):
     subset_weights: float  # ImageNet only (0 elsewhere)
     subset_arch: float
     image_size: int  # ImageNet crop size (32 for CIFAR, 8 for digits: informational)
-    workers: int
     epochs: int
     batch_size: int
     C: int
@@ -242,21 +240,9 @@ class ResolvedSearchConfig(RunConfig):
     arch_weight_decay: float
     arch_grad_clip: float  # <= 0: off
     train_portion: float
-    loader: str
-    lr_scaling: str  # lr and lr_min above are already scaled
-    dist_backend: str
-    world_size: int  # processes of the run (torchrun); batch_size is per process
-    seed: int
-    device: str
-    precision: str
     deterministic: bool
-    tensorboard: bool
     compile: bool
     cuda_graph: bool
-    out_dir: str
-    run_name: str
-    epoch_base: int = EPOCH_BASE  # see RunConfig
-    run_id: str = ""
 
     def build_space(self) -> DartsSpace | NB201Space:
         """The search space this config names (op list, node count)."""
