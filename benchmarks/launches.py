@@ -70,7 +70,9 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 
 from benchmarks.report import Column, Row, Section, progress, section_markdown
 from benchmarks.step import build_search_step, executor_names, method_names, takes_order
+from fastnas.algorithms import SearchAlgorithm
 from fastnas.errors import ConfigError
+from fastnas.methods import get_method
 from fastnas.nn import fast_executor
 from fastnas.search_model import SearchModel
 
@@ -98,6 +100,8 @@ LAUNCH_US = 4.0  # the launch floor: microseconds per kernel launch
 SHADOW_NUMEL = 1024  # device tensors up to this many elements carry real values (host reads)
 GOAL_LAUNCH_RATIO = 0.25  # fast <= 1/4 of the reference executor's launches
 GOAL_BYTE_RATIO = 0.5  # fast <= 1/2 of the reference executor's bytes
+#: the work floor against the plain loop: (launches, bytes, saved for backward) per method family
+FLOOR_GOALS: dict[str, tuple[float, float, float]] = {"dense": (0.25, 0.5, 0.5), "sparse": (0.5, 0.75, 0.75)}
 
 #: ATen operators (schema names) that launch no kernel: views and metadata (a new tensor header over the
 #: same memory), allocations (memory only) and host reads of values or properties. ``reshape`` reaches a
@@ -766,6 +770,49 @@ def applies(method: str, order: int, executor: str) -> str | None:
     return None
 
 
+def method_family(method: str) -> str:
+    """``sparse`` for the methods that run a sampled active set each step (EDAS, DDSAS), else ``dense``."""
+    algorithm = get_method(method).algorithm
+    return "sparse" if algorithm.active_set is not SearchAlgorithm.active_set else "dense"
+
+
+class SavedForBackward:
+    """Bytes of the distinct storages autograd saves for backward (``saved_tensors_hooks``, storage
+    identity), peak over the forwards of an iteration: a GPU-free proxy of peak activation memory. A pack
+    after an unpack starts a new graph (the previous one is freed by its backward)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._live: dict[int, int] = {}
+        self._total = 0
+        self._unpacked = False
+        self._hooks: Any = None
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self._unpacked:  # a new forward after a backward
+            self._live, self._total, self._unpacked = {}, 0, False
+        if tensor.layout == torch.strided:
+            storage = tensor.untyped_storage()
+            key = storage._cdata
+            if key not in self._live:
+                self._live[key] = storage.nbytes()
+                self._total += self._live[key]
+                self.peak = max(self.peak, self._total)
+        return tensor
+
+    def _unpack(self, tensor: torch.Tensor) -> torch.Tensor:
+        self._unpacked = True
+        return tensor
+
+    def __enter__(self) -> SavedForBackward:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
 def count_search_step(
     method: str = "darts",
     order: int = 1,
@@ -826,7 +873,8 @@ def count_search_step(
         for _ in range(warmup):  # the first iteration also creates the optimiser state
             step()
         counter.counting = True
-        step()
+        with SavedForBackward() as saved:
+            step()
     fallbacks = sorted(
         {str(w.message).removeprefix("fast executor: ") for w in caught if "fast executor" in str(w.message)}
     )
@@ -842,6 +890,9 @@ def count_search_step(
         "launches": counter.launches,
         "bytes_read": counter.bytes_read,
         "bytes_written": counter.bytes_written,
+        "saved_bytes": saved.peak,
+        "saved_mb": saved.peak / 1e6,
+        "family": method_family(method),
         "host_reads": counter.host_reads,
         "host_reads_guessed": counter.host_reads_guessed,
         "host_reads_stale": counter.host_reads_stale,
@@ -903,6 +954,7 @@ def launches_rows(args: argparse.Namespace) -> Iterator[Row]:
     for method in args.launch_methods:
         for order in args.launch_orders:
             reference: dict[str, Any] | None = None
+            plain: dict[str, Any] | None = None
             for executor in args.launch_executors:
                 case = {"benchmark": "launches", "method": method, "order": order, "executor": executor}
                 reason = applies(method, order, executor)
@@ -921,6 +973,10 @@ def launches_rows(args: argparse.Namespace) -> Iterator[Row]:
                     yield {**case, "status": "error", "note": f"{type(exc).__name__}: {exc}"}
                     continue
                 row["count_s"] = time.perf_counter() - started
+                if executor == "plain":
+                    plain = row
+                elif plain is not None:
+                    row.update(plain_ratios(row, plain))
                 if executor == "reference":
                     reference = row
                 elif executor == "fast" and reference is not None:
@@ -928,6 +984,16 @@ def launches_rows(args: argparse.Namespace) -> Iterator[Row]:
                     ref_bytes = reference["bytes_read"] + reference["bytes_written"]
                     row["byte_ratio"] = (row["bytes_read"] + row["bytes_written"]) / ref_bytes
                 yield row
+
+
+def plain_ratios(row: dict[str, Any], plain: dict[str, Any]) -> dict[str, float]:
+    """Launches, bytes and saved-for-backward bytes of ``row`` over the plain loop's (the work floor)."""
+    moved = row["bytes_read"] + row["bytes_written"]
+    return {
+        "plain_launch_ratio": row["launches"] / plain["launches"],
+        "plain_byte_ratio": moved / (plain["bytes_read"] + plain["bytes_written"]),
+        "plain_saved_ratio": row["saved_bytes"] / plain["saved_bytes"] if plain["saved_bytes"] else math.nan,
+    }
 
 
 def _op_list(entries: list[list[Any]], key: str) -> str:
@@ -964,6 +1030,24 @@ def launches_footer(rows: list[dict[str, Any]]) -> list[str]:
                 f"({'met' if launch_ok else 'not met'}), bytes x{r['byte_ratio']:.3f} "
                 f"({'met' if byte_ok else 'not met'})"
             )
+    floors_ = [r for r in ok if "plain_launch_ratio" in r and r["executor"] != "reference"]
+    if floors_:
+        lines.append("")
+        lines.append(
+            "Work floor against the plain loop (launches, bytes, saved for backward): dense methods <= "
+            + ", ".join(f"{g:g}x" for g in FLOOR_GOALS["dense"])
+            + "; sparse (EDAS, DDSAS) <= "
+            + ", ".join(f"{g:g}x" for g in FLOOR_GOALS["sparse"])
+            + ":"
+        )
+        for r in floors_:
+            goals = FLOOR_GOALS[r["family"]]
+            measured = (r["plain_launch_ratio"], r["plain_byte_ratio"], r["plain_saved_ratio"])
+            parts = [
+                f"{what} x{value:.3f} ({'met' if value <= goal else 'not met'})"
+                for what, value, goal in zip(("launches", "bytes", "saved"), measured, goals, strict=True)
+            ]
+            lines.append(f"- {r['method']} order {r['order']} `{r['executor']}`: " + ", ".join(parts))
     for executor in ("reference", "fast"):
         top = next(
             (x for x in ok if x["method"] == "darts" and x["order"] == 1 and x["executor"] == executor), None
@@ -1005,6 +1089,10 @@ def launches_section() -> Section:
             Column("mb_written", "MB written", "{:.0f}"),
             Column("bandwidth_us", "bandwidth floor us", "{:.0f}"),
             Column("launch_us", "launch floor us", "{:.0f}"),
+            Column("saved_mb", "MB saved for backward", "{:.0f}"),
+            Column("plain_launch_ratio", "launches / plain", "{:.3f}"),
+            Column("plain_byte_ratio", "bytes / plain", "{:.3f}"),
+            Column("plain_saved_ratio", "saved / plain", "{:.3f}"),
             Column("launch_ratio", "launches / ref", "{:.3f}"),
             Column("byte_ratio", "bytes / ref", "{:.3f}"),
             Column("note"),

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks import report
+from benchmarks import launches, report
 from benchmarks.launches import (
     NO_KERNEL_OPS,
     LaunchCounter,
@@ -277,3 +277,21 @@ def test_every_registered_method_and_executor_is_counted(monkeypatch: pytest.Mon
     ]
     assert rows[0]["launches"] > 0 and rows[1]["launch_ratio"] > 0
     assert "fast" in rows[3]["note"]  # the supernet's own refusal of the executor
+
+
+def test_saved_for_backward_counts_distinct_storages_peak_over_graphs() -> None:
+    x = torch.randn(4, 4, requires_grad=True)
+    w = torch.randn(4, 4, requires_grad=True)
+    with launches.SavedForBackward() as saved:
+        (x * w).sum().backward()  # mul saves x and w: 2 x 64 bytes
+        first = saved.peak
+        (x * x).sum().backward()  # x saved twice, one storage: 64 bytes, a new graph
+    assert first == 128 and saved.peak == 128
+    with launches.SavedForBackward() as views:
+        (x[:2] * x[2:]).sum().backward()  # two views of one storage: its 64 bytes once
+    assert views.peak == 64
+
+
+def test_method_families_follow_the_active_set() -> None:
+    families = {m: launches.method_family(m) for m in METHODS}
+    assert {m for m, f in families.items() if f == "sparse"} == {"edas", "ddsas"}
