@@ -813,6 +813,22 @@ class SavedForBackward:
         self._hooks.__exit__(*exc)
 
 
+def _host_time(step: Callable[[], Any], repeats: int = 3) -> tuple[float, str]:
+    """Milliseconds to issue one iteration's operators on meta tensors with no dispatch mode (no counting):
+    the host-side cost per iteration that CUDA graphs remove (best of ``repeats``). NaN, with the reason,
+    for a step that reads device values on the host (meta tensors hold none without the counter)."""
+    times = []
+    try:
+        with _disable_current_modes():
+            for _ in range(repeats):
+                started = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - started)
+    except (NotImplementedError, RuntimeError) as exc:
+        return math.nan, f"no host time: the step reads device values on the host ({type(exc).__name__})"
+    return min(times) * 1e3, ""
+
+
 def count_search_step(
     method: str = "darts",
     order: int = 1,
@@ -826,6 +842,7 @@ def count_search_step(
     gpu_tiling: bool = True,
     warmup: int = 1,
     run_triton: bool = False,
+    host_repeats: int = 1,
 ) -> tuple[dict[str, Any], LaunchCounter]:
     """Launches and bytes of one search iteration with ``executor`` (``plain``: the reference executor with
     every op forced to PyTorch; ``reference``; ``fast``), as a GPU would run it (``device="meta"``). The
@@ -835,7 +852,8 @@ def count_search_step(
     ``device="cpu"`` counts a real CPU run with the same dispatch instead, to check the meta count: the
     Triton launches are skipped (their outputs hold garbage), or with ``run_triton`` run interpreted (this
     needs ``TRITON_INTERPRET=1`` before the kernels were imported, and minutes). Returns the result row and
-    the counter (per-operator records).
+    the counter (per-operator records). ``host_repeats`` uncounted iterations after it time the host side
+    (:func:`_host_time`; 0: none).
     """
     meta = device == "meta"
     counter = LaunchCounter(device, shadows=meta, run_triton=run_triton)
@@ -875,6 +893,8 @@ def count_search_step(
         counter.counting = True
         with SavedForBackward() as saved:
             step()
+        counter.counting = False
+        host_ms, host_note = _host_time(step, host_repeats) if meta and host_repeats else (math.nan, "")
     fallbacks = sorted(
         {str(w.message).removeprefix("fast executor: ") for w in caught if "fast executor" in str(w.message)}
     )
@@ -890,6 +910,7 @@ def count_search_step(
         "launches": counter.launches,
         "bytes_read": counter.bytes_read,
         "bytes_written": counter.bytes_written,
+        "host_ms": host_ms,
         "saved_bytes": saved.peak,
         "saved_mb": saved.peak / 1e6,
         "family": method_family(method),
@@ -898,7 +919,7 @@ def count_search_step(
         "host_reads_stale": counter.host_reads_stale,
         "top_launches": [[k, s.launches, s.bytes] for k, s in counter.top("launches")],
         "top_bytes": [[k, s.launches, s.bytes] for k, s in counter.top("bytes")],
-        "note": "; ".join(fallbacks),
+        "note": "; ".join([*fallbacks, *([host_note] if host_note else [])]),
     }
     row.update(floors(row))
     return row, counter
@@ -1090,6 +1111,7 @@ def launches_section() -> Section:
             Column("bandwidth_us", "bandwidth floor us", "{:.0f}"),
             Column("launch_us", "launch floor us", "{:.0f}"),
             Column("saved_mb", "MB saved for backward", "{:.0f}"),
+            Column("host_ms", "host ms", "{:.0f}"),
             Column("plain_launch_ratio", "launches / plain", "{:.3f}"),
             Column("plain_byte_ratio", "bytes / plain", "{:.3f}"),
             Column("plain_saved_ratio", "saved / plain", "{:.3f}"),

@@ -295,3 +295,13 @@ def test_saved_for_backward_counts_distinct_storages_peak_over_graphs() -> None:
 def test_method_families_follow_the_active_set() -> None:
     families = {m: launches.method_family(m) for m in METHODS}
     assert {m for m, f in families.items() if f == "sparse"} == {"edas", "ddsas"}
+
+
+def test_rows_carry_host_time_or_say_why_not() -> None:
+    dense, _ = count_search_step("darts", 1, "reference", **TINY)
+    assert math.isfinite(dense["host_ms"]) and dense["host_ms"] > 0
+    assert dense["saved_bytes"] > 0 and dense["family"] == "dense"
+    sparse, _ = count_search_step("edas", 1, "reference", **TINY)
+    assert math.isnan(sparse["host_ms"]) and "no host time" in sparse["note"]
+    none, _ = count_search_step("darts", 1, "reference", host_repeats=0, **TINY)
+    assert math.isnan(none["host_ms"]) and none["launches"] == dense["launches"]
