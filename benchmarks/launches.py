@@ -960,6 +960,13 @@ def add_launches_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="uncounted iterations first (the first one also creates the optimiser state; default 1)",
     )
+    group.add_argument(
+        "--launch-host-repeats",
+        type=int,
+        default=1,
+        metavar="N",
+        help="iterations timed for the host-ms column, best of N (0 = no host time; default 1)",
+    )
 
 
 def launches_rows(args: argparse.Namespace) -> Iterator[Row]:
@@ -971,6 +978,7 @@ def launches_rows(args: argparse.Namespace) -> Iterator[Row]:
         "image_size": args.image_size,
         "seed": args.seed,
         "warmup": getattr(args, "launch_warmup", 1),
+        "host_repeats": getattr(args, "launch_host_repeats", 1),
     }
     for method in args.launch_methods:
         for order in args.launch_orders:
