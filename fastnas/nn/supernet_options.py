@@ -10,7 +10,6 @@ subclass made current with :func:`register_supernet_options`) read by the code t
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from fastnas.algorithms.options import OptionGroup, option
@@ -103,6 +102,3 @@ class SupernetShape:
                 f"--partial-k {k} does not divide the initial channels --C {self.C}: every edge splits its "
                 f"channels into {k} equal parts; choose a K that divides C (e.g. {divisors})"
             )
-
-    def replace(self, **changes: object) -> SupernetShape:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
