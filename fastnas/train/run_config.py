@@ -10,6 +10,7 @@ run-level values (worker processes, epoch numbering, world size and scaling choi
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ def out_dir_setting() -> Any:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunConfig:
+class RunConfig(abc.ABC):
     """Base of the resolved configurations of a run: the run-level fields both have (keyword-only, after
     each subclass's own fields in ``__init__``) and the methods below.
 
@@ -115,8 +116,10 @@ class RunConfig:
         return config
 
     @classmethod
+    @abc.abstractmethod
     def from_json(cls: type[_Config], data: Any, where: str = "config.json") -> _Config:
-        raise NotImplementedError
+        """The config recorded in ``data`` (a ``config.json`` object), every key and value checked: each kind
+        of run reads its own keys (method options, the recipe) and builds itself with :meth:`checked`."""
 
     @classmethod
     def read_run(cls: type[_Config], run_dir: Path, *, foreign_key: str, foreign: str) -> _Config:
