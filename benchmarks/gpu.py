@@ -33,9 +33,12 @@ FULL_BUDGET_S = 480.0
 QUICK_BUDGET_S = 180.0
 RESERVE_S = 5.0  # kept back for writing the report
 KERNEL_TESTS = (
-    "tests/test_mixed_bn_sum.py",
-    "tests/test_depthwise_conv.py",
+    "tests/test_edge_group_sum.py",
+    "tests/test_conv_stage.py",
     "tests/test_pointwise_conv.py",
+    "tests/test_depthwise_conv.py",
+    "tests/test_bn_from_stats.py",
+    "tests/test_mixed_bn_sum.py",
     "tests/test_masked_aggregate.py",
     "tests/test_weighted_sum.py",
     "tests/test_bn_running_stats.py",
@@ -108,12 +111,17 @@ def plan(out: Path, quick: bool, device: str = "cuda", shared: Path | None = Non
     tests = [t for t in tests if (REPO / t).is_file()]
     pytest = [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests]
     pieces.append(Piece("kernel tests (GPU)", pytest, 90.0 if quick else 150.0))
+    # every method, fast vs reference vs plain, early: the work-floor question of each method, timed
+    executors = "reference fast" if quick else "plain reference fast"
+    per_method = "--only methods --device {} --warmup 1 --repeats 3 --batch-sizes 64 --precision {}".format(
+        device, "bf16" if quick else "fp32 bf16"
+    )
+    pieces.append(_bench("methods", out, 60.0 if quick else 120.0, f"{per_method} --executor {executors}"))
     batches = "64" if quick else "64 256"
     precisions = "bf16" if quick else "fp32 bf16"
     common = f"--device {device} --warmup 2 --repeats {5 if quick else 10}"
     grid = f"{common} --batch-sizes {batches} --precision {precisions}"
     pieces.append(_bench("kernels", out, 45.0 if quick else 90.0, f"--only kernels {grid}"))
-    executors = "reference fast" if quick else "plain reference fast"
     first_order = f"--only search_step {grid} --order 1 --executor {executors} {step_modes(quick)}"
     pieces.append(_bench("search step (first order)", out, 60.0 if quick else 150.0, first_order))
     if not quick:
@@ -134,10 +142,7 @@ def plan(out: Path, quick: bool, device: str = "cuda", shared: Path | None = Non
         compiled = f"--only search_step {common} --batch-sizes 64 256 --precision bf16 --order 1"
         compiled += " --executor reference fast --mode compile"
         pieces.append(_bench("search step (torch.compile)", out, 120.0, compiled))
-    if not quick:  # the other methods and P-DARTS' stages, where the budget still allows
-        pieces.append(
-            _bench("methods", out, 60.0, f"--only methods {common} --batch-sizes 64 --precision bf16")
-        )
+    if not quick:  # P-DARTS' stages, where the budget still allows
         stages = f"--only pdarts_stages {common} --batch-sizes 96 --precision bf16"
         pieces.append(_bench("pdarts stages", out, 45.0, stages))
     return pieces

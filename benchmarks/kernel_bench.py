@@ -140,11 +140,70 @@ def _masked_aggregate_case(
     return step, (active + 1) * plane + (1 + active + TERMS) * plane
 
 
+def _bn_from_stats_case(
+    impl: str, n: int, c: int, size: int, dtype: torch.dtype, device: torch.device
+) -> tuple[Step, int]:
+    """BN from the shifted sums of ``EDGES`` edges' pointwise-conv outputs (SepConv's middle BN)."""
+    from fastnas.kernels import bn_from_stats as bfs
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    z = _randn((EDGES, n, c, size, size), device, dtype, gen)
+    with torch.no_grad():  # the sums pointwise_conv_stats would give
+        shift = z[:, 0, :, 0, 0].float()
+        d = z.float() - shift[:, None, :, None, None]
+        total, total_sq = d.sum(dim=(1, 3, 4)), (d * d).sum(dim=(1, 3, 4))
+    total, total_sq = total.requires_grad_(), total_sq.requires_grad_()
+    fn = _pick(impl, bfs.batch_norm_from_stats_reference, bfs.batch_norm_from_stats)
+    grad = torch.randn_like(z)
+
+    def step() -> None:
+        zhat, _, _ = fn(z, total, total_sq, shift)
+        torch.autograd.grad(zhat, (z, total, total_sq), grad)
+
+    plane = EDGES * n * c * size * size * z.element_size()
+    # forward: read z, write zhat; backward: read g and z, write grad z
+    return step, 2 * plane + 3 * plane
+
+
+def _edge_group_sum_case(
+    impl: str, n: int, c: int, size: int, dtype: torch.dtype, device: torch.device
+) -> tuple[Step, int]:
+    """All ``EDGES`` edges leaving one state in one op (DARTS normal cell): 4 batched conv-op outputs
+    [EDGES, N, C, H, W], 2 shared pooling outputs and the identity, 8 weight columns."""
+    from fastnas.kernels import edge_group_sum as egs
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    shape = (n, c, size, size)
+    convs = [_randn((EDGES, *shape), device, dtype, gen) for _ in range(4)]
+    pools = [_randn(shape, device, dtype, gen) for _ in range(2)]
+    x = _randn(shape, device, dtype, gen)
+    terms = [*convs, *pools, x]
+    every = list(range(EDGES))
+    term_edges = [every] * len(terms)
+    term_cols = [[k] * EDGES for k in (4, 5, 6, 7, 1, 2, 3)]
+    normalize = [True] * 6 + [False]
+    weights = torch.softmax(torch.randn(EDGES, 8, device=device, generator=gen), 1).requires_grad_()
+    fn = _pick(impl, egs.edge_group_sum_reference, egs.edge_group_sum)
+    grads = [torch.randn(shape, device=device, dtype=dtype, generator=gen) for _ in range(EDGES)]
+
+    def step() -> None:
+        outs, _, _ = fn(terms, term_edges, term_cols, normalize, weights)
+        torch.autograd.grad(outs, [*terms, weights], grads)
+
+    plane = n * c * size * size * x.element_size()
+    rows = 4 * EDGES + 2 + 1  # term rows
+    # forward: read every row twice (statistics, outputs), write E outputs; backward: read g (E planes)
+    # and every row (reduction), then g and every row again, write every row's gradient
+    return step, (2 * rows + EDGES) * plane + (EDGES + rows + EDGES + rows + rows) * plane
+
+
 KERNEL_CASES: dict[str, CaseBuilder] = {
     "mixed_bn_sum": _mixed_bn_sum_case,
     "relu_depthwise_conv": _depthwise_case,
     "pointwise_conv_stats": _pointwise_case,
     "masked_aggregate": _masked_aggregate_case,
+    "batch_norm_from_stats": _bn_from_stats_case,
+    "edge_group_sum": _edge_group_sum_case,
 }
 
 

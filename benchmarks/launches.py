@@ -21,7 +21,7 @@ gradient clipping, the fused dropout kernel). :class:`LaunchCounter`, a
   on the meta tensors with every Triton launch ``kernel[grid](...)`` recorded and skipped
   (:func:`record_triton_launches`). The op counts **the number of Triton kernels it launches**, and its
   own tensor inputs (read) and outputs (written) once each, the traffic floor of fused kernels; the ATen
-  operators of its body (``torch.zeros``, ``part.sum()``, the einsums of the pointwise-conv backward,
+  operators of its body (``torch._foreach_zero_`` of accumulators, ``part.sum()`` of split partials,
   decomposed as they run on a GPU) are counted as above under ``<op>/<aten op>``.
 - **fastnas C++/CUDA operators** (``weighted_sum``, ``csrc/``): ``ceil(K / 32)`` kernels for K inputs, one
   more (the zero fill of the weight gradient) for the backward (:func:`cxx_op_launches`).
@@ -74,6 +74,7 @@ from fastnas.algorithms import SearchAlgorithm
 from fastnas.errors import ConfigError
 from fastnas.methods import get_method
 from fastnas.nn import fast_executor
+from fastnas.nn.executor import AUTO
 from fastnas.search_model import SearchModel
 
 __all__ = [
@@ -843,6 +844,7 @@ def count_search_step(
     warmup: int = 1,
     run_triton: bool = False,
     host_repeats: int = 1,
+    precision: str = "fp32",
 ) -> tuple[dict[str, Any], LaunchCounter]:
     """Launches and bytes of one search iteration with ``executor`` (``plain``: the reference executor with
     every op forced to PyTorch; ``reference``; ``fast``), as a GPU would run it (``device="meta"``). The
@@ -853,8 +855,13 @@ def count_search_step(
     Triton launches are skipped (their outputs hold garbage), or with ``run_triton`` run interpreted (this
     needs ``TRITON_INTERPRET=1`` before the kernels were imported, and minutes). Returns the result row and
     the counter (per-operator records). ``host_repeats`` uncounted iterations after it time the host side
-    (:func:`_host_time`; 0: none).
+    (:func:`_host_time`; 0: none). ``precision`` ``bf16``/``fp16``: autocast has no meta form, so the count
+    is of a real CPU run under CPU autocast (same CUDA dispatch, Triton launches recorded and skipped; the
+    fast executor casts its cells' inputs itself, so the cells are as on a GPU; CPU autocast's op list
+    decides the casts of the stem, preprocessing and classifier) at whatever size was asked: keep it small.
     """
+    if precision != "fp32" and device == "meta":
+        device = "cpu"  # autocast has no meta form: a real CPU run under CPU autocast (see ``precision``)
     meta = device == "meta"
     counter = LaunchCounter(device, shadows=meta, run_triton=run_triton)
     plain = executor == "plain"
@@ -875,7 +882,7 @@ def count_search_step(
         step = build_search_step(
             batch_size,
             torch.device(device),
-            "fp32",
+            precision,
             C=C,
             layers=layers,
             image_size=image_size,
@@ -907,6 +914,7 @@ def count_search_step(
         "C": C,
         "layers": layers,
         "image_size": image_size,
+        "precision": precision,
         "launches": counter.launches,
         "bytes_read": counter.bytes_read,
         "bytes_written": counter.bytes_written,
@@ -940,8 +948,9 @@ def floors(row: dict[str, Any]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- the section
 def launch_executors() -> tuple[str, ...]:
     """The executor cases: ``plain``, ``reference`` (the ``fast`` rows' ratios are to it), then every
-    other registered cell executor."""
-    return ("plain", "reference", *(name for name in executor_names() if name != "reference"))
+    other registered cell executor except ``auto`` (the fast executor on CUDA, which the count emulates)."""
+    others = (name for name in executor_names() if name not in ("reference", AUTO))  # auto = fast on CUDA
+    return ("plain", "reference", *others)
 
 
 def add_launches_arguments(parser: argparse.ArgumentParser) -> None:

@@ -244,42 +244,73 @@ register(
 
 # ----------------------------------------------------------------------------- methods side by side
 def _methods_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("methods (one search step per method, against DARTS)")
+    group = parser.add_argument_group(
+        "methods (one search step per method and --executor / --precision, against DARTS and plain)"
+    )
     group.add_argument(
         "--methods",
         nargs="+",
-        default=["darts", "pc-darts", "edas", "ddsas"],
+        default=list(method_names()),
         metavar="METHOD",
-        help=f"any of {', '.join(method_names())} (default: %(default)s)",
+        help=f"any of {', '.join(method_names())} (default: every registered method)",
     )
 
 
 def _methods_rows(args: argparse.Namespace) -> Iterator[Row]:
-    """One search step of each method at one shape; the ratios are the method over DARTS (<1: cheaper)."""
+    """One search step of each method, executor and precision at one shape (the first batch size);
+    ``time / DARTS`` compares methods (same executor and precision), ``time / plain`` executors (same
+    method and precision; <1: cheaper). A method that refuses an executor (EnTranNAS: fast) is a row
+    saying why."""
     rows = []
-    for method in args.methods:
-        case = {"benchmark": "methods", "method": method, "batch_size": args.batch_sizes[0]}
+    for method, precision, executor in itertools.product(args.methods, args.precision, args.executor):
+        case = {
+            "benchmark": "methods",
+            "method": method,
+            "executor": executor,
+            "precision": precision,
+            "batch_size": args.batch_sizes[0],
+        }
         progress(f"methods: {case}")
-        rows.append(guarded(case, _measure, args, method=method))
-    darts = next((r for r in rows if r.get("method") == "darts" and r["status"] == "ok"), None)
+        plain = executor == "plain"
+        row = guarded(
+            case,
+            _measure,
+            args,
+            method=method,
+            precision=precision,
+            executor="reference" if plain else executor,
+            reference_ops=plain,
+        )
+        row.update(executor=executor)
+        rows.append(row)
+    ok = {(r["method"], r["executor"], r["precision"]): r for r in rows if r["status"] == "ok"}
     for row in rows:
-        if darts is not None and row["status"] == "ok":
+        if row["status"] != "ok":
+            yield row
+            continue
+        darts = ok.get(("darts", row["executor"], row["precision"]))
+        plain_row = ok.get((row["method"], "plain", row["precision"]))
+        if darts is not None:
             row["time_vs_darts"] = row["median_ms"] / darts["median_ms"]
             row["mem_vs_darts"] = row["peak_mem_mb"] / darts["peak_mem_mb"] if darts["peak_mem_mb"] else None
+        if plain_row is not None:
+            row["time_vs_plain"] = row["median_ms"] / plain_row["median_ms"]
         yield row
 
 
 register(
     Section(
         name="methods",
-        title="One search step per method at one shape, against DARTS (PC-DARTS K=4, DDSAS L=28)",
+        title="One search step per method, executor and precision at one shape (PC-DARTS K=4, DDSAS L=28)",
         columns=(
             Column("method"),
+            Column("executor"),
             Column("layers", "cells"),
             Column("C"),
             BATCH,
             PRECISION,
             MEDIAN_MS,
+            Column("time_vs_plain", "time / plain", "{:.3f}"),
             Column("time_vs_darts", "time / DARTS", "{:.3f}"),
             PEAK_MIB,
             Column("mem_vs_darts", "memory / DARTS", "{:.3f}"),

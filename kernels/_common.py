@@ -204,3 +204,26 @@ def kernels_in_cpu_models(enabled: bool = True) -> Iterator[None]:
         yield
     finally:
         _models_on_cpu.reset(token)
+
+
+def grad_node(t: Tensor) -> torch.autograd.graph.Node | None:
+    """The autograd node that receives ``t``'s gradient (``t.grad_fn``; None for a leaf), kept by a custom
+    op's ``setup_context`` for :func:`grad_wanted`."""
+    return t.grad_fn
+
+
+def grad_wanted(needs_input_grad: bool, node: torch.autograd.graph.Node | None) -> bool:
+    """Whether this backward pass uses an input's gradient: it requires grad *and*, when it came from
+    another op (``node``, see :func:`grad_node`), the engine will run that op's backward. A pass that
+    asks for some gradients only (``backward(inputs=...)``, ``torch.autograd.grad``: DARTS' architecture
+    step wants the alphas' gradients, not the weights') then skips the unwanted gradient kernels, which
+    ``ctx.needs_input_grad`` alone (set from ``requires_grad``) cannot tell. Outside an engine pass (e.g. a
+    traced backward) every gradient is wanted."""
+    if not needs_input_grad:
+        return False
+    if node is None:
+        return True
+    try:
+        return bool(torch._C._will_engine_execute_node(node))
+    except RuntimeError:  # not inside a backward pass of the engine
+        return True

@@ -498,30 +498,31 @@ def _launch_forward(
 
 
 def _launch_backward(
-    grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, relu: bool
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    stride: int,
+    padding: int,
+    dilation: int,
+    relu: bool,
+    needs_x: bool = True,
+    needs_w: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Triton backward: ``(grad_x, grad_weight)``; every input is read through its strides."""
+    """Triton backward: ``(grad_x, grad_weight)``, an empty tensor for a gradient not needed; every input
+    is read through its strides."""
     e, c, k, _ = weight.shape
     n, h, w = x.shape[-4], x.shape[-2], x.shape[-1]
     ho, wo = grad_out.shape[-2], grad_out.shape[-1]
     cl = _channels_last(x)
-    shared = x.dim() == 4
-    grad_x = _empty(tuple(x.shape), x.device, x.dtype, channels_last=cl)
     sg = tuple(grad_out.stride())
-
-    # Input gradient: one program per tile of grad x; a shared x sums the E edges in the program.
-    bp, bc = _tiles(h * w, c, cl)
-    n_pblk, n_cblk = triton.cdiv(h * w, bp), triton.cdiv(c, bc)
-    groups = 1 if shared else e
     off64 = max(_span(x), _span(grad_out)) >= _INT32_SPAN
-    _backward_input_kernel[(groups * n * n_pblk * n_cblk,)](
-        grad_out, x, weight, grad_x,
-        n, c, h, w, ho, wo, padding, e if shared else 1,
-        *sg, *_strides5(x), *weight.stride(), *_strides5(grad_x),
-        n_pblk, n_cblk,
-        KSIZE=k, STRIDE=stride, DIL=dilation, RELU=relu, PC=cl, OFF64=off64, BLOCK_P=bp, BLOCK_C=bc,
-        num_warps=_NUM_WARPS,
-    )  # fmt: skip
+    grad_x = (
+        _launch_backward_input(grad_out, x, weight, stride, padding, dilation, relu, off64)
+        if needs_x
+        else x.new_empty((0,))
+    )
+    if not needs_w:
+        return grad_x, weight.new_empty((0,))
 
     # Weight gradient: split reduction over the N*Ho*Wo output pixels into float32 partials.
     r = n * ho * wo
@@ -540,6 +541,37 @@ def _launch_backward(
     )  # fmt: skip
     grad_w = part.sum(dim=0).view(e, c, k, k).to(weight.dtype)
     return grad_x, grad_w
+
+
+def _launch_backward_input(
+    grad_out: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    stride: int,
+    padding: int,
+    dilation: int,
+    relu: bool,
+    off64: bool,
+) -> Tensor:
+    """Input gradient: one program per tile of grad x; a shared x sums the E edges in the program."""
+    e, c, k, _ = weight.shape
+    n, h, w = x.shape[-4], x.shape[-2], x.shape[-1]
+    ho, wo = grad_out.shape[-2], grad_out.shape[-1]
+    cl = _channels_last(x)
+    shared = x.dim() == 4
+    grad_x = _empty(tuple(x.shape), x.device, x.dtype, channels_last=cl)
+    bp, bc = _tiles(h * w, c, cl)
+    n_pblk, n_cblk = triton.cdiv(h * w, bp), triton.cdiv(c, bc)
+    groups = 1 if shared else e
+    _backward_input_kernel[(groups * n * n_pblk * n_cblk,)](
+        grad_out, x, weight, grad_x,
+        n, c, h, w, ho, wo, padding, e if shared else 1,
+        *tuple(grad_out.stride()), *_strides5(x), *weight.stride(), *_strides5(grad_x),
+        n_pblk, n_cblk,
+        KSIZE=k, STRIDE=stride, DIL=dilation, RELU=relu, PC=cl, OFF64=off64, BLOCK_P=bp, BLOCK_C=bc,
+        num_warps=_NUM_WARPS,
+    )  # fmt: skip
+    return grad_x
 
 
 # --------------------------------------------------------------------------------------------------
@@ -567,32 +599,48 @@ def _relu_depthwise_conv_fake(
 
 @torch.library.custom_op("fastnas::relu_depthwise_conv_backward", mutates_args=())
 def _relu_depthwise_conv_backward_op(
-    grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, relu: bool
-) -> tuple[Tensor, Tensor]:
+    grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, relu: bool,
+    needs_x: bool = True, needs_w: bool = True,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """``(grad_x, grad_weight)``: grad_x in ``x``'s shape (edges summed for a shared x), grad_weight
-    [E, C, k, k] contiguous."""
+    [E, C, k, k] contiguous; an empty tensor for a gradient not needed (its kernel does not run)."""
     if triton_supports(x.device, x.dtype):
-        return _launch_backward(grad_out.to(x.dtype), x, weight, stride, padding, dilation, relu)
-    return _torch_backward(grad_out, x, weight, stride, padding, dilation, relu)
+        return _launch_backward(
+            grad_out.to(x.dtype), x, weight, stride, padding, dilation, relu, needs_x, needs_w
+        )
+    grad_x, grad_w = _torch_backward(grad_out, x, weight, stride, padding, dilation, relu)
+    return (grad_x if needs_x else x.new_empty((0,))), (grad_w if needs_w else weight.new_empty((0,)))
 
 
 @_relu_depthwise_conv_backward_op.register_fake
 def _relu_depthwise_conv_backward_fake(
-    grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, relu: bool
-) -> tuple[Tensor, Tensor]:
-    return _like_x(tuple(x.shape), x), torch.empty_like(weight, memory_format=torch.contiguous_format)
+    grad_out: Tensor, x: Tensor, weight: Tensor, stride: int, padding: int, dilation: int, relu: bool,
+    needs_x: bool = True, needs_w: bool = True,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    grad_x = _like_x(tuple(x.shape), x) if needs_x else x.new_empty((0,))
+    grad_w = (
+        torch.empty_like(weight, memory_format=torch.contiguous_format) if needs_w else weight.new_empty((0,))
+    )
+    return grad_x, grad_w
 
 
 def _setup_context(ctx, inputs, output) -> None:
     x, weight, stride, padding, dilation, relu = inputs
     ctx.save_for_backward(x, weight)
     ctx.conv = (stride, padding, dilation, relu)
+    ctx.nodes = (_common.grad_node(x), _common.grad_node(weight))
 
 
 def _backward(ctx, grad_out):
     x, weight = ctx.saved_tensors
-    grad_x, grad_w = torch.ops.fastnas.relu_depthwise_conv_backward(grad_out, x, weight, *ctx.conv)
-    return grad_x, grad_w, None, None, None, None
+    wanted = zip(ctx.needs_input_grad[:2], ctx.nodes, strict=True)
+    needs_x, needs_w = (_common.grad_wanted(bool(n), node) for n, node in wanted)
+    if not (needs_x or needs_w):
+        return None, None, None, None, None, None
+    grad_x, grad_w = torch.ops.fastnas.relu_depthwise_conv_backward(
+        grad_out, x, weight, *ctx.conv, needs_x, needs_w
+    )
+    return (grad_x if needs_x else None), (grad_w if needs_w else None), None, None, None, None
 
 
 _relu_depthwise_conv_op.register_autograd(_backward, setup_context=_setup_context)

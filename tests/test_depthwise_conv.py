@@ -295,3 +295,40 @@ def test_opcheck():
     torch.library.opcheck(
         torch.ops.fastnas.relu_depthwise_conv_backward.default, (g, xe, weight.detach(), 2, 1, 1, False)
     )
+
+
+@needs_kernels
+def test_backward_skips_the_gradients_a_pass_does_not_ask_for(monkeypatch):
+    """``backward(inputs=[x])`` (DARTS' architecture step asks for the alphas only) runs the input-gradient
+    kernel only, and the gradient it gives equals the full backward's; asking for the weight only runs the
+    weight kernel only."""
+    x, weight, g = make(2, 3, 1, 1, 1, True, seed=4)
+    launched: list[str] = []
+    for name in ("_backward_input_kernel", "_backward_weight_kernel"):
+        kernel = getattr(dc, name)
+
+        class Recording:
+            def __init__(self, kernel, name):
+                self.kernel, self.name = kernel, name
+
+            def __getitem__(self, grid):
+                launched.append(self.name)
+                return self.kernel[grid]
+
+        monkeypatch.setattr(dc, name, Recording(kernel, name))
+
+    def loss(x_leaf, w_leaf):
+        # the weight reaches the op through another op (as the fast executor's packed weights do)
+        return (relu_depthwise_conv(x_leaf * 1.0, w_leaf * 1.0, 1, 1, 1) * g).sum()
+
+    full_x = x.clone().requires_grad_(True)
+    full_w = weight.clone().requires_grad_(True)
+    loss(full_x, full_w).backward()
+    assert sorted(launched) == ["_backward_input_kernel", "_backward_weight_kernel"]
+    for wanted, kernel in ((0, "_backward_input_kernel"), (1, "_backward_weight_kernel")):
+        launched.clear()
+        leaves = (x.clone().requires_grad_(True), weight.clone().requires_grad_(True))
+        loss(*leaves).backward(inputs=[leaves[wanted]])
+        assert launched == [kernel]
+        assert leaves[1 - wanted].grad is None
+        torch.testing.assert_close(leaves[wanted].grad, (full_x, full_w)[wanted].grad, rtol=0, atol=0)

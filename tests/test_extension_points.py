@@ -143,8 +143,12 @@ def test_a_registered_supernet_option_reaches_the_cli_config_and_cells(
 
 
 def test_config_json_of_earlier_versions_with_flat_supernet_keys_loads() -> None:
+    default = SearchConfig(method="pc-darts", dataset="digits").resolved().to_json()
+    assert default["supernet_options"] == {"executor": "auto", "partial_k": 4, "partial_bypass": "max"}
     resolved = SearchConfig(
-        method="pc-darts", dataset="digits", supernet_options={"partial_bypass": "avg"}
+        method="pc-darts",
+        dataset="digits",
+        supernet_options={"partial_bypass": "avg", "executor": "reference"},
     ).resolved()
     data = resolved.to_json()
     assert data["supernet_options"] == {"executor": "reference", "partial_k": 4, "partial_bypass": "avg"}
@@ -158,8 +162,11 @@ def test_config_json_of_earlier_versions_with_flat_supernet_keys_loads() -> None
 
 def test_a_checkpoint_recording_flat_supernet_settings_binds_to_its_run(tmp_path: Path) -> None:
     """A checkpoint of an earlier version records the flat keys; the run's ``config.json`` read now gives
-    ``supernet_options``: the same settings, so no difference; a changed value is named as an option."""
-    resolved = SearchConfig(method="pc-darts", dataset="digits").resolved()
+    ``supernet_options``: the same settings, so no difference; a changed value is named as an option.
+    (Runs of that version recorded their executor, ``reference`` by default then.)"""
+    resolved = SearchConfig(
+        method="pc-darts", dataset="digits", supernet_options={"executor": "reference"}
+    ).resolved()
     current = {**resolved.to_json(), "run_id": "r1"}
     flat = {k: v for k, v in current.items() if k != "supernet_options"}
     flat.update(executor="reference", partial_k=4, partial_bypass="max")

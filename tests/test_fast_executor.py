@@ -294,3 +294,36 @@ def test_search_with_the_fast_executor_follows_the_reference_run(tmp_path, order
     torch.testing.assert_close(losses, ref_losses, rtol=1e-3, atol=1e-4)
     for name, value in ref_alphas.items():
         torch.testing.assert_close(alphas[name], value, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_auto_executor_picks_fast_where_kernels_run_and_reference_elsewhere(monkeypatch) -> None:
+    """``auto`` (the default) runs the reference loop on a CPU and the fast executor where the kernels run
+    (emulated here with ``kernels_in_cpu_models``); every supernet accepts it."""
+    from fastnas.nn import fast_executor
+    from fastnas.nn.executor import build_executor, check_executor
+    from fastnas.nn.supernet_options import SupernetOptions
+
+    assert SupernetOptions().executor == "auto"
+    executor = build_executor("auto")
+    assert isinstance(executor, fast_executor.AutoExecutor)
+    calls: list[str] = []
+    monkeypatch.setattr(executor.fast, "_run", lambda *a, **k: calls.append("fast") or [])
+
+    class Recording(type(executor.reference)):  # type: ignore[misc]
+        def __call__(self, *args, **kwargs):
+            calls.append("reference")
+            return []
+
+    executor.reference = Recording()
+    model = Supernet(DartsSpace(), C=4, layers=3, num_classes=5)
+    cell, x = model.cells[0], torch.randn(2, 4, 8, 8)
+    weights = torch.softmax(torch.randn(len(model.space.edges), len(model.space.ops)), -1)
+    executor(cell, x, x, weights)
+    if _KERNELS_RUN:
+        with kernels_in_cpu_models():
+            executor(cell, x, x, weights)
+        assert calls == ["reference", "fast"]
+    else:
+        assert calls == ["reference"]
+    for supported in (("reference",), None):
+        check_executor("auto", supported, "any")  # accepted by every supernet

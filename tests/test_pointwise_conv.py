@@ -7,7 +7,10 @@ machine in the interpreter, TRITON_INTERPRET=1 set by conftest.py) against the r
 ``total``, ``total_sq``, ``shift``, the BN mean and variance they give, and the gradients of ``x`` and
 ``weight``, for NCHW and channels-last, shared and per-edge inputs, channel counts that are not multiples
 of 16 and odd spatial sizes; and the shifted sums against the one-pass formula on conv outputs with a large
-mean and a small spread. Shapes are tiny: every interpreted launch costs milliseconds.
+mean and a small spread. The Triton backward (grad x, split grad weight and the sum of its partials) also
+for every subset of the outputs a loss uses (the others' gradients arrive as None), expanded (stride-0)
+gradients, small tiles with a split reduction, and bf16. Shapes are tiny: every interpreted launch costs
+milliseconds.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from kernel_testing import (
     DEVICE,
     F32,
     F32_SUMS,
+    F64,
     channels_last,
     check_reference_switch,
     close,
@@ -388,10 +392,16 @@ poisoned = poisoned_fixture(pc)  # every buffer the launcher allocates with _emp
 @pytest.mark.parametrize("shared,cl", [(True, False), (False, True)])
 def test_kernel_poisoned_output_and_small_tiles(poisoned, monkeypatch, shared, cl):
     """16-wide tiles: C_out = 24 -> 2 channel blocks (second partial), C_in = 24 -> 2 dot steps (second
-    masked), H*W = 35 -> 3 pixel blocks (last partial); many programs add into each channel's sums."""
+    masked), H*W = 35 -> 3 pixel blocks (last partial); many programs add into each channel's sums. The
+    backward: grad x in 2 x 3 tiles per sample, each summing 2 C_out steps (of every edge for a shared x);
+    grad weight in 2 x 2 tiles per edge, its N*P_BLKS = 6 (sample, pixel block) tiles split into 3 chunks
+    of 2 (one across the sample boundary) whose fp32 partials the summing kernel adds."""
     monkeypatch.setattr(pc, "_MAX_BLOCK_CO", 16)
     monkeypatch.setattr(pc, "_MAX_BLOCK_P", 16)
     monkeypatch.setattr(pc, "_MAX_BLOCK_K", 16)
+    monkeypatch.setattr(pc, "_MAX_BLOCK_GW", 16)
+    monkeypatch.setattr(pc, "_MAX_BLOCK_R", 16)
+    monkeypatch.setattr(pc, "_num_splits", lambda tiles, programs: 3)
     x, weight, grads = make(c_in=24, c_out=24, shared=shared, cl=cl, seed=13)
     got = run(pointwise_conv_stats, x, weight, grads)
     assert not got[0][0].isnan().any()
@@ -423,6 +433,121 @@ def test_kernel_strided_views(poisoned):
     close(shift, r_shift, **F32)
     close(total, r_total, **STATS)
     close(total_sq, r_total_sq, **STATS)
+
+
+# Which outputs a loss uses: the backward gets None for the others (no materialised zeros), and the
+# kernels leave their terms out (HAS_GRAD_OUT / HAS_TOTAL / HAS_TOTAL_SQ).
+USED = [(0,), (0, 1), (0, 2), (1,), (2,), (1, 2)]
+
+
+def _run_used(fn, x, weight, grads, used, sums):
+    """Forward and backward of ``fn`` where the loss uses only the outputs ``used`` (indices into
+    ``(out, total, total_sq)``): with the random ``grads`` of those, or (``sums``) as ``.sum()`` so that
+    autograd passes expanded (all strides 0) gradients. Returns (grad x, grad weight)."""
+    x, weight = fresh_leaves(x, weight)
+    outs = fn(x, weight)
+    if sums:
+        loss = sum(outs[i].float().sum() for i in used)
+    else:
+        loss = sum((outs[i].float() * grads[i].float()).sum() for i in used)
+    loss.backward()
+    return x.grad, weight.grad
+
+
+def _recorded_backward(monkeypatch):
+    """Wrap the Triton backward launcher: the list of its calls' gradient arguments (None where absent)."""
+    calls = []
+    launch = pc._launch_backward
+
+    def wrapper(*args):
+        calls.append(args[:3])
+        return launch(*args)
+
+    monkeypatch.setattr(pc, "_launch_backward", wrapper)
+    return calls
+
+
+def _used_id(used):
+    return "+".join(("out", "total", "total_sq")[i] for i in used)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "used,shared,cl",
+    [(u, i % 2 == 0, i % 4 in (1, 2)) for i, u in enumerate(USED)],  # each of the 4 layout cases
+    ids=lambda v: _used_id(v) if isinstance(v, tuple) else str(v),
+)
+def test_kernel_backward_of_used_outputs(poisoned, monkeypatch, used, shared, cl):
+    """The Triton backward against autograd through the reference for every subset of used outputs, fp32:
+    the same products summed in another order (grad x over E*C_out terms, grad weight over N*H*W)."""
+    calls = _recorded_backward(monkeypatch)
+    x, weight, grads = make(
+        e=2, c_in=16, c_out=24, h=3, w=5, shared=shared, cl=cl, seed=len(used) + 3 * used[0]
+    )
+    gx, gw = _run_used(pointwise_conv_stats, x, weight, grads, used, sums=False)
+    r_gx, r_gw = _run_used(pointwise_conv_stats_reference, x, weight, grads, used, sums=False)
+    assert [[g is not None for g in c] for c in calls] == [[i in used for i in range(3)]]
+    assert gx.stride() == r_gx.stride() and gw.is_contiguous()
+    close(gx, r_gx, **F32)
+    close(gw, r_gw, **STATS)
+
+
+@needs_kernels
+@pytest.mark.parametrize("used", [(0,), (1, 2)], ids=["out", "total+total_sq"])
+def test_kernel_backward_of_expanded_gradients(monkeypatch, used):
+    """``.sum()`` losses: autograd passes grad_out / grad_total / grad_total_sq as expanded views (every
+    stride 0), read in place."""
+    calls = _recorded_backward(monkeypatch)
+    x, weight, grads = make(e=2, c_in=16, c_out=16, h=3, w=5, shared=False, cl=True, seed=37)
+    gx, gw = _run_used(pointwise_conv_stats, x, weight, grads, used, sums=True)
+    r_gx, r_gw = _run_used(pointwise_conv_stats_reference, x, weight, grads, used, sums=True)
+    assert all(set(g.stride()) == {0} for g in calls[0] if g is not None)
+    close(gx, r_gx, **F32)
+    close(gw, r_gw, **STATS)
+
+
+@needs_kernels
+@pytest.mark.parametrize("used", [(0,), (1, 2)], ids=["out", "total+total_sq"])
+def test_kernel_backward_of_used_outputs_bf16(used):
+    """bf16 tolerance: both sides multiply the same bf16 x / weight with fp32 accumulation and round the
+    result to bf16 once (an ulp, 2^-8 relative). They differ in g: the reference rounds the gradient of
+    its bf16 ``out`` (grad_out plus the statistics' term) to bf16, the kernel keeps g in fp32 (under the
+    interpreter; on a GPU it rounds it to bf16 for the tensor cores, once); each rounding moves a product
+    by at most 2^-8 of itself, so the sums by at most 2^-8 of the sum of |products|, here a few times
+    the largest entry. 2e-2 of the largest entry (about 5 ulp at that scale) covers both with margin;
+    it is relative to the scale because entries near 0 would fail a purely relative check."""
+    x, weight, grads = make(
+        e=2, c_in=16, c_out=24, h=3, w=5, shared=True, cl=True, dtype=torch.bfloat16, seed=41
+    )
+    gx, gw = _run_used(pointwise_conv_stats, x, weight, grads, used, sums=False)
+    r_gx, r_gw = _run_used(pointwise_conv_stats_reference, x, weight, grads, used, sums=False)
+    assert gx.dtype == gw.dtype == torch.bfloat16
+    close_scaled(gx, r_gx, 2e-2)
+    close_scaled(gw, r_gw, 2e-2)
+
+
+@pytest.mark.parametrize("used", USED, ids=_used_id)
+def test_operator_torch_math_of_used_outputs_float64(used):
+    """The operator's PyTorch math (float64) with None for the unused outputs' gradients equals autograd
+    through the reference."""
+    x, weight, grads = make(e=2, c_in=3, c_out=4, h=2, w=3, dtype=torch.float64, device="cpu")
+    grads = tuple(g.double() for g in grads)
+    got = _run_used(torch.ops.fastnas.pointwise_conv_stats, x, weight, grads, used, sums=False)
+    want = _run_used(pointwise_conv_stats_reference, x, weight, grads, used, sums=False)
+    close_all(got, want, ("grad x", "grad weight"), exact=True, **F64)
+
+
+def test_backward_without_gradients_is_none():
+    """Autograd no longer materialises zeros for unused outputs; with none of them given the backward
+    returns no gradient (it is not called for a loss that uses only ``shift``, which is not
+    differentiable)."""
+
+    class Ctx:
+        needs_input_grad = (True, True)
+        saved_tensors = (None, None, None, None)
+        nodes = (None, None)
+
+    assert pc._backward(Ctx(), None, None, None, None) == (None, None)
 
 
 def test_backward_operator_sums_over_edges_of_a_shared_input():
@@ -478,3 +603,39 @@ def test_opcheck(shared, cl):
     torch.library.opcheck(
         torch.ops.fastnas.pointwise_conv_stats.default, (x.requires_grad_(), weight.requires_grad_())
     )
+
+
+@needs_kernels
+def test_backward_skips_the_gradients_a_pass_does_not_ask_for(monkeypatch):
+    """``backward(inputs=[x])`` (DARTS' architecture step wants the alphas, not the weights) launches the
+    input-gradient kernel only; asking for the weight only launches the weight kernel only; the gradient
+    asked for equals the full backward's."""
+    x, weight, (g, g_total, g_sq) = make(e=2, c_in=16, c_out=16, h=3, w=4, seed=5)
+    launched: list[str] = []
+    for name in ("_grad_x_kernel", "_grad_weight_kernel"):
+
+        class Recording:
+            def __init__(self, kernel, name):
+                self.kernel, self.name = kernel, name
+
+            def __getitem__(self, grid):
+                launched.append(self.name)
+                return self.kernel[grid]
+
+        monkeypatch.setattr(pc, name, Recording(getattr(pc, name), name))
+
+    def loss(x_leaf, w_leaf):
+        # both reach the op through another op, as the fast executor's states and packed weights do
+        out, total, total_sq, _ = pointwise_conv_stats(x_leaf * 1.0, w_leaf * 1.0)
+        return (out * g).sum() + (total * g_total).sum() + (total_sq * g_sq).sum()
+
+    full = (x.clone().requires_grad_(True), weight.clone().requires_grad_(True))
+    loss(*full).backward()
+    assert sorted(launched) == ["_grad_weight_kernel", "_grad_x_kernel"]
+    for wanted, kernel in ((0, "_grad_x_kernel"), (1, "_grad_weight_kernel")):
+        launched.clear()
+        leaves = (x.clone().requires_grad_(True), weight.clone().requires_grad_(True))
+        loss(*leaves).backward(inputs=[leaves[wanted]])
+        assert launched == [kernel]
+        assert leaves[1 - wanted].grad is None
+        torch.testing.assert_close(leaves[wanted].grad, full[wanted].grad, rtol=0, atol=0)

@@ -11,6 +11,7 @@ from fastnas.errors import ConfigError
 from fastnas.nn.cell import CellExecutor, ReferenceExecutor
 
 __all__ = [
+    "AUTO",
     "CellExecutor",
     "ExecutorFactory",
     "ReferenceExecutor",
@@ -20,6 +21,10 @@ __all__ = [
     "register_executor",
 ]
 
+
+AUTO = "auto"
+"""The default executor name: the fused executor where its kernels run, else the reference loop (every
+supernet accepts it; one that runs only its reference loop runs that)."""
 
 ExecutorFactory = Callable[[OptionGroup | None], CellExecutor]
 """``factory(options) -> executor``: makes a cell executor from the supernet's options
@@ -48,7 +53,7 @@ def check_executor(name: str, supported: tuple[str, ...] | None, supernet: str) 
     executor): the one check and message of which supernet runs which executor."""
     if name not in _EXECUTORS:
         raise ConfigError(f"unknown cell executor {name!r}; available: {', '.join(_EXECUTORS)}")
-    if supported is not None and name not in supported:
+    if supported is not None and name not in supported and name != AUTO:
         raise ConfigError(
             f"--executor {name} does not apply to the {supernet} supernet, which runs its cells with "
             f"{' or '.join(supported)} only; use --executor {supported[0]}"

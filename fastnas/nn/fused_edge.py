@@ -11,7 +11,8 @@ statistics exactly as ``nn.BatchNorm2d`` does in training mode (:func:`update_bn
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,7 @@ from fastnas.ops.darts_ops import Identity
 PreBN = Callable[[Tensor], Tensor]
 
 __all__ = [
+    "deferred_running_stats",
     "edge_from_pre_bn",
     "foldable_bn",
     "split_final_bn",
@@ -70,49 +72,76 @@ def update_bn_running_stats(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor, count
         update_running_stats(bn.running_mean, bn.running_var, mean, var, count, float(momentum or 0.0))
 
 
+_PENDING: list[list[tuple[Sequence[nn.BatchNorm2d], Tensor, Tensor, int]]] = []
+
+
+@contextlib.contextmanager
+def deferred_running_stats() -> Iterator[None]:
+    """Collect the running-statistics updates of :func:`update_bns_running_stats` inside this block and
+    apply them at its end, all BNs together in a few ``torch._foreach_*`` launches (the fast executor
+    wraps each cell in it: one set of launches per cell instead of one per edge). The values are those of
+    immediate updates: every BN is updated once per block from its own batch statistics, in any order.
+    Nothing is applied when the block raises."""
+    pending: list[tuple[Sequence[nn.BatchNorm2d], Tensor, Tensor, int]] = []
+    _PENDING.append(pending)
+    try:
+        yield
+    finally:
+        _PENDING.pop()
+    if pending:
+        _apply_running_stats(pending)
+
+
 def update_bns_running_stats(bns: Sequence[nn.BatchNorm2d], mean: Tensor, var: Tensor, count: int) -> None:
     """:func:`update_bn_running_stats` of every ``bns[k]`` from ``mean[k]`` / ``var[k]`` ([K, C]), as a few
-    ``torch._foreach_*`` launches for all K BNs (one kernel each on CUDA) instead of four per BN; BNs with
-    a cumulative average (``momentum=None``), buffers of another dtype than the statistics or another
-    momentum than the first are updated one by one. The same arithmetic as ``nn.BatchNorm2d``: ``lerp``
-    towards the batch mean and the unbiased ``var * count / (count - 1)``."""
+    ``torch._foreach_*`` launches for all K BNs (one kernel each on CUDA) instead of four per BN; inside
+    :func:`deferred_running_stats` the update waits for the end of the block. BNs with a cumulative average
+    (``momentum=None``), buffers of another dtype than the statistics or another momentum than the first are
+    updated one by one. The same arithmetic as ``nn.BatchNorm2d``: ``lerp`` towards the batch mean and the
+    unbiased ``var * count / (count - 1)``."""
     if count < 2:
         raise ValueError(f"update_bns_running_stats: need count >= 2 values per channel, got {count}.")
-    first = next((bn for bn in bns if bn.track_running_stats and bn.running_mean is not None), None)
-    if first is None:
+    if _PENDING:
+        _PENDING[-1].append((bns, mean, var, count))
         return
-    running_means: list[Tensor] = []
-    running_vars: list[Tensor] = []
+    _apply_running_stats([(bns, mean, var, count)])
+
+
+def _apply_running_stats(updates: Sequence[tuple[Sequence[nn.BatchNorm2d], Tensor, Tensor, int]]) -> None:
+    """Apply ``(bns, mean [K, C], var [K, C], count)`` updates: one ``foreach`` group per (count, momentum,
+    dtype); a BN that appears twice is updated in order, one by one."""
+    ids = [id(bn) for bns, _, _, _ in updates for bn in bns]
+    repeated = len(ids) != len(set(ids))
+    groups: dict[tuple[int, float, torch.dtype, torch.dtype], tuple[list[Tensor], ...]] = {}
     tracked: list[Tensor] = []
-    batch_means: list[Tensor] = []
-    batch_vars: list[Tensor] = []
-    means, variances = mean.unbind(0), var.unbind(0)  # views: no launch
-    for k, bn in enumerate(bns):
-        if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
-            continue
-        like_first = (
-            bn.momentum is not None
-            and bn.momentum == first.momentum
-            and bn.running_mean.dtype == mean.dtype
-            and bn.running_var.dtype == var.dtype
-        )
-        if not like_first:
-            update_bn_running_stats(bn, mean[k], var[k], count)
-            continue
-        running_means.append(bn.running_mean)
-        running_vars.append(bn.running_var)
-        batch_means.append(means[k])
-        batch_vars.append(variances[k])
-        if bn.num_batches_tracked is not None:
-            tracked.append(bn.num_batches_tracked)
-    if not running_means:
-        return
-    momentum = float(first.momentum or 0.0)
+    for bns, mean, var, count in updates:
+        means, variances = mean.unbind(0), var.unbind(0)  # views: no launch
+        for k, bn in enumerate(bns):
+            if not bn.track_running_stats or bn.running_mean is None or bn.running_var is None:
+                continue
+            foreach = (
+                not repeated
+                and bn.momentum is not None
+                and bn.running_mean.dtype == mean.dtype
+                and bn.running_var.dtype == var.dtype
+            )
+            if not foreach:
+                update_bn_running_stats(bn, mean[k], var[k], count)
+                continue
+            key = (count, float(bn.momentum or 0.0), mean.dtype, var.dtype)
+            running_means, running_vars, batch_means, batch_vars = groups.setdefault(key, ([], [], [], []))
+            running_means.append(bn.running_mean)
+            running_vars.append(bn.running_var)
+            batch_means.append(means[k])
+            batch_vars.append(variances[k])
+            if bn.num_batches_tracked is not None:
+                tracked.append(bn.num_batches_tracked)
     with torch.no_grad():
         if tracked:
             torch._foreach_add_(tracked, 1)
-        torch._foreach_lerp_(running_means, batch_means, momentum)
-        torch._foreach_lerp_(running_vars, torch._foreach_mul(batch_vars, count / (count - 1)), momentum)
+        for (count, momentum, _, _), (running_means, running_vars, batch_means, batch_vars) in groups.items():
+            torch._foreach_lerp_(running_means, batch_means, momentum)
+            torch._foreach_lerp_(running_vars, torch._foreach_mul(batch_vars, count / (count - 1)), momentum)
 
 
 def edge_from_pre_bn(
@@ -125,14 +154,15 @@ def edge_from_pre_bn(
     """``sum_k weights[k] * bns[k](pre_bn_outputs[k]) + identity_weight * identity`` in one fused op,
     with the running statistics of every ``bns[k]`` updated (the mixed edge of the DARTS supernet with its
     BN-terminated ops)."""
-    z = torch.stack(list(pre_bn_outputs))
+    terms = list(pre_bn_outputs)  # read in place (views of batched outputs): no stack
+    first = terms[0]
     eps = bns[0].eps
     if any(bn.eps != eps for bn in bns):
         raise ValueError("edge_from_pre_bn: the folded BNs of one edge must share one eps")
     if identity is not None:
-        identity = identity.to(z.dtype)
-    out, mean, var = mixed_bn_sum(z, weights, identity, identity_weight, eps)
-    update_bns_running_stats(bns, mean, var, z.shape[1] * z.shape[3] * z.shape[4])
+        identity = identity.to(first.dtype)
+    out, mean, var = mixed_bn_sum(terms, weights, identity, identity_weight, eps)
+    update_bns_running_stats(bns, mean, var, first.shape[0] * first.shape[2] * first.shape[3])
     return out
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from fastnas.algorithms.options import OptionGroup, option
 from fastnas.errors import ConfigError
-from fastnas.nn.executor import ReferenceExecutor, executor_names
+from fastnas.nn.executor import AUTO, executor_names
 from fastnas.nn.mixed import BYPASS_POOLS, PartialChannels
 from fastnas.nn.skeleton import STEMS, Stem
 
@@ -35,8 +35,9 @@ class SupernetOptions(OptionGroup):
     owner = "the supernet"
 
     executor: str = option(
-        ReferenceExecutor.name,
-        "how search cells run: reference (the DARTS loop) or fast (batched edges, fused kernels on CUDA)",
+        AUTO,
+        "how search cells run: reference (the DARTS loop), fast (batched edges, fused kernels on CUDA) or "
+        "auto (fast on CUDA, reference elsewhere)",
         choices=executor_names,
     )
     partial_k: int = option(
