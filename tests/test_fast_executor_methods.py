@@ -33,10 +33,21 @@ RTOL = 1e-10
 REFUSING = {"entrannas", "entrannas-dst"}  # EnTranNAS' engine cells have no fast path yet (issue 27)
 
 
-def _run_method(method: str, executor: str, space: DartsSpace | None = None, skip_dropout: float = 0.0):
+def _run_method(
+    method: str, executor: str, space: DartsSpace | None = None, skip_dropout: float = 0.0, order: int = 1
+):
     """Two float64 iterations; returns (losses, grads, params, buffers) by name."""
     step = build_search_step(
-        4, "cpu", C=4, layers=3, image_size=8, executor=executor, method=method, seed=3, space=space
+        4,
+        "cpu",
+        C=4,
+        layers=3,
+        image_size=8,
+        executor=executor,
+        method=method,
+        seed=3,
+        space=space,
+        order=order,
     )
     step.model.double()
     step.train_batch = (step.train_batch[0].double(), step.train_batch[1])
@@ -76,6 +87,11 @@ def test_every_method_fast_equals_reference_float64(method: str) -> None:
     got = _run_method(method, "fast")
     _assert_agree(got, want)
     assert any(g.abs().sum() > 0 for g in want[1].values())  # the comparison is not of zeros
+
+
+def test_darts_second_order_fast_equals_reference_float64() -> None:
+    """The unrolled architecture step (virtual step, finite differences) through the fast executor."""
+    _assert_agree(_run_method("darts", "fast", order=2), _run_method("darts", "reference", order=2))
 
 
 def test_pdarts_stage_with_candidates_and_skip_dropout_float64() -> None:

@@ -59,14 +59,18 @@ def _sgd_virtual_step(
     """``w - lr * (g + momentum * buf + wd * w)`` for every weight, as the DARTS virtual step."""
     group = optimizer.param_groups[0]
     momentum, weight_decay = group.get("momentum", 0.0), group.get("weight_decay", 0.0)
-    stepped = []
-    for w, g in zip(weights, grads, strict=True):
-        buf = optimizer.state.get(w, {}).get("momentum_buffer")
-        direction = g + weight_decay * w
-        if buf is not None and momentum:
-            direction = direction + momentum * buf
-        stepped.append(w - lr * direction)
-    return stepped
+    # the same elementwise operations as the per-weight loop (same roundings), as a few foreach launches
+    direction = list(torch._foreach_add(torch._foreach_mul(list(weights), weight_decay), list(grads)))
+    buffers = [optimizer.state.get(w, {}).get("momentum_buffer") for w in weights]
+    with_buffer = [i for i, buf in enumerate(buffers) if buf is not None] if momentum else []
+    if with_buffer:
+        pushed = torch._foreach_add(
+            [direction[i] for i in with_buffer],
+            torch._foreach_mul([cast(torch.Tensor, buffers[i]) for i in with_buffer], momentum),
+        )
+        for i, d in zip(with_buffer, pushed, strict=True):
+            direction[i] = d
+    return list(torch._foreach_sub(list(weights), torch._foreach_mul(direction, lr)))
 
 
 def _loss_at(
@@ -80,8 +84,12 @@ def _loss_at(
     """The loss at ``weights``; BN running statistics update in place with ``update_bn``, else the
     pass runs on copies of the buffers."""
     params: dict[str, torch.Tensor] = dict(zip(names, weights, strict=True))
-    if not update_bn:
-        params.update({name: b.clone() for name, b in model.supernet.named_buffers()})
+    if not update_bn:  # copies of the buffers, all in one foreach copy
+        named = list(model.supernet.named_buffers())
+        copies = [torch.empty_like(b) for _, b in named]
+        if copies:
+            torch._foreach_copy_(copies, [b for _, b in named])
+        params.update({name: c for (name, _), c in zip(named, copies, strict=True)})
     x, y = batch
     active = model.algorithm.active_set()  # a sparse step's virtual passes run the same sub-graph
     args = (
@@ -135,13 +143,15 @@ def unrolled_arch_gradients(
     if average is not None:
         average(v)
 
-    norm = torch.sqrt(cast(torch.Tensor, sum((g.double() ** 2).sum() for g in v)))  # a Tensor: v is not empty
+    # ||v|| in float64 over all weights at once (three launches, not four per weight)
+    norm = torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in v]).double())
     eps = fd_scale / float(norm) if float(norm) > 0 else 0.0
     if eps == 0.0:
         return d_alpha, val_loss.detach()
-    with torch.no_grad():
-        w_plus = [w + eps * g for w, g in zip(weights, v, strict=True)]
-        w_minus = [w - eps * g for w, g in zip(weights, v, strict=True)]
+    with torch.no_grad():  # w + eps * g and w - eps * g, as foreach launches (same roundings)
+        step = torch._foreach_mul(v, eps)
+        w_plus = list(torch._foreach_add(weights, step))
+        w_minus = list(torch._foreach_sub(weights, step))
     g_plus = torch.autograd.grad(
         _loss_at(model, names, w_plus, train_batch, "weights", update_bn), alphas, allow_unused=True
     )
