@@ -149,9 +149,10 @@ def unrolled_arch_gradients(
     if eps == 0.0:
         return d_alpha, val_loss.detach()
     with torch.no_grad():  # w + eps * g and w - eps * g, as foreach launches (same roundings)
-        step = torch._foreach_mul(v, eps)
-        w_plus = list(torch._foreach_add(weights, step))
-        w_minus = list(torch._foreach_sub(weights, step))
+        step = list(torch._foreach_mul(v, eps))
+        current: list[torch.Tensor] = list(weights)
+        w_plus = list(torch._foreach_add(current, step))
+        w_minus = list(torch._foreach_sub(current, step))
     g_plus = torch.autograd.grad(
         _loss_at(model, names, w_plus, train_batch, "weights", update_bn), alphas, allow_unused=True
     )
