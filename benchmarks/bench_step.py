@@ -121,17 +121,25 @@ def test_run_main_times_each_pdarts_stage(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_run_main_compares_methods_with_darts(tmp_path: Path) -> None:
-    """The methods section: PC-DARTS, EDAS and DDSAS steps beside DARTS, with their ratios (opt-in)."""
+    """The methods section: a sampling method's step beside DARTS for each executor, with its ratios to
+    DARTS (same executor) and to the plain loop (same method) (opt-in)."""
     out = tmp_path / "methods.json"
     argv = ["--device", "cpu", "--only", "methods", "--C", "4", "--layers", "3", "--image-size", "8"]
     argv += ["--batch-sizes", "2", "--warmup", "0", "--repeats", "2", "--json", str(out)]
+    argv += ["--methods", "darts", "edas", "--executor", "plain", "fast"]
     assert run.main(argv) == 0
     rows = json.loads(out.read_text(encoding="utf-8"))["results"]["methods"]
-    assert [r["method"] for r in rows] == ["darts", "pc-darts", "edas", "ddsas"]
+    assert [(r["method"], r["executor"]) for r in rows] == [
+        ("darts", "plain"),
+        ("darts", "fast"),
+        ("edas", "plain"),
+        ("edas", "fast"),
+    ]
     assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in rows)
-    darts = rows[0]
-    for r in rows:
-        assert r["time_vs_darts"] == pytest.approx(r["median_ms"] / darts["median_ms"])
+    by = {(r["method"], r["executor"]): r for r in rows}
+    for (method, executor), r in by.items():
+        assert r["time_vs_darts"] == pytest.approx(r["median_ms"] / by["darts", executor]["median_ms"])
+        assert r["time_vs_plain"] == pytest.approx(r["median_ms"] / by[method, "plain"]["median_ms"])
     assert not run.SECTIONS["methods"].default
 
 

@@ -8,6 +8,7 @@ kernel runs in the Triton interpreter.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -120,22 +121,46 @@ def test_fast_executor_two_steps_track_running_stats() -> None:
     assert counters and all(torch.equal(b, ref_counters[n]) for n, b in counters.items())
 
 
-@pytest.mark.slow  # ~45 s: about 700 interpreted kernel launches
+@pytest.mark.slow  # ~25 s: a few hundred interpreted kernel launches
 @needs_kernels
 def test_fast_executor_matches_reference_with_kernels() -> None:
-    """A whole supernet (stem, normal and reduction cells, all 8 DARTS ops) with every Triton kernel
-    against the reference. On CPU (the Triton interpreter) two intermediate nodes instead of four and
-    one image keep it under a minute; the four-node cell runs the same code paths in the PyTorch-ops
-    test above."""
-    on_gpu = torch.cuda.is_available()
-    space = DartsSpace() if on_gpu else DartsSpace(num_nodes=2, multiplier=2)
+    """A reduction cell (every path: stride-2 edges from the inputs with FactorizedReduce, stride-1 edges
+    between nodes with the identity; all 8 DARTS ops, the batched conv families, pools, edge-group sums,
+    node sums) with every Triton kernel against the reference loop: output, the gradients of both inputs,
+    the edge weights and every parameter, and the running statistics. On CPU (the Triton interpreter) two
+    intermediate nodes and 4x4 inputs; the four-node cell runs the same code in the PyTorch-ops tests."""
+    index = 1  # cells of a 3-layer supernet: normal, reduction, reduction
+    space = DartsSpace() if torch.cuda.is_available() else DartsSpace(num_nodes=2, multiplier=2)
     reference, fast = _pair(layers=3, C=4, space=space)
-    x, y = _data(n=2 if on_gpu else 1)
-    with force_reference():
-        want = _step(reference, x, y)
-    with kernels_in_cpu_models():
-        got = _step(fast, x, y)
-    _assert_same(got, want, rtol=2e-3, atol=2e-4)
+    gen = torch.Generator().manual_seed(3)
+    cells = (reference.cells[index], fast.cells[index])
+    assert cells[0].reduction
+    s0 = torch.randn(2, _in_channels(cells[0].preprocess0), 4, 4, generator=gen).to(DEVICE)
+    s1 = torch.randn(2, _in_channels(cells[0].preprocess1), 4, 4, generator=gen).to(DEVICE)
+    w = torch.softmax(torch.randn(len(space.edges), len(space.ops), generator=gen), -1).to(DEVICE)
+    results = []
+    for cell, kernels in zip(cells, (False, True), strict=True):
+        inputs = [t.clone().requires_grad_(True) for t in (s0, s1, w)]
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(kernels_in_cpu_models() if kernels else force_reference())
+            out = cell(*inputs)
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(out)
+        (out * g).sum().backward()
+        grads = [t.grad for t in inputs] + [p.grad for p in cell.parameters() if p.grad is not None]
+        stats = [b.clone() for n, b in cell.named_buffers() if "running" in n]
+        results.append((out.detach(), grads, stats))
+    (want, want_grads, want_stats), (got, got_grads, got_stats) = results
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=2e-4)
+    assert len(got_grads) == len(want_grads) and len(got_stats) == len(want_stats) > 0
+    for a, b in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
+    for a, b in zip(got_stats, want_stats, strict=True):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-4)
+
+
+def _in_channels(preprocess: torch.nn.Module) -> int:
+    """The channels a cell's preprocessing takes (its first convolution's input)."""
+    return next(m for m in preprocess.modules() if isinstance(m, torch.nn.Conv2d)).in_channels
 
 
 @pytest.mark.parametrize(("k", "bypass"), [(2, "max"), (4, "avg")])
