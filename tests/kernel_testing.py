@@ -173,6 +173,24 @@ def count_launches(monkeypatch: pytest.MonkeyPatch, module: ModuleType, *which: 
     return calls
 
 
+def record_kernel_launches(monkeypatch: pytest.MonkeyPatch, module: ModuleType, *names: str) -> list[str]:
+    """Wrap the Triton kernels ``module.<name>`` so that each ``kernel[grid](...)`` still launches and
+    appends the kernel's name to the returned (live) list."""
+    launched: list[str] = []
+
+    class Recording:
+        def __init__(self, kernel: Any, name: str) -> None:
+            self.kernel, self.name = kernel, name
+
+        def __getitem__(self, grid: Any) -> Any:
+            launched.append(self.name)
+            return self.kernel[grid]
+
+    for name in names:
+        monkeypatch.setattr(module, name, Recording(getattr(module, name), name))
+    return launched
+
+
 def check_reference_switch(
     monkeypatch: pytest.MonkeyPatch, module: ModuleType, call: Callable[[], Any], *which: str
 ) -> tuple[Any, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import DEVICE, close_scaled, needs_kernels
+from kernel_testing import DEVICE, close_scaled, needs_kernels, record_kernel_launches
 
 from fastnas.kernels import depthwise_conv as dc
 from fastnas.kernels.depthwise_conv import relu_depthwise_conv_reference
@@ -70,15 +70,7 @@ def test_backward_recomputes_the_depthwise_output_only_for_the_pointwise_weight(
     forwards: list[int] = []
     launch = dc._launch_forward
     monkeypatch.setattr(dc, "_launch_forward", lambda *a: forwards.append(1) or launch(*a))
-    weight_kernels: list[int] = []
-    kernel = dc._backward_weight_kernel
-
-    class Recording:
-        def __getitem__(self, grid):
-            weight_kernels.append(1)
-            return kernel[grid]
-
-    monkeypatch.setattr(dc, "_backward_weight_kernel", Recording())
+    weight_kernels = record_kernel_launches(monkeypatch, dc, "_backward_weight_kernel")
     for wanted, recomputes, dw_kernel in (([0], 0, 0), ([2], 1, 0), ([1], 0, 1)):
         forwards.clear()
         weight_kernels.clear()

@@ -28,6 +28,7 @@ from kernel_testing import (
     needs_kernels,
     per_edge_strides,
     poisoned_fixture,
+    record_kernel_launches,
 )
 
 from fastnas.kernels import depthwise_conv as dc
@@ -303,19 +304,7 @@ def test_backward_skips_the_gradients_a_pass_does_not_ask_for(monkeypatch):
     kernel only, and the gradient it gives equals the full backward's; asking for the weight only runs the
     weight kernel only."""
     x, weight, g = make(2, 3, 1, 1, 1, True, seed=4)
-    launched: list[str] = []
-    for name in ("_backward_input_kernel", "_backward_weight_kernel"):
-        kernel = getattr(dc, name)
-
-        class Recording:
-            def __init__(self, kernel, name):
-                self.kernel, self.name = kernel, name
-
-            def __getitem__(self, grid):
-                launched.append(self.name)
-                return self.kernel[grid]
-
-        monkeypatch.setattr(dc, name, Recording(kernel, name))
+    launched = record_kernel_launches(monkeypatch, dc, "_backward_input_kernel", "_backward_weight_kernel")
 
     def loss(x_leaf, w_leaf):
         # the weight reaches the op through another op (as the fast executor's packed weights do)

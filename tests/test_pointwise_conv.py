@@ -35,6 +35,7 @@ from kernel_testing import (
     needs_kernels,
     per_edge_is_channels_last,
     poisoned_fixture,
+    record_kernel_launches,
 )
 
 from fastnas.kernels import pointwise_conv as pc
@@ -611,18 +612,7 @@ def test_backward_skips_the_gradients_a_pass_does_not_ask_for(monkeypatch):
     input-gradient kernel only; asking for the weight only launches the weight kernel only; the gradient
     asked for equals the full backward's."""
     x, weight, (g, g_total, g_sq) = make(e=2, c_in=16, c_out=16, h=3, w=4, seed=5)
-    launched: list[str] = []
-    for name in ("_grad_x_kernel", "_grad_weight_kernel"):
-
-        class Recording:
-            def __init__(self, kernel, name):
-                self.kernel, self.name = kernel, name
-
-            def __getitem__(self, grid):
-                launched.append(self.name)
-                return self.kernel[grid]
-
-        monkeypatch.setattr(pc, name, Recording(getattr(pc, name), name))
+    launched = record_kernel_launches(monkeypatch, pc, "_grad_x_kernel", "_grad_weight_kernel")
 
     def loss(x_leaf, w_leaf):
         # both reach the op through another op, as the fast executor's states and packed weights do
